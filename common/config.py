@@ -1,0 +1,122 @@
+"""Every environment variable postroom reads, typed, with its default, in one place.
+
+Services never call ``os.environ`` themselves: they read ``settings`` (or call ``load()`` for a
+fresh copy, as tests do after changing the environment). The README's configuration table is
+checked against ``SETTINGS`` by a test, so a setting added here must be documented there.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One environment variable: its name, type, default and what it does."""
+
+    env: str
+    kind: type
+    default: object
+    help: str
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("DATABASE_URL", str, "", "PostgreSQL URL. Empty: `make run`/`make test` start a private server under POSTROOM_VAR_DIR."),
+    Setting("REDIS_URL", str, "", "Redis URL for the broker and rate limits. Empty: a private server is started under POSTROOM_VAR_DIR."),
+    Setting("POSTROOM_VAR_DIR", str, str(ROOT / "var"), "Where local runs keep PostgreSQL and Redis data, logs, metrics files and the dev API key."),
+    Setting("POSTROOM_API_HOST", str, "127.0.0.1", "Address the ingest API (gunicorn) binds to."),
+    Setting("POSTROOM_API_PORT", int, 8000, "Port of the ingest API."),
+    Setting("POSTROOM_API_WORKERS", int, 2, "gunicorn worker processes for ingest."),
+    Setting("POSTROOM_PUBLIC_URL", str, "", "Public base URL providers call back (status callbacks, signature checks). Empty: http://API_HOST:API_PORT."),
+    Setting("POSTROOM_SANDBOX_HOST", str, "127.0.0.1", "Address the provider sandbox binds to."),
+    Setting("POSTROOM_SANDBOX_PORT", int, 8100, "Port of the provider sandbox."),
+    Setting("POSTROOM_SANDBOX_LATENCY_MS", int, 0, "Latency the sandbox adds to every provider call (real providers answer in 100-300 ms)."),
+    Setting("POSTROOM_METRICS_PORT_BASE", int, 9191, "Worker services expose /metrics on consecutive ports from this one in local runs."),
+    Setting("POSTROOM_SECRET_KEY", str, "dev-only-secret-change-me", "Key that encrypts provider credentials at rest. Set a long random value in production."),
+    Setting("POSTROOM_WORKER_PROCESSES", int, 1, "Processes per worker service in local runs (`dramatiq --processes`)."),
+    Setting("POSTROOM_WORKER_THREADS", int, 8, "Threads per worker process for CPU-bound stages (processing, routing)."),
+    Setting("POSTROOM_SENDER_CONCURRENCY", int, 64, "Provider calls a sender process keeps in flight (greenlets)."),
+    Setting("POSTROOM_MAX_ATTEMPTS", int, 5, "Provider calls that end in a transient error before a message fails."),
+    Setting("POSTROOM_RETRY_BASE_SECONDS", float, 1.0, "First retry delay; doubles per attempt, with jitter."),
+    Setting("POSTROOM_RETRY_MAX_SECONDS", float, 300.0, "Upper bound of one retry delay."),
+    Setting("POSTROOM_STAGE_DEADLINE_SECONDS", float, 30.0, "A message waiting longer than this in accepted/queued/routed is re-enqueued by the reconciler."),
+    Setting("POSTROOM_SENDING_TIMEOUT_SECONDS", float, 300.0, "A message left in `sending` this long (its sender died mid-call) is failed as interrupted."),
+    Setting("POSTROOM_RECONCILE_INTERVAL_SECONDS", float, 1.0, "How often the scheduler looks for due and stuck rows."),
+    Setting("POSTROOM_BATCH_SIZE", int, 500, "Most ids one broker message carries between stages."),
+    Setting("TWILIO_ACCOUNT_SID", str, "AC00000000000000000000000000000000", "Default Twilio account SID (a workspace's channel config overrides it)."),
+    Setting("TWILIO_AUTH_TOKEN", str, "sandbox-auth-token", "Default Twilio auth token: API auth and X-Twilio-Signature key."),
+    Setting("TWILIO_FROM", str, "+15005550006", "Default sender number for SMS."),
+    Setting("TWILIO_API_BASE", str, "", "Twilio API base URL. Empty: the real https://api.twilio.com; local runs point it at the sandbox."),
+    Setting("TWILIO_RATE_LIMIT_PER_SECOND", float, 0.0, "Messages per second per Twilio account; 0 means no limit of our own."),
+    Setting("POSTROOM_LOG_LEVEL", str, "INFO", "Log level of every service."),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    redis_url: str
+    postroom_var_dir: str
+    postroom_api_host: str
+    postroom_api_port: int
+    postroom_api_workers: int
+    postroom_public_url: str
+    postroom_sandbox_host: str
+    postroom_sandbox_port: int
+    postroom_sandbox_latency_ms: int
+    postroom_metrics_port_base: int
+    postroom_secret_key: str
+    postroom_worker_processes: int
+    postroom_worker_threads: int
+    postroom_sender_concurrency: int
+    postroom_max_attempts: int
+    postroom_retry_base_seconds: float
+    postroom_retry_max_seconds: float
+    postroom_stage_deadline_seconds: float
+    postroom_sending_timeout_seconds: float
+    postroom_reconcile_interval_seconds: float
+    postroom_batch_size: int
+    twilio_account_sid: str
+    twilio_auth_token: str
+    twilio_from: str
+    twilio_api_base: str
+    twilio_rate_limit_per_second: float
+    postroom_log_level: str
+
+    @property
+    def var_dir(self) -> Path:
+        return Path(self.postroom_var_dir)
+
+    @property
+    def public_url(self) -> str:
+        return (self.postroom_public_url or f"http://{self.postroom_api_host}:{self.postroom_api_port}").rstrip("/")
+
+    @property
+    def sandbox_url(self) -> str:
+        return f"http://{self.postroom_sandbox_host}:{self.postroom_sandbox_port}"
+
+
+def _parse(setting: Setting, raw: str) -> object:
+    try:
+        return setting.kind(raw)
+    except ValueError as exc:
+        raise ValueError(f"{setting.env}={raw!r} is not a valid {setting.kind.__name__}") from exc
+
+
+def load(environ: dict[str, str] | None = None) -> Settings:
+    """Read every setting from ``environ`` (default: the process environment)."""
+    env = os.environ if environ is None else environ
+    values = {}
+    for setting in SETTINGS:
+        raw = env.get(setting.env)
+        values[setting.env.lower()] = setting.default if raw in (None, "") else _parse(setting, raw)
+    return Settings(**values)
+
+
+assert [f.name for f in fields(Settings)] == [s.env.lower() for s in SETTINGS]
+
+settings = load()
