@@ -1,0 +1,95 @@
+"""The one Dramatiq broker set-up, imported before any actor module.
+
+Redis broker with Retries, AgeLimit, TimeLimit, CurrentMessage, Prometheus and a middleware that
+hands each worker thread a database connection for the duration of one message. Actors are
+declared with ``lane_actors`` so each stage has an urgent and a bulk queue.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Prometheus multiprocess mode must be chosen before prometheus_client is first imported.
+if os.environ.get("dramatiq_prom_db") and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ["dramatiq_prom_db"]
+
+from collections.abc import Callable  # noqa: E402
+from typing import Any  # noqa: E402
+
+import dramatiq  # noqa: E402
+from dramatiq.brokers.redis import RedisBroker  # noqa: E402
+from dramatiq.middleware.prometheus import Prometheus  # noqa: E402
+from dramatiq.middleware import (  # noqa: E402
+    AgeLimit,
+    CurrentMessage,
+    Middleware,
+    Retries,
+    ShutdownNotifications,
+    TimeLimit,
+)
+
+from common.config import settings  # noqa: E402
+from common.db.connection import connect_database, db  # noqa: E402
+
+LANES = ("urgent", "bulk")
+LANE_PRIORITY = {"urgent": 0, "bulk": 100}  # lower runs first inside a worker
+
+
+class DatabaseConnection(Middleware):
+    """Each message gets this thread's pooled connection and returns it afterwards."""
+
+    def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+        db.connect(reuse_if_open=True)
+
+    def after_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message, *, result: Any = None, exception: BaseException | None = None) -> None:
+        if not db.is_closed():
+            db.close()
+
+    after_skip_message = after_process_message
+
+
+def build_broker(redis_url: str) -> RedisBroker:
+    middleware = [
+        Prometheus(),
+        AgeLimit(),
+        TimeLimit(time_limit=120_000),
+        ShutdownNotifications(),
+        CurrentMessage(),
+        Retries(max_retries=8, min_backoff=500, max_backoff=60_000),
+        DatabaseConnection(),
+    ]
+    return RedisBroker(url=redis_url, middleware=middleware, heartbeat_timeout=15_000)
+
+
+def setup(redis_url: str | None = None, database_url: str | None = None) -> RedisBroker:
+    """Install the broker (and the database) for this process; idempotent per URL pair."""
+    broker = build_broker(redis_url or settings.redis_url or "redis://127.0.0.1:6379/0")
+    dramatiq.set_broker(broker)
+    if database_url or settings.database_url:
+        connect_database(database_url or settings.database_url, max_connections=max(32, settings.postroom_sender_concurrency + 8))
+    return broker
+
+
+def queue_name(stage: str, lane: str) -> str:
+    return f"{stage}_{lane}"
+
+
+def actor_name(base: str, lane: str) -> str:
+    return f"{base}_{lane}"
+
+
+def lane_actors(stage: str, fn: Callable[..., Any], **options: Any) -> dict[str, dramatiq.Actor]:
+    """Declare ``fn`` once per lane: queue ``<stage>_<lane>``, actor ``<fn>_<lane>``."""
+    return {
+        lane: dramatiq.actor(
+            fn,
+            actor_name=actor_name(fn.__name__, lane),
+            queue_name=queue_name(stage, lane),
+            priority=LANE_PRIORITY[lane],
+            **options,
+        )
+        for lane in LANES
+    }
+
+
+broker = setup()

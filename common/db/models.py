@@ -1,0 +1,135 @@
+"""peewee models over the tables that migrations create.
+
+The schema is owned by the SQL migrations; these models map it for the ordinary reads and writes
+(workspaces, keys, one message). Batch transitions use the raw statements in ``common.lifecycle``.
+"""
+
+from __future__ import annotations
+
+from peewee import (
+    AutoField,
+    BigIntegerField,
+    BlobField,
+    BooleanField,
+    DateTimeField,
+    FloatField,
+    ForeignKeyField,
+    IntegerField,
+    Model,
+    TextField,
+)
+from playhouse.postgres_ext import ArrayField, BinaryJSONField
+
+from common.db.connection import db
+
+
+class BaseModel(Model):
+    class Meta:
+        database = db
+
+
+class Workspace(BaseModel):
+    id = AutoField()
+    name = TextField(unique=True)
+    created_at = DateTimeField()
+
+    class Meta:
+        table_name = "workspace"
+
+
+class ApiKey(BaseModel):
+    id = AutoField()
+    workspace = ForeignKeyField(Workspace, column_name="workspace_id", backref="api_keys")
+    prefix = TextField(unique=True)
+    key_hash = TextField()
+    scopes = ArrayField(TextField)
+    created_at = DateTimeField()
+    revoked_at = DateTimeField(null=True)
+
+    class Meta:
+        table_name = "api_key"
+
+
+class ChannelConfig(BaseModel):
+    id = AutoField()
+    workspace = ForeignKeyField(Workspace, column_name="workspace_id")
+    channel = TextField()
+    provider = TextField()
+    account_ref = TextField()
+    credentials = BlobField()
+    sender_identity = TextField()
+    rate_limit_per_second = FloatField()
+    created_at = DateTimeField()
+
+    class Meta:
+        table_name = "channel_config"
+
+
+class Message(BaseModel):
+    id = AutoField()
+    workspace = ForeignKeyField(Workspace, column_name="workspace_id")
+    direction = TextField()
+    channel = TextField()
+    to_addr = TextField()
+    from_addr = TextField(null=True)
+    body = TextField()
+    status = TextField()
+    priority = TextField()
+    idempotency_key = TextField(null=True)
+    tags = ArrayField(TextField)
+    due_at = DateTimeField(null=True)
+    status_changed_at = DateTimeField()
+    attempts = IntegerField()
+    throttles = IntegerField()
+    provider = TextField(null=True)
+    provider_message_id = TextField(null=True)
+    last_error = TextField(null=True)
+    error_code = TextField(null=True)
+    segments = IntegerField(null=True)
+    created_at = DateTimeField()
+    updated_at = DateTimeField()
+    sent_at = DateTimeField(null=True)
+    delivered_at = DateTimeField(null=True)
+
+    class Meta:
+        table_name = "message"
+
+
+class MessageEvent(BaseModel):
+    id = AutoField()
+    message = ForeignKeyField(Message, column_name="message_id", backref="events")
+    status = TextField()
+    at = DateTimeField()
+    detail = BinaryJSONField()
+
+    class Meta:
+        table_name = "message_event"
+
+
+class ProviderEvent(BaseModel):
+    id = AutoField()
+    provider = TextField()
+    kind = TextField()
+    provider_message_id = TextField(null=True)
+    message_id = BigIntegerField(null=True)
+    status = TextField(null=True)
+    payload = BinaryJSONField()
+    signature_valid = BooleanField()
+    applied_at = DateTimeField(null=True)
+    received_at = DateTimeField()
+
+    class Meta:
+        table_name = "provider_event"
+
+
+class Outbox(BaseModel):
+    id = AutoField()
+    workspace_id = BigIntegerField()
+    event_type = TextField()
+    message_id = BigIntegerField(null=True)
+    payload = BinaryJSONField()
+    created_at = DateTimeField()
+    dispatched_at = DateTimeField(null=True)
+
+    class Meta:
+        table_name = "outbox"

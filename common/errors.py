@@ -1,0 +1,38 @@
+"""The small error vocabulary every provider client maps its failures onto.
+
+``PermanentError``: retrying cannot help (invalid number, opted out, policy) — fail now, maybe
+suppress the address. ``TransientError``: a retry may succeed (5xx, timeouts, connection
+errors) — retry with backoff up to a bound. ``Throttled``: the provider or our own limiter
+says "not now" — wait and try again without spending a retry.
+"""
+
+from __future__ import annotations
+
+
+class ProviderError(Exception):
+    """A provider call did not succeed; ``code`` is the provider's own error code."""
+
+    def __init__(self, message: str, *, code: str | None = None, retry_after: float | None = None):
+        super().__init__(message)
+        self.code = code
+        self.retry_after = retry_after
+
+    @property
+    def detail(self) -> str:
+        return f"{self.code}: {self}" if self.code else str(self)
+
+
+class PermanentError(ProviderError):
+    """Retrying cannot help; ``suppress`` says the address should not be tried again."""
+
+    def __init__(self, message: str, *, code: str | None = None, suppress: bool = False):
+        super().__init__(message, code=code)
+        self.suppress = suppress
+
+
+class TransientError(ProviderError):
+    """A later attempt may succeed; ``retry_after`` (seconds) overrides the backoff if given."""
+
+
+class Throttled(ProviderError):
+    """Not now: wait ``retry_after`` seconds; this does not count against the retry budget."""

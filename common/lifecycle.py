@@ -1,0 +1,182 @@
+"""The message state machine: statuses, their ranks, and compare-and-set moves on batches.
+
+Every status change is one ``UPDATE ... WHERE id = ANY(ids) AND status = ANY(expected)``
+statement that also appends the history rows and the outbox events, so only the winner of a
+claim acts, a duplicate broker delivery finds nothing to do, and statuses never move backwards.
+Callers run these inside a transaction and enqueue follow-up work only after it commits.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from common import metrics
+from common.db.connection import fetch, fetch_dicts
+
+# Outbound flow in order; the ends share ranks with the point they can be reached from.
+RANK: dict[str, int] = {
+    "accepted": 0,
+    "scheduled": 1,
+    "queued": 2,
+    "routed": 3,
+    "sending": 4,
+    "sent": 5,
+    "failed": 6,
+    "undelivered": 6,
+    "delivered": 7,
+    "read": 8,
+    "cancelled": 9,
+    "suppressed": 9,
+    "received": 0,
+    "processed": 1,
+}
+
+# Statuses a message waits in for a stage, and the stage that moves it on.
+WAITING_FOR: dict[str, str] = {"accepted": "processing", "queued": "routing", "routed": "sender"}
+CANCELLABLE: tuple[str, ...] = ("accepted", "scheduled", "queued", "routed")
+# Waits up to this long ride on a broker delay; longer ones are parked rows the scheduler promotes.
+SHORT_WAIT_SECONDS = 10.0
+FINAL: frozenset[str] = frozenset({"delivered", "read", "failed", "undelivered", "cancelled", "suppressed"})
+
+_RANK_SQL = "(CASE status " + " ".join(f"WHEN '{s}' THEN {r}" for s, r in RANK.items()) + " END)"
+
+
+def _jsonb(detail: dict[str, Any] | None) -> str:
+    return json.dumps(detail or {}, default=str)
+
+
+_RECORD = """
+, ev AS (
+    INSERT INTO message_event (message_id, status, detail)
+    SELECT id, status, detail FROM moved
+), ob AS (
+    INSERT INTO outbox (workspace_id, event_type, message_id, payload)
+    SELECT workspace_id, 'message.' || status, id,
+           jsonb_build_object('id', id, 'status', status, 'channel', channel, 'detail', detail)
+    FROM moved
+)
+"""
+
+
+def advance(
+    ids: Sequence[int],
+    expected: Iterable[str],
+    to: str,
+    *,
+    detail: dict[str, Any] | None = None,
+    due_only: bool = False,
+    returning: Sequence[str] = (),
+) -> list[dict[str, Any]]:
+    """Move those of ``ids`` whose status is in ``expected`` to ``to``.
+
+    Parameters:
+      due_only: also require the message to be due (``due_at`` unset or past), so a retry
+        delivered early by the broker waits for its time.
+      returning: further message columns to return for each moved message.
+
+    Returns:
+      One dict per moved message with ``id``, ``priority``, ``channel`` and the ``returning`` columns.
+    """
+    if not ids:
+        return []
+    extra = "".join(f", {col}" for col in returning)
+    rows = fetch_dicts(
+        f"""
+        WITH moved AS (
+            UPDATE message SET status = %(to)s, status_changed_at = now(), updated_at = now()
+            WHERE id = ANY(%(ids)s) AND status = ANY(%(expected)s)
+              {"AND (due_at IS NULL OR due_at <= now())" if due_only else ""}
+            RETURNING id, workspace_id, status, priority, channel, %(detail)s::jsonb AS detail{extra}
+        ){_RECORD}
+        SELECT id, priority, channel{extra} FROM moved
+        """,
+        {"ids": list(ids), "expected": list(expected), "to": to, "detail": _jsonb(detail)},
+    )
+    metrics.count_transitions(to, [r["channel"] for r in rows])
+    return rows
+
+
+def record_outcomes(
+    expected: str,
+    to: str,
+    outcomes: Sequence[dict[str, Any]],
+    *,
+    columns: dict[str, str],
+) -> list[dict[str, Any]]:
+    """Move each message of ``outcomes`` from ``expected`` to ``to`` with its own values, in one statement.
+
+    Each outcome is a dict with ``id``, ``detail`` and further keys; ``columns`` maps a message
+    column to a SQL expression over those keys as text (``v.<key>``), for example
+    ``{"provider_message_id": "v.provider_message_id", "attempts": "m.attempts + 1"}``.
+
+    Returns:
+      One dict per moved message with ``id``, ``priority`` and ``channel``.
+    """
+    if not outcomes:
+        return []
+    keys = sorted({k for o in outcomes for k in o} - {"id", "detail"})
+    unnest_cols = ", ".join(f"unnest(%({k})s::text[]) AS {k}" for k in keys)
+    params: dict[str, Any] = {k: [None if o.get(k) is None else str(o[k]) for o in outcomes] for k in keys}
+    params.update(
+        ids=[o["id"] for o in outcomes],
+        details=[_jsonb(o.get("detail")) for o in outcomes],
+        expected=expected,
+        to=to,
+    )
+    sets = ", ".join(f"{col} = {expr}" for col, expr in columns.items())
+    rows = fetch_dicts(
+        f"""
+        WITH v AS (
+            SELECT unnest(%(ids)s::bigint[]) AS id, unnest(%(details)s::jsonb[]) AS detail
+                   {", " + unnest_cols if keys else ""}
+        ), moved AS (
+            UPDATE message m SET status = %(to)s, status_changed_at = now(), updated_at = now()
+                   {", " + sets if sets else ""}
+            FROM v WHERE m.id = v.id AND m.status = %(expected)s
+            RETURNING m.id, m.workspace_id, m.status, m.priority, m.channel, v.detail
+        ){_RECORD}
+        SELECT id, priority, channel FROM moved
+        """,
+        params,
+    )
+    metrics.count_transitions(to, [r["channel"] for r in rows])
+    return rows
+
+
+def apply_receipt(
+    provider: str, provider_message_id: str, status: str, detail: dict[str, Any]
+) -> int | None:
+    """Move the message the provider knows as ``provider_message_id`` forward to ``status``.
+
+    Returns the message id if the message exists (whether or not the status moved, since a
+    lower or equal rank is a no-op), or None if no message carries that provider id yet.
+    """
+    rows = fetch(
+        f"""
+        WITH target AS (
+            SELECT id FROM message WHERE provider = %(provider)s AND provider_message_id = %(pid)s
+        ), moved AS (
+            UPDATE message SET status = %(to)s, status_changed_at = now(), updated_at = now(),
+                   delivered_at = CASE WHEN %(to)s IN ('delivered', 'read')
+                                       THEN coalesce(delivered_at, now()) ELSE delivered_at END,
+                   error_code = coalesce(%(error_code)s, error_code),
+                   last_error = coalesce(%(error)s, last_error)
+            WHERE id = (SELECT id FROM target) AND {_RANK_SQL} < %(rank)s
+            RETURNING id, workspace_id, status, priority, channel, %(detail)s::jsonb AS detail
+        ){_RECORD}
+        SELECT id, channel FROM moved UNION ALL SELECT id, NULL FROM target
+        """,
+        {
+            "provider": provider,
+            "pid": provider_message_id,
+            "to": status,
+            "rank": RANK[status],
+            "detail": _jsonb(detail),
+            "error_code": detail.get("error_code"),
+            "error": detail.get("error"),
+        },
+    )
+    metrics.count_transitions(status, [r[1] for r in rows if r[1] is not None])
+    return rows[0][0] if rows else None

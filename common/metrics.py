@@ -1,0 +1,84 @@
+"""Prometheus metric objects shared by every service.
+
+Label values are bounded: channel, provider, outcome, status, stage, lane — never a workspace,
+an id or an address. In local runs and under gunicorn the processes of one service share a
+``PROMETHEUS_MULTIPROC_DIR`` (set before this module is imported, see ``common.broker``), and the
+service's exposition endpoint aggregates them.
+"""
+
+from __future__ import annotations
+
+from collections import Counter as Tally
+from collections.abc import Iterable
+
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, start_http_server
+from prometheus_client import multiprocess
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+MESSAGES = Counter(
+    "postroom_messages_total",
+    "Messages entering a status, by channel and status.",
+    ["channel", "status"],
+)
+PROVIDER_REQUESTS = Histogram(
+    "postroom_provider_request_seconds",
+    "Provider API calls by provider and outcome (ok, permanent, transient, throttled).",
+    ["provider", "outcome"],
+    buckets=LATENCY_BUCKETS,
+)
+END_TO_END = Histogram(
+    "postroom_accepted_to_sent_seconds",
+    "Time from acceptance by the API to the provider accepting the message.",
+    ["channel", "lane"],
+    buckets=LATENCY_BUCKETS,
+)
+REDRIVEN = Counter(
+    "postroom_reconciler_redriven_total",
+    "Messages the reconciler re-enqueued or failed because they waited past their deadline.",
+    ["status"],
+)
+RATE_LIMIT_WAITS = Counter(
+    "postroom_rate_limit_waits_total",
+    "Sends postponed because a provider account was out of tokens or paused by a 429.",
+    ["provider"],
+)
+PROVIDER_WEBHOOKS = Counter(
+    "postroom_provider_webhooks_total",
+    "Provider webhooks received, by provider, kind and verdict (applied, pending, ignored, bad_signature).",
+    ["provider", "kind", "verdict"],
+)
+API_REQUESTS = Histogram(
+    "postroom_api_request_seconds",
+    "Ingest API requests by endpoint and status class.",
+    ["endpoint", "code"],
+    buckets=LATENCY_BUCKETS,
+)
+
+
+def count_transitions(status: str, channels: Iterable[str]) -> None:
+    """Count messages that entered ``status``, one per element of ``channels``."""
+    for channel, n in Tally(channels).items():
+        MESSAGES.labels(channel=channel, status=status).inc(n)
+
+
+def registry() -> CollectorRegistry:
+    """The registry to expose: every process of this service in multiprocess mode, else this one."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        collected = CollectorRegistry()
+        multiprocess.MultiProcessCollector(collected)
+        return collected
+    from prometheus_client import REGISTRY
+
+    return REGISTRY
+
+
+def exposition() -> bytes:
+    return generate_latest(registry())
+
+
+def serve(port: int, host: str = "127.0.0.1") -> None:
+    """Expose /metrics from a background thread (processes that are not gunicorn or dramatiq)."""
+    start_http_server(port, addr=host, registry=registry())

@@ -1,0 +1,84 @@
+"""Which provider account sends for a workspace, and the client for that account.
+
+A workspace's ``channel_config`` row (credentials encrypted) wins; without one the deployment's
+default account from the environment is used. Clients are built once per account and reused,
+so their connection pools are too.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+from common.config import settings
+from common.crypto import unseal
+from common.db.connection import fetch
+from common.providers.twilio_sms import TwilioSmsSender
+
+_CACHE_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class SmsAccount:
+    account_sid: str
+    auth_token: str
+    sender: str
+    api_base: str
+    rate_limit_per_second: float
+
+
+_accounts: dict[int, tuple[float, SmsAccount]] = {}
+_senders: dict[SmsAccount, TwilioSmsSender] = {}
+_lock = threading.Lock()
+
+
+def default_sms_account() -> SmsAccount:
+    return SmsAccount(
+        settings.twilio_account_sid,
+        settings.twilio_auth_token,
+        settings.twilio_from,
+        settings.twilio_api_base,
+        settings.twilio_rate_limit_per_second,
+    )
+
+
+def sms_account(workspace_id: int) -> SmsAccount:
+    """The Twilio account that sends this workspace's SMS (cached for 30 s)."""
+    cached = _accounts.get(workspace_id)
+    if cached and cached[0] > time.monotonic():
+        return cached[1]
+    rows = fetch(
+        "SELECT credentials, sender_identity, rate_limit_per_second FROM channel_config"
+        " WHERE workspace_id = %s AND channel = 'sms' AND provider = 'twilio'",
+        (workspace_id,),
+    )
+    if rows:
+        creds = unseal(rows[0][0])
+        account = SmsAccount(creds["account_sid"], creds["auth_token"], rows[0][1], creds.get("api_base", settings.twilio_api_base), rows[0][2])
+    else:
+        account = default_sms_account()
+    _accounts[workspace_id] = (time.monotonic() + _CACHE_SECONDS, account)
+    return account
+
+
+def twilio_auth_token(account_sid: str) -> str | None:
+    """The auth token that signs webhooks for ``account_sid``, or None if it is not ours."""
+    if account_sid == settings.twilio_account_sid:
+        return settings.twilio_auth_token
+    rows = fetch("SELECT credentials FROM channel_config WHERE provider = 'twilio' AND account_ref = %s LIMIT 1", (account_sid,))
+    return unseal(rows[0][0])["auth_token"] if rows else None
+
+
+def sms_sender(account: SmsAccount) -> TwilioSmsSender:
+    with _lock:
+        sender = _senders.get(account)
+        if sender is None:
+            sender = TwilioSmsSender(
+                account.account_sid,
+                account.auth_token,
+                api_base=account.api_base,
+                pool_size=max(10, settings.postroom_sender_concurrency),
+            )
+            _senders[account] = sender
+        return sender

@@ -1,0 +1,40 @@
+"""The SMS channel's interface: what a sender hands a provider client and what it gets back.
+
+Every SMS provider client implements ``SmsSender``; it raises the errors of ``common.errors``
+and nothing else, so the sender stage never sees a provider's own exception types.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class OutboundSms:
+    message_id: int
+    to: str
+    from_: str
+    body: str
+    status_callback: str | None
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """The provider took the message: its id for receipts, and what it reported."""
+
+    provider_message_id: str
+    segments: int | None
+    provider_status: str
+
+
+class SmsSender(Protocol):
+    provider: str
+
+    def send(self, sms: OutboundSms) -> Accepted:
+        """Hand one message to the provider.
+
+        Raises:
+          PermanentError, TransientError, Throttled: classified failures.
+        """
+        ...

@@ -1,0 +1,103 @@
+"""SMS through Twilio's Messages API with the official ``twilio`` SDK, and its error table.
+
+The same code talks to api.twilio.com and to the local sandbox; only the base URL and the
+credentials differ. One SDK client per account shares a pooled HTTP session so many calls can
+be in flight at once.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from requests.adapters import HTTPAdapter
+from twilio.base.exceptions import TwilioRestException
+from twilio.http.http_client import TwilioHttpClient
+from twilio.http.response import Response
+from twilio.request_validator import RequestValidator
+from twilio.rest import Client
+
+from common.errors import PermanentError, ProviderError, Throttled, TransientError
+from common.providers.sms import Accepted, OutboundSms
+
+PROVIDER = "twilio"
+
+# Twilio error code -> (is it permanent, should the address be suppressed). PROVIDERS.md.
+PERMANENT_CODES: dict[int, bool] = {
+    20003: False,  # authentication failed
+    21211: False,  # invalid To
+    21614: False,  # To is not a mobile number
+    21408: False,  # region not enabled
+    21606: False,  # From cannot send
+    21612: False,  # cannot route To-From
+    21610: True,   # recipient replied STOP
+    30004: False, 30005: False, 30006: False, 30007: False,  # blocked / unknown / landline / filtered
+    63016: False,  # WhatsApp outside the 24 h window
+}
+THROTTLE_CODES = {20429}
+RECEIPT_STATUSES = {"sent": "sent", "delivered": "delivered", "undelivered": "undelivered", "failed": "failed", "read": "read"}
+
+
+def classify(status: int | None, code: int | None, message: str, retry_after: float | None) -> ProviderError:
+    """Map a Twilio failure (HTTP status, Twilio code) onto the error vocabulary."""
+    text = message or "Twilio request failed"
+    code_text = str(code) if code is not None else (str(status) if status else None)
+    if code in THROTTLE_CODES or status == 429:
+        return Throttled(text, code=code_text, retry_after=retry_after)
+    if code is not None and code in PERMANENT_CODES:
+        return PermanentError(text, code=code_text, suppress=PERMANENT_CODES[code])
+    if status is not None and 400 <= status < 500 and status not in (408, 409):
+        return PermanentError(text, code=code_text)
+    return TransientError(text, code=code_text, retry_after=retry_after)
+
+
+class _HttpClient(TwilioHttpClient):
+    """The SDK's client with a larger connection pool, remembering each call's Retry-After."""
+
+    def __init__(self, pool_size: int, timeout: float):
+        super().__init__(pool_connections=True, timeout=timeout)
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
+        self.session.mount("https://", adapter)
+        self.session.mount("http://", adapter)
+        self.last = threading.local()
+
+    def request(self, *args, **kwargs) -> Response:  # type: ignore[override]
+        response = super().request(*args, **kwargs)
+        self.last.retry_after = response.headers.get("Retry-After") if response.headers else None
+        return response
+
+
+class TwilioSmsSender:
+    """``SmsSender`` for one Twilio account."""
+
+    provider = PROVIDER
+
+    def __init__(self, account_sid: str, auth_token: str, *, api_base: str = "", pool_size: int = 64, timeout: float = 15.0):
+        self._http = _HttpClient(pool_size, timeout)
+        self._client = Client(account_sid, auth_token, http_client=self._http)
+        if api_base:
+            self._client.api.base_url = api_base.rstrip("/")
+
+    def send(self, sms: OutboundSms) -> Accepted:
+        self._http.last.retry_after = None
+        try:
+            created = self._client.messages.create(
+                to=sms.to, from_=sms.from_, body=sms.body, status_callback=sms.status_callback
+            )
+        except TwilioRestException as exc:
+            raise classify(exc.status, exc.code, exc.msg, _seconds(self._http.last.retry_after)) from exc
+        except OSError as exc:  # connection refused/reset, timeouts (requests' errors are OSErrors)
+            raise TransientError(f"connection error: {exc}", code="connection") from exc
+        segments = int(created.num_segments) if created.num_segments else None
+        return Accepted(provider_message_id=created.sid, segments=segments, provider_status=created.status or "")
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
+
+
+def signature_valid(auth_token: str, url: str, params: dict[str, str], signature: str) -> bool:
+    """Check ``X-Twilio-Signature`` over the public URL Twilio called and the POST parameters."""
+    return bool(signature) and RequestValidator(auth_token).validate(url, params, signature)

@@ -1,0 +1,58 @@
+"""Provider receipts: kept as they arrive, applied in rank order, never moving a status back.
+
+Every webhook is stored in ``provider_event`` with its signature verdict. A receipt whose
+provider id is not yet on a message (it arrived before the sender recorded the send) stays
+pending and is applied by ``apply_pending_receipts`` once the id appears: the sender calls it
+right after recording sends, and the reconciler sweeps whatever a race left behind.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from common import lifecycle
+from common.db.connection import fetch
+
+
+def store_event(provider: str, kind: str, payload: dict[str, Any], *, signature_valid: bool,
+                provider_message_id: str | None = None, status: str | None = None,
+                detail: dict[str, Any] | None = None) -> int:
+    rows = fetch(
+        "INSERT INTO provider_event (provider, kind, provider_message_id, status, detail, payload, signature_valid)"
+        " VALUES (%s, %s, %s, %s, %s::jsonb, %s::jsonb, %s) RETURNING id",
+        (provider, kind, provider_message_id, status, json.dumps(detail or {}), json.dumps(payload), signature_valid),
+    )
+    return rows[0][0]
+
+
+def apply_receipt_event(event_id: int, provider: str, provider_message_id: str, status: str,
+                        detail: dict[str, Any]) -> int | None:
+    """Apply one stored receipt; mark it applied if its message exists. Returns the message id."""
+    message_id = lifecycle.apply_receipt(provider, provider_message_id, status, detail)
+    if message_id is not None:
+        fetch("UPDATE provider_event SET applied_at = now(), message_id = %s WHERE id = %s", (message_id, event_id))
+    return message_id
+
+
+def apply_pending_receipts(provider: str, provider_message_ids: Sequence[str] | None = None, limit: int = 1000) -> int:
+    """Apply pending receipts whose message now exists (all of them, or those for the given ids)."""
+    rows = fetch(
+        f"""
+        SELECT e.id, e.provider_message_id, e.status, e.detail
+        FROM provider_event e
+        JOIN message m ON m.provider = e.provider AND m.provider_message_id = e.provider_message_id
+        WHERE e.provider = %s AND e.applied_at IS NULL AND e.signature_valid AND e.kind = 'status'
+          AND e.status IS NOT NULL
+          {"AND e.provider_message_id = ANY(%s)" if provider_message_ids is not None else ""}
+        ORDER BY e.id LIMIT %s
+        FOR UPDATE OF e SKIP LOCKED
+        """,
+        (provider, list(provider_message_ids), limit) if provider_message_ids is not None else (provider, limit),
+    )
+    # Apply in rank order so the history reads forward even when receipts came in reverse.
+    rows.sort(key=lambda r: lifecycle.RANK.get(r[2], 0))
+    for event_id, pid, status, detail in rows:
+        apply_receipt_event(event_id, provider, pid, status, detail or {})
+    return len(rows)

@@ -1,0 +1,94 @@
+"""Accepting, reading and cancelling messages for the API; every query is scoped by workspace."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from common import lifecycle, metrics
+from common.db.connection import fetch_dicts
+from services.ingest.validation import NewMessage
+
+_ACCEPT = """
+WITH ins AS (
+    INSERT INTO message (workspace_id, channel, to_addr, from_addr, body, status, priority, idempotency_key, tags)
+    VALUES (%(ws)s, %(channel)s, %(to)s, %(from)s, %(body)s, 'accepted', %(priority)s, %(key)s, %(tags)s)
+    ON CONFLICT (workspace_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    RETURNING id, workspace_id, channel, status, priority, created_at
+), ev AS (
+    INSERT INTO message_event (message_id, status) SELECT id, 'accepted' FROM ins
+), ob AS (
+    INSERT INTO outbox (workspace_id, event_type, message_id, payload)
+    SELECT workspace_id, 'message.accepted', id, jsonb_build_object('id', id, 'status', 'accepted', 'channel', channel) FROM ins
+)
+SELECT id, status, priority, created_at FROM ins
+"""
+
+
+@dataclass(frozen=True)
+class Accepted:
+    id: int
+    priority: str
+    replayed: bool
+
+
+class IdempotencyConflict(Exception):
+    """The Idempotency-Key was used before for a different request."""
+
+
+def accept(workspace_id: int, new: NewMessage, idempotency_key: str | None) -> Accepted:
+    """Store a new message as ``accepted`` (or find the earlier one with the same key)."""
+    rows = fetch_dicts(_ACCEPT, {
+        "ws": workspace_id, "channel": new.channel, "to": new.to, "from": new.from_, "body": new.body,
+        "priority": new.priority, "key": idempotency_key, "tags": list(new.tags),
+    })
+    if rows:
+        metrics.count_transitions("accepted", [new.channel])
+        return Accepted(rows[0]["id"], rows[0]["priority"], replayed=False)
+    earlier = fetch_dicts(
+        "SELECT id, channel, to_addr, from_addr, body, priority FROM message WHERE workspace_id = %s AND idempotency_key = %s",
+        (workspace_id, idempotency_key),
+    )[0]
+    if (earlier["channel"], earlier["to_addr"], earlier["from_addr"], earlier["body"], earlier["priority"]) != (
+        new.channel, new.to, new.from_, new.body, new.priority
+    ):
+        raise IdempotencyConflict(idempotency_key)
+    return Accepted(earlier["id"], earlier["priority"], replayed=True)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def view(workspace_id: int, message_id: int, *, with_events: bool = True) -> dict[str, Any] | None:
+    rows = fetch_dicts("SELECT * FROM message WHERE id = %s AND workspace_id = %s", (message_id, workspace_id))
+    if not rows:
+        return None
+    m = rows[0]
+    out: dict[str, Any] = {
+        "id": m["id"], "channel": m["channel"], "direction": m["direction"], "to": m["to_addr"],
+        "from": m["from_addr"], "body": m["body"], "status": m["status"], "priority": m["priority"],
+        "tags": m["tags"], "attempts": m["attempts"], "provider": m["provider"],
+        "provider_message_id": m["provider_message_id"], "segments": m["segments"],
+        "last_error": m["last_error"], "error_code": m["error_code"],
+        "created_at": _iso(m["created_at"]), "updated_at": _iso(m["updated_at"]),
+        "sent_at": _iso(m["sent_at"]), "delivered_at": _iso(m["delivered_at"]),
+        "next_attempt_at": _iso(m["due_at"]) if m["status"] == "routed" else None,
+    }
+    if with_events:
+        events = fetch_dicts("SELECT status, at, detail FROM message_event WHERE message_id = %s ORDER BY id", (message_id,))
+        out["events"] = [{"status": e["status"], "at": _iso(e["at"]), "detail": e["detail"]} for e in events]
+    return out
+
+
+def cancel(workspace_id: int, message_id: int) -> tuple[str, dict[str, Any] | None]:
+    """Cancel a message that has not started sending: ("cancelled" | "not_found" | "too_late", view)."""
+    found = fetch_dicts("SELECT status FROM message WHERE id = %s AND workspace_id = %s", (message_id, workspace_id))
+    if not found:
+        return "not_found", None
+    moved = lifecycle.advance([message_id], lifecycle.CANCELLABLE, "cancelled", detail={"by": "api"})
+    current = view(workspace_id, message_id)
+    if moved or (current and current["status"] == "cancelled"):
+        return "cancelled", current
+    return "too_late", current

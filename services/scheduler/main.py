@@ -1,0 +1,45 @@
+"""The scheduler process: a loop that runs the reconciler's passes every interval.
+
+It is a plain process rather than an actor because it must keep running when the broker has
+lost everything; several replicas may run (their row claims skip each other's locks).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+from common import broker as _broker  # noqa: F401  (installs the broker and database)
+from common import lifecycle, metrics
+from common.config import settings
+from services.scheduler import reconciler
+
+log = logging.getLogger("postroom.scheduler")
+METRICS_PORT_OFFSET = 9  # worker services take the ports before it in local runs
+
+
+def run_once() -> dict[str, int]:
+    """One pass of every reconciler duty; returns what each did."""
+    done = dict(reconciler.redrive_stuck(settings.postroom_stage_deadline_seconds))
+    done["promoted"] = reconciler.promote_parked(lifecycle.SHORT_WAIT_SECONDS)
+    done["interrupted"] = reconciler.fail_interrupted(settings.postroom_sending_timeout_seconds)
+    done["receipts"] = reconciler.sweep_receipts()
+    return {k: v for k, v in done.items() if v}
+
+
+def main() -> None:
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    metrics.serve(settings.postroom_metrics_port_base + METRICS_PORT_OFFSET)
+    log.info("scheduler started: reconciling every %.1fs", settings.postroom_reconcile_interval_seconds)
+    while not stop.is_set():
+        try:
+            done = run_once()
+            if done:
+                log.info("reconciled %s", done)
+        except Exception:  # keep the loop alive through a database or broker outage
+            log.exception("reconciler pass failed; retrying next interval")
+        stop.wait(settings.postroom_reconcile_interval_seconds)
+    log.info("scheduler stopped")

@@ -1,0 +1,102 @@
+"""The reconciler: nothing accepted is lost when a broker message is.
+
+Work is enqueued after its transaction commits, and the broker (Redis) may be flushed at any
+time, so the database is checked instead: a message waiting on a stage past its deadline is
+re-enqueued to that stage; a retry parked for longer than a broker delay is promoted when due;
+a message left in ``sending`` by a sender that died mid-call is failed as interrupted (its
+outcome at the provider is unknown, and sending it again could send it twice); and receipts
+that raced their send are applied. Rows are taken with ``FOR UPDATE SKIP LOCKED`` so several
+scheduler replicas can run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from common import dispatch, lifecycle, metrics
+from common.db.connection import fetch_dicts, transaction
+from common.receipts import apply_pending_receipts
+
+BATCH = 5000
+
+
+def _touch(where: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+    """Reset the wait clock of matching rows (so each is re-driven once per deadline) and return them."""
+    return fetch_dicts(
+        f"""
+        WITH stuck AS (
+            SELECT id FROM message WHERE {where}
+            ORDER BY status_changed_at LIMIT {BATCH} FOR UPDATE SKIP LOCKED
+        ), touched AS (
+            UPDATE message m SET status_changed_at = now() FROM stuck WHERE m.id = stuck.id
+            RETURNING m.id, m.status, m.priority, m.channel
+        ), ev AS (
+            INSERT INTO message_event (message_id, status, detail)
+            SELECT id, status, '{{"redriven": true}}'::jsonb FROM touched
+        )
+        SELECT * FROM touched
+        """,
+        params,
+    )
+
+
+def redrive_stuck(deadline_seconds: float) -> dict[str, int]:
+    """Re-enqueue messages waiting on a stage longer than ``deadline_seconds`` past their due time."""
+    with transaction():
+        rows = _touch(
+            "status IN ('accepted', 'queued', 'routed')"
+            " AND greatest(status_changed_at, coalesce(due_at, status_changed_at)) < now() - make_interval(secs => %s)",
+            (deadline_seconds,),
+        )
+    _enqueue(rows)
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    for status, n in counts.items():
+        metrics.REDRIVEN.labels(status=status).inc(n)
+    return counts
+
+
+def promote_parked(short_wait_seconds: float) -> int:
+    """Enqueue retries whose wait was too long for a broker delay, now that they are due."""
+    with transaction():
+        rows = _touch(
+            "status = 'routed' AND due_at <= now()"
+            " AND due_at > status_changed_at + make_interval(secs => %s)",
+            (short_wait_seconds,),
+        )
+    _enqueue(rows)
+    return len(rows)
+
+
+def fail_interrupted(timeout_seconds: float) -> int:
+    """Fail messages stuck in ``sending``: their sender died during the provider call."""
+    with transaction():
+        stuck = fetch_dicts(
+            "SELECT id FROM message WHERE status = 'sending'"
+            " AND status_changed_at < now() - make_interval(secs => %s) LIMIT %s FOR UPDATE SKIP LOCKED",
+            (timeout_seconds, BATCH),
+        )
+        moved = lifecycle.advance(
+            [r["id"] for r in stuck], ["sending"], "failed",
+            detail={"error": "interrupted: the sender stopped during the provider call; outcome unknown, not resent"},
+        )
+        if moved:
+            fetch_dicts("UPDATE message SET last_error = 'interrupted: outcome unknown, not resent', error_code = 'interrupted'"
+                        " WHERE id = ANY(%s)", ([m["id"] for m in moved],))
+    if moved:
+        metrics.REDRIVEN.labels(status="sending").inc(len(moved))
+    return len(moved)
+
+
+def sweep_receipts() -> int:
+    with transaction():
+        return apply_pending_receipts("twilio")
+
+
+def _enqueue(rows: Sequence[dict[str, Any]]) -> None:
+    for status in lifecycle.WAITING_FOR:
+        group = [r for r in rows if r["status"] == status]
+        stage = lifecycle.WAITING_FOR[status]
+        dispatch.hand_on(None if stage == "sender" else stage, group)

@@ -1,0 +1,143 @@
+"""SMS delivery: claim routed messages, call the provider with many calls in flight, record outcomes.
+
+Only messages this call moved from ``routed`` to ``sending`` are sent, so a duplicate broker
+delivery or a second worker sends nothing. Outcomes are written in one statement per kind;
+retries and throttled messages go back to ``routed`` with a due time. The caller enqueues the
+returned follow-ups after the transaction commits.
+"""
+
+from __future__ import annotations
+
+import random
+from datetime import datetime, timezone
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from time import perf_counter
+from typing import Any
+
+from common import lifecycle, metrics, ratelimit
+from common.db.connection import release_connection, transaction
+from common.receipts import apply_pending_receipts
+from common.config import settings
+from common.errors import PermanentError, ProviderError, Throttled, TransientError
+from common.providers.accounts import SmsAccount, sms_account, sms_sender
+from common.providers.sms import Accepted, OutboundSms
+from common.providers.twilio_sms import PROVIDER
+
+CLAIM_COLUMNS = ("workspace_id", "to_addr", "from_addr", "body", "attempts", "throttles", "created_at")
+
+
+@dataclass
+class Followups:
+    """Work to enqueue once the outcomes are committed: (lane, ids, delay in ms)."""
+
+    retries: list[tuple[str, list[int], int]] = field(default_factory=list)
+    sent_provider_ids: list[str] = field(default_factory=list)
+
+
+def backoff_seconds(attempt: int) -> float:
+    """Exponential backoff with full jitter in its upper half: base * 2^(attempt-1), capped."""
+    ceiling = min(settings.postroom_retry_max_seconds, settings.postroom_retry_base_seconds * 2 ** max(0, attempt - 1))
+    return ceiling / 2 + random.random() * ceiling / 2
+
+
+def claim_for_sending(ids: Sequence[int]) -> list[dict[str, Any]]:
+    return lifecycle.advance(ids, ["routed"], "sending", due_only=True, returning=CLAIM_COLUMNS)
+
+
+def call_provider(claimed: Sequence[dict[str, Any]]) -> list[tuple[dict[str, Any], Accepted | ProviderError]]:
+    """Send each claimed message, keeping up to SENDER_CONCURRENCY calls in flight."""
+    callback = f"{settings.public_url}/webhooks/twilio/status"
+
+    def one(row: dict[str, Any]) -> tuple[dict[str, Any], Accepted | ProviderError]:
+        account: SmsAccount = row["account"]
+        wait = ratelimit.wait_before_send(PROVIDER, account.account_sid, account.rate_limit_per_second)
+        if wait > 0:
+            metrics.RATE_LIMIT_WAITS.labels(provider=PROVIDER).inc()
+            return row, Throttled("waiting for a send token", code="rate_limit", retry_after=wait)
+        sms = OutboundSms(row["id"], row["to_addr"], row["from_addr"] or account.sender, row["body"], callback)
+        started = perf_counter()
+        try:
+            result: Accepted | ProviderError = sms_sender(account).send(sms)
+            outcome = "ok"
+        except ProviderError as exc:
+            result = exc
+            outcome = {Throttled: "throttled", PermanentError: "permanent"}.get(type(exc), "transient")
+            if isinstance(exc, Throttled):
+                ratelimit.pause(PROVIDER, account.account_sid, exc.retry_after or 1.0)
+        metrics.PROVIDER_REQUESTS.labels(provider=PROVIDER, outcome=outcome).observe(perf_counter() - started)
+        return row, result
+
+    if len(claimed) == 1:
+        return [one(claimed[0])]
+    workers = min(len(claimed), settings.postroom_sender_concurrency)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sms-call") as pool:
+        return list(pool.map(one, claimed))
+
+
+def record_results(results: Sequence[tuple[dict[str, Any], Accepted | ProviderError]]) -> Followups:
+    """Write every outcome (one statement per kind) and say what to enqueue after commit."""
+    sent, failed, retry = [], [], []
+    for row, result in results:
+        if isinstance(result, Accepted):
+            sent.append({"id": row["id"], "pid": result.provider_message_id, "segments": result.segments,
+                         "detail": {"provider": PROVIDER, "provider_message_id": result.provider_message_id,
+                                    "provider_status": result.provider_status}})
+            continue
+        throttled = isinstance(result, Throttled)
+        called = result.code != "rate_limit"  # our own limiter did not call the provider
+        errors_so_far = row["attempts"] - row["throttles"] + (0 if throttled or not called else 1)
+        detail = {"error": result.detail, "error_code": result.code, "attempt": row["attempts"] + int(called)}
+        if isinstance(result, PermanentError) or (isinstance(result, TransientError) and errors_so_far >= settings.postroom_max_attempts):
+            failed.append({"id": row["id"], "code": result.code, "error": result.detail, "called": int(called), "detail": detail})
+            continue
+        wait = result.retry_after if result.retry_after is not None else (0.0 if throttled else backoff_seconds(errors_so_far))
+        retry.append({"id": row["id"], "code": result.code, "error": result.detail, "wait": f"{wait:.3f}",
+                      "called": int(called), "throttled": int(throttled and called), "lane": row["priority"],
+                      "detail": {**detail, "retry_in_seconds": round(wait, 3)}})
+
+    followups = Followups()
+    if sent:
+        lifecycle.record_outcomes("sending", "sent", sent, columns={
+            "provider": f"'{PROVIDER}'", "provider_message_id": "v.pid", "segments": "v.segments::int",
+            "attempts": "m.attempts + 1", "sent_at": "now()", "due_at": "NULL"})
+        metrics_end_to_end([row for row, result in results if isinstance(result, Accepted)])
+        followups.sent_provider_ids = [s["pid"] for s in sent]
+    if failed:
+        lifecycle.record_outcomes("sending", "failed", failed, columns={
+            "error_code": "v.code", "last_error": "v.error", "attempts": "m.attempts + v.called::int"})
+    if retry:
+        moved = {r["id"] for r in lifecycle.record_outcomes("sending", "routed", retry, columns={
+            "error_code": "v.code", "last_error": "v.error", "attempts": "m.attempts + v.called::int",
+            "throttles": "m.throttles + v.throttled::int",
+            "due_at": "now() + make_interval(secs => v.wait::float8)"})}
+        for r in retry:
+            wait = float(r["wait"])
+            if r["id"] in moved and wait <= lifecycle.SHORT_WAIT_SECONDS:
+                followups.retries.append((r["lane"], [r["id"]], int(wait * 1000)))
+    return followups
+
+
+def metrics_end_to_end(rows: Sequence[dict[str, Any]]) -> None:
+    now = datetime.now(timezone.utc)
+    for row in rows:
+        metrics.END_TO_END.labels(channel="sms", lane=row["priority"]).observe((now - row["created_at"]).total_seconds())
+
+
+def deliver(ids: Sequence[int]) -> Followups:
+    """Claim, send and record one batch; the database connection is not held during the calls."""
+    with transaction():
+        claimed = claim_for_sending(ids)
+        for row in claimed:
+            row["account"] = sms_account(row["workspace_id"])
+    release_connection()
+    if not claimed:
+        return Followups()
+    results = call_provider(claimed)
+    with transaction():
+        followups = record_results(results)
+    if followups.sent_provider_ids:
+        with transaction():
+            apply_pending_receipts(PROVIDER, followups.sent_provider_ids)
+    return followups
