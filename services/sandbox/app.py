@@ -1,0 +1,54 @@
+"""The sandbox's Flask app: builds the shared state and mounts one blueprint per provider.
+
+Served by ``gunicorn -k gevent -w 1`` (see ``__main__``): one process, so the in-memory record
+and fault plans are shared by every request, and gevent's monkey-patching (done by the worker
+before this module is imported) makes the simulated latency and the callback POSTs cooperative.
+A later provider (WhatsApp Cloud, WAHA, SMTP) adds its blueprint and fault plan here.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+from gevent import monkey
+
+from common.config import Settings, settings
+from services.sandbox import control, twilio_api, twilio_errors
+from services.sandbox.callbacks import StatusCallbackSender
+from services.sandbox.faults import FaultPlan
+from services.sandbox.records import ReceivedMessages
+from services.sandbox.state import EXTENSION_KEY, SandboxState
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(config: Settings = settings) -> Flask:
+    """A sandbox app with empty records and no faults beyond the configured latency."""
+    if not monkey.is_module_patched("socket"):
+        logger.warning(
+            "sandbox is not running under gevent: status callbacks will not be sent concurrently"
+        )
+    app = Flask(__name__)
+    records = ReceivedMessages()
+    app.extensions[EXTENSION_KEY] = SandboxState(
+        records=records,
+        faults={
+            twilio_api.CHANNEL: FaultPlan(
+                config.postroom_sandbox_latency_ms,
+                twilio_errors.http_status_for_code,
+                twilio_errors.error_code_for_http_status,
+            ),
+        },
+        twilio_callbacks=StatusCallbackSender(
+            records, config.twilio_account_sid, config.twilio_auth_token, config.twilio_from
+        ),
+        twilio_account_sid=config.twilio_account_sid,
+        twilio_auth_token=config.twilio_auth_token,
+    )
+    app.register_blueprint(control.blueprint)
+    app.register_blueprint(twilio_api.blueprint)
+    return app
+
+
+app = create_app()

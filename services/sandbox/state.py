@@ -1,0 +1,33 @@
+"""The sandbox's shared in-process state, reached from any blueprint through the Flask app.
+
+Everything lives in one process (gunicorn's single gevent worker), so the record, the fault
+plans (one per channel, keyed like ``ReceivedMessage.channel``) and the callback sender are
+plain objects built once by ``create_app`` and stored in ``app.extensions``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flask import current_app
+
+from services.sandbox.callbacks import StatusCallbackSender
+from services.sandbox.faults import FaultPlan
+from services.sandbox.records import ReceivedMessages
+
+EXTENSION_KEY = "postroom_sandbox"
+
+
+@dataclass
+class SandboxState:
+    records: ReceivedMessages
+    faults: dict[str, FaultPlan]  # channel -> its provider's fault plan
+    twilio_callbacks: StatusCallbackSender
+    twilio_account_sid: str
+    twilio_auth_token: str
+
+
+def current_sandbox() -> SandboxState:
+    """The state of the app serving the current request."""
+    state: SandboxState = current_app.extensions[EXTENSION_KEY]
+    return state

@@ -1,0 +1,144 @@
+"""The Twilio Messages API (2010-04-01) on its real wire format: send and fetch a message.
+
+``POST /2010-04-01/Accounts/{AccountSid}/Messages.json`` takes HTTP Basic auth and a form, answers
+201 with Twilio's full message resource or Twilio's error body, and hands the accepted message to
+the status-callback sender. Order of checks on a send call: injected latency, authentication,
+injected error (consumed only by authenticated calls), then Twilio's own validation.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+import uuid
+from email.utils import format_datetime
+
+import gevent
+from flask import Blueprint, Response, jsonify, request
+
+from services.sandbox.records import ReceivedMessage
+from services.sandbox.segments import count_segments
+from services.sandbox.state import SandboxState, current_sandbox
+from services.sandbox.twilio_errors import twilio_error
+
+API_VERSION = "2010-04-01"
+CHANNEL = "sms"
+E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+MAX_BODY_CHARS = 1600
+
+blueprint = Blueprint("twilio", __name__, url_prefix=f"/{API_VERSION}")
+
+
+def _authenticated(sandbox: SandboxState, account_sid: str) -> bool:
+    auth = request.authorization
+    if auth is None or auth.type != "basic" or auth.username is None or auth.password is None:
+        return False
+    return (
+        hmac.compare_digest(auth.username, sandbox.twilio_account_sid)
+        and hmac.compare_digest(auth.password, sandbox.twilio_auth_token)
+        and account_sid == auth.username
+    )
+
+
+def _validation_error(
+    to: str, from_: str, service_sid: str, body: str, has_media_or_content: bool
+) -> int | None:
+    """The error code Twilio would refuse this send with, or None."""
+    if not to:
+        return 21604
+    if not E164.match(to):
+        return 21211
+    if not from_ and not service_sid:
+        return 21603
+    if not body and not has_media_or_content:
+        return 21602
+    if len(body) > MAX_BODY_CHARS:
+        return 21617
+    return None
+
+
+def message_resource(message: ReceivedMessage, account_sid: str) -> dict[str, object]:
+    """Twilio's JSON representation of a message, every field the API returns."""
+    uri = f"/{API_VERSION}/Accounts/{account_sid}/Messages/{message.sid}"
+    was_sent = message.status not in ("queued", "accepted", "failed")
+    return {
+        "account_sid": account_sid,
+        "api_version": API_VERSION,
+        "body": message.body,
+        "date_created": format_datetime(message.received_at),
+        "date_sent": format_datetime(message.updated_at) if was_sent else None,
+        "date_updated": format_datetime(message.updated_at),
+        "direction": "outbound-api",
+        "error_code": message.error_code,
+        "error_message": message.error_message,
+        "from": message.from_,
+        "messaging_service_sid": message.messaging_service_sid,
+        "num_media": str(message.num_media),
+        "num_segments": str(message.num_segments),
+        "price": None,
+        "price_unit": "USD",
+        "sid": message.sid,
+        "status": message.status,
+        "subresource_uris": {"media": f"{uri}/Media.json", "feedback": f"{uri}/Feedback.json"},
+        "to": message.to,
+        "uri": f"{uri}.json",
+    }
+
+
+@blueprint.post("/Accounts/<account_sid>/Messages.json")
+def create_message(account_sid: str) -> Response | tuple[Response, int]:
+    sandbox = current_sandbox()
+    faults = sandbox.faults[CHANNEL]
+    gevent.sleep(faults.latency_seconds())  # cooperative: other requests proceed meanwhile
+    if not _authenticated(sandbox, account_sid):
+        sandbox.records.count("invalid")
+        return twilio_error(20003)
+
+    form = request.form
+    to, from_ = form.get("To", "").strip(), form.get("From", "").strip()
+    service_sid, body = form.get("MessagingServiceSid", "").strip(), form.get("Body", "")
+    media_urls = form.getlist("MediaUrl")
+
+    injected = faults.take_send_error()
+    if injected is not None:
+        sandbox.records.count("rejected_by_fault")
+        return twilio_error(
+            injected.error_code, injected.http_status, injected.retry_after, to=to, from_=from_
+        )
+
+    problem = _validation_error(
+        to, from_, service_sid, body, bool(media_urls or form.get("ContentSid"))
+    )
+    if problem is not None:
+        sandbox.records.count("invalid")
+        return twilio_error(problem, to=to, from_=from_)
+
+    message = ReceivedMessage(
+        channel=CHANNEL,
+        sid=("MM" if media_urls else "SM") + uuid.uuid4().hex,
+        to=to,
+        from_=from_ or None,
+        body=body,
+        status_callback=form.get("StatusCallback") or None,
+        status="accepted" if service_sid else "queued",  # a Messaging Service accepts, then queues
+        messaging_service_sid=service_sid or None,
+        num_segments=count_segments(body),
+        num_media=len(media_urls),
+    )
+    sandbox.records.add(message)
+    sandbox.twilio_callbacks.start(
+        message, faults.take_callback_outcome(), faults.callback_behaviour()
+    )
+    return jsonify(message_resource(message, account_sid)), 201
+
+
+@blueprint.get("/Accounts/<account_sid>/Messages/<message_sid>.json")
+def fetch_message(account_sid: str, message_sid: str) -> Response | tuple[Response, int]:
+    sandbox = current_sandbox()
+    gevent.sleep(sandbox.faults[CHANNEL].latency_seconds())
+    if not _authenticated(sandbox, account_sid):
+        return twilio_error(20003)
+    message = sandbox.records.get(message_sid)
+    if message is None or message.channel != CHANNEL:
+        return twilio_error(20404, path=request.path)
+    return jsonify(message_resource(message, account_sid)), 200
