@@ -48,6 +48,19 @@ class DatabaseConnection(Middleware):
     after_skip_message = after_process_message
 
 
+def cooperate_with_gevent() -> None:
+    """Under ``dramatiq-gevent`` let psycopg2 wait on sockets through gevent instead of blocking."""
+    try:
+        from gevent import monkey
+    except ImportError:
+        return
+    if monkey.is_module_patched("socket"):
+        import psycopg2.extensions
+        import psycopg2.extras
+
+        psycopg2.extensions.set_wait_callback(psycopg2.extras.wait_select)
+
+
 def build_broker(redis_url: str) -> RedisBroker:
     middleware = [
         Prometheus(),
@@ -62,7 +75,8 @@ def build_broker(redis_url: str) -> RedisBroker:
 
 
 def setup(redis_url: str | None = None, database_url: str | None = None) -> RedisBroker:
-    """Install the broker (and the database) for this process; idempotent per URL pair."""
+    """Install the broker (and the database) for this process."""
+    cooperate_with_gevent()
     broker = build_broker(redis_url or settings.redis_url or "redis://127.0.0.1:6379/0")
     dramatiq.set_broker(broker)
     if database_url or settings.database_url:

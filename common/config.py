@@ -46,6 +46,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("POSTROOM_STAGE_DEADLINE_SECONDS", float, 30.0, "A message waiting longer than this in accepted/queued/routed is re-enqueued by the reconciler."),
     Setting("POSTROOM_SENDING_TIMEOUT_SECONDS", float, 300.0, "A message left in `sending` this long (its sender died mid-call) is failed as interrupted."),
     Setting("POSTROOM_RECONCILE_INTERVAL_SECONDS", float, 1.0, "How often the scheduler looks for due and stuck rows."),
+    Setting("POSTROOM_BROKER_POLL_MS", int, 100, "Longest idle wait of a worker between broker polls; bounds the hand-off latency of each stage."),
     Setting("POSTROOM_BATCH_SIZE", int, 500, "Most ids one broker message carries between stages."),
     Setting("TWILIO_ACCOUNT_SID", str, "AC00000000000000000000000000000000", "Default Twilio account SID (a workspace's channel config overrides it)."),
     Setting("TWILIO_AUTH_TOKEN", str, "sandbox-auth-token", "Default Twilio auth token: API auth and X-Twilio-Signature key."),
@@ -79,6 +80,7 @@ class Settings:
     postroom_stage_deadline_seconds: float
     postroom_sending_timeout_seconds: float
     postroom_reconcile_interval_seconds: float
+    postroom_broker_poll_ms: int
     postroom_batch_size: int
     twilio_account_sid: str
     twilio_auth_token: str

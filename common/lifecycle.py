@@ -77,7 +77,8 @@ def advance(
       returning: further message columns to return for each moved message.
 
     Returns:
-      One dict per moved message with ``id``, ``priority``, ``channel`` and the ``returning`` columns.
+      One dict per moved message with ``id``, ``workspace_id``, ``priority``, ``channel`` and the
+      ``returning`` columns.
     """
     if not ids:
         return []
@@ -90,7 +91,7 @@ def advance(
               {"AND (due_at IS NULL OR due_at <= now())" if due_only else ""}
             RETURNING id, workspace_id, status, priority, channel, %(detail)s::jsonb AS detail{extra}
         ){_RECORD}
-        SELECT id, priority, channel{extra} FROM moved
+        SELECT id, workspace_id, priority, channel{extra} FROM moved
         """,
         {"ids": list(ids), "expected": list(expected), "to": to, "detail": _jsonb(detail)},
     )

@@ -25,7 +25,7 @@ from common.providers.accounts import SmsAccount, sms_account, sms_sender
 from common.providers.sms import Accepted, OutboundSms
 from common.providers.twilio_sms import PROVIDER
 
-CLAIM_COLUMNS = ("workspace_id", "to_addr", "from_addr", "body", "attempts", "throttles", "created_at")
+CLAIM_COLUMNS = ("to_addr", "from_addr", "body", "attempts", "throttles", "created_at")
 
 
 @dataclass
