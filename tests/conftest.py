@@ -1,0 +1,166 @@
+"""The test session's real infrastructure: a private PostgreSQL, Redis and provider sandbox.
+
+They start before any postroom module is imported, because settings are read from the
+environment at import time; every test then talks to real servers on 127.0.0.1. Nothing is
+skipped when they cannot start: the session fails instead.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+_state: dict = {}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if hasattr(config, "workerinput") or _state:
+        return
+    from common import localinfra  # imports nothing that reads settings
+
+    base = Path(tempfile.mkdtemp(prefix="postroom-test-"))
+    pg = localinfra.start_postgres(base / "postgres", localinfra.free_port())
+    rd = localinfra.start_redis(base / "redis", localinfra.free_port())
+    sandbox_port = localinfra.free_port()
+    api_port = localinfra.free_port()
+    _state.update(base=base, pg=pg, redis=rd)
+    os.environ.update(
+        DATABASE_URL=pg.url,
+        REDIS_URL=rd.url,
+        POSTROOM_VAR_DIR=str(base / "var"),
+        POSTROOM_SANDBOX_PORT=str(sandbox_port),
+        POSTROOM_API_PORT=str(api_port),
+        POSTROOM_PUBLIC_URL=f"http://127.0.0.1:{api_port}",
+        TWILIO_API_BASE=f"http://127.0.0.1:{sandbox_port}",
+        POSTROOM_RETRY_BASE_SECONDS="0.2",
+        POSTROOM_RETRY_MAX_SECONDS="2",
+        POSTROOM_STAGE_DEADLINE_SECONDS="2",
+        POSTROOM_SENDING_TIMEOUT_SECONDS="5",
+        POSTROOM_LOG_LEVEL="WARNING",
+    )
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    from common.db.connection import connect_database, db
+    from common.db.migrate import apply_migrations
+
+    connect_database(pg.url, max_connections=64)
+    apply_migrations()
+    db.close()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    server = _state.pop("ingest_server", None)
+    if server is not None:
+        server.shutdown()
+    for key in ("sandbox_proc",):
+        proc = _state.pop(key, None)
+        if proc is not None:
+            proc.terminate()
+            proc.wait(10)
+    for key in ("redis", "pg"):
+        server = _state.pop(key, None)
+        if server is not None:
+            server.stop()
+
+
+@pytest.fixture(scope="session")
+def sandbox_url() -> Iterator[str]:
+    """The provider sandbox as a real gunicorn process, shared by the session."""
+    port = os.environ["POSTROOM_SANDBOX_PORT"]
+    log = open(_state["base"] / "sandbox.log", "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "services.sandbox"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    _state["sandbox_proc"] = proc
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if requests.get(f"{url}/healthz", timeout=1).ok:
+                break
+        except requests.RequestException:
+            pass
+        assert proc.poll() is None, (_state["base"] / "sandbox.log").read_text()[-2000:]
+        assert time.monotonic() < deadline, "sandbox did not start"
+        time.sleep(0.1)
+    yield url
+
+
+@pytest.fixture(scope="session")
+def ingest_url(broker) -> str:
+    """The ingest app served over real HTTP in this process, so provider callbacks reach it."""
+    import threading
+
+    from werkzeug.serving import make_server
+
+    from services.ingest.app import create_app
+
+    server = make_server("127.0.0.1", int(os.environ["POSTROOM_API_PORT"]), create_app(), threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _state["ingest_server"] = server
+    return os.environ["POSTROOM_PUBLIC_URL"]
+
+
+@pytest.fixture
+def sandbox(sandbox_url: str, ingest_url: str) -> Iterator["Sandbox"]:
+    from tests.support import Sandbox
+
+    box = Sandbox(sandbox_url)
+    box.reset()
+    yield box
+    box.reset()
+
+
+@pytest.fixture(scope="session")
+def broker():
+    """The real Redis broker with every stage's actors declared, as the workers have them."""
+    import common.broker as broker_module
+    import services.processing.actors  # noqa: F401
+    import services.routing.actors  # noqa: F401
+    import services.senders.sms.actors  # noqa: F401
+
+    broker_module.broker.emit_after("process_boot")
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)  # Dramatiq's middleware sets it for workers
+    os.environ.pop("prometheus_multiproc_dir", None)
+    return broker_module.broker
+
+
+@pytest.fixture
+def clean_db(broker) -> Iterator[None]:
+    """Empty tables and queues before a test, so its assertions see only its own rows."""
+    from common.db.connection import db, fetch, transaction
+
+    with transaction():
+        fetch("TRUNCATE message, message_event, provider_event, outbox, channel_config, api_key, workspace RESTART IDENTITY CASCADE")
+    broker.flush_all()
+    broker.client.flushall()
+    yield
+    db.close()
+
+
+@pytest.fixture
+def workspace(clean_db) -> dict:
+    """A workspace and an API key for it."""
+    from common import apikeys
+    from common.db.connection import transaction
+
+    with transaction():
+        ws = apikeys.create_workspace("acme")
+        key = apikeys.issue(ws)
+    return {"id": ws, "key": key, "auth": {"Authorization": f"Bearer {key}"}}
+
+
+@pytest.fixture
+def api(broker):
+    from services.ingest.app import create_app
+
+    app = create_app()
+    app.testing = True
+    return app.test_client()

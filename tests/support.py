@@ -1,0 +1,72 @@
+"""Helpers the tests share: waiting on a condition, draining stages, reading the sandbox."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import dramatiq
+import requests
+
+from common.db.connection import fetch_dicts, transaction
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.05, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+@contextmanager
+def running_workers(broker: dramatiq.Broker, threads: int = 4) -> Iterator[dramatiq.Worker]:
+    """Real Dramatiq workers in this process consuming every stage's queues."""
+    worker = dramatiq.Worker(broker, worker_timeout=50, worker_threads=threads)
+    worker.start()
+    try:
+        yield worker
+    finally:
+        worker.stop(timeout=10_000)
+
+
+def message(message_id: int) -> dict[str, Any]:
+    with transaction():
+        return fetch_dicts("SELECT * FROM message WHERE id = %s", (message_id,))[0]
+
+
+def history(message_id: int) -> list[str]:
+    with transaction():
+        return [r["status"] for r in fetch_dicts("SELECT status FROM message_event WHERE message_id = %s ORDER BY id", (message_id,))]
+
+
+def status_of(message_id: int) -> str:
+    return message(message_id)["status"]
+
+
+class Sandbox:
+    """The sandbox's control API."""
+
+    def __init__(self, url: str):
+        self.url = url
+
+    def reset(self) -> None:
+        wait_for(lambda: requests.get(f"{self.url}/sandbox/stats", timeout=5).json()["deliveries_in_flight"] == 0,
+                 timeout=10, what="sandbox callbacks to finish")
+        requests.delete(f"{self.url}/sandbox/faults", timeout=5).raise_for_status()
+        requests.delete(f"{self.url}/sandbox/messages", timeout=5).raise_for_status()
+
+    def fault(self, **spec: Any) -> None:
+        requests.post(f"{self.url}/sandbox/faults", json=spec, timeout=5).raise_for_status()
+
+    def messages(self, to: str | None = None) -> list[dict[str, Any]]:
+        params = {"to": to} if to else {}
+        return requests.get(f"{self.url}/sandbox/messages", params=params, timeout=5).json()["messages"]
+
+    def stats(self) -> dict[str, Any]:
+        return requests.get(f"{self.url}/sandbox/stats", timeout=5).json()

@@ -1,0 +1,146 @@
+"""Sending through the real stages: exactly once under duplicates and races, errors classified."""
+
+from __future__ import annotations
+
+import threading
+
+import dramatiq
+
+from common import dispatch
+from common.db.connection import fetch, transaction
+from services.senders.sms.delivery import deliver
+from tests.support import history, message, running_workers, status_of, wait_for
+
+SMS = {"channel": "sms", "to": "+15005550006", "body": "hello"}
+
+
+def post(api, workspace, **overrides) -> int:
+    response = api.post("/v1/messages", json={**SMS, **overrides}, headers=workspace["auth"])
+    assert response.status_code == 202, response.get_json()
+    return response.get_json()["id"]
+
+
+def routed_message(workspace, body: str) -> int:
+    """A message already at the sender's door (accepted, processed and routed)."""
+    with transaction():
+        return fetch(
+            "INSERT INTO message (workspace_id, channel, to_addr, body, status) VALUES (%s, 'sms', '+15005550006', %s, 'routed') RETURNING id",
+            (workspace["id"], body),
+        )[0][0]
+
+
+def test_message_travels_every_stage_and_is_delivered(api, workspace, sandbox, broker):
+    with running_workers(broker):
+        message_id = post(api, workspace)
+        wait_for(lambda: status_of(message_id) == "delivered", what="delivered")
+    assert history(message_id) == ["accepted", "queued", "routed", "sending", "sent", "delivered"]
+    received = sandbox.messages()
+    assert [(m["to"], m["body"]) for m in received] == [("+15005550006", "hello")]
+    assert message(message_id)["provider_message_id"] == received[0]["sid"]
+
+
+def test_same_broker_message_delivered_twice_sends_one_sms(workspace, sandbox, broker):
+    message_id = routed_message(workspace, "duplicate delivery")
+    dispatch.to_stage("sms", "urgent", [message_id])
+    dispatch.to_stage("sms", "urgent", [message_id])
+    assert broker.client.llen("dramatiq:sms_urgent") + broker.client.hlen("dramatiq:sms_urgent.msgs") >= 2
+    with running_workers(broker):
+        wait_for(lambda: status_of(message_id) == "delivered", what="delivered")
+        broker.join("sms_urgent", timeout=10_000)
+    assert len(sandbox.messages()) == 1
+    assert history(message_id).count("sending") == 1
+
+
+def test_two_workers_racing_on_one_message_send_one_sms(workspace, sandbox, broker):
+    sandbox.fault(latency_ms=100)  # both calls overlap if both were made
+    ids = [routed_message(workspace, f"race {n}") for n in range(10)]
+    barrier = threading.Barrier(2)
+
+    def worker() -> None:
+        barrier.wait()
+        for message_id in ids:
+            deliver([message_id])
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(m["body"] for m in sandbox.messages()) == sorted(f"race {n}" for n in range(10))
+    assert all(status_of(i) in ("sent", "delivered") for i in ids)
+
+
+def test_cancel_racing_a_send_never_lets_a_cancelled_message_reach_the_provider(api, workspace, sandbox):
+    sandbox.fault(latency_ms=20)
+    ids = [routed_message(workspace, f"cancel race {n}") for n in range(30)]
+    outcomes: dict[int, int] = {}
+
+    def send_all() -> None:
+        for message_id in ids:
+            deliver([message_id])
+
+    def cancel_all() -> None:
+        for message_id in reversed(ids):
+            outcomes[message_id] = api.post(f"/v1/messages/{message_id}/cancel", headers=workspace["auth"]).status_code
+
+    threads = [threading.Thread(target=send_all), threading.Thread(target=cancel_all)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    sent_bodies = {m["body"] for m in sandbox.messages()}
+    cancelled = [i for i in ids if status_of(i) == "cancelled"]
+    assert cancelled and len(cancelled) < len(ids), "the race should go both ways at least once"
+    for message_id in ids:
+        body = f"cancel race {ids.index(message_id)}"
+        if status_of(message_id) == "cancelled":
+            assert outcomes[message_id] == 200 and body not in sent_bodies
+            assert "sending" not in history(message_id)
+        else:
+            assert outcomes[message_id] == 409 and body in sent_bodies
+
+
+def test_invalid_number_21211_fails_at_once_with_its_error(api, workspace, sandbox, broker):
+    sandbox.fault(error_code=21211, count=1)
+    with running_workers(broker):
+        message_id = post(api, workspace)
+        wait_for(lambda: status_of(message_id) == "failed", what="failed")
+    view = api.get(f"/v1/messages/{message_id}", headers=workspace["auth"]).get_json()
+    assert view["attempts"] == 1
+    assert view["error_code"] == "21211" and "21211" in view["last_error"]
+    assert sandbox.messages() == []
+
+
+def test_throttling_20429_and_server_errors_are_retried_then_sent(api, workspace, sandbox, broker):
+    sandbox.fault(error_code=20429, retry_after=1, count=1)
+    sandbox.fault(http_status=500, count=2)
+    with running_workers(broker):
+        message_id = post(api, workspace)
+        wait_for(lambda: status_of(message_id) == "delivered", timeout=30, what="delivered after retries")
+    view = api.get(f"/v1/messages/{message_id}", headers=workspace["auth"]).get_json()
+    assert view["attempts"] == 4  # 429, 500, 500, then accepted
+    assert "20500" in view["last_error"]
+    retries = [e for e in view["events"] if e["status"] == "routed" and e["detail"].get("error")]
+    assert [e["detail"]["error_code"] for e in retries] == ["20429", "20500", "20500"]
+    assert retries[0]["detail"]["retry_in_seconds"] == 1.0  # Retry-After honoured
+    assert len(sandbox.messages()) == 1
+
+
+def test_transient_errors_past_the_retry_budget_fail_the_message(api, workspace, sandbox, broker, monkeypatch):
+    from common import config
+
+    monkeypatch.setattr("services.senders.sms.delivery.settings", config.load({**dict(__import__("os").environ), "POSTROOM_MAX_ATTEMPTS": "2"}))
+    sandbox.fault(http_status=500, count=5)
+    with running_workers(broker):
+        message_id = post(api, workspace)
+        wait_for(lambda: status_of(message_id) == "failed", timeout=20, what="failed after retries")
+    view = api.get(f"/v1/messages/{message_id}", headers=workspace["auth"]).get_json()
+    assert view["attempts"] == 2 and view["error_code"] == "20500"
+
+
+def test_actors_are_declared_per_lane_on_their_own_queues(broker):
+    names = set(broker.get_declared_actors())
+    assert {"send_sms_urgent", "send_sms_bulk", "process_messages_urgent", "route_messages_bulk"} <= names
+    assert broker.get_actor("send_sms_urgent").queue_name == "sms_urgent"
+    assert broker.get_actor("send_sms_urgent").priority < broker.get_actor("send_sms_bulk").priority
+    assert isinstance(broker, dramatiq.brokers.redis.RedisBroker)
