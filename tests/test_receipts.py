@@ -1,0 +1,108 @@
+"""Provider receipts: signed, kept, applied forward only, and applied late when they come early."""
+
+from __future__ import annotations
+
+import requests
+from twilio.request_validator import RequestValidator
+
+from common.config import settings
+from common.db.connection import fetch, fetch_dicts, transaction
+from tests.support import history, running_workers, status_of, wait_for
+
+STATUS_PATH = "/webhooks/twilio/status"
+
+
+def sent_message(workspace, sid: str, status: str = "sent") -> int:
+    with transaction():
+        return fetch(
+            "INSERT INTO message (workspace_id, channel, to_addr, body, status, provider, provider_message_id)"
+            " VALUES (%s, 'sms', '+15005550006', 'hi', %s, 'twilio', %s) RETURNING id",
+            (workspace["id"], status, sid),
+        )[0][0]
+
+
+def callback(api, sid: str, status: str, *, token: str | None = None, **extra: str):
+    params = {"MessageSid": sid, "SmsSid": sid, "MessageStatus": status, "SmsStatus": status,
+              "AccountSid": settings.twilio_account_sid, "From": "+15005550006", "To": "+15005550006",
+              "ApiVersion": "2010-04-01", **extra}
+    url = settings.public_url + STATUS_PATH
+    signature = RequestValidator(token or settings.twilio_auth_token).compute_signature(url, params)
+    return api.post(STATUS_PATH, data=params, headers={"X-Twilio-Signature": signature})
+
+
+def test_receipts_out_of_order_never_move_a_status_backwards(api, workspace):
+    message_id = sent_message(workspace, "SM" + "a" * 32)
+    assert callback(api, "SM" + "a" * 32, "delivered").status_code == 200
+    assert callback(api, "SM" + "a" * 32, "sent").status_code == 200
+    assert callback(api, "SM" + "a" * 32, "queued").status_code == 200
+    assert status_of(message_id) == "delivered"
+    assert callback(api, "SM" + "a" * 32, "read").status_code == 200
+    assert callback(api, "SM" + "a" * 32, "delivered").status_code == 200
+    assert status_of(message_id) == "read"
+    assert history(message_id) == ["delivered", "read"]
+
+
+def test_failed_receipt_records_the_providers_error(api, workspace):
+    message_id = sent_message(workspace, "SM" + "b" * 32)
+    callback(api, "SM" + "b" * 32, "undelivered", ErrorCode="30003", ErrorMessage="Unreachable handset")
+    with transaction():
+        row = fetch_dicts("SELECT status, error_code, last_error FROM message WHERE id = %s", (message_id,))[0]
+    assert row == {"status": "undelivered", "error_code": "30003", "last_error": "30003: Unreachable handset"}
+
+
+def test_receipt_before_the_send_is_recorded_is_applied_when_it_is(api, workspace, monkeypatch):
+    from services.senders.sms.delivery import deliver
+
+    with transaction():
+        message_id = fetch("INSERT INTO message (workspace_id, channel, to_addr, body, status) VALUES (%s, 'sms', '+15005550006', 'early', 'routed') RETURNING id",
+                           (workspace["id"],))[0][0]
+    # The provider accepted the message and its receipt raced ahead of our record of the send.
+    sid = "SM" + "c" * 32
+    assert callback(api, sid, "delivered").status_code == 200
+    with transaction():
+        pending = fetch_dicts("SELECT applied_at, message_id FROM provider_event WHERE provider_message_id = %s", (sid,))
+    assert pending == [{"applied_at": None, "message_id": None}]
+    # Now the sender records the send with that sid (the provider's answer is fixed so the race
+    # is deterministic): the pending receipt is applied.
+    from common.providers.sms import Accepted
+
+    monkeypatch.setattr("services.senders.sms.delivery.call_provider",
+                        lambda claimed: [(row, Accepted(sid, 1, "queued")) for row in claimed])
+    deliver([message_id])
+    assert status_of(message_id) == "delivered"
+    assert history(message_id) == ["sending", "sent", "delivered"]
+    with transaction():
+        applied = fetch_dicts("SELECT applied_at IS NOT NULL AS applied, message_id FROM provider_event WHERE provider_message_id = %s", (sid,))
+    assert applied == [{"applied": True, "message_id": message_id}]
+
+
+def test_shuffled_callbacks_from_the_provider_end_delivered(api, workspace, sandbox, broker):
+    sandbox.fault(shuffle_callbacks=True, duplicate_callbacks=True)
+    with running_workers(broker):
+        message_id = api.post("/v1/messages", json={"channel": "sms", "to": "+15005550006", "body": "shuffled"},
+                              headers=workspace["auth"]).get_json()["id"]
+        wait_for(lambda: status_of(message_id) == "delivered", what="delivered")
+        wait_for(lambda: sandbox.stats()["deliveries_in_flight"] == 0, what="callbacks done")
+    assert status_of(message_id) == "delivered"
+    assert history(message_id)[-1] == "delivered"
+
+
+def test_bad_signature_gets_403_changes_nothing_and_is_logged(api, workspace):
+    message_id = sent_message(workspace, "SM" + "d" * 32)
+    forged = callback(api, "SM" + "d" * 32, "delivered", token="not-the-token")
+    assert forged.status_code == 403
+    unsigned = api.post(STATUS_PATH, data={"MessageSid": "SM" + "d" * 32, "MessageStatus": "delivered",
+                                           "AccountSid": settings.twilio_account_sid})
+    assert unsigned.status_code == 403
+    assert status_of(message_id) == "sent"
+    with transaction():
+        logged = fetch_dicts("SELECT signature_valid, applied_at FROM provider_event WHERE provider_message_id = %s", ("SM" + "d" * 32,))
+    assert logged == [{"signature_valid": False, "applied_at": None}] * 2
+
+
+def test_callback_over_real_http_is_verified_against_the_public_url(workspace, ingest_url):
+    message_id = sent_message(workspace, "SM" + "e" * 32)
+    params = {"MessageSid": "SM" + "e" * 32, "MessageStatus": "delivered", "AccountSid": settings.twilio_account_sid}
+    good = RequestValidator(settings.twilio_auth_token).compute_signature(ingest_url + STATUS_PATH, params)
+    assert requests.post(ingest_url + STATUS_PATH, data=params, headers={"X-Twilio-Signature": good}, timeout=5).status_code == 200
+    assert status_of(message_id) == "delivered"

@@ -1,0 +1,58 @@
+"""The reconciler: a flushed broker loses nothing, parked retries are promoted, dead sends end."""
+
+from __future__ import annotations
+
+import time
+
+from common.db.connection import fetch, transaction
+from services.scheduler import main as scheduler
+from tests.support import history, running_workers, status_of, wait_for
+
+
+def test_flushed_broker_after_accept_still_delivers_once(api, workspace, sandbox, broker):
+    message_id = api.post("/v1/messages", json={"channel": "sms", "to": "+15005550006", "body": "survives flush"},
+                          headers=workspace["auth"]).get_json()["id"]
+    broker.client.flushall()  # every queued broker message is gone
+    assert status_of(message_id) == "accepted"
+    with running_workers(broker):
+        time.sleep(0.5)
+        assert status_of(message_id) == "accepted"  # nothing in the broker to move it
+        wait_for(lambda: scheduler.run_once().get("accepted") == 1, timeout=10, what="re-drive after the deadline")
+        wait_for(lambda: status_of(message_id) == "delivered", what="delivered")
+        time.sleep(0.5)
+    assert [m["body"] for m in sandbox.messages()] == ["survives flush"]
+    assert history(message_id).count("sent") == 1
+
+
+def test_each_stuck_stage_is_redriven_to_its_own_stage(workspace, sandbox, broker):
+    with transaction():
+        ids = [fetch("INSERT INTO message (workspace_id, channel, to_addr, body, status, status_changed_at)"
+                     " VALUES (%s, 'sms', '+15005550006', %s, %s, now() - interval '1 minute') RETURNING id",
+                     (workspace["id"], status, status))[0][0] for status in ("accepted", "queued", "routed")]
+    assert scheduler.run_once() == {"accepted": 1, "queued": 1, "routed": 1}
+    assert scheduler.run_once() == {}  # re-driven once per deadline, not every pass
+    with running_workers(broker):
+        wait_for(lambda: all(status_of(i) == "delivered" for i in ids), what="all delivered")
+    assert sorted(m["body"] for m in sandbox.messages()) == ["accepted", "queued", "routed"]
+
+
+def test_retry_parked_longer_than_a_broker_delay_is_promoted_when_due(workspace, sandbox, broker):
+    with transaction():
+        message_id = fetch("INSERT INTO message (workspace_id, channel, to_addr, body, status, status_changed_at, due_at)"
+                           " VALUES (%s, 'sms', '+15005550006', 'parked', 'routed', now() - interval '1 minute',"
+                           " now() - interval '1 second') RETURNING id", (workspace["id"],))[0][0]
+    assert scheduler.run_once().get("promoted") == 1
+    with running_workers(broker):
+        wait_for(lambda: status_of(message_id) == "delivered", what="delivered")
+
+
+def test_message_left_in_sending_by_a_dead_sender_fails_as_interrupted_and_is_not_resent(workspace, sandbox):
+    with transaction():
+        message_id = fetch("INSERT INTO message (workspace_id, channel, to_addr, body, status, status_changed_at)"
+                           " VALUES (%s, 'sms', '+15005550006', 'stuck', 'sending', now() - interval '1 hour') RETURNING id",
+                           (workspace["id"],))[0][0]
+    assert scheduler.run_once().get("interrupted") == 1
+    assert status_of(message_id) == "failed"
+    with transaction():
+        assert fetch("SELECT error_code FROM message WHERE id = %s", (message_id,))[0][0] == "interrupted"
+    assert sandbox.messages() == []
