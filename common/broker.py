@@ -18,7 +18,6 @@ from typing import Any  # noqa: E402
 
 import dramatiq  # noqa: E402
 from dramatiq.brokers.redis import RedisBroker  # noqa: E402
-from dramatiq.middleware.prometheus import Prometheus  # noqa: E402
 from dramatiq.middleware import (  # noqa: E402
     AgeLimit,
     CurrentMessage,
@@ -27,6 +26,7 @@ from dramatiq.middleware import (  # noqa: E402
     ShutdownNotifications,
     TimeLimit,
 )
+from dramatiq.middleware.prometheus import Prometheus  # noqa: E402
 
 from common.config import settings  # noqa: E402
 from common.db.connection import connect_database, db  # noqa: E402
@@ -38,14 +38,15 @@ LANE_PRIORITY = {"urgent": 0, "bulk": 100}  # lower runs first inside a worker
 class DatabaseConnection(Middleware):
     """Each message gets this thread's pooled connection and returns it afterwards."""
 
-    def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+    def before_process_message(self, broker: dramatiq.Broker, message: Any) -> None:
         db.connect(reuse_if_open=True)
 
-    def after_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message, *, result: Any = None, exception: BaseException | None = None) -> None:
+    def after_process_message(self, broker: dramatiq.Broker, message: Any, *, result: Any = None, exception: BaseException | None = None) -> None:
         if not db.is_closed():
             db.close()
 
-    after_skip_message = after_process_message
+    def after_skip_message(self, broker: dramatiq.Broker, message: Any) -> None:
+        self.after_process_message(broker, message)
 
 
 def cooperate_with_gevent() -> None:
@@ -96,12 +97,11 @@ def lane_actors(stage: str, fn: Callable[..., Any], **options: Any) -> dict[str,
     """Declare ``fn`` once per lane: queue ``<stage>_<lane>``, actor ``<fn>_<lane>``."""
     return {
         lane: dramatiq.actor(
-            fn,
             actor_name=actor_name(fn.__name__, lane),
             queue_name=queue_name(stage, lane),
             priority=LANE_PRIORITY[lane],
             **options,
-        )
+        )(fn)
         for lane in LANES
     }
 

@@ -49,6 +49,25 @@ def cmd_apikey_create(args: argparse.Namespace) -> None:
         print(apikeys.issue(ws))
 
 
+def cmd_devkey(args: argparse.Namespace) -> None:
+    """Ensure the `dev` workspace exists and ``args.file`` holds a valid key for it."""
+    from pathlib import Path
+
+    from common import apikeys
+    from common.db.connection import transaction
+
+    _connect()
+    path = Path(args.file)
+    with transaction():
+        ws = apikeys.workspace_id_by_name("dev") or apikeys.create_workspace("dev")
+        key = path.read_text().strip() if path.exists() else ""
+        if not key or apikeys.workspace_for(key) != ws:
+            key = apikeys.issue(ws)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(key + "\n")
+    print(key)
+
+
 def cmd_scheduler(args: argparse.Namespace) -> None:
     from services.scheduler.main import main
 
@@ -80,6 +99,9 @@ def main(argv: list[str] | None = None) -> None:
     issue = keys.add_parser("create", help="print a new API key for a workspace")
     issue.add_argument("--workspace", required=True)
     issue.set_defaults(func=cmd_apikey_create)
+    devkey = sub.add_parser("devkey", help="ensure the `dev` workspace and a valid key in FILE (used by make run)")
+    devkey.add_argument("--file", default=str(settings.var_dir / "dev-api-key"))
+    devkey.set_defaults(func=cmd_devkey)
     sub.add_parser("scheduler", help="run the scheduler loop (reconciler)").set_defaults(func=cmd_scheduler)
     sub.add_parser("run", help="start the whole pipeline locally (make run)").set_defaults(func=cmd_run)
     bench = sub.add_parser("bench", help="run the benchmark scenarios against a private stack (make bench)")

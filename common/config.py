@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -112,7 +113,7 @@ def _parse(setting: Setting, raw: str) -> object:
 def load(environ: dict[str, str] | None = None) -> Settings:
     """Read every setting from ``environ`` (default: the process environment)."""
     env = os.environ if environ is None else environ
-    values = {}
+    values: dict[str, Any] = {}
     for setting in SETTINGS:
         raw = env.get(setting.env)
         values[setting.env.lower()] = setting.default if raw in (None, "") else _parse(setting, raw)
@@ -122,3 +123,13 @@ def load(environ: dict[str, str] | None = None) -> Settings:
 assert [f.name for f in fields(Settings)] == [s.env.lower() for s in SETTINGS]
 
 settings = load()
+
+
+def markdown_table() -> str:
+    """The README's configuration table, generated from SETTINGS (a test keeps them equal)."""
+    rows = ["| variable | default | what it does |", "|---|---|---|"]
+    for s in SETTINGS:
+        default = "./var" if s.env == "POSTROOM_VAR_DIR" else s.default
+        shown = "(empty)" if default == "" else f"`{default}`"
+        rows.append(f"| `{s.env}` | {shown} | {s.help} |")
+    return "\n".join(rows)

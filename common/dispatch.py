@@ -28,7 +28,7 @@ def to_stage(stage: str, lane: str, ids: Sequence[int], *, delay_ms: int | None 
     broker = dramatiq.get_broker()
     size = settings.postroom_batch_size
     for start in range(0, len(ids), size):
-        message = dramatiq.Message(
+        message: dramatiq.Message[Any] = dramatiq.Message(
             queue_name=queue_name(stage, lane),
             actor_name=actor_name(STAGES[stage], lane),
             args=(list(ids[start : start + size]),),

@@ -81,26 +81,19 @@ class Stack:
             rd = localinfra.start_redis(self.var / "redis", localinfra.free_port())
             self.infra.append(rd)
             self.env["REDIS_URL"] = rd.url
-        self.env.setdefault("TWILIO_API_BASE", self.cfg.twilio_api_base or self.cfg.sandbox_url)
+        self.env["TWILIO_API_BASE"] = self.cfg.twilio_api_base or self.cfg.sandbox_url
         self.cfg = load({**os.environ, **self.env})
 
     def migrate_and_seed(self) -> str:
-        """Apply migrations; make sure the `dev` workspace exists; return a valid dev API key."""
-        from common import apikeys
-        from common.db.connection import connect_database, db, transaction
-        from common.db.migrate import apply_migrations
+        """Apply migrations and make sure the `dev` workspace has a valid key in <var>/dev-api-key.
 
-        connect_database(self.cfg.database_url, max_connections=4)
-        apply_migrations()
-        key_file = self.var / "dev-api-key"
-        with transaction():
-            ws = apikeys.workspace_id_by_name("dev") or apikeys.create_workspace("dev")
-            key = key_file.read_text().strip() if key_file.exists() else ""
-            if not key or apikeys.workspace_for(key) != ws:
-                key = apikeys.issue(ws)
-                key_file.write_text(key + "\n")
-        db.close()
-        return key
+        Both run as ``postroom`` commands in their own processes, as an operator would run them,
+        so this supervisor holds no database connection of its own.
+        """
+        env = {**os.environ, **self.env}
+        for command in (["migrate"], ["devkey", "--file", str(self.var / "dev-api-key")]):
+            subprocess.run([str(BIN / "postroom"), *command], env=env, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+        return (self.var / "dev-api-key").read_text().strip()
 
     # -- services -------------------------------------------------------------------------
     def service_env(self, service: Service) -> dict[str, str]:

@@ -8,13 +8,18 @@ service's exposition endpoint aggregates them.
 
 from __future__ import annotations
 
+import os
 from collections import Counter as Tally
 from collections.abc import Iterable
 
-import os
-
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, start_http_server
-from prometheus_client import multiprocess
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+    start_http_server,
+)
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 

@@ -14,6 +14,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -109,7 +110,7 @@ def ingest_url(broker) -> str:
 
 
 @pytest.fixture
-def sandbox(sandbox_url: str, ingest_url: str) -> Iterator["Sandbox"]:
+def sandbox(sandbox_url: str, ingest_url: str) -> Iterator[Any]:
     from tests.support import Sandbox
 
     box = Sandbox(sandbox_url)

@@ -7,6 +7,7 @@ be in flight at once.
 
 from __future__ import annotations
 
+import logging
 import threading
 
 from requests.adapters import HTTPAdapter
@@ -20,6 +21,7 @@ from common.errors import PermanentError, ProviderError, Throttled, TransientErr
 from common.providers.sms import Accepted, OutboundSms
 
 PROVIDER = "twilio"
+logging.getLogger("twilio.http_client").setLevel(logging.WARNING)  # it logs every request at INFO
 
 # Twilio error code -> (is it permanent, should the address be suppressed). PROVIDERS.md.
 PERMANENT_CODES: dict[int, bool] = {

@@ -9,21 +9,21 @@ returned follow-ups after the transaction commits.
 from __future__ import annotations
 
 import random
-from datetime import datetime, timezone
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from time import perf_counter
 from typing import Any
 
 from common import lifecycle, metrics, ratelimit
-from common.db.connection import release_connection, transaction
-from common.receipts import apply_pending_receipts
 from common.config import settings
+from common.db.connection import release_connection, transaction
 from common.errors import PermanentError, ProviderError, Throttled, TransientError
 from common.providers.accounts import SmsAccount, sms_account, sms_sender
 from common.providers.sms import Accepted, OutboundSms
 from common.providers.twilio_sms import PROVIDER
+from common.receipts import apply_pending_receipts
 
 CLAIM_COLUMNS = ("to_addr", "from_addr", "body", "attempts", "throttles", "created_at")
 
@@ -63,7 +63,7 @@ def call_provider(claimed: Sequence[dict[str, Any]]) -> list[tuple[dict[str, Any
             outcome = "ok"
         except ProviderError as exc:
             result = exc
-            outcome = {Throttled: "throttled", PermanentError: "permanent"}.get(type(exc), "transient")
+            outcome = "throttled" if isinstance(exc, Throttled) else "permanent" if isinstance(exc, PermanentError) else "transient"
             if isinstance(exc, Throttled):
                 ratelimit.pause(PROVIDER, account.account_sid, exc.retry_after or 1.0)
         metrics.PROVIDER_REQUESTS.labels(provider=PROVIDER, outcome=outcome).observe(perf_counter() - started)
@@ -120,7 +120,7 @@ def record_results(results: Sequence[tuple[dict[str, Any], Accepted | ProviderEr
 
 
 def metrics_end_to_end(rows: Sequence[dict[str, Any]]) -> None:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     for row in rows:
         metrics.END_TO_END.labels(channel="sms", lane=row["priority"]).observe((now - row["created_at"]).total_seconds())
 

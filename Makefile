@@ -1,0 +1,39 @@
+# postroom's front door: `make help` lists every target. CI runs `make test`, nothing else.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test lint bench migrate clean
+
+help: ## list every target
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[local,dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install postroom with its local-run and test dependencies
+
+run: $(STAMP) ## start the whole pipeline locally (private PostgreSQL + Redis under var/ unless DATABASE_URL/REDIS_URL are set)
+	$(BIN)/postroom run
+
+test: $(STAMP) ## run the test suite against real PostgreSQL, Redis, workers and the sandbox
+	$(BIN)/python -m pytest
+
+lint: $(STAMP) ## ruff and mypy over the code and the tests
+	$(BIN)/ruff check common services tests
+	$(BIN)/mypy common services
+
+bench: $(STAMP) ## start a private stack and report throughput, latency and CPU per message (writes var/bench/)
+	$(BIN)/postroom bench
+
+migrate: $(STAMP) ## apply database migrations to DATABASE_URL
+	$(BIN)/postroom migrate
+
+clean: ## remove local data, logs and benchmark results (var/)
+	rm -rf var

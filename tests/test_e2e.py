@@ -1,0 +1,128 @@
+"""End to end through real processes: gunicorn ingest, dramatiq CLI workers, scheduler, sandbox.
+
+The stack gets its own private PostgreSQL and Redis, exactly as `make run` starts them, so the
+broker flush below touches nothing else in the session.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+import requests
+
+from common import localinfra
+from common.localrun import Stack
+from tests.support import wait_for
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory) -> Iterator[Stack]:
+    var = tmp_path_factory.mktemp("stack")
+    env = {
+        "POSTROOM_VAR_DIR": str(var),
+        "DATABASE_URL": "",
+        "REDIS_URL": "",
+        "TWILIO_API_BASE": "",
+        "POSTROOM_API_PORT": str(localinfra.free_port()),
+        "POSTROOM_SANDBOX_PORT": str(localinfra.free_port()),
+        "POSTROOM_METRICS_PORT_BASE": str(20000 + os.getpid() % 10000),
+        "POSTROOM_STAGE_DEADLINE_SECONDS": "2",
+        "POSTROOM_API_WORKERS": "1",
+        "POSTROOM_SENDER_CONCURRENCY": "16",
+    }
+    env["POSTROOM_PUBLIC_URL"] = f"http://127.0.0.1:{env['POSTROOM_API_PORT']}"
+    with Stack(env=env) as running:
+        running.key = running.start()
+        yield running
+
+
+def api(stack: Stack) -> str:
+    return f"http://127.0.0.1:{stack.cfg.postroom_api_port}"
+
+
+def send(stack: Stack, body: str) -> int:
+    response = requests.post(f"{api(stack)}/v1/messages", json={"channel": "sms", "to": "+15005550006", "body": body},
+                             headers={"Authorization": f"Bearer {stack.key}"}, timeout=10)
+    assert response.status_code == 202, response.text
+    return response.json()["id"]
+
+
+def view(stack: Stack, message_id: int) -> dict:
+    return requests.get(f"{api(stack)}/v1/messages/{message_id}", headers={"Authorization": f"Bearer {stack.key}"}, timeout=10).json()
+
+
+def sandbox_bodies(stack: Stack) -> list[str]:
+    return [m["body"] for m in requests.get(f"{stack.cfg.sandbox_url}/sandbox/messages", timeout=10).json()["messages"]]
+
+
+def test_quick_start_sms_is_delivered_with_its_full_history(stack):
+    assert (stack.var / "dev-api-key").read_text().strip() == stack.key
+    message_id = send(stack, "hello from the quick start")
+    wait_for(lambda: view(stack, message_id)["status"] == "delivered", timeout=20, what="delivered")
+    assert "hello from the quick start" in sandbox_bodies(stack)
+    assert [e["status"] for e in view(stack, message_id)["events"]] == ["accepted", "queued", "routed", "sending", "sent", "delivered"]
+
+
+def test_broker_flush_after_accept_still_delivers_once(stack):
+    stack.stop_service("processing")  # hold the message in the broker ...
+    message_id = send(stack, "flushed but not lost")
+    redis.Redis.from_url(stack.cfg.redis_url).flushall()  # ... and lose it
+    stack.start_service(next(s for s in __import__("common.localrun", fromlist=["x"]).services_for(stack.cfg) if s.name == "processing"))
+    wait_for(lambda: view(stack, message_id)["status"] == "delivered", timeout=30, what="delivered after the flush")
+    time.sleep(1)
+    assert sandbox_bodies(stack).count("flushed but not lost") == 1
+
+
+def test_redis_restart_after_accept_still_delivers_once(stack):
+    stack.stop_service("processing")
+    message_id = send(stack, "redis restarted")
+    redis_server = next(s for s in stack.infra if s.name == "redis")
+    redis_server.stop()
+    restarted = localinfra.start_redis(stack.var / "redis", redis_server.port)
+    stack.infra[stack.infra.index(redis_server)] = restarted
+    processing = next(s for s in __import__("common.localrun", fromlist=["x"]).services_for(stack.cfg) if s.name == "processing")
+    stack.start_service(processing)
+    wait_for(lambda: view(stack, message_id)["status"] == "delivered", timeout=40, what="delivered after the restart")
+    time.sleep(1)
+    assert sandbox_bodies(stack).count("redis restarted") == 1
+
+
+LABEL = re.compile(r'(\w+)="([^"]*)"')
+
+
+def scrape(url: str) -> str:
+    response = requests.get(url, timeout=10)
+    assert response.status_code == 200
+    return response.text
+
+
+def test_every_service_exposes_dramatiq_and_postroom_metrics_with_bounded_labels(stack):
+    message_id = send(stack, "metrics")
+    wait_for(lambda: view(stack, message_id)["status"] == "delivered", timeout=20, what="delivered")
+    base = stack.cfg.postroom_metrics_port_base
+    ingest = scrape(f"{api(stack)}/metrics")
+    assert 'postroom_messages_total{channel="sms",status="accepted"}' in ingest
+    assert "postroom_api_request_seconds_bucket" in ingest
+    assert 'postroom_provider_webhooks_total{kind="status",provider="twilio",verdict="applied"}' in ingest
+    workers = {name: scrape(f"http://127.0.0.1:{base + offset}/metrics") for name, offset in
+               (("processing", 0), ("routing", 1), ("sender-sms", 2))}
+    for name, text in workers.items():
+        assert "dramatiq_messages_total" in text, name
+    assert 'postroom_messages_total{channel="sms",status="queued"}' in workers["processing"]
+    assert 'postroom_messages_total{channel="sms",status="routed"}' in workers["routing"]
+    assert 'postroom_provider_request_seconds_count{outcome="ok",provider="twilio"}' in workers["sender-sms"]
+    scheduler = scrape(f"http://127.0.0.1:{base + 9}/metrics")
+    assert "postroom_reconciler_redriven_total" in scheduler
+    allowed = {"channel", "status", "provider", "outcome", "kind", "verdict", "endpoint", "code", "lane", "le",
+               "queue_name", "actor_name", "quantile"}
+    for text in [ingest, scheduler, *workers.values()]:
+        for line in text.splitlines():
+            if line.startswith("postroom_") or line.startswith("dramatiq_"):
+                for label, value in LABEL.findall(line):
+                    assert label in allowed, line
+                    assert "+1500" not in value and not value.isdigit(), line
