@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test lint bench migrate clean
+.PHONY: help install run test lint bench migrate clean readme-config
 
 help: ## list every target
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -30,10 +30,13 @@ lint: $(STAMP) ## ruff and mypy over the code and the tests
 	$(BIN)/mypy common services
 
 bench: $(STAMP) ## start a private stack and report throughput, latency and CPU per message (writes var/bench/)
-	$(BIN)/postroom bench
+	$(BIN)/python -m tests.bench
 
 migrate: $(STAMP) ## apply database migrations to DATABASE_URL
 	$(BIN)/postroom migrate
 
 clean: ## remove local data, logs and benchmark results (var/)
 	rm -rf var
+
+readme-config: $(STAMP) ## regenerate the README's configuration table from common/config.py
+	$(BIN)/python -c "import re,pathlib; from common.config import markdown_table as t; p=pathlib.Path('README.md'); s=p.read_text(); p.write_text(re.sub(r'(?s)(<!-- config-table -->\n).*?(\n<!-- /config-table -->)', lambda m: m.group(1)+t()+m.group(2), s))"

@@ -80,12 +80,6 @@ def cmd_run(args: argparse.Namespace) -> None:
     run_forever()
 
 
-def cmd_bench(args: argparse.Namespace) -> None:
-    from tests.bench.api_sms import main
-
-    main(args.count, args.output)
-
-
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=settings.postroom_log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     parser = argparse.ArgumentParser(prog="postroom", description=__doc__)
@@ -104,10 +98,6 @@ def main(argv: list[str] | None = None) -> None:
     devkey.set_defaults(func=cmd_devkey)
     sub.add_parser("scheduler", help="run the scheduler loop (reconciler)").set_defaults(func=cmd_scheduler)
     sub.add_parser("run", help="start the whole pipeline locally (make run)").set_defaults(func=cmd_run)
-    bench = sub.add_parser("bench", help="run the benchmark scenarios against a private stack (make bench)")
-    bench.add_argument("--count", type=int, default=2000)
-    bench.add_argument("--output", default="var/bench/api_sms.json")
-    bench.set_defaults(func=cmd_bench)
     args = parser.parse_args(argv)
     args.func(args)
 

@@ -48,6 +48,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("POSTROOM_SENDING_TIMEOUT_SECONDS", float, 300.0, "A message left in `sending` this long (its sender died mid-call) is failed as interrupted."),
     Setting("POSTROOM_RECONCILE_INTERVAL_SECONDS", float, 1.0, "How often the scheduler looks for due and stuck rows."),
     Setting("POSTROOM_BROKER_POLL_MS", int, 100, "Longest idle wait of a worker between broker polls; bounds the hand-off latency of each stage."),
+    Setting("POSTROOM_HANDOFF_LINGER_MS", float, 5.0, "Ingest gathers accepted ids this long before enqueueing them as one batch."),
     Setting("POSTROOM_BATCH_SIZE", int, 500, "Most ids one broker message carries between stages."),
     Setting("TWILIO_ACCOUNT_SID", str, "AC00000000000000000000000000000000", "Default Twilio account SID (a workspace's channel config overrides it)."),
     Setting("TWILIO_AUTH_TOKEN", str, "sandbox-auth-token", "Default Twilio auth token: API auth and X-Twilio-Signature key."),
@@ -82,6 +83,7 @@ class Settings:
     postroom_sending_timeout_seconds: float
     postroom_reconcile_interval_seconds: float
     postroom_broker_poll_ms: int
+    postroom_handoff_linger_ms: float
     postroom_batch_size: int
     twilio_account_sid: str
     twilio_auth_token: str

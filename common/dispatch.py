@@ -7,6 +7,11 @@ only after the transaction that recorded the work has committed.
 
 from __future__ import annotations
 
+import atexit
+import logging
+import os
+import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,6 +19,8 @@ import dramatiq
 
 from common.broker import actor_name, queue_name
 from common.config import settings
+
+log = logging.getLogger("postroom.dispatch")
 
 # stage -> (actor base name); queue is "<stage>_<lane>", actor "<base>_<lane>".
 STAGES: dict[str, str] = {
@@ -50,3 +57,63 @@ def hand_on(stage: str | None, moved: Sequence[dict[str, Any]]) -> None:
     """Enqueue moved messages for ``stage`` by lane; ``stage=None`` sends each to its channel's sender."""
     for (lane, channel), ids in by_lane(moved).items():
         to_stage(stage or channel, lane, ids)
+
+
+class Coalescer:
+    """Gathers ids handed to a stage for a few milliseconds and enqueues them as one batch.
+
+    Ingest accepts messages one request at a time; enqueueing each alone would make every later
+    stage pay its per-message overhead (a broker message, a claim, a commit) once per message.
+    Ids are submitted only after their rows committed, and an enqueue that fails or is lost with
+    the process is covered by the reconciler, which re-drives rows waiting past their deadline.
+    """
+
+    def __init__(self, linger_ms: float, max_batch: int):
+        self.linger = linger_ms / 1000
+        self.max_batch = max_batch
+        self._pending: dict[tuple[str, str], list[int]] = {}
+        self._size = 0
+        self._cond = threading.Condition()
+        self._owner_pid = 0
+
+    def submit(self, stage: str, lane: str, ids: Sequence[int]) -> None:
+        with self._cond:
+            if self._owner_pid != os.getpid():  # first use in this (possibly forked) process
+                self._owner_pid = os.getpid()
+                self._pending, self._size = {}, 0
+                threading.Thread(target=self._run, name="handoff-coalescer", daemon=True).start()
+                atexit.register(self.flush)
+            self._pending.setdefault((stage, lane), []).extend(ids)
+            self._size += len(ids)
+            self._cond.notify()
+
+    def _take(self) -> dict[tuple[str, str], list[int]]:
+        batches, self._pending, self._size = self._pending, {}, 0
+        return batches
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._size:
+                    self._cond.wait()
+                deadline = time.monotonic() + self.linger
+                while self._size < self.max_batch and (left := deadline - time.monotonic()) > 0:
+                    self._cond.wait(left)
+                batches = self._take()
+            self._enqueue(batches)
+
+    def flush(self) -> None:
+        with self._cond:
+            batches = self._take()
+        self._enqueue(batches)
+
+    @staticmethod
+    def _enqueue(batches: dict[tuple[str, str], list[int]]) -> None:
+        for (stage, lane), ids in batches.items():
+            try:
+                to_stage(stage, lane, ids)
+            except Exception:  # the rows are committed: the reconciler re-drives them
+                log.exception("enqueue of %d ids to %s/%s failed; the reconciler will re-drive them", len(ids), stage, lane)
+
+
+handoff = Coalescer(settings.postroom_handoff_linger_ms, settings.postroom_batch_size)

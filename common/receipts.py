@@ -18,11 +18,12 @@ from common.db.connection import fetch
 
 def store_event(provider: str, kind: str, payload: dict[str, Any], *, signature_valid: bool,
                 provider_message_id: str | None = None, status: str | None = None,
-                detail: dict[str, Any] | None = None) -> int:
+                detail: dict[str, Any] | None = None, handled: bool = False) -> int:
+    """Keep one webhook as received; ``handled`` marks one that needs nothing applied (e.g. `queued`)."""
     rows = fetch(
-        "INSERT INTO provider_event (provider, kind, provider_message_id, status, detail, payload, signature_valid)"
-        " VALUES (%s, %s, %s, %s, %s::jsonb, %s::jsonb, %s) RETURNING id",
-        (provider, kind, provider_message_id, status, json.dumps(detail or {}), json.dumps(payload), signature_valid),
+        "INSERT INTO provider_event (provider, kind, provider_message_id, status, detail, payload, signature_valid, applied_at)"
+        " VALUES (%s, %s, %s, %s, %s::jsonb, %s::jsonb, %s, CASE WHEN %s THEN now() END) RETURNING id",
+        (provider, kind, provider_message_id, status, json.dumps(detail or {}), json.dumps(payload), signature_valid, handled),
     )
     return rows[0][0]
 

@@ -12,6 +12,7 @@ from tests.support import history, running_workers, status_of, wait_for
 def test_flushed_broker_after_accept_still_delivers_once(api, workspace, sandbox, broker):
     message_id = api.post("/v1/messages", json={"channel": "sms", "to": "+15005550006", "body": "survives flush"},
                           headers=workspace["auth"]).get_json()["id"]
+    wait_for(lambda: broker.client.llen("dramatiq:processing_urgent"), what="the hand-off to reach the broker")
     broker.client.flushall()  # every queued broker message is gone
     assert status_of(message_id) == "accepted"
     with running_workers(broker):

@@ -56,13 +56,14 @@ def create_message() -> tuple[Response, int]:
     except messages.IdempotencyConflict:
         return error(409, "idempotency_conflict", "this Idempotency-Key was already used for a different message", "Idempotency-Key")
     if not accepted.replayed:
-        dispatch.to_stage("processing", accepted.priority, [accepted.id])  # after the commit
+        dispatch.handoff.submit("processing", accepted.priority, [accepted.id])  # after the commit
+        return jsonify({"id": accepted.id, "status": "accepted", "channel": new.channel, "to": new.to,
+                        "priority": accepted.priority, "created_at": accepted.created_at}), 202
     with transaction():
         body = messages.view(g.workspace_id, accepted.id, with_events=False)
     response = jsonify(body)
-    if accepted.replayed:
-        response.headers["Idempotent-Replayed"] = "true"
-    return response, 200 if accepted.replayed else 202
+    response.headers["Idempotent-Replayed"] = "true"
+    return response, 200
 
 
 @api.get("/messages/<int:message_id>")

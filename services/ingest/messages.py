@@ -31,6 +31,7 @@ class Accepted:
     id: int
     priority: str
     replayed: bool
+    created_at: str | None = None
 
 
 class IdempotencyConflict(Exception):
@@ -45,7 +46,7 @@ def accept(workspace_id: int, new: NewMessage, idempotency_key: str | None) -> A
     })
     if rows:
         metrics.count_transitions("accepted", [new.channel])
-        return Accepted(rows[0]["id"], rows[0]["priority"], replayed=False)
+        return Accepted(rows[0]["id"], rows[0]["priority"], replayed=False, created_at=_iso(rows[0]["created_at"]))
     earlier = fetch_dicts(
         "SELECT id, channel, to_addr, from_addr, body, priority FROM message WHERE workspace_id = %s AND idempotency_key = %s",
         (workspace_id, idempotency_key),

@@ -35,18 +35,19 @@ def twilio_status() -> tuple[Response | str, int]:
     detail = {"provider_status": provider_status}
     if params.get("ErrorCode"):
         detail.update(error_code=params["ErrorCode"], error=f"{params['ErrorCode']}: {params.get('ErrorMessage', 'delivery failed')}")
+    message_id = None
     with transaction():
         token = twilio_auth_token(params.get("AccountSid", ""))
         valid = token is not None and signature_valid(token, public_url(), params, request.headers.get("X-Twilio-Signature", ""))
-        event_id = store_event(PROVIDER, "status", params, signature_valid=valid,
-                               provider_message_id=sid, status=status, detail=detail)
+        actionable = valid and bool(status and sid)
+        event_id = store_event(PROVIDER, "status", params, signature_valid=valid, provider_message_id=sid,
+                               status=status, detail=detail, handled=valid and not actionable)
+        if actionable:
+            assert status and sid
+            message_id = apply_receipt_event(event_id, PROVIDER, sid, status, detail)
     if not valid:
         metrics.PROVIDER_WEBHOOKS.labels(provider=PROVIDER, kind="status", verdict="bad_signature").inc()
         return Response('{"error":{"code":"bad_signature","message":"X-Twilio-Signature does not match"}}', mimetype="application/json"), 403
-    verdict = "ignored"
-    if status and sid:
-        with transaction():
-            message_id = apply_receipt_event(event_id, PROVIDER, sid, status, detail)
-        verdict = "applied" if message_id is not None else "pending"
+    verdict = ("applied" if message_id is not None else "pending") if actionable else "ignored"
     metrics.PROVIDER_WEBHOOKS.labels(provider=PROVIDER, kind="status", verdict=verdict).inc()
     return Response(EMPTY_TWIML, mimetype="application/xml"), 200

@@ -82,12 +82,12 @@ CREATE TABLE provider_event (
     detail              jsonb NOT NULL DEFAULT '{}',  -- error code/message taken from the payload
     payload             jsonb NOT NULL,           -- exactly what the provider sent
     signature_valid     boolean NOT NULL,
-    applied_at          timestamptz,
+    applied_at          timestamptz,              -- handled: applied, or nothing to apply
     received_at         timestamptz NOT NULL DEFAULT now()
 );
 -- Receipts that arrived before their message's provider id was recorded wait here.
 CREATE INDEX provider_event_pending ON provider_event (provider, provider_message_id)
-    WHERE applied_at IS NULL AND signature_valid;
+    WHERE applied_at IS NULL AND signature_valid AND status IS NOT NULL;
 
 CREATE TABLE outbox (
     id            bigserial PRIMARY KEY,

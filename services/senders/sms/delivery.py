@@ -9,6 +9,7 @@ returned follow-ups after the transaction commits.
 from __future__ import annotations
 
 import random
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -46,20 +47,31 @@ def claim_for_sending(ids: Sequence[int]) -> list[dict[str, Any]]:
     return lifecycle.advance(ids, ["routed"], "sending", due_only=True, returning=CLAIM_COLUMNS)
 
 
+# Provider calls in flight in this process, across every batch its greenlets/threads work on.
+_in_flight = threading.BoundedSemaphore(settings.postroom_sender_concurrency)
+
+
 def call_provider(claimed: Sequence[dict[str, Any]]) -> list[tuple[dict[str, Any], Accepted | ProviderError]]:
-    """Send each claimed message, keeping up to SENDER_CONCURRENCY calls in flight."""
+    """Send each claimed message, keeping up to SENDER_CONCURRENCY calls in flight per process."""
     callback = f"{settings.public_url}/webhooks/twilio/status"
+    paused: dict[str, float] = {}
+    for account in {row["account"] for row in claimed if not row["account"].rate_limit_per_second}:
+        # Unlimited accounts only need to know whether a 429 paused them: once per batch.
+        paused[account.account_sid] = ratelimit.wait_before_send(PROVIDER, account.account_sid, 0)
 
     def one(row: dict[str, Any]) -> tuple[dict[str, Any], Accepted | ProviderError]:
         account: SmsAccount = row["account"]
-        wait = ratelimit.wait_before_send(PROVIDER, account.account_sid, account.rate_limit_per_second)
+        wait = paused.get(account.account_sid)
+        if wait is None:
+            wait = ratelimit.wait_before_send(PROVIDER, account.account_sid, account.rate_limit_per_second)
         if wait > 0:
             metrics.RATE_LIMIT_WAITS.labels(provider=PROVIDER).inc()
             return row, Throttled("waiting for a send token", code="rate_limit", retry_after=wait)
         sms = OutboundSms(row["id"], row["to_addr"], row["from_addr"] or account.sender, row["body"], callback)
         started = perf_counter()
         try:
-            result: Accepted | ProviderError = sms_sender(account).send(sms)
+            with _in_flight:
+                result: Accepted | ProviderError = sms_sender(account).send(sms)
             outcome = "ok"
         except ProviderError as exc:
             result = exc

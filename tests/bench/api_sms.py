@@ -1,0 +1,164 @@
+"""Benchmark: single SMS posted through the API as fast as it takes them, end to end.
+
+Starts a private stack (as ``make run`` does), then for each scenario — the sandbox answering at
+once, and after 150 ms per call as real providers do — posts COUNT messages from a pool of client
+threads and measures API requests/s, end-to-end messages/s (first request → last message
+received by the sandbox), accepted → sent latency percentiles (from the database), and CPU
+seconds per message of each process group. Results are printed as a table and written as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+import psycopg2
+import requests
+
+from common import localinfra
+from common.config import ROOT
+from common.localrun import Stack
+
+CLIENT_THREADS = 32
+SCENARIOS = (("instant provider", 0), ("provider answers in 150 ms", 150))
+
+
+def process_groups(stack: Stack) -> dict[str, list[psutil.Process]]:
+    """Every process of each group: a service with its children, PostgreSQL, Redis."""
+    groups: dict[str, list[psutil.Process]] = {}
+    for name, popen in stack.processes.items():
+        root = psutil.Process(popen.pid)
+        groups[name] = [root, *root.children(recursive=True)]
+    for server in stack.infra:
+        root = psutil.Process(server.pid)
+        groups[server.name] = [root, *root.children(recursive=True)]
+    groups["bench client"] = [psutil.Process(os.getpid())]
+    return groups
+
+
+def cpu_seconds(groups: dict[str, list[psutil.Process]]) -> dict[str, float]:
+    totals = {}
+    for name, procs in groups.items():
+        total = 0.0
+        for proc in procs:
+            try:
+                t = proc.cpu_times()
+                total += t.user + t.system
+            except psutil.NoSuchProcess:
+                pass
+        totals[name] = total
+    return totals
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def post_all(api: str, key: str, count: int, tag: str) -> tuple[list[int], float, float]:
+    """POST ``count`` messages from CLIENT_THREADS threads; return ids, start and end times."""
+    local = threading.local()
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+
+    def one(n: int) -> int:
+        session = getattr(local, "session", None) or requests.Session()
+        local.session = session
+        body = json.dumps({"channel": "sms", "to": f"+1500555{n % 10000:04d}", "body": f"{tag} #{n}"})
+        response = session.post(f"{api}/v1/messages", data=body, headers=headers, timeout=30)
+        if response.status_code != 202:
+            raise RuntimeError(f"API answered {response.status_code}: {response.text}")
+        return response.json()["id"]
+
+    started = time.time()
+    with ThreadPoolExecutor(CLIENT_THREADS) as pool:
+        ids = list(pool.map(one, range(count)))
+    return ids, started, time.time()
+
+
+def run_scenario(stack: Stack, key: str, count: int, name: str, latency_ms: int) -> dict[str, Any]:
+    sandbox = stack.cfg.sandbox_url
+    api = f"http://{stack.cfg.postroom_api_host}:{stack.cfg.postroom_api_port}"
+    requests.delete(f"{sandbox}/sandbox/messages", timeout=10)
+    requests.delete(f"{sandbox}/sandbox/faults", timeout=10)
+    requests.post(f"{sandbox}/sandbox/faults", json={"latency_ms": latency_ms}, timeout=10).raise_for_status()
+    groups = process_groups(stack)
+    cpu_before = cpu_seconds(groups)
+    ids, started, posted = post_all(api, key, count, name)
+    deadline = time.time() + 300
+    while requests.get(f"{sandbox}/sandbox/stats", timeout=10).json()["received"] < count:
+        if time.time() > deadline:
+            raise RuntimeError("the sandbox did not receive every message within 300 s")
+        time.sleep(0.05)
+    received = requests.get(f"{sandbox}/sandbox/messages", timeout=30).json()["messages"]
+    last_received = max(datetime.fromisoformat(m["received_at"].replace("Z", "+00:00")).timestamp() for m in received)
+    cpu_after = cpu_seconds(groups)
+    with psycopg2.connect(stack.cfg.database_url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT extract(epoch FROM sent_at - created_at) FROM message WHERE id = ANY(%s) AND sent_at IS NOT NULL", (ids,))
+        latencies = [float(r[0]) * 1000 for r in cur.fetchall()]
+        cur.execute("SELECT count(*) FROM message WHERE id = ANY(%s) AND status IN ('sent', 'delivered')", (ids,))
+        sent = cur.fetchone()[0]
+    duplicates = len(received) - len({m["body"] for m in received})
+    return {
+        "scenario": name,
+        "provider_latency_ms": latency_ms,
+        "messages": count,
+        "sent_or_delivered": sent,
+        "sandbox_received": len(received),
+        "duplicates_at_provider": duplicates,
+        "api_requests_per_s": round(count / (posted - started), 1),
+        "end_to_end_messages_per_s": round(count / (last_received - started), 1),
+        "accepted_to_sent_ms": {
+            "p50": round(percentile(latencies, 50), 1),
+            "p95": round(percentile(latencies, 95), 1),
+            "p99": round(percentile(latencies, 99), 1),
+            "mean": round(statistics.fmean(latencies), 1),
+        },
+        "cpu_ms_per_message": {g: round((cpu_after[g] - cpu_before[g]) * 1000 / count, 3) for g in cpu_before},
+    }
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    lines = []
+    for r in results:
+        lat = r["accepted_to_sent_ms"]
+        lines += [
+            f"scenario: {r['scenario']} ({r['messages']} single SMS, {r['sandbox_received']} received by the sandbox, "
+            f"{r['duplicates_at_provider']} duplicates)",
+            f"  API requests/s            {r['api_requests_per_s']:>9}",
+            f"  end-to-end messages/s     {r['end_to_end_messages_per_s']:>9}",
+            f"  accepted→sent p50/p95/p99 {lat['p50']:>7} / {lat['p95']} / {lat['p99']} ms",
+            "  CPU ms per message by process group:",
+            *[f"    {g:<14} {v:>8.3f}" for g, v in sorted(r["cpu_ms_per_message"].items(), key=lambda kv: -kv[1])],
+            f"    {'total':<14} {sum(r['cpu_ms_per_message'].values()):>8.3f}",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def main(count: int = 2000, output: str = "var/bench/api_sms.json") -> None:
+    out = Path(output) if Path(output).is_absolute() else ROOT / output
+    out.parent.mkdir(parents=True, exist_ok=True)
+    env = {
+        "POSTROOM_VAR_DIR": str(out.parent / "stack"),
+        "POSTROOM_API_PORT": str(localinfra.free_port()),
+        "POSTROOM_SANDBOX_PORT": str(localinfra.free_port()),
+        "POSTROOM_METRICS_PORT_BASE": str(21000 + os.getpid() % 9000),
+        "POSTROOM_LOG_LEVEL": "WARNING",
+    }
+    env["POSTROOM_PUBLIC_URL"] = f"http://127.0.0.1:{env['POSTROOM_API_PORT']}"
+    with Stack(env=env) as stack:
+        key = stack.start()
+        results = [run_scenario(stack, key, count, name, latency) for name, latency in SCENARIOS]
+    report = {"benchmark": "api_single_sms", "cores": psutil.cpu_count(), "client_threads": CLIENT_THREADS,
+              "settings": {k: v for k, v in os.environ.items() if k.startswith("POSTROOM_")}, "results": results}
+    out.write_text(json.dumps(report, indent=2))
+    print(table(results))
+    print(f"written to {out}")
