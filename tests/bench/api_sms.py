@@ -105,6 +105,13 @@ def run_scenario(stack: Stack, key: str, count: int, name: str, latency_ms: int)
         latencies = [float(r[0]) * 1000 for r in cur.fetchall()]
         cur.execute("SELECT count(*) FROM message WHERE id = ANY(%s) AND status IN ('sent', 'delivered')", (ids,))
         sent = cur.fetchone()[0]
+        # Where the time goes: mean and p95 wait before each status, from the event history.
+        cur.execute("""
+            SELECT status, avg(wait) * 1000, percentile_cont(0.95) WITHIN GROUP (ORDER BY wait) * 1000 FROM (
+                SELECT status, extract(epoch FROM at - lag(at) OVER (PARTITION BY message_id ORDER BY id)) AS wait
+                FROM message_event WHERE message_id = ANY(%s)) w
+            WHERE wait IS NOT NULL AND status IN ('queued', 'routed', 'sending', 'sent') GROUP BY status""", (ids,))
+        stage_ms = {row[0]: {"mean": round(float(row[1]), 1), "p95": round(float(row[2]), 1)} for row in cur.fetchall()}
     duplicates = len(received) - len({m["body"] for m in received})
     return {
         "scenario": name,
@@ -121,6 +128,7 @@ def run_scenario(stack: Stack, key: str, count: int, name: str, latency_ms: int)
             "p99": round(percentile(latencies, 99), 1),
             "mean": round(statistics.fmean(latencies), 1),
         },
+        "wait_before_status_ms": stage_ms,
         "cpu_ms_per_message": {g: round((cpu_after[g] - cpu_before[g]) * 1000 / count, 3) for g in cpu_before},
     }
 
@@ -135,6 +143,9 @@ def table(results: list[dict[str, Any]]) -> str:
             f"  API requests/s            {r['api_requests_per_s']:>9}",
             f"  end-to-end messages/s     {r['end_to_end_messages_per_s']:>9}",
             f"  accepted→sent p50/p95/p99 {lat['p50']:>7} / {lat['p95']} / {lat['p99']} ms",
+            "  wait before each status, mean / p95 ms: " + ", ".join(
+                f"{st} {r['wait_before_status_ms'][st]['mean']} / {r['wait_before_status_ms'][st]['p95']}"
+                for st in ("queued", "routed", "sending", "sent") if st in r["wait_before_status_ms"]),
             "  CPU ms per message by process group:",
             *[f"    {g:<14} {v:>8.3f}" for g, v in sorted(r["cpu_ms_per_message"].items(), key=lambda kv: -kv[1])],
             f"    {'total':<14} {sum(r['cpu_ms_per_message'].values()):>8.3f}",
