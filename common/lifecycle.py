@@ -147,13 +147,33 @@ def record_outcomes(
 
 
 def apply_receipt(
-    provider: str, provider_message_id: str, status: str, detail: dict[str, Any]
+    provider: str,
+    provider_message_id: str,
+    status: str | None,
+    detail: dict[str, Any],
+    *,
+    keep_event: dict[str, Any] | None = None,
 ) -> int | None:
     """Move the message the provider knows as ``provider_message_id`` forward to ``status``.
 
-    Returns the message id if the message exists (whether or not the status moved, since a
-    lower or equal rank is a no-op), or None if no message carries that provider id yet.
+    Parameters:
+      status: our status the receipt reports, or None for a receipt with nothing to apply.
+      keep_event: if given (``kind`` and ``payload``), the receipt is also stored in
+        ``provider_event`` by the same statement — applied if its message exists, else pending.
+
+    Returns:
+      The message id if a message carries that provider id (whether or not the status moved:
+      a lower or equal rank is a no-op), else None.
     """
+    keep = ""
+    if keep_event is not None:
+        keep = """, kept AS (
+            INSERT INTO provider_event (provider, kind, provider_message_id, status, detail, payload,
+                                        signature_valid, applied_at, message_id)
+            SELECT %(provider)s, %(kind)s, %(pid)s, %(to)s, %(detail)s::jsonb, %(payload)s::jsonb, true,
+                   CASE WHEN t.id IS NOT NULL OR %(to)s IS NULL THEN now() END, t.id
+            FROM (SELECT (SELECT id FROM target) AS id) t
+        )"""
     rows = fetch(
         f"""
         WITH target AS (
@@ -166,18 +186,21 @@ def apply_receipt(
                    last_error = coalesce(%(error)s, last_error)
             WHERE id = (SELECT id FROM target) AND {_RANK_SQL} < %(rank)s
             RETURNING id, workspace_id, status, priority, channel, %(detail)s::jsonb AS detail
-        ){_RECORD}
+        ){_RECORD}{keep}
         SELECT id, channel FROM moved UNION ALL SELECT id, NULL FROM target
         """,
         {
             "provider": provider,
             "pid": provider_message_id,
             "to": status,
-            "rank": RANK[status],
+            "rank": RANK[status] if status else -1,
             "detail": _jsonb(detail),
             "error_code": detail.get("error_code"),
             "error": detail.get("error"),
+            "kind": (keep_event or {}).get("kind"),
+            "payload": _jsonb((keep_event or {}).get("payload")),
         },
     )
-    metrics.count_transitions(status, [r[1] for r in rows if r[1] is not None])
+    if status:
+        metrics.count_transitions(status, [r[1] for r in rows if r[1] is not None])
     return rows[0][0] if rows else None

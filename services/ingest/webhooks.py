@@ -12,9 +12,10 @@ from flask import Blueprint, Response, request
 from common import metrics
 from common.config import settings
 from common.db.connection import transaction
+from common.lifecycle import apply_receipt
 from common.providers.accounts import twilio_auth_token
 from common.providers.twilio_sms import PROVIDER, RECEIPT_STATUSES, signature_valid
-from common.receipts import apply_receipt_event, store_event
+from common.receipts import store_event
 
 webhooks = Blueprint("webhooks", __name__, url_prefix="/webhooks")
 EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
@@ -39,15 +40,14 @@ def twilio_status() -> tuple[Response | str, int]:
     with transaction():
         token = twilio_auth_token(params.get("AccountSid", ""))
         valid = token is not None and signature_valid(token, public_url(), params, request.headers.get("X-Twilio-Signature", ""))
-        actionable = valid and bool(status and sid)
-        event_id = store_event(PROVIDER, "status", params, signature_valid=valid, provider_message_id=sid,
-                               status=status, detail=detail, handled=valid and not actionable)
-        if actionable:
-            assert status and sid
-            message_id = apply_receipt_event(event_id, PROVIDER, sid, status, detail)
+        if not valid or not sid:
+            store_event(PROVIDER, "status", params, signature_valid=valid, provider_message_id=sid,
+                        status=status, detail=detail, handled=valid)
+        else:  # one statement: keep the receipt and move its message forward (or leave it pending)
+            message_id = apply_receipt(PROVIDER, sid, status, detail, keep_event={"kind": "status", "payload": params})
     if not valid:
         metrics.PROVIDER_WEBHOOKS.labels(provider=PROVIDER, kind="status", verdict="bad_signature").inc()
         return Response('{"error":{"code":"bad_signature","message":"X-Twilio-Signature does not match"}}', mimetype="application/json"), 403
-    verdict = ("applied" if message_id is not None else "pending") if actionable else "ignored"
+    verdict = ("applied" if message_id is not None else "pending") if status and sid else "ignored"
     metrics.PROVIDER_WEBHOOKS.labels(provider=PROVIDER, kind="status", verdict=verdict).inc()
     return Response(EMPTY_TWIML, mimetype="application/xml"), 200
