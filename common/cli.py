@@ -49,6 +49,32 @@ def cmd_apikey_create(args: argparse.Namespace) -> None:
         print(apikeys.issue(ws))
 
 
+def cmd_channel_sms(args: argparse.Namespace) -> None:
+    """Give a workspace its own Twilio account for SMS (credentials encrypted at rest)."""
+    from common import apikeys
+    from common.crypto import seal
+    from common.db.connection import fetch, transaction
+
+    _connect()
+    creds = {"account_sid": args.account_sid, "auth_token": args.auth_token}
+    if args.api_base:
+        creds["api_base"] = args.api_base
+    with transaction():
+        ws = apikeys.workspace_id_by_name(args.workspace)
+        if ws is None:
+            sys.exit(f"no workspace {args.workspace!r}")
+        fetch(
+            "INSERT INTO channel_config (workspace_id, channel, provider, account_ref, credentials, sender_identity, rate_limit_per_second)"
+            " VALUES (%s, 'sms', 'twilio', %s, %s, %s, %s)"
+            " ON CONFLICT (workspace_id, channel) DO UPDATE SET provider = excluded.provider, account_ref = excluded.account_ref,"
+            " credentials = excluded.credentials, sender_identity = excluded.sender_identity,"
+            " rate_limit_per_second = excluded.rate_limit_per_second",
+            (ws, args.account_sid, seal(creds), args.from_, args.rate_limit),
+        )
+    print(f"workspace {args.workspace!r} sends SMS from {args.from_} through Twilio account {args.account_sid}"
+          + (f" at most {args.rate_limit:g}/s" if args.rate_limit else ""))
+
+
 def cmd_devkey(args: argparse.Namespace) -> None:
     """Ensure the `dev` workspace exists and ``args.file`` holds a valid key for it."""
     from pathlib import Path
@@ -93,6 +119,15 @@ def main(argv: list[str] | None = None) -> None:
     issue = keys.add_parser("create", help="print a new API key for a workspace")
     issue.add_argument("--workspace", required=True)
     issue.set_defaults(func=cmd_apikey_create)
+    channel = sub.add_parser("channel", help="configure a workspace's provider accounts").add_subparsers(dest="action", required=True)
+    sms = channel.add_parser("sms", help="send this workspace's SMS through its own Twilio account")
+    sms.add_argument("--workspace", required=True)
+    sms.add_argument("--account-sid", required=True)
+    sms.add_argument("--auth-token", required=True)
+    sms.add_argument("--from", dest="from_", required=True, help="sender number, E.164")
+    sms.add_argument("--rate-limit", type=float, default=0.0, help="messages per second for this account (0: no limit)")
+    sms.add_argument("--api-base", default="", help="Twilio API base URL (default: TWILIO_API_BASE)")
+    sms.set_defaults(func=cmd_channel_sms)
     devkey = sub.add_parser("devkey", help="ensure the `dev` workspace and a valid key in FILE (used by make run)")
     devkey.add_argument("--file", default=str(settings.var_dir / "dev-api-key"))
     devkey.set_defaults(func=cmd_devkey)

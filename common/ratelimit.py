@@ -22,9 +22,10 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then tat = now end
-local allowance = interval * tonumber(ARGV[2])
-if tat - now >= allowance then
-  return math.ceil((tat - now - allowance + interval) / 1000)
+-- GCRA: a call may go when the bucket is at most burst-1 intervals ahead of now.
+local allowance = interval * (tonumber(ARGV[2]) - 1)
+if tat - now > allowance then
+  return math.ceil((tat - now - allowance) / 1000)
 end
 redis.call('SET', KEYS[1], tat + interval, 'PX', math.ceil((tat + interval - now) / 1000) + 1000)
 return 0
@@ -46,8 +47,12 @@ def use_client(client: redis.Redis) -> None:
     _client = client
 
 
-def wait_before_send(provider: str, account: str, per_second: float, burst: int = 10) -> float:
-    """Seconds to wait before the next call for this account; 0 means a token was taken."""
+def wait_before_send(provider: str, account: str, per_second: float, burst: int | None = None) -> float:
+    """Seconds to wait before the next call for this account; 0 means a token was taken.
+
+    ``burst`` (default: one second's worth of tokens) is how many calls may go at once after idling.
+    """
+    burst = burst or max(1, int(per_second))
     interval_us = int(1_000_000 / per_second) if per_second > 0 else 0
     client = _redis()
     ms = client.eval(_SCRIPT, 2, f"postroom:rate:{provider}:{account}", f"postroom:pause:{provider}:{account}", interval_us, burst)

@@ -144,3 +144,27 @@ def test_actors_are_declared_per_lane_on_their_own_queues(broker):
     assert broker.get_actor("send_sms_urgent").queue_name == "sms_urgent"
     assert broker.get_actor("send_sms_urgent").priority < broker.get_actor("send_sms_bulk").priority
     assert isinstance(broker, dramatiq.brokers.redis.RedisBroker)
+
+
+def test_account_rate_limit_throttles_without_spending_retries(api, workspace, sandbox, broker):
+    from datetime import datetime
+
+    from common.config import settings
+    from common.crypto import seal
+
+    with transaction():
+        fetch("INSERT INTO channel_config (workspace_id, channel, provider, account_ref, credentials, sender_identity, rate_limit_per_second)"
+              " VALUES (%s, 'sms', 'twilio', %s, %s, '+15005550007', 5)",
+              (workspace["id"], settings.twilio_account_sid,
+               seal({"account_sid": settings.twilio_account_sid, "auth_token": settings.twilio_auth_token})))
+    with running_workers(broker):
+        ids = [post(api, workspace, body=f"paced {n}") for n in range(8)]
+        wait_for(lambda: all(status_of(i) in ("sent", "delivered") for i in ids), timeout=20, what="all sent")
+    received = sandbox.messages()
+    assert len(received) == 8 and {m["from"] for m in received} == {"+15005550007"}
+    times = sorted(datetime.fromisoformat(m["received_at"]).timestamp() for m in received)
+    assert times[-1] - times[0] >= 0.5  # 5 at once (one second's burst), then one token every 200 ms
+    assert all(message(i)["attempts"] == 1 for i in ids)  # waiting for a token is not an attempt
+    throttled = [e for i in ids for e in api.get(f"/v1/messages/{i}", headers=workspace["auth"]).get_json()["events"]
+                 if e["detail"].get("error_code") == "rate_limit"]
+    assert throttled
