@@ -1,0 +1,485 @@
+"""deploy/ and k8s/ stay true to the code.
+
+The Kubernetes Deployments and the Procfile run the commands ``make run`` runs
+(``common.localrun.services_for``); every setting a manifest sets is one ``common.config`` reads;
+alert rules and the Grafana dashboard use only metrics that exist (``common.metrics``, Dramatiq's
+Prometheus middleware, ``up``); KEDA watches the queues the workers consume. Files are parsed,
+nothing is deployed: no cluster, Docker or promtool is needed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from importlib import import_module
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from common import metrics
+from common.config import ROOT, SETTINGS, Settings, load
+from common.localrun import Service, services_for
+
+DEPLOY = ROOT / "deploy"
+K8S = ROOT / "k8s"
+BASE = K8S / "base"
+SETTING_NAMES = {s.env for s in SETTINGS}
+SECRET_SETTINGS = {"DATABASE_URL", "REDIS_URL", "TWILIO_AUTH_TOKEN", "POSTROOM_SECRET_KEY"}
+LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/component")
+# Options a Deployment may add to the local command line, with their value.
+DEPLOYMENT_ONLY_OPTIONS = {"--bind"}  # gunicorn_conf binds POSTROOM_API_HOST; a pod binds 0.0.0.0
+
+
+# -- helpers ------------------------------------------------------------------------------------
+def yaml_docs(path: Path) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def objects(directory: Path, kind: str | None = None) -> list[dict[str, Any]]:
+    """Every Kubernetes object in the YAML files of ``directory`` (kustomization files excluded)."""
+    found = []
+    for path in sorted(directory.glob("*.yaml")):
+        if path.name != "kustomization.yaml":
+            found += [doc for doc in yaml_docs(path) if kind is None or doc.get("kind") == kind]
+    return found
+
+
+def env_file(path: Path) -> dict[str, str]:
+    pairs = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            name, _, value = line.partition("=")
+            pairs[name.strip()] = value.strip()
+    return pairs
+
+
+def base_config() -> dict[str, str]:
+    """The postroom-config ConfigMap of the base: its configMapGenerator's env files and literals."""
+    kustomization = yaml.safe_load((BASE / "kustomization.yaml").read_text())
+    (generator,) = [g for g in kustomization["configMapGenerator"] if g["name"] == "postroom-config"]
+    config: dict[str, str] = {}
+    for name in generator.get("envs", []):
+        config.update(env_file(BASE / name))
+    for literal in generator.get("literals", []):
+        name, _, value = literal.partition("=")
+        config[name] = value
+    return config
+
+
+def deployments() -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in objects(BASE, "Deployment")}
+
+
+def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
+    return obj["spec"]["template"]["spec"]
+
+
+def main_container(deployment: dict[str, Any]) -> dict[str, Any]:
+    """The container named after its Deployment (others are sidecars)."""
+    (container,) = [c for c in pod_spec(deployment)["containers"] if c["name"] == deployment["metadata"]["name"]]
+    return container
+
+
+def container_env(container: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e.get("value", "") for e in container.get("env", [])}
+
+
+def expand_kubernetes_refs(text: str, env: dict[str, str]) -> str:
+    """Kubernetes' $(VAR) expansion in command, args and env values; unknown refs are an error."""
+
+    def value(match: re.Match[str]) -> str:
+        assert match.group(1) in env, f"$({match.group(1)}) is not defined for the container"
+        return env[match.group(1)]
+
+    return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", value, text)
+
+
+def normalized(argv: list[str]) -> list[str]:
+    """An argv without where things are installed: the executable's name, paths relative to ROOT."""
+    program = Path(argv[0]).name
+    program = "python" if re.fullmatch(r"python[0-9.]*", program) else program
+    return [program] + [arg.replace(f"{ROOT}/", "") for arg in argv[1:]]
+
+
+def without_deployment_options(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in DEPLOYMENT_ONLY_OPTIONS:
+            skip = True
+        else:
+            out.append(arg)
+    return out
+
+
+def deployed_services(cfg: Settings) -> list[Service]:
+    return [s for s in services_for(cfg) if s.name != "sandbox"]
+
+
+def is_worker(service: Service) -> bool:
+    return Path(service.argv[0]).name.startswith("dramatiq")
+
+
+# -- Deployments run what `make run` runs -------------------------------------------------------
+def test_every_service_but_the_sandbox_has_a_deployment_running_its_local_command():
+    config = base_config()
+    cfg = load(config)
+    found = deployments()
+    for service in deployed_services(cfg):
+        assert service.name in found, f"k8s/base has no Deployment for {service.name}"
+        container = main_container(found[service.name])
+        env = {**config, **container_env(container)}
+        argv = [expand_kubernetes_refs(a, env) for a in container.get("command", []) + container.get("args", [])]
+        assert without_deployment_options(normalized(argv)) == normalized(service.argv), service.name
+    assert "sandbox" not in found, "the provider sandbox is for local runs and tests, never a cluster"
+
+
+def test_worker_deployments_serve_dramatiq_metrics_on_their_declared_port():
+    found = deployments()
+    config = base_config()
+    for service in deployed_services(load(config)):
+        if not is_worker(service):
+            continue
+        deployment = found[service.name]
+        container = main_container(deployment)
+        env = container_env(container)
+        assert env["dramatiq_prom_host"] == "0.0.0.0", service.name
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert int(env["dramatiq_prom_port"]) == ports["metrics"], service.name
+        annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/port"] == env["dramatiq_prom_port"], service.name
+        assert env["dramatiq_prom_db"] == env["PROMETHEUS_MULTIPROC_DIR"], service.name
+        assert env["dramatiq_worker_timeout"] == "$(POSTROOM_BROKER_POLL_MS)", service.name
+        assert "POSTROOM_BROKER_POLL_MS" in config
+        assert_on_empty_dir(deployment, container, env["PROMETHEUS_MULTIPROC_DIR"])
+
+
+def assert_on_empty_dir(deployment: dict[str, Any], container: dict[str, Any], path: str) -> None:
+    volumes = {v["name"]: v for v in pod_spec(deployment)["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert path in mounts and "emptyDir" in volumes[mounts[path]], f"{path} is not on an emptyDir"
+
+
+def test_ingest_and_scheduler_expose_metrics_prometheus_can_reach():
+    found = deployments()
+    ingest = found["ingest"]
+    container = main_container(ingest)
+    assert_on_empty_dir(ingest, container, container_env(container)["PROMETHEUS_MULTIPROC_DIR"])
+    port = {p["name"]: p["containerPort"] for p in container["ports"]}["http"]
+    assert ingest["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == str(port)
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    argv = container["command"]
+    assert argv[argv.index("--bind") + 1] == f"0.0.0.0:{port}"
+    (service,) = [s for s in objects(BASE, "Service") if s["metadata"]["name"] == "ingest"]
+    assert service["spec"]["ports"][0]["port"] == port
+
+    # The scheduler binds its own metrics server to 127.0.0.1; a sidecar that shares its
+    # multiprocess directory serves them on the annotated port.
+    scheduler = found["scheduler"]
+    metrics_dir = container_env(main_container(scheduler))["PROMETHEUS_MULTIPROC_DIR"]
+    assert_on_empty_dir(scheduler, main_container(scheduler), metrics_dir)
+    (sidecar,) = [c for c in pod_spec(scheduler)["containers"] if c["name"] != "scheduler"]
+    assert container_env(sidecar)["METRICS_DIR"] == metrics_dir
+    assert_on_empty_dir(scheduler, sidecar, metrics_dir)
+    served = {p["name"]: p["containerPort"] for p in sidecar["ports"]}["metrics"]
+    assert f"start_http_server({served}, addr=\"0.0.0.0\"" in sidecar["command"][-1]
+    assert scheduler["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == str(served)
+
+
+def test_manifests_share_one_image_and_the_postroom_labels():
+    workloads = objects(BASE, "Deployment") + objects(BASE, "Job")
+    assert workloads
+    for obj in workloads:
+        name = obj["metadata"]["name"]
+        labels = obj["spec"]["template"]["metadata"]["labels"]
+        assert labels["app.kubernetes.io/name"] == "postroom", name
+        if obj["kind"] == "Deployment":
+            assert labels["app.kubernetes.io/component"] == name
+            assert obj["spec"]["selector"]["matchLabels"] == {k: labels[k] for k in LABELS}, name
+        assert {c["image"] for c in pod_spec(obj)["containers"]} == {"postroom"}, name
+        assert pod_spec(obj)["securityContext"]["runAsNonRoot"] is True, name
+    for obj in objects(BASE):
+        assert obj["metadata"]["labels"]["app.kubernetes.io/name"] == "postroom", obj["metadata"]["name"]
+    (job,) = objects(BASE, "Job")
+    assert main_job_command(job) == ["postroom", "migrate"]
+    (hpa,) = objects(BASE, "HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "ingest"
+    assert "replicas" not in deployments()["ingest"]["spec"], "the HPA owns ingest's replicas"
+
+
+def main_job_command(job: dict[str, Any]) -> list[str]:
+    (container,) = pod_spec(job)["containers"]
+    return container["command"] + container.get("args", [])
+
+
+# -- settings -----------------------------------------------------------------------------------
+def manifest_env_names() -> dict[str, str]:
+    """Every environment variable name set anywhere under k8s/, with where it is set."""
+    names: dict[str, str] = {}
+    for path in sorted(K8S.rglob("*")):
+        where = str(path.relative_to(ROOT))
+        if path.name.endswith(".env") or path.name.endswith(".env.example"):
+            names.update({n: where for n in env_file(path)})
+        elif path.suffix == ".yaml":
+            for doc in yaml_docs(path):
+                if doc.get("kind") == "Kustomization":
+                    for generator in doc.get("configMapGenerator", []) + doc.get("secretGenerator", []):
+                        names.update({lit.partition("=")[0]: where for lit in generator.get("literals", [])})
+                    continue
+                spec = doc.get("spec", {}).get("template", {}).get("spec", {})
+                for container in spec.get("containers", []) + spec.get("initContainers", []):
+                    for entry in container.get("env", []):
+                        names[entry["name"]] = where
+                    for arg in container.get("command", []) + container.get("args", []):
+                        names.update({n: where for n in re.findall(r"\$\(([A-Za-z_]\w*)\)", arg)})
+                    for entry in container.get("env", []):
+                        names.update({n: where for n in re.findall(r"\$\(([A-Za-z_]\w*)\)", entry.get("value", ""))})
+    return names
+
+
+def test_every_postroom_variable_the_manifests_set_is_a_setting():
+    names = manifest_env_names()
+    assert "POSTROOM_BROKER_POLL_MS" in names and "DATABASE_URL" in names  # the walk finds them
+    ours = {n: where for n, where in names.items()
+            if n.startswith(("POSTROOM_", "TWILIO_")) or n in ("DATABASE_URL", "REDIS_URL")}
+    unknown = {n: where for n, where in ours.items() if n not in SETTING_NAMES}
+    assert not unknown, f"not settings in common/config.py: {unknown}"
+
+
+def test_secrets_stay_out_of_the_configmap_and_every_container_reads_both():
+    config = base_config()
+    assert not SECRET_SETTINGS & set(config), "secrets belong in postroom-secrets"
+    assert SECRET_SETTINGS <= set(env_file(BASE / "secrets.env.example"))
+    for path in K8S.rglob("*.yaml"):
+        for doc in yaml_docs(path):
+            assert doc.get("kind") != "Secret", f"{path}: do not commit Secrets"
+            if doc.get("kind") == "Kustomization":
+                assert not doc.get("secretGenerator"), f"{path}: the Secret is created outside git"
+    for obj in objects(BASE, "Deployment") + objects(BASE, "Job"):
+        container = main_container(obj) if obj["kind"] == "Deployment" else pod_spec(obj)["containers"][0]
+        sources = {(k, v["name"]) for ref in container["envFrom"] for k, v in ref.items()}
+        assert sources == {("configMapRef", "postroom-config"), ("secretRef", "postroom-secrets")}, obj["metadata"]["name"]
+
+
+# -- metrics: alert rules and dashboard ---------------------------------------------------------
+PROMQL_KEYWORDS = {"and", "or", "unless", "offset", "bool", "by", "without", "on", "ignoring",
+                   "group_left", "group_right", "inf", "nan"}
+
+
+def series_of(collector: Any) -> set[str]:
+    """The series names a prometheus_client collector exposes."""
+    names = set()
+    for family in collector.describe():
+        if family.type == "counter":
+            names.add(family.name + "_total")
+        elif family.type == "histogram":
+            names.update(family.name + suffix for suffix in ("_bucket", "_sum", "_count"))
+        elif family.type == "summary":
+            names.update({family.name, family.name + "_sum", family.name + "_count"})
+        else:
+            names.add(family.name)
+    return names
+
+
+@pytest.fixture(scope="module")
+def known_series(broker) -> set[str]:
+    from dramatiq.middleware.prometheus import Prometheus
+    from prometheus_client.metrics import MetricWrapperBase
+
+    ours = [v for v in vars(metrics).values() if isinstance(v, MetricWrapperBase)]
+    (middleware,) = [m for m in broker.middleware if isinstance(m, Prometheus)]
+    dramatiqs = [v for v in vars(middleware).values() if isinstance(v, MetricWrapperBase)]  # set at process boot
+    assert ours and dramatiqs
+    names = {"up"}
+    for collector in ours + dramatiqs:
+        names |= series_of(collector)
+    return names
+
+
+def metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression selects (Grafana's $variables allowed)."""
+    expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # label values
+    expr = re.sub(r"\{[^}]*\}", " ", expr)  # label matchers
+    expr = re.sub(r"\[[^\]]*\]", " ", expr)  # ranges
+    expr = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", expr)
+    expr = re.sub(r"\$\{?\w+\}?", " ", expr)
+    names = set()
+    for match in re.finditer(r"(?<![\w.])([A-Za-z_:][\w:]*)\s*(\()?", expr):
+        if match.group(2) is None and match.group(1).lower() not in PROMQL_KEYWORDS:
+            names.add(match.group(1))
+    return names
+
+
+def test_metric_name_extraction_reads_promql():
+    expr = ('histogram_quantile(0.95, sum by (le, lane) (rate(postroom_x_bucket{lane="urgent"}[$__rate_interval])))'
+            ' > 0.5 or up{job="a"} unless dramatiq_y_total offset 10m')
+    assert metric_names(expr) == {"postroom_x_bucket", "up", "dramatiq_y_total"}
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    groups = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())["groups"]
+    return [rule for group in groups for rule in group["rules"]]
+
+
+def test_alert_rules_use_only_metrics_that_exist(known_series):
+    rules = alert_rules()
+    assert rules
+    for rule in rules:
+        used = metric_names(rule["expr"])
+        assert used, rule["alert"]
+        assert used <= known_series, f"{rule['alert']}: no such metric {used - known_series}"
+
+
+def test_every_alert_rule_waits_has_a_severity_and_explains_itself():
+    for rule in alert_rules():
+        assert re.fullmatch(r"\d+[smh]", rule.get("for", "")), rule["alert"]
+        assert rule["labels"]["severity"] in ("critical", "warning", "info"), rule["alert"]
+        assert rule["annotations"]["summary"] and rule["annotations"]["description"], rule["alert"]
+
+
+def test_prometheus_operator_rules_are_the_alert_rules_of_deploy():
+    (rule,) = objects(K8S / "monitoring", "PrometheusRule")
+    alerts = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    assert rule["spec"]["groups"] == alerts["groups"], "copy deploy/prometheus/alerts.yml's groups"
+
+
+def dashboard_panels() -> list[dict[str, Any]]:
+    dashboard = json.loads((DEPLOY / "grafana" / "postroom.json").read_text())
+    panels = []
+    for panel in dashboard["panels"]:
+        panels += [panel] + panel.get("panels", [])
+    return [p for p in panels if p["type"] != "row"]
+
+
+def test_dashboard_uses_only_metrics_that_exist_through_the_datasource_variable(known_series):
+    dashboard = json.loads((DEPLOY / "grafana" / "postroom.json").read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    panels = dashboard_panels()
+    assert len(panels) >= 10
+    for panel in panels:
+        assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            used = metric_names(target["expr"])
+            assert used, f"{panel['title']}: {target['expr']}"
+            assert used <= known_series, f"{panel['title']}: no such metric {used - known_series}"
+
+
+def test_local_prometheus_scrapes_every_service_on_its_port():
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    assert "alerts.yml" in config["rule_files"]
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "postroom"]  # alerts select job="postroom"
+    scraped = {sc["labels"]["service"]: target for sc in job["static_configs"] for target in sc["targets"]}
+    cfg = load({})
+    expected = {s.name: f"127.0.0.1:{s.metrics_port}" for s in services_for(cfg) if s.metrics_port is not None}
+    expected["ingest"] = f"127.0.0.1:{cfg.postroom_api_port}"
+    assert scraped == expected
+
+
+def test_pod_monitor_labels_targets_like_the_local_config():
+    (monitor,) = objects(K8S / "monitoring", "PodMonitor")
+    ports = set()
+    for endpoint in monitor["spec"]["podMetricsEndpoints"]:
+        ports.add(endpoint["port"])
+        relabel = {r["targetLabel"]: r for r in endpoint["relabelings"]}
+        assert relabel["job"]["replacement"] == "postroom"
+        assert relabel["service"]["sourceLabels"] == ["__meta_kubernetes_pod_label_app_kubernetes_io_component"]
+    named_ports = {p["name"] for d in objects(BASE, "Deployment") for c in pod_spec(d)["containers"] for p in c.get("ports", [])}
+    assert named_ports <= ports
+
+
+# -- autoscaling --------------------------------------------------------------------------------
+def actor_queues(module_name: str) -> set[str]:
+    """Queues of the actors a worker module declares (module-level actors or dicts of them)."""
+    from dramatiq import Actor
+
+    found: set[str] = set()
+    for value in vars(import_module(module_name)).values():
+        for item in value.values() if isinstance(value, dict) else [value]:
+            if isinstance(item, Actor):
+                found.add(item.queue_name)
+    return found
+
+
+def test_keda_scales_each_worker_on_the_queues_it_consumes(broker):
+    declared = set(broker.get_declared_queues())
+    scaled: dict[str, set[str]] = {}
+    for obj in objects(K8S / "autoscaling", "ScaledObject"):
+        lists = set()
+        for trigger in obj["spec"]["triggers"]:
+            assert trigger["type"] == "redis"
+            list_name = trigger["metadata"]["listName"]
+            assert list_name.startswith("dramatiq:"), list_name  # the Redis broker's namespace
+            lists.add(list_name.removeprefix("dramatiq:"))
+        scaled[obj["spec"]["scaleTargetRef"]["name"]] = lists
+        assert lists <= declared, f"not queues the broker declares: {lists - declared}"
+    workers = [s for s in deployed_services(load({})) if is_worker(s)]
+    assert workers
+    for service in workers:
+        module = service.argv[2]  # dramatiq common.broker <module> ...
+        assert scaled.get(service.name) == actor_queues(module), service.name
+
+
+# -- Procfile -----------------------------------------------------------------------------------
+def procfile() -> dict[str, tuple[dict[str, str], list[str]]]:
+    """Each Procfile process: the environment it sets and its argv, with shell defaults expanded."""
+    cfg = load({})
+
+    def default(match: re.Match[str]) -> str:
+        name, fallback = match.group(1), match.group(2)
+        assert name in SETTING_NAMES, name
+        value = getattr(cfg, name.lower())
+        if name == "POSTROOM_VAR_DIR":
+            assert ROOT / fallback == Path(value), name
+        else:
+            assert fallback == str(value), f"${{{name}:-{fallback}}}: the setting's default is {value}"
+        return fallback
+
+    processes = {}
+    for line in (DEPLOY / "Procfile").read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        name, _, command = line.partition(":")
+        command = re.sub(r"\$\{(\w+):-([^}]*)\}", default, command)
+        command = re.sub(r"\$\(\((\d+) \+ (\d+)\)\)", lambda m: str(int(m.group(1)) + int(m.group(2))), command)
+        assert "$" not in command, command
+        words = shlex.split(command.split("&&")[-1])
+        env = {}
+        while words[0] in ("exec", "env") or re.fullmatch(r"\w+=.*", words[0]):
+            word = words.pop(0)
+            if "=" in word:
+                key, _, value = word.partition("=")
+                env[key] = value
+        processes[name.strip()] = (env, words)
+    return processes
+
+
+def test_procfile_runs_the_same_commands_as_make_run():
+    processes = procfile()
+    services = services_for(load({}))
+    assert list(processes) == [s.name for s in services]
+    for service in services:
+        env, argv = processes[service.name]
+        assert normalized(argv) == normalized(service.argv), service.name
+        if is_worker(service):
+            assert env["dramatiq_prom_port"] == str(service.metrics_port), service.name
+            assert env["dramatiq_prom_db"].endswith(f"metrics/{service.name}"), service.name
+
+
+def test_image_installs_postroom_without_local_or_dev_extras_and_runs_as_non_root():
+    lines = [line.strip() for line in (DEPLOY / "Dockerfile").read_text().splitlines()
+             if line.strip() and not line.lstrip().startswith("#")]
+    text = "\n".join(lines)
+    assert lines[0] == "FROM python:3.11-slim"
+    assert re.search(r"pip install (--no-deps )?\.(\s|$)", text)
+    assert "[local" not in text and "[dev" not in text and ".whl" not in text
+    (user,) = [line.split()[1] for line in lines if line.startswith("USER ")]
+    assert user not in ("root", "0")
+    assert lines[-1] == 'CMD ["postroom", "--help"]'
