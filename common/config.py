@@ -36,6 +36,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("POSTROOM_SANDBOX_HOST", str, "127.0.0.1", "Address the provider sandbox binds to."),
     Setting("POSTROOM_SANDBOX_PORT", int, 8100, "Port of the provider sandbox."),
     Setting("POSTROOM_SANDBOX_LATENCY_MS", int, 0, "Latency the sandbox adds to every provider call (real providers answer in 100-300 ms)."),
+    Setting("POSTROOM_METRICS_HOST", str, "127.0.0.1", "Address worker services and the scheduler serve /metrics on (0.0.0.0 in containers)."),
     Setting("POSTROOM_METRICS_PORT_BASE", int, 9191, "Worker services expose /metrics on consecutive ports from this one in local runs."),
     Setting("POSTROOM_SECRET_KEY", str, "dev-only-secret-change-me", "Key that encrypts provider credentials at rest. Set a long random value in production."),
     Setting("POSTROOM_WORKER_PROCESSES", int, 1, "Processes per worker service in local runs (`dramatiq --processes`)."),
@@ -71,6 +72,7 @@ class Settings:
     postroom_sandbox_host: str
     postroom_sandbox_port: int
     postroom_sandbox_latency_ms: int
+    postroom_metrics_host: str
     postroom_metrics_port_base: int
     postroom_secret_key: str
     postroom_worker_processes: int

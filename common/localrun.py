@@ -9,6 +9,7 @@ order: services first, then Redis, then PostgreSQL.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -104,7 +105,7 @@ class Stack:
         env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
         if service.metrics_port is not None:
             env.update(dramatiq_worker_timeout=str(self.cfg.postroom_broker_poll_ms), dramatiq_prom_db=str(metrics_dir), dramatiq_prom_port=str(service.metrics_port),
-                       dramatiq_prom_host=self.cfg.postroom_api_host)
+                       dramatiq_prom_host=self.cfg.postroom_metrics_host)
         return env
 
     def start_services(self, only: list[str] | None = None) -> None:
@@ -144,12 +145,16 @@ class Stack:
         proc = self.processes.pop(name, None)
         if proc is None or proc.poll() is not None:
             return
-        os.killpg(proc.pid, sig)
+        # Signal the service's main process only: gunicorn's arbiter and dramatiq's main process
+        # shut their children down in order; signalling the whole group at once cuts that short.
+        proc.send_signal(sig)
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            proc.kill()
             proc.wait(5)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # anything of the group that outlived its parent
 
     def stop(self) -> None:
         for name in reversed(list(self.processes)):

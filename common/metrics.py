@@ -63,6 +63,14 @@ API_REQUESTS = Histogram(
 )
 
 
+# Create every bounded label value at zero, so the first real increment is a visible increase.
+for _status in ("accepted", "queued", "routed", "sending"):
+    REDRIVEN.labels(status=_status)
+for _verdict in ("applied", "pending", "ignored", "bad_signature"):
+    PROVIDER_WEBHOOKS.labels(provider="twilio", kind="status", verdict=_verdict)
+RATE_LIMIT_WAITS.labels(provider="twilio")
+
+
 def count_transitions(status: str, channels: Iterable[str]) -> None:
     """Count messages that entered ``status``, one per element of ``channels``."""
     for channel, n in Tally(channels).items():

@@ -142,6 +142,9 @@ def clean_db(broker) -> Iterator[None]:
         fetch("TRUNCATE message, message_event, provider_event, outbox, channel_config, api_key, workspace RESTART IDENTITY CASCADE")
     broker.flush_all()
     broker.client.flushall()
+    from common.providers.accounts import forget_cached_accounts
+
+    forget_cached_accounts()  # workspace ids restart at 1 in every test
     yield
     db.close()
 

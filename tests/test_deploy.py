@@ -179,16 +179,13 @@ def test_ingest_and_scheduler_expose_metrics_prometheus_can_reach():
     (service,) = [s for s in objects(BASE, "Service") if s["metadata"]["name"] == "ingest"]
     assert service["spec"]["ports"][0]["port"] == port
 
-    # The scheduler binds its own metrics server to 127.0.0.1; a sidecar that shares its
-    # multiprocess directory serves them on the annotated port.
+    # The scheduler serves its own metrics on POSTROOM_METRICS_HOST:(PORT_BASE + 9).
     scheduler = found["scheduler"]
-    metrics_dir = container_env(main_container(scheduler))["PROMETHEUS_MULTIPROC_DIR"]
-    assert_on_empty_dir(scheduler, main_container(scheduler), metrics_dir)
-    (sidecar,) = [c for c in pod_spec(scheduler)["containers"] if c["name"] != "scheduler"]
-    assert container_env(sidecar)["METRICS_DIR"] == metrics_dir
-    assert_on_empty_dir(scheduler, sidecar, metrics_dir)
-    served = {p["name"]: p["containerPort"] for p in sidecar["ports"]}["metrics"]
-    assert f"start_http_server({served}, addr=\"0.0.0.0\"" in sidecar["command"][-1]
+    config = dict(line.split("=", 1) for line in (BASE / "config.env").read_text().splitlines()
+                  if line and not line.startswith("#"))
+    assert config["POSTROOM_METRICS_HOST"] == "0.0.0.0"
+    served = {p["name"]: p["containerPort"] for p in main_container(scheduler)["ports"]}["metrics"]
+    assert served == int(config["POSTROOM_METRICS_PORT_BASE"]) + 9
     assert scheduler["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == str(served)
 
 

@@ -21,6 +21,8 @@ def available() -> list[Path]:
 
 def apply_migrations() -> list[str]:
     """Apply every migration not yet applied; return the names applied now."""
+    if not available():
+        raise RuntimeError(f"no migration files in {MIGRATIONS}: the installation is incomplete")
     applied_now: list[str] = []
     db.connect(reuse_if_open=True)
     with db.atomic():

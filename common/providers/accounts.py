@@ -62,6 +62,11 @@ def sms_account(workspace_id: int) -> SmsAccount:
     return account
 
 
+def forget_cached_accounts() -> None:
+    """Drop cached account lookups (a changed channel config otherwise applies within 30 s)."""
+    _accounts.clear()
+
+
 def twilio_auth_token(account_sid: str) -> str | None:
     """The auth token that signs webhooks for ``account_sid``, or None if it is not ours."""
     if account_sid == settings.twilio_account_sid:

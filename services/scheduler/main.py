@@ -32,7 +32,7 @@ def main() -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    metrics.serve(settings.postroom_metrics_port_base + METRICS_PORT_OFFSET)
+    metrics.serve(settings.postroom_metrics_port_base + METRICS_PORT_OFFSET, settings.postroom_metrics_host)
     log.info("scheduler started: reconciling every %.1fs", settings.postroom_reconcile_interval_seconds)
     while not stop.is_set():
         try:

@@ -163,6 +163,7 @@ def main(count: int = 2000, output: str = "var/bench/api_sms.json") -> None:
         "POSTROOM_SANDBOX_PORT": str(localinfra.free_port()),
         "POSTROOM_METRICS_PORT_BASE": str(21000 + os.getpid() % 9000),
         "POSTROOM_LOG_LEVEL": "WARNING",
+        "TWILIO_API_BASE": "",  # always this stack's own sandbox, never a real provider
     }
     env["POSTROOM_PUBLIC_URL"] = f"http://127.0.0.1:{env['POSTROOM_API_PORT']}"
     with Stack(env=env) as stack:

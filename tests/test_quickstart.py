@@ -1,0 +1,59 @@
+"""The README's quick start, as written: `postroom run` (what `make run` runs), a curl, Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import requests
+
+from common import localinfra
+from common.config import ROOT
+from tests.support import wait_for
+
+
+def test_make_run_quick_start_sends_an_sms_and_ctrl_c_stops_everything(tmp_path: Path):
+    api_port, sandbox_port = localinfra.free_port(), localinfra.free_port()
+    env = {**os.environ, "POSTROOM_VAR_DIR": str(tmp_path / "var"), "DATABASE_URL": "", "REDIS_URL": "",
+           "TWILIO_API_BASE": "", "POSTROOM_PUBLIC_URL": "", "POSTROOM_API_PORT": str(api_port),
+           "POSTROOM_SANDBOX_PORT": str(sandbox_port), "POSTROOM_METRICS_PORT_BASE": str(24000 + os.getpid() % 1000),
+           "POSTROOM_API_WORKERS": "1"}
+    log = open(tmp_path / "run.log", "w+")
+    run = subprocess.Popen([str(Path(sys.executable).parent / "postroom"), "run"], cwd=ROOT, env=env,
+                           stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: "Ctrl-C stops everything" in (tmp_path / "run.log").read_text(), timeout=90,
+                 what="the run banner")
+        banner = (tmp_path / "run.log").read_text()
+        key = (tmp_path / "var" / "dev-api-key").read_text().strip()
+        assert f"http://127.0.0.1:{api_port}" in banner and key in banner
+        everything = [p.pid for p in psutil.Process(run.pid).children(recursive=True)]
+
+        # The README's curl line, then its status check.
+        api = f"http://127.0.0.1:{api_port}"
+        sent = requests.post(f"{api}/v1/messages", headers={"Authorization": f"Bearer {key}"},
+                             json={"channel": "sms", "to": "+15005550006", "body": "hello"}, timeout=10)
+        assert sent.status_code == 202
+        message_id = sent.json()["id"]
+        wait_for(lambda: requests.get(f"{api}/v1/messages/{message_id}", headers={"Authorization": f"Bearer {key}"},
+                                      timeout=10).json()["status"] == "delivered", timeout=20, what="delivered")
+        events = requests.get(f"{api}/v1/messages/{message_id}", headers={"Authorization": f"Bearer {key}"}, timeout=10).json()["events"]
+        assert [e["status"] for e in events] == ["accepted", "queued", "routed", "sending", "sent", "delivered"]
+        listed = requests.get(f"http://127.0.0.1:{sandbox_port}/sandbox/messages", timeout=10).json()["messages"]
+        assert [(m["to"], m["body"]) for m in listed] == [("+15005550006", "hello")]
+
+        run.send_signal(signal.SIGINT)  # Ctrl-C
+        assert run.wait(60) == 0
+        assert "stopped." in (tmp_path / "run.log").read_text()
+        time.sleep(0.5)
+        leftovers = [pid for pid in everything if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+        assert leftovers == [], [psutil.Process(p).cmdline() for p in leftovers]
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
