@@ -7,10 +7,9 @@ import subprocess
 import sys
 
 from common import apikeys
+from common.crypto import unseal
 from common.db.connection import fetch, transaction
 from common.providers.accounts import sms_account
-
-from common.crypto import unseal
 
 
 def postroom(*args: str) -> subprocess.CompletedProcess[str]:
