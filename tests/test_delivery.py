@@ -168,3 +168,37 @@ def test_account_rate_limit_throttles_without_spending_retries(api, workspace, s
     throttled = [e for i in ids for e in api.get(f"/v1/messages/{i}", headers=workspace["auth"]).get_json()["events"]
                  if e["detail"].get("error_code") == "rate_limit"]
     assert throttled
+
+
+def test_batch_without_tokens_gets_successive_slots_not_one_shared_wait():
+    from common.errors import Throttled
+    from common.providers.accounts import SmsAccount
+    from services.senders.sms.delivery import spread_token_waits
+
+    paced = SmsAccount("ACpaced", "t", "+15005550006", "", 4.0)
+    free = SmsAccount("ACfree", "t", "+15005550006", "", 0.0)
+    results = [({"id": n, "account": paced}, Throttled("no token", code="rate_limit", retry_after=0.25)) for n in range(3)]
+    results.append(({"id": 9, "account": free}, Throttled("429", code="20429", retry_after=1.0)))
+    waits = [r.retry_after for _, r in spread_token_waits(results)]
+    assert waits == [0.25, 0.5, 0.75, 1.0]  # one interval (250 ms) apart; a provider 429 is left alone
+
+
+def test_send_outcomes_are_recorded_even_if_the_database_fails_briefly(workspace, sandbox, monkeypatch):
+    from peewee import OperationalError
+
+    import services.senders.sms.delivery as delivery
+
+    real = delivery.record_results
+    failures = iter([OperationalError("server closed the connection unexpectedly")])
+
+    def flaky(results):
+        for failure in failures:
+            raise failure
+        return real(results)
+
+    monkeypatch.setattr(delivery, "record_results", flaky)
+    monkeypatch.setattr(delivery, "RECORD_RETRY_SECONDS", (0.01,))
+    message_id = routed_message(workspace, "recorded after a blip")
+    deliver([message_id])
+    assert status_of(message_id) in ("sent", "delivered")
+    assert len(sandbox.messages()) == 1

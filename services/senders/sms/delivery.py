@@ -8,14 +8,18 @@ returned follow-ups after the transaction commits.
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from time import perf_counter
 from typing import Any
+
+from peewee import DatabaseError
 
 from common import lifecycle, metrics, ratelimit
 from common.config import settings
@@ -26,6 +30,7 @@ from common.providers.sms import Accepted, OutboundSms
 from common.providers.twilio_sms import PROVIDER
 from common.receipts import apply_pending_receipts
 
+log = logging.getLogger("postroom.sender.sms")
 CLAIM_COLUMNS = ("to_addr", "from_addr", "body", "attempts", "throttles", "created_at")
 
 
@@ -85,7 +90,23 @@ def call_provider(claimed: Sequence[dict[str, Any]]) -> list[tuple[dict[str, Any
         return [one(claimed[0])]
     workers = min(len(claimed), settings.postroom_sender_concurrency)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sms-call") as pool:
-        return list(pool.map(one, claimed))
+        return spread_token_waits(list(pool.map(one, claimed)))
+
+
+def spread_token_waits(results: list[tuple[dict[str, Any], Accepted | ProviderError]]) -> list[tuple[dict[str, Any], Accepted | ProviderError]]:
+    """Give the messages of a batch that found no send token successive slots, one interval apart.
+
+    The limiter answers each of them with the wait for the *next* token; were they all to come
+    back then, one would get it and the rest would ask again, over and over.
+    """
+    waiting: dict[str, int] = {}
+    for row, result in results:
+        account: SmsAccount = row["account"]
+        if isinstance(result, Throttled) and result.code == "rate_limit" and account.rate_limit_per_second > 0:
+            slot = waiting.get(account.account_sid, 0)
+            waiting[account.account_sid] = slot + 1
+            result.retry_after = (result.retry_after or 0.0) + slot / account.rate_limit_per_second
+    return results
 
 
 def record_results(results: Sequence[tuple[dict[str, Any], Accepted | ProviderError]]) -> Followups:
@@ -137,6 +158,25 @@ def metrics_end_to_end(rows: Sequence[dict[str, Any]]) -> None:
         metrics.END_TO_END.labels(channel="sms", lane=row["priority"]).observe((now - row["created_at"]).total_seconds())
 
 
+RECORD_RETRY_SECONDS = (0.2, 0.5, 1, 2, 4, 8)
+
+
+def record_with_retries(results: Sequence[tuple[dict[str, Any], Accepted | ProviderError]]) -> Followups:
+    """Record outcomes, retrying a failed write for a while: the provider calls were made, and a
+    message whose send goes unrecorded is left in ``sending`` until it is failed as interrupted."""
+    for delay in (*RECORD_RETRY_SECONDS, None):
+        try:
+            with transaction():
+                return record_results(results)
+        except DatabaseError:
+            if delay is None:
+                raise
+            log.warning("recording %d send outcomes failed; retrying in %ss", len(results), delay, exc_info=True)
+            release_connection()
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
 def deliver(ids: Sequence[int]) -> Followups:
     """Claim, send and record one batch; the database connection is not held during the calls."""
     with transaction():
@@ -147,8 +187,7 @@ def deliver(ids: Sequence[int]) -> Followups:
     if not claimed:
         return Followups()
     results = call_provider(claimed)
-    with transaction():
-        followups = record_results(results)
+    followups = record_with_retries(results)
     if followups.sent_provider_ids:
         with transaction():
             apply_pending_receipts(PROVIDER, followups.sent_provider_ids)
