@@ -39,6 +39,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("POSTROOM_METRICS_HOST", str, "127.0.0.1", "Address worker services and the scheduler serve /metrics on (0.0.0.0 in containers)."),
     Setting("POSTROOM_METRICS_PORT_BASE", int, 9191, "Worker services expose /metrics on consecutive ports from this one in local runs."),
     Setting("POSTROOM_SECRET_KEY", str, "dev-only-secret-change-me", "Key that encrypts provider credentials at rest. Set a long random value in production."),
+    Setting("POSTROOM_DB_POOL_SIZE", int, 16, "Most PostgreSQL connections one process opens; threads or greenlets beyond it wait their turn."),
     Setting("POSTROOM_WORKER_PROCESSES", int, 1, "Processes per worker service in local runs (`dramatiq --processes`)."),
     Setting("POSTROOM_WORKER_THREADS", int, 8, "Threads per worker process for CPU-bound stages (processing, routing)."),
     Setting("POSTROOM_SENDER_CONCURRENCY", int, 64, "Provider calls a sender process keeps in flight (greenlets)."),
@@ -75,6 +76,7 @@ class Settings:
     postroom_metrics_host: str
     postroom_metrics_port_base: int
     postroom_secret_key: str
+    postroom_db_pool_size: int
     postroom_worker_processes: int
     postroom_worker_threads: int
     postroom_sender_concurrency: int

@@ -56,6 +56,15 @@ def services_for(cfg: Settings) -> list[Service]:
     ]
 
 
+def _terminate_with_parent() -> None:
+    """In the child before exec: get SIGTERM if the supervisor dies without stopping us (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 @dataclass
 class Stack:
     """A running local pipeline. ``env`` overrides the environment for every service."""
@@ -117,7 +126,7 @@ class Stack:
         log = open(self.log_dir / f"{service.name}.log", "ab")
         self.processes[service.name] = subprocess.Popen(
             service.argv, env=self.service_env(service), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            start_new_session=True, preexec_fn=_terminate_with_parent,
         )
 
     def wait_ready(self, timeout: float = 60.0) -> None:
