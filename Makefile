@@ -22,7 +22,7 @@ install: $(STAMP) ## create .venv and install postroom with its local-run and te
 run: $(STAMP) ## start the whole pipeline locally (private PostgreSQL + Redis under var/ unless DATABASE_URL/REDIS_URL are set)
 	$(BIN)/postroom run
 
-test: $(STAMP) ## run the test suite against real PostgreSQL, Redis, workers and the sandbox
+test: $(STAMP) lint ## lint, then the test suite against real PostgreSQL, Redis, workers and the sandbox
 	$(BIN)/python -m pytest
 
 lint: $(STAMP) ## ruff and mypy over the code and the tests

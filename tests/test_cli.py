@@ -13,7 +13,7 @@ from common.providers.accounts import sms_account
 
 
 def postroom(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "common.cli", *args], capture_output=True, text=True, timeout=60,
+    return subprocess.run([sys.executable, "-m", "services.cli", *args], capture_output=True, text=True, timeout=60,
                           env={**os.environ})
 
 

@@ -1,4 +1,7 @@
-"""The ``postroom`` command: migrations, workspaces and keys, the scheduler, and local runs."""
+"""The ``postroom`` command: migrations, workspaces, keys and provider accounts, the scheduler, local runs.
+
+It sits above the stages because it starts them (``postroom scheduler``, ``postroom run``).
+"""
 
 from __future__ import annotations
 
