@@ -36,10 +36,11 @@ LANE_PRIORITY = {"urgent": 0, "bulk": 100}  # lower runs first inside a worker
 
 
 class DatabaseConnection(Middleware):
-    """Each message gets this thread's pooled connection and returns it afterwards."""
+    """Whatever pooled connection a message's work took goes back to the pool when it ends.
 
-    def before_process_message(self, broker: dramatiq.Broker, message: Any) -> None:
-        db.connect(reuse_if_open=True)
+    Connections are taken lazily (``transaction()``), not at the start of every message: a sender
+    runs hundreds of greenlets, most of them waiting on providers, and needs few connections.
+    """
 
     def after_process_message(self, broker: dramatiq.Broker, message: Any, *, result: Any = None, exception: BaseException | None = None) -> None:
         if not db.is_closed():
@@ -91,6 +92,13 @@ def queue_name(stage: str, lane: str) -> str:
 
 def actor_name(base: str, lane: str) -> str:
     return f"{base}_{lane}"
+
+
+def current_lane() -> str:
+    """The lane of the broker message this thread is processing (urgent outside of one)."""
+    message = CurrentMessage.get_current_message()
+    queue = message.queue_name if message is not None else ""
+    return next((lane for lane in LANES if queue.removesuffix(".DQ").endswith(f"_{lane}")), "urgent")
 
 
 def lane_actors(stage: str, fn: Callable[..., Any], **options: Any) -> dict[str, dramatiq.Actor]:

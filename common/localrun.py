@@ -49,7 +49,7 @@ def services_for(cfg: Settings) -> list[Service]:
         Service("sandbox", [sys.executable, "-m", "services.sandbox"]),
         worker("processing", "services.processing.actors", procs, threads, base),
         worker("routing", "services.routing.actors", procs, threads, base + 1),
-        worker("sender-sms", "services.senders.sms.actors", procs, cfg.postroom_sender_concurrency, base + 2, gevent=True),
+        worker("sender-sms", "services.senders.sms.actors", procs, cfg.postroom_sender_greenlets, base + 2, gevent=True),
         Service("scheduler", [str(BIN / "postroom"), "scheduler"], base + 9),
         Service("ingest", [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "services/ingest/gunicorn_conf.py"),
                            "--no-control-socket", "services.ingest.wsgi:app"]),

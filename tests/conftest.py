@@ -65,7 +65,11 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         proc = _state.pop(key, None)
         if proc is not None:
             proc.terminate()
-            proc.wait(10)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
     for key in ("redis", "pg"):
         server = _state.pop(key, None)
         if server is not None:

@@ -25,6 +25,10 @@ def gunicorn_argv(host: str, port: int, extra: list[str]) -> list[str]:
         "1",
         "--worker-connections",
         "2000",
+        "--keep-alive",
+        "75",  # like a provider's load balancer: idle client connections are not cut after 2 s
+        "--graceful-timeout",
+        "3",  # and it stops promptly even while clients hold keep-alive connections
         "-b",
         f"{host}:{port}",
         "--no-control-socket",  # gunicorn's default socket path is shared by every gunicorn on the host

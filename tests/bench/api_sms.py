@@ -4,13 +4,16 @@ Starts a private stack (as ``make run`` does), then for each scenario — the sa
 once, and after 150 ms per call as real providers do — posts COUNT messages from a pool of client
 threads and measures API requests/s, end-to-end messages/s (first request → last message
 received by the sandbox), accepted → sent latency percentiles (from the database), and CPU
-seconds per message of each process group. Results are printed as a table and written as JSON.
+seconds per message of each process group. A last scenario posts COUNT bulk messages and, while
+they are a backlog, urgent ones one at a time: the urgent lane's latency behind the backlog.
+Results are printed as tables and written as JSON.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import threading
 import time
@@ -32,7 +35,7 @@ SCENARIOS = (("instant provider", 0), ("provider answers in 150 ms", 150))
 
 
 def process_groups(stack: Stack) -> dict[str, list[psutil.Process]]:
-    """Every process of each group: a service with its children, PostgreSQL, Redis."""
+    """Every process of each group now: a service with its children, PostgreSQL, Redis."""
     groups: dict[str, list[psutil.Process]] = {}
     for name, popen in stack.processes.items():
         root = psutil.Process(popen.pid)
@@ -44,18 +47,25 @@ def process_groups(stack: Stack) -> dict[str, list[psutil.Process]]:
     return groups
 
 
-def cpu_seconds(groups: dict[str, list[psutil.Process]]) -> dict[str, float]:
-    totals = {}
-    for name, procs in groups.items():
-        total = 0.0
+def cpu_snapshot(stack: Stack) -> dict[str, dict[int, float]]:
+    """CPU seconds (user + system) of every process of every group, by pid."""
+    snapshot: dict[str, dict[int, float]] = {}
+    for name, procs in process_groups(stack).items():
+        snapshot[name] = {}
         for proc in procs:
             try:
                 t = proc.cpu_times()
-                total += t.user + t.system
+                snapshot[name][proc.pid] = t.user + t.system
             except psutil.NoSuchProcess:
                 pass
-        totals[name] = total
-    return totals
+    return snapshot
+
+
+def cpu_used(before: dict[str, dict[int, float]], after: dict[str, dict[int, float]]) -> dict[str, float]:
+    """CPU seconds each group used between two snapshots; a process started in between (a new
+    database backend, say) counts whole. A process that ended in between is not seen at all."""
+    return {name: sum(cpu - before.get(name, {}).get(pid, 0.0) for pid, cpu in procs.items())
+            for name, procs in after.items()}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -63,24 +73,56 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
-def post_all(api: str, key: str, count: int, tag: str) -> tuple[list[int], float, float]:
-    """POST ``count`` messages from CLIENT_THREADS threads; return ids, start and end times."""
+def post_all(api: str, key: str, count: int, tag: str, priority: str = "urgent", threads: int = CLIENT_THREADS,
+             pause: float = 0.0) -> tuple[list[int], float, float]:
+    """POST ``count`` messages from ``threads`` threads; return ids, start and end times."""
     local = threading.local()
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
 
     def one(n: int) -> int:
         session = getattr(local, "session", None) or requests.Session()
         local.session = session
-        body = json.dumps({"channel": "sms", "to": f"+1500555{n % 10000:04d}", "body": f"{tag} #{n}"})
+        body = json.dumps({"channel": "sms", "to": f"+1500555{n % 10000:04d}", "body": f"{tag} #{n}", "priority": priority})
+        if pause:
+            time.sleep(pause)
         response = session.post(f"{api}/v1/messages", data=body, headers=headers, timeout=30)
         if response.status_code != 202:
             raise RuntimeError(f"API answered {response.status_code}: {response.text}")
         return response.json()["id"]
 
     started = time.time()
-    with ThreadPoolExecutor(CLIENT_THREADS) as pool:
+    with ThreadPoolExecutor(threads) as pool:
         ids = list(pool.map(one, range(count)))
     return ids, started, time.time()
+
+
+def wait_until_recorded(database_url: str, ids: list[int], timeout: float = 60.0) -> None:
+    """The sandbox has every message; wait until the senders have recorded every send too."""
+    deadline = time.time() + timeout
+    with psycopg2.connect(database_url) as conn, conn.cursor() as cur:
+        while True:
+            cur.execute("SELECT count(*) FROM message WHERE id = ANY(%s) AND sent_at IS NOT NULL", (ids,))
+            if cur.fetchone()[0] == len(ids):
+                return
+            if time.time() > deadline:
+                raise RuntimeError("sends reached the sandbox but were not recorded within 60 s")
+            conn.rollback()
+            time.sleep(0.05)
+
+
+def wait_before_status(cur: Any, ids: list[int]) -> dict[str, dict[str, float]]:
+    """Where the time goes: mean and p95 wait before each status, from the event history."""
+    cur.execute("""
+        SELECT status, avg(wait) * 1000, percentile_cont(0.95) WITHIN GROUP (ORDER BY wait) * 1000 FROM (
+            SELECT status, extract(epoch FROM at - lag(at) OVER (PARTITION BY message_id ORDER BY id)) AS wait
+            FROM message_event WHERE message_id = ANY(%s)) w
+        WHERE wait IS NOT NULL AND status IN ('queued', 'routed', 'sending', 'sent') GROUP BY status""", (ids,))
+    return {row[0]: {"mean": round(float(row[1]), 1), "p95": round(float(row[2]), 1)} for row in cur.fetchall()}
+
+
+def waits_line(waits: dict[str, dict[str, float]]) -> str:
+    return "wait before each status, mean / p95 ms: " + ", ".join(
+        f"{st} {waits[st]['mean']} / {waits[st]['p95']}" for st in ("queued", "routed", "sending", "sent") if st in waits)
 
 
 def run_scenario(stack: Stack, key: str, count: int, name: str, latency_ms: int) -> dict[str, Any]:
@@ -89,8 +131,7 @@ def run_scenario(stack: Stack, key: str, count: int, name: str, latency_ms: int)
     requests.delete(f"{sandbox}/sandbox/messages", timeout=10)
     requests.delete(f"{sandbox}/sandbox/faults", timeout=10)
     requests.post(f"{sandbox}/sandbox/faults", json={"latency_ms": latency_ms}, timeout=10).raise_for_status()
-    groups = process_groups(stack)
-    cpu_before = cpu_seconds(groups)
+    cpu_before = cpu_snapshot(stack)
     ids, started, posted = post_all(api, key, count, name)
     deadline = time.time() + 300
     while requests.get(f"{sandbox}/sandbox/stats", timeout=10).json()["received"] < count:
@@ -99,19 +140,14 @@ def run_scenario(stack: Stack, key: str, count: int, name: str, latency_ms: int)
         time.sleep(0.05)
     received = requests.get(f"{sandbox}/sandbox/messages", timeout=30).json()["messages"]
     last_received = max(datetime.fromisoformat(m["received_at"].replace("Z", "+00:00")).timestamp() for m in received)
-    cpu_after = cpu_seconds(groups)
+    cpu = cpu_used(cpu_before, cpu_snapshot(stack))
+    wait_until_recorded(stack.cfg.database_url, ids)
     with psycopg2.connect(stack.cfg.database_url) as conn, conn.cursor() as cur:
         cur.execute("SELECT extract(epoch FROM sent_at - created_at) FROM message WHERE id = ANY(%s) AND sent_at IS NOT NULL", (ids,))
         latencies = [float(r[0]) * 1000 for r in cur.fetchall()]
         cur.execute("SELECT count(*) FROM message WHERE id = ANY(%s) AND status IN ('sent', 'delivered')", (ids,))
         sent = cur.fetchone()[0]
-        # Where the time goes: mean and p95 wait before each status, from the event history.
-        cur.execute("""
-            SELECT status, avg(wait) * 1000, percentile_cont(0.95) WITHIN GROUP (ORDER BY wait) * 1000 FROM (
-                SELECT status, extract(epoch FROM at - lag(at) OVER (PARTITION BY message_id ORDER BY id)) AS wait
-                FROM message_event WHERE message_id = ANY(%s)) w
-            WHERE wait IS NOT NULL AND status IN ('queued', 'routed', 'sending', 'sent') GROUP BY status""", (ids,))
-        stage_ms = {row[0]: {"mean": round(float(row[1]), 1), "p95": round(float(row[2]), 1)} for row in cur.fetchall()}
+        stage_ms = wait_before_status(cur, ids)
     duplicates = len(received) - len({m["body"] for m in received})
     return {
         "scenario": name,
@@ -129,8 +165,67 @@ def run_scenario(stack: Stack, key: str, count: int, name: str, latency_ms: int)
             "mean": round(statistics.fmean(latencies), 1),
         },
         "wait_before_status_ms": stage_ms,
-        "cpu_ms_per_message": {g: round((cpu_after[g] - cpu_before[g]) * 1000 / count, 3) for g in cpu_before},
+        "cpu_ms_per_message": {g: round(seconds * 1000 / count, 3) for g, seconds in cpu.items()},
     }
+
+
+def run_lanes_scenario(stack: Stack, key: str, count: int, latency_ms: int = 150, urgent: int = 40) -> dict[str, Any]:
+    """``count`` bulk messages, and while they are a backlog, ``urgent`` OTP-like ones trickling in."""
+    sandbox = stack.cfg.sandbox_url
+    api = f"http://{stack.cfg.postroom_api_host}:{stack.cfg.postroom_api_port}"
+    requests.delete(f"{sandbox}/sandbox/messages", timeout=10)
+    requests.delete(f"{sandbox}/sandbox/faults", timeout=10)
+    requests.post(f"{sandbox}/sandbox/faults", json={"latency_ms": latency_ms}, timeout=10).raise_for_status()
+    urgent_ids: list[int] = []
+
+    def trickle() -> None:
+        time.sleep(0.5)  # let the bulk backlog build first
+        urgent_ids.extend(post_all(api, key, urgent, "otp", threads=1, pause=0.05)[0])
+
+    side = threading.Thread(target=trickle)
+    side.start()
+    bulk_ids, started, _ = post_all(api, key, count, "campaign", priority="bulk")
+    side.join()
+    deadline = time.time() + 300
+    while requests.get(f"{sandbox}/sandbox/stats", timeout=10).json()["received"] < count + urgent:
+        if time.time() > deadline:
+            raise RuntimeError("the sandbox did not receive every message within 300 s")
+        time.sleep(0.05)
+    wait_until_recorded(stack.cfg.database_url, bulk_ids + urgent_ids)
+    with psycopg2.connect(stack.cfg.database_url) as conn, conn.cursor() as cur:
+        def latencies(ids: list[int]) -> list[float]:
+            cur.execute("SELECT extract(epoch FROM sent_at - created_at) * 1000 FROM message WHERE id = ANY(%s)", (ids,))
+            return [float(r[0]) for r in cur.fetchall()]
+
+        urgent_ms, bulk_ms = latencies(urgent_ids), latencies(bulk_ids)
+        urgent_waits = wait_before_status(cur, urgent_ids)
+        cur.execute("SELECT extract(epoch FROM max(sent_at)) FROM message WHERE id = ANY(%s)", (bulk_ids,))
+        bulk_done = float(cur.fetchone()[0])
+    return {
+        "scenario": "urgent behind a bulk backlog",
+        "provider_latency_ms": latency_ms,
+        "bulk_messages": count,
+        "urgent_messages": urgent,
+        "bulk_messages_per_s": round(count / (bulk_done - started), 1),
+        "urgent_accepted_to_sent_ms": {"p50": round(percentile(urgent_ms, 50), 1), "p95": round(percentile(urgent_ms, 95), 1),
+                                       "max": round(max(urgent_ms), 1)},
+        "urgent_wait_before_status_ms": urgent_waits,
+        "bulk_accepted_to_sent_ms": {"p50": round(percentile(bulk_ms, 50), 1), "p95": round(percentile(bulk_ms, 95), 1),
+                                     "max": round(max(bulk_ms), 1)},
+    }
+
+
+def lanes_table(r: dict[str, Any]) -> str:
+    u, b = r["urgent_accepted_to_sent_ms"], r["bulk_accepted_to_sent_ms"]
+    return "\n".join([
+        f"scenario: {r['scenario']} ({r['bulk_messages']} bulk + {r['urgent_messages']} urgent posted meanwhile, "
+        f"provider {r['provider_latency_ms']} ms)",
+        f"  bulk messages/s (sent)    {r['bulk_messages_per_s']:>9}",
+        f"  urgent accepted→sent p50/p95/max {u['p50']} / {u['p95']} / {u['max']} ms",
+        "  urgent " + waits_line(r["urgent_wait_before_status_ms"]),
+        f"  bulk   accepted→sent p50/p95/max {b['p50']} / {b['p95']} / {b['max']} ms",
+        "",
+    ])
 
 
 def table(results: list[dict[str, Any]]) -> str:
@@ -143,9 +238,7 @@ def table(results: list[dict[str, Any]]) -> str:
             f"  API requests/s            {r['api_requests_per_s']:>9}",
             f"  end-to-end messages/s     {r['end_to_end_messages_per_s']:>9}",
             f"  accepted→sent p50/p95/p99 {lat['p50']:>7} / {lat['p95']} / {lat['p99']} ms",
-            "  wait before each status, mean / p95 ms: " + ", ".join(
-                f"{st} {r['wait_before_status_ms'][st]['mean']} / {r['wait_before_status_ms'][st]['p95']}"
-                for st in ("queued", "routed", "sending", "sent") if st in r["wait_before_status_ms"]),
+            "  " + waits_line(r["wait_before_status_ms"]),
             "  CPU ms per message by process group:",
             *[f"    {g:<14} {v:>8.3f}" for g, v in sorted(r["cpu_ms_per_message"].items(), key=lambda kv: -kv[1])],
             f"    {'total':<14} {sum(r['cpu_ms_per_message'].values()):>8.3f}",
@@ -157,8 +250,10 @@ def table(results: list[dict[str, Any]]) -> str:
 def main(count: int = 2000, output: str = "var/bench/api_sms.json") -> None:
     out = Path(output) if Path(output).is_absolute() else ROOT / output
     out.parent.mkdir(parents=True, exist_ok=True)
+    stack_dir = out.parent / "stack"
+    shutil.rmtree(stack_dir, ignore_errors=True)  # a fresh private stack: nothing left from an earlier run
     env = {
-        "POSTROOM_VAR_DIR": str(out.parent / "stack"),
+        "POSTROOM_VAR_DIR": str(stack_dir),
         "POSTROOM_API_PORT": str(localinfra.free_port()),
         "POSTROOM_SANDBOX_PORT": str(localinfra.free_port()),
         "POSTROOM_METRICS_PORT_BASE": str(21000 + os.getpid() % 9000),
@@ -169,8 +264,11 @@ def main(count: int = 2000, output: str = "var/bench/api_sms.json") -> None:
     with Stack(env=env) as stack:
         key = stack.start()
         results = [run_scenario(stack, key, count, name, latency) for name, latency in SCENARIOS]
+        lanes = run_lanes_scenario(stack, key, count)
     report = {"benchmark": "api_single_sms", "cores": psutil.cpu_count(), "client_threads": CLIENT_THREADS,
-              "settings": {k: v for k, v in os.environ.items() if k.startswith("POSTROOM_")}, "results": results}
+              "settings": {k: v for k, v in os.environ.items() if k.startswith("POSTROOM_")}, "results": results,
+              "lanes": lanes}
     out.write_text(json.dumps(report, indent=2))
     print(table(results))
+    print(lanes_table(lanes))
     print(f"written to {out}")

@@ -62,6 +62,8 @@ CREATE UNIQUE INDEX message_provider_id ON message (provider, provider_message_i
 -- The reconciler scans only messages that wait on a stage; finished ones drop out of this index.
 CREATE INDEX message_waiting ON message (status_changed_at)
     WHERE status IN ('accepted', 'queued', 'routed', 'sending');
+-- Retries and throttled sends waiting for their time, for the scheduler to promote when due.
+CREATE INDEX message_parked ON message (due_at) WHERE status = 'routed' AND due_at IS NOT NULL;
 
 CREATE TABLE message_event (
     id          bigserial PRIMARY KEY,

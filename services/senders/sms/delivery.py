@@ -22,6 +22,7 @@ from typing import Any
 from peewee import DatabaseError
 
 from common import lifecycle, metrics, ratelimit
+from common.broker import LANES
 from common.config import settings
 from common.db.connection import release_connection, transaction
 from common.errors import PermanentError, ProviderError, Throttled, TransientError
@@ -52,8 +53,16 @@ def claim_for_sending(ids: Sequence[int]) -> list[dict[str, Any]]:
     return lifecycle.advance(ids, ["routed"], "sending", due_only=True, returning=CLAIM_COLUMNS)
 
 
-# Provider calls in flight in this process, across every batch its greenlets/threads work on.
-_in_flight = threading.BoundedSemaphore(settings.postroom_sender_concurrency)
+# Provider calls in flight in this process, per lane, across every batch its greenlets work on:
+# a campaign's batches can fill the bulk lane's slots without delaying an urgent message's call.
+_in_flight = {lane: threading.BoundedSemaphore(settings.postroom_sender_concurrency) for lane in LANES}
+# Database connections, likewise: bulk batches may hold all but URGENT_DB_SLOTS of the pool, so an
+# urgent message's claim and record never queue behind a campaign's.
+URGENT_DB_SLOTS = 4
+_db_slots = {
+    "urgent": threading.BoundedSemaphore(settings.postroom_db_pool_size),
+    "bulk": threading.BoundedSemaphore(max(1, settings.postroom_db_pool_size - URGENT_DB_SLOTS)),
+}
 
 
 def call_provider(claimed: Sequence[dict[str, Any]]) -> list[tuple[dict[str, Any], Accepted | ProviderError]]:
@@ -73,9 +82,9 @@ def call_provider(claimed: Sequence[dict[str, Any]]) -> list[tuple[dict[str, Any
             metrics.RATE_LIMIT_WAITS.labels(provider=PROVIDER).inc()
             return row, Throttled("waiting for a send token", code="rate_limit", retry_after=wait)
         sms = OutboundSms(row["id"], row["to_addr"], row["from_addr"] or account.sender, row["body"], callback)
-        started = perf_counter()
         try:
-            with _in_flight:
+            with _in_flight[row["priority"]]:
+                started = perf_counter()
                 result: Accepted | ProviderError = sms_sender(account).send(sms)
             outcome = "ok"
         except ProviderError as exc:
@@ -161,34 +170,55 @@ def metrics_end_to_end(rows: Sequence[dict[str, Any]]) -> None:
 RECORD_RETRY_SECONDS = (0.2, 0.5, 1, 2, 4, 8)
 
 
-def record_with_retries(results: Sequence[tuple[dict[str, Any], Accepted | ProviderError]]) -> Followups:
+def record_with_retries(results: Sequence[tuple[dict[str, Any], Accepted | ProviderError]], lane: str = "urgent") -> Followups:
     """Record outcomes, retrying a failed write for a while: the provider calls were made, and a
     message whose send goes unrecorded is left in ``sending`` until it is failed as interrupted."""
     for delay in (*RECORD_RETRY_SECONDS, None):
         try:
-            with transaction():
-                return record_results(results)
+            with _db_slots[lane]:
+                try:
+                    with transaction():
+                        return record_results(results)
+                finally:
+                    release_connection()
         except DatabaseError:
             if delay is None:
                 raise
             log.warning("recording %d send outcomes failed; retrying in %ss", len(results), delay, exc_info=True)
-            release_connection()
             time.sleep(delay)
     raise AssertionError("unreachable")
 
 
-def deliver(ids: Sequence[int]) -> Followups:
-    """Claim, send and record one batch; the database connection is not held during the calls."""
-    with transaction():
-        claimed = claim_for_sending(ids)
-        for row in claimed:
-            row["account"] = sms_account(row["workspace_id"])
-    release_connection()
+def deliver(ids: Sequence[int], lane: str = "urgent") -> Followups:
+    """Claim, send and record a batch, a chunk at a time.
+
+    A chunk is claimed just before its calls and recorded as soon as they return, so a message is
+    in ``sending`` for about one provider round trip (receipts seldom beat the record of the send,
+    and a crash strands at most one chunk). No database connection is held during the calls.
+    """
+    followups = Followups()
+    chunk = max(1, settings.postroom_sender_concurrency // 4)
+    for start in range(0, len(ids), chunk):
+        done = deliver_chunk(ids[start : start + chunk], lane)
+        followups.retries += done.retries
+        followups.sent_provider_ids += done.sent_provider_ids
+    return followups
+
+
+def deliver_chunk(ids: Sequence[int], lane: str) -> Followups:
+    with _db_slots[lane]:
+        with transaction():
+            claimed = claim_for_sending(ids)
+            for row in claimed:
+                row["account"] = sms_account(row["workspace_id"])
+        release_connection()
     if not claimed:
         return Followups()
     results = call_provider(claimed)
-    followups = record_with_retries(results)
+    followups = record_with_retries(results, lane)
     if followups.sent_provider_ids:
-        with transaction():
-            apply_pending_receipts(PROVIDER, followups.sent_provider_ids)
+        with _db_slots[lane]:
+            with transaction():
+                apply_pending_receipts(PROVIDER, followups.sent_provider_ids)
+            release_connection()
     return followups
