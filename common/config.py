@@ -44,6 +44,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("POSTROOM_WORKER_THREADS", int, 8, "Threads per worker process for CPU-bound stages (processing, routing)."),
     Setting("POSTROOM_SENDER_CONCURRENCY", int, 64, "Provider calls a sender process keeps in flight (greenlets)."),
     Setting("POSTROOM_SENDER_GREENLETS", int, 256, "Batches a sender process works on at once (`dramatiq-gevent --threads`); more than calls in flight, so urgent batches never wait for one."),
+    Setting("POSTROOM_PROVIDER_TIMEOUT_SECONDS", float, 15.0, "How long a provider call may take; past it the outcome is unknown and the message fails rather than risk a second send."),
     Setting("POSTROOM_MAX_ATTEMPTS", int, 5, "Provider calls that end in a transient error before a message fails."),
     Setting("POSTROOM_RETRY_BASE_SECONDS", float, 1.0, "First retry delay; doubles per attempt, with jitter."),
     Setting("POSTROOM_RETRY_MAX_SECONDS", float, 300.0, "Upper bound of one retry delay."),
@@ -82,6 +83,7 @@ class Settings:
     postroom_worker_threads: int
     postroom_sender_concurrency: int
     postroom_sender_greenlets: int
+    postroom_provider_timeout_seconds: float
     postroom_max_attempts: int
     postroom_retry_base_seconds: float
     postroom_retry_max_seconds: float

@@ -84,6 +84,7 @@ def sms_sender(account: SmsAccount) -> TwilioSmsSender:
                 account.auth_token,
                 api_base=account.api_base,
                 pool_size=max(10, settings.postroom_sender_concurrency),
+                timeout=settings.postroom_provider_timeout_seconds,
             )
             _senders[account] = sender
         return sender

@@ -11,6 +11,7 @@ import logging
 import threading
 from urllib.request import getproxies
 
+import requests
 from requests.adapters import HTTPAdapter
 from twilio.base.exceptions import TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
@@ -79,6 +80,7 @@ class TwilioSmsSender:
     provider = PROVIDER
 
     def __init__(self, account_sid: str, auth_token: str, *, api_base: str = "", pool_size: int = 64, timeout: float = 15.0):
+        self._timeout = timeout
         self._http = _HttpClient(pool_size, timeout)
         self._client = Client(account_sid, auth_token, http_client=self._http)
         if api_base:
@@ -92,7 +94,12 @@ class TwilioSmsSender:
             )
         except TwilioRestException as exc:
             raise classify(exc.status, exc.code, exc.msg, _seconds(self._http.last.retry_after)) from exc
-        except OSError as exc:  # connection refused/reset, timeouts (requests' errors are OSErrors)
+        except requests.exceptions.ReadTimeout as exc:
+            # The request went out and no answer came: Twilio may have queued the message. Trying
+            # again could send it twice, so the outcome is reported as unknown instead.
+            raise PermanentError(f"no answer within {self._timeout:g} s; the provider may have sent it, "
+                                 "so it is not retried", code="outcome_unknown") from exc
+        except OSError as exc:  # refused, reset or dropped before an answer: retried (requests' errors are OSErrors)
             raise TransientError(f"connection error: {exc}", code="connection") from exc
         segments = int(created.num_segments) if created.num_segments else None
         return Accepted(provider_message_id=created.sid, segments=segments, provider_status=created.status or "")
