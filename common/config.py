@@ -49,6 +49,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("POSTROOM_RETRY_BASE_SECONDS", float, 1.0, "First retry delay; doubles per attempt, with jitter."),
     Setting("POSTROOM_RETRY_MAX_SECONDS", float, 300.0, "Upper bound of one retry delay."),
     Setting("POSTROOM_STAGE_DEADLINE_SECONDS", float, 30.0, "A message waiting longer than this in accepted/queued/routed is re-enqueued by the reconciler."),
+    Setting("POSTROOM_MAX_REDRIVES", int, 5, "A message re-driven this many times without moving on is failed as stuck (its stage keeps failing on it)."),
     Setting("POSTROOM_SENDING_TIMEOUT_SECONDS", float, 300.0, "A message left in `sending` this long (its sender died mid-call) is failed as interrupted."),
     Setting("POSTROOM_RECONCILE_INTERVAL_SECONDS", float, 1.0, "How often the scheduler looks for due and stuck rows."),
     Setting("POSTROOM_BROKER_POLL_MS", int, 100, "Longest idle wait of a worker between broker polls; bounds the hand-off latency of each stage."),
@@ -88,6 +89,7 @@ class Settings:
     postroom_retry_base_seconds: float
     postroom_retry_max_seconds: float
     postroom_stage_deadline_seconds: float
+    postroom_max_redrives: int
     postroom_sending_timeout_seconds: float
     postroom_reconcile_interval_seconds: float
     postroom_broker_poll_ms: int

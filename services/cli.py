@@ -78,6 +78,25 @@ def cmd_channel_sms(args: argparse.Namespace) -> None:
           + (f" at most {args.rate_limit:g}/s" if args.rate_limit else ""))
 
 
+def cmd_dead_letters(args: argparse.Namespace) -> None:
+    """List Dramatiq's dead-lettered broker messages, or replay them."""
+    import json
+
+    from common import deadletters
+    from common.broker import broker
+
+    if args.action == "replay":
+        if not args.all and not args.ids:
+            sys.exit("name the broker message ids to replay, or pass --all")
+        print(f"replayed {deadletters.replay(broker, None if args.all else args.ids)}")
+        return
+    letters = deadletters.list_dead_letters(broker)
+    for letter in letters:
+        print(json.dumps(letter.as_dict()))
+    if not letters:
+        print("no dead letters", file=sys.stderr)
+
+
 def cmd_devkey(args: argparse.Namespace) -> None:
     """Ensure the `dev` workspace exists and ``args.file`` holds a valid key for it."""
     from pathlib import Path
@@ -131,6 +150,11 @@ def main(argv: list[str] | None = None) -> None:
     sms.add_argument("--rate-limit", type=float, default=0.0, help="messages per second for this account (0: no limit)")
     sms.add_argument("--api-base", default="", help="Twilio API base URL (default: TWILIO_API_BASE)")
     sms.set_defaults(func=cmd_channel_sms)
+    dead = sub.add_parser("dead-letters", help="inspect or replay broker messages that failed past their retries")
+    dead.add_argument("action", choices=["list", "replay"])
+    dead.add_argument("ids", nargs="*", help="broker message ids to replay (see list)")
+    dead.add_argument("--all", action="store_true", help="replay every dead letter")
+    dead.set_defaults(func=cmd_dead_letters)
     devkey = sub.add_parser("devkey", help="ensure the `dev` workspace and a valid key in FILE (used by make run)")
     devkey.add_argument("--file", default=str(settings.var_dir / "dev-api-key"))
     devkey.set_defaults(func=cmd_devkey)

@@ -57,3 +57,34 @@ def test_message_left_in_sending_by_a_dead_sender_fails_as_interrupted_and_is_no
     with transaction():
         assert fetch("SELECT error_code FROM message WHERE id = %s", (message_id,))[0][0] == "interrupted"
     assert sandbox.messages() == []
+
+
+def test_rows_waiting_behind_a_broker_backlog_are_not_redriven(workspace, broker):
+    from common import dispatch
+
+    with transaction():
+        message_id = fetch("INSERT INTO message (workspace_id, channel, to_addr, body, status, status_changed_at)"
+                           " VALUES (%s, 'sms', '+15005550006', 'in the backlog', 'accepted', now() - interval '1 minute')"
+                           " RETURNING id", (workspace["id"],))[0][0]
+    dispatch.to_stage("processing", "urgent", [message_id])  # the queue holds work: a backlog, not a loss
+    assert scheduler.run_once().get("accepted") is None
+    broker.client.delete("dramatiq:processing_urgent")  # now the broker lost it
+    assert scheduler.run_once().get("accepted") == 1
+
+
+def test_message_its_stage_keeps_failing_on_is_failed_as_stuck_not_redriven_forever(workspace, broker):
+    from common.config import settings
+
+    with transaction():
+        message_id = fetch("INSERT INTO message (workspace_id, channel, to_addr, body, status, status_changed_at)"
+                           " VALUES (%s, 'sms', '+15005550006', 'poison', 'queued', now() - interval '1 minute')"
+                           " RETURNING id", (workspace["id"],))[0][0]
+    for _ in range(settings.postroom_max_redrives):
+        assert scheduler.run_once().get("queued") == 1
+        broker.client.flushall()  # the stage failed on it again: nothing of it is left in the broker
+        with transaction():
+            fetch("UPDATE message SET status_changed_at = now() - interval '1 minute' WHERE id = %s", (message_id,))
+    assert scheduler.run_once().get("stuck") == 1
+    assert status_of(message_id) == "failed"
+    with transaction():
+        assert fetch("SELECT error_code, redrives FROM message WHERE id = %s", (message_id,))[0] == ("stuck", settings.postroom_max_redrives + 1)

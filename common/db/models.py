@@ -81,6 +81,7 @@ class Message(BaseModel):
     status_changed_at = DateTimeField()
     attempts = IntegerField()
     throttles = IntegerField()
+    redrives = IntegerField()
     provider = TextField(null=True)
     provider_message_id = TextField(null=True)
     last_error = TextField(null=True)

@@ -21,7 +21,7 @@ METRICS_PORT_OFFSET = 9  # worker services take the ports before it in local run
 
 def run_once() -> dict[str, int]:
     """One pass of every reconciler duty; returns what each did."""
-    done = dict(reconciler.redrive_stuck(settings.postroom_stage_deadline_seconds))
+    done = dict(reconciler.redrive_stuck(settings.postroom_stage_deadline_seconds, settings.postroom_max_redrives))
     done["promoted"] = reconciler.promote_parked(lifecycle.SHORT_WAIT_SECONDS)
     done["interrupted"] = reconciler.fail_interrupted(settings.postroom_sending_timeout_seconds)
     done["receipts"] = reconciler.sweep_receipts()

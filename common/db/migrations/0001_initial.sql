@@ -47,6 +47,7 @@ CREATE TABLE message (
     status_changed_at   timestamptz NOT NULL DEFAULT now(),
     attempts            integer NOT NULL DEFAULT 0,   -- provider calls made
     throttles           integer NOT NULL DEFAULT 0,   -- of which throttled (do not spend the retry budget)
+    redrives            integer NOT NULL DEFAULT 0,   -- times the reconciler re-enqueued it
     provider            text,
     provider_message_id text,
     last_error          text,
