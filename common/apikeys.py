@@ -13,6 +13,7 @@ import secrets
 import time
 
 from common.db.connection import fetch
+from common.db.models import ApiKey, Workspace
 
 CACHE_SECONDS = 30.0
 _cache: dict[str, tuple[float, int | None]] = {}
@@ -26,10 +27,7 @@ def issue(workspace_id: int, scopes: tuple[str, ...] = ("messages:write", "messa
     """Create a key for the workspace and return it; this is the only time it is seen whole."""
     prefix = secrets.token_hex(4)
     key = f"pr_{prefix}_{secrets.token_urlsafe(24)}"
-    fetch(
-        "INSERT INTO api_key (workspace_id, prefix, key_hash, scopes) VALUES (%s, %s, %s, %s)",
-        (workspace_id, prefix, _hash(key), list(scopes)),
-    )
+    ApiKey.insert(workspace=workspace_id, prefix=prefix, key_hash=_hash(key), scopes=list(scopes)).execute()
     return key
 
 
@@ -52,10 +50,9 @@ def workspace_for(key: str) -> int | None:
 
 
 def create_workspace(name: str) -> int:
-    rows = fetch("INSERT INTO workspace (name) VALUES (%s) RETURNING id", (name,))
-    return rows[0][0]
+    return int(Workspace.insert(name=name).execute())
 
 
 def workspace_id_by_name(name: str) -> int | None:
-    rows = fetch("SELECT id FROM workspace WHERE name = %s", (name,))
-    return rows[0][0] if rows else None
+    found = Workspace.get_or_none(Workspace.name == name)
+    return found.id if found else None

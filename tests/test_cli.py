@@ -58,3 +58,4 @@ def test_channel_sms_stores_credentials_encrypted_and_the_sender_uses_them(clean
         account = sms_account(ws)
     assert b"secret-token-123" not in sealed and unseal(sealed)["auth_token"] == "secret-token-123"
     assert (account.account_sid, account.sender, account.rate_limit_per_second) == ("AC" + "1" * 32, "+15005550009", 5.0)
+

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from common.config import settings
 from common.crypto import unseal
-from common.db.connection import fetch
+from common.db.models import ChannelConfig
 from common.providers.twilio_sms import TwilioSmsSender
 
 _CACHE_SECONDS = 30.0
@@ -48,14 +48,13 @@ def sms_account(workspace_id: int) -> SmsAccount:
     cached = _accounts.get(workspace_id)
     if cached and cached[0] > time.monotonic():
         return cached[1]
-    rows = fetch(
-        "SELECT credentials, sender_identity, rate_limit_per_second FROM channel_config"
-        " WHERE workspace_id = %s AND channel = 'sms' AND provider = 'twilio'",
-        (workspace_id,),
+    config = ChannelConfig.get_or_none(
+        (ChannelConfig.workspace == workspace_id) & (ChannelConfig.channel == "sms") & (ChannelConfig.provider == "twilio")
     )
-    if rows:
-        creds = unseal(rows[0][0])
-        account = SmsAccount(creds["account_sid"], creds["auth_token"], rows[0][1], creds.get("api_base", settings.twilio_api_base), rows[0][2])
+    if config:
+        creds = unseal(config.credentials)
+        account = SmsAccount(creds["account_sid"], creds["auth_token"], config.sender_identity,
+                             creds.get("api_base", settings.twilio_api_base), config.rate_limit_per_second)
     else:
         account = default_sms_account()
     _accounts[workspace_id] = (time.monotonic() + _CACHE_SECONDS, account)
@@ -71,8 +70,8 @@ def twilio_auth_token(account_sid: str) -> str | None:
     """The auth token that signs webhooks for ``account_sid``, or None if it is not ours."""
     if account_sid == settings.twilio_account_sid:
         return settings.twilio_auth_token
-    rows = fetch("SELECT credentials FROM channel_config WHERE provider = 'twilio' AND account_ref = %s LIMIT 1", (account_sid,))
-    return unseal(rows[0][0])["auth_token"] if rows else None
+    config = ChannelConfig.get_or_none((ChannelConfig.provider == "twilio") & (ChannelConfig.account_ref == account_sid))
+    return unseal(config.credentials)["auth_token"] if config else None
 
 
 def sms_sender(account: SmsAccount) -> TwilioSmsSender:
