@@ -8,6 +8,7 @@ skipped when they cannot start: the session fails instead.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -58,22 +59,28 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    """Stop everything the session started, each step independent of the others' failures."""
     server = _state.pop("ingest_server", None)
     if server is not None:
         server.shutdown()
-    for key in ("sandbox_proc",):
-        proc = _state.pop(key, None)
-        if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+    proc = _state.pop("sandbox_proc", None)
+    if proc is not None:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
     for key in ("redis", "pg"):
-        server = _state.pop(key, None)
-        if server is not None:
-            server.stop()
+        infra = _state.pop(key, None)
+        if infra is not None:
+            try:
+                infra.stop()
+            except Exception as exc:  # keep stopping the rest; say what was left behind
+                print(f"could not stop the test {key} server: {exc}")
+    base = _state.pop("base", None)
+    if base is not None:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
