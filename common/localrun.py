@@ -41,6 +41,12 @@ def worker(name: str, module: str, processes: int, threads: int, metrics_port: i
                           "--threads", str(threads), "--worker-shutdown-timeout", "10000"], metrics_port)
 
 
+def lane_worker(name: str, module: str, queue: str, processes: int, threads: int, metrics_port: int, *, gevent: bool = False) -> Service:
+    """A worker that consumes one lane's queue only (its own Deployment: the lane is isolated)."""
+    service = worker(name, module, processes, threads, metrics_port, gevent=gevent)
+    return Service(name, [*service.argv, "--queues", queue], metrics_port)
+
+
 def services_for(cfg: Settings) -> list[Service]:
     """Every service of the pipeline, in start order (the sandbox first, ingest last)."""
     base = cfg.postroom_metrics_port_base
@@ -49,7 +55,8 @@ def services_for(cfg: Settings) -> list[Service]:
         Service("sandbox", [sys.executable, "-m", "services.sandbox"]),
         worker("processing", "services.processing.actors", procs, threads, base),
         worker("routing", "services.routing.actors", procs, threads, base + 1),
-        worker("sender-sms", "services.senders.sms.actors", procs, cfg.postroom_sender_greenlets, base + 2, gevent=True),
+        lane_worker("sender-sms-urgent", "services.senders.sms.actors", "sms_urgent", procs, cfg.postroom_sender_greenlets, base + 2, gevent=True),
+        lane_worker("sender-sms-bulk", "services.senders.sms.actors", "sms_bulk", procs, cfg.postroom_sender_greenlets, base + 3, gevent=True),
         Service("scheduler", [str(BIN / "postroom"), "scheduler"], base + 9),
         Service("ingest", [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "services/ingest/gunicorn_conf.py"),
                            "--no-control-socket", "services.ingest.wsgi:app"]),
@@ -209,7 +216,7 @@ postroom is running.
   API       {api}        (key in {stack.var / 'dev-api-key'})
   API key   {key}
   sandbox   {cfg.sandbox_url}/sandbox/messages
-  metrics   {api}/metrics, workers on 127.0.0.1:{cfg.postroom_metrics_port_base}-{cfg.postroom_metrics_port_base + 2}, scheduler on :{cfg.postroom_metrics_port_base + 9}
+  metrics   {api}/metrics, workers on 127.0.0.1:{cfg.postroom_metrics_port_base}-{cfg.postroom_metrics_port_base + 3}, scheduler on :{cfg.postroom_metrics_port_base + 9}
   logs      {stack.log_dir}/
 
 Try:

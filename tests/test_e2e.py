@@ -45,8 +45,9 @@ def api(stack: Stack) -> str:
     return f"http://127.0.0.1:{stack.cfg.postroom_api_port}"
 
 
-def send(stack: Stack, body: str) -> int:
-    response = requests.post(f"{api(stack)}/v1/messages", json={"channel": "sms", "to": "+15005550006", "body": body},
+def send(stack: Stack, body: str, priority: str = "urgent") -> int:
+    response = requests.post(f"{api(stack)}/v1/messages",
+                             json={"channel": "sms", "to": "+15005550006", "body": body, "priority": priority},
                              headers={"Authorization": f"Bearer {stack.key}"}, timeout=10)
     assert response.status_code == 202, response.text
     return response.json()["id"]
@@ -95,6 +96,14 @@ def test_redis_restart_after_accept_still_delivers_once(stack):
 LABEL = re.compile(r'(\w+)="([^"]*)"')
 
 
+def sample(text: str, series: str) -> float:
+    """The value of one exposed series (0 if it is not there)."""
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 def scrape(url: str) -> str:
     response = requests.get(url, timeout=10)
     assert response.status_code == 200
@@ -102,20 +111,25 @@ def scrape(url: str) -> str:
 
 
 def test_every_service_exposes_dramatiq_and_postroom_metrics_with_bounded_labels(stack):
-    message_id = send(stack, "metrics")
-    wait_for(lambda: view(stack, message_id)["status"] == "delivered", timeout=20, what="delivered")
+    message_ids = [send(stack, "metrics"), send(stack, "metrics, bulk lane", priority="bulk")]
+    wait_for(lambda: all(view(stack, i)["status"] == "delivered" for i in message_ids), timeout=20, what="delivered")
     base = stack.cfg.postroom_metrics_port_base
     ingest = scrape(f"{api(stack)}/metrics")
     assert 'postroom_messages_total{channel="sms",status="accepted"}' in ingest
     assert "postroom_api_request_seconds_bucket" in ingest
     assert 'postroom_provider_webhooks_total{kind="status",provider="twilio",verdict="applied"}' in ingest
     workers = {name: scrape(f"http://127.0.0.1:{base + offset}/metrics") for name, offset in
-               (("processing", 0), ("routing", 1), ("sender-sms", 2))}
+               (("processing", 0), ("routing", 1), ("sender-sms-urgent", 2), ("sender-sms-bulk", 3))}
     for name, text in workers.items():
         assert "dramatiq_messages_total" in text, name
     assert 'postroom_messages_total{channel="sms",status="queued"}' in workers["processing"]
     assert 'postroom_messages_total{channel="sms",status="routed"}' in workers["routing"]
-    assert 'postroom_provider_request_seconds_count{outcome="ok",provider="twilio"}' in workers["sender-sms"]
+    for lane in ("urgent", "bulk"):  # each lane's own sender sent its messages, and only its lane's
+        text = workers[f"sender-sms-{lane}"]
+        assert sample(text, 'postroom_provider_request_seconds_count{outcome="ok",provider="twilio"}') >= 1
+        assert sample(text, f'dramatiq_messages_total{{actor_name="send_sms_{lane}",queue_name="sms_{lane}"}}') >= 1
+        other = "bulk" if lane == "urgent" else "urgent"
+        assert f'queue_name="sms_{other}"' not in text
     scheduler = scrape(f"http://127.0.0.1:{base + 9}/metrics")
     assert "postroom_reconciler_redriven_total" in scheduler
     allowed = {"channel", "status", "provider", "outcome", "kind", "verdict", "endpoint", "code", "lane", "le",
