@@ -3,8 +3,9 @@
 The Kubernetes Deployments and the Procfile run the commands ``make run`` runs
 (``common.localrun.services_for``); every setting a manifest sets is one ``common.config`` reads;
 alert rules and the Grafana dashboard use only metrics that exist (``common.metrics``, Dramatiq's
-Prometheus middleware, ``up``); KEDA watches the queues the workers consume. Files are parsed,
-nothing is deployed: no cluster, Docker or promtool is needed.
+Prometheus middleware, ``up``); KEDA watches the queues the workers consume (their modules'
+queues, narrowed by ``--queues`` where a lane has its own Deployment), and every queue has a
+worker. Files are parsed, nothing is deployed: no cluster, Docker or promtool is needed.
 """
 
 from __future__ import annotations
@@ -125,6 +126,35 @@ def is_worker(service: Service) -> bool:
     return Path(service.argv[0]).name.startswith("dramatiq")
 
 
+def queues_option(argv: list[str]) -> list[str] | None:
+    """The values of dramatiq's ``--queues``/``-Q`` (nargs="*": up to the next option), or None."""
+    for i, arg in enumerate(argv):
+        if arg in ("--queues", "-Q"):
+            values = []
+            for value in argv[i + 1:]:
+                if value.startswith("-"):
+                    break
+                values.append(value)
+            return values
+    return None
+
+
+def consumed_queues(service: Service) -> set[str]:
+    """The queues a worker consumes: its module's actors' queues, narrowed by ``--queues``.
+
+    Dramatiq compares each queue's canonical name (``X`` for the delay queue ``X.DQ`` too) with
+    the ``--queues`` values, so ``--queues X`` consumes X and X.DQ, and a value that is not a
+    canonical queue name of the module consumes nothing; an empty ``--queues`` means all of them.
+    """
+    module = service.argv[2]  # dramatiq common.broker <module> ...
+    declared = actor_queues(module)
+    selected = queues_option(service.argv)
+    if not selected:
+        return declared
+    assert set(selected) <= declared, f"{service.name}: --queues {set(selected) - declared} are not queues of {module}"
+    return set(selected)
+
+
 # -- Deployments run what `make run` runs -------------------------------------------------------
 def test_every_service_but_the_sandbox_has_a_deployment_running_its_local_command():
     config = base_config()
@@ -208,6 +238,26 @@ def test_manifests_share_one_image_and_the_postroom_labels():
     (hpa,) = objects(BASE, "HorizontalPodAutoscaler")
     assert hpa["spec"]["scaleTargetRef"]["name"] == "ingest"
     assert "replicas" not in deployments()["ingest"]["spec"], "the HPA owns ingest's replicas"
+
+
+@pytest.mark.parametrize("directory", [BASE, K8S / "autoscaling", K8S / "monitoring"], ids=lambda d: d.name)
+def test_each_kustomization_lists_every_manifest_of_its_directory(directory: Path):
+    """The checks here read every file of the directory; kustomize applies only what is listed."""
+    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    files = {p.name for p in directory.glob("*.yaml") if p.name != "kustomization.yaml"}
+    assert sorted(kustomization["resources"]) == sorted(files), directory.name
+
+
+def test_production_overlay_names_only_objects_of_the_base():
+    """A renamed Deployment left in the overlay: kustomize fails the build on a `replicas` name
+    that matches nothing (only at deploy time), and skips a patch whose target matches nothing."""
+    overlay = yaml.safe_load((K8S / "overlays" / "production" / "kustomization.yaml").read_text())
+    names = {(obj["kind"], obj["metadata"]["name"]) for obj in objects(BASE)}
+    for entry in overlay.get("replicas", []):
+        assert ("Deployment", entry["name"]) in names, f"replicas: no Deployment {entry['name']}"
+    for patch in overlay.get("patches", []):
+        target = patch["target"]
+        assert (target["kind"], target["name"]) in names, f"patches: no {target['kind']} {target['name']}"
 
 
 def main_job_command(job: dict[str, Any]) -> list[str]:
@@ -373,7 +423,10 @@ def test_local_prometheus_scrapes_every_service_on_its_port():
     config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     assert "alerts.yml" in config["rule_files"]
     (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "postroom"]  # alerts select job="postroom"
-    scraped = {sc["labels"]["service"]: target for sc in job["static_configs"] for target in sc["targets"]}
+    pairs = [(sc["labels"]["service"], target) for sc in job["static_configs"] for target in sc["targets"]]
+    scraped = dict(pairs)
+    assert len(scraped) == len(pairs), "a service listed twice"
+    assert len(set(scraped.values())) == len(pairs), "two services on one port"
     cfg = load({})
     expected = {s.name: f"127.0.0.1:{s.metrics_port}" for s in services_for(cfg) if s.metrics_port is not None}
     expected["ingest"] = f"127.0.0.1:{cfg.postroom_api_port}"
@@ -405,23 +458,63 @@ def actor_queues(module_name: str) -> set[str]:
     return found
 
 
+def scaled_objects() -> dict[str, dict[str, Any]]:
+    """KEDA's ScaledObjects by the Deployment they scale."""
+    found: dict[str, dict[str, Any]] = {}
+    for obj in objects(K8S / "autoscaling", "ScaledObject"):
+        target = obj["spec"]["scaleTargetRef"]["name"]
+        assert target not in found, f"two ScaledObjects scale {target}"
+        found[target] = obj
+    return found
+
+
+def workers_and_queues() -> dict[str, set[str]]:
+    return {s.name: consumed_queues(s) for s in deployed_services(load({})) if is_worker(s)}
+
+
+def test_queues_option_reads_dramatiqs_argument():
+    assert queues_option(["dramatiq", "common.broker", "m", "--processes", "1"]) is None
+    assert queues_option(["dramatiq", "common.broker", "m", "--queues", "a", "b", "--threads", "8"]) == ["a", "b"]
+    assert queues_option(["dramatiq", "common.broker", "m", "-Q", "a"]) == ["a"]
+
+
+def test_every_queue_the_workers_declare_has_a_worker(broker):
+    """Splitting a module's queues over Deployments (lanes) must leave none unconsumed."""
+    consumed = set().union(*workers_and_queues().values())
+    assert consumed == set(broker.get_declared_queues()), "queues no worker consumes, or no actor declares"
+
+
 def test_keda_scales_each_worker_on_the_queues_it_consumes(broker):
     declared = set(broker.get_declared_queues())
     scaled: dict[str, set[str]] = {}
-    for obj in objects(K8S / "autoscaling", "ScaledObject"):
+    for target, obj in scaled_objects().items():
         lists = set()
         for trigger in obj["spec"]["triggers"]:
             assert trigger["type"] == "redis"
             list_name = trigger["metadata"]["listName"]
             assert list_name.startswith("dramatiq:"), list_name  # the Redis broker's namespace
             lists.add(list_name.removeprefix("dramatiq:"))
-        scaled[obj["spec"]["scaleTargetRef"]["name"]] = lists
+        scaled[target] = lists
         assert lists <= declared, f"not queues the broker declares: {lists - declared}"
-    workers = [s for s in deployed_services(load({})) if is_worker(s)]
+    workers = workers_and_queues()
     assert workers
-    for service in workers:
-        module = service.argv[2]  # dramatiq common.broker <module> ...
-        assert scaled.get(service.name) == actor_queues(module), service.name
+    assert set(scaled) == set(workers), "every worker Deployment, and only those, is scaled by KEDA"
+    for name, queues in workers.items():
+        assert scaled[name] == queues, name
+
+
+def test_a_worker_of_an_urgent_lane_never_has_zero_replicas():
+    """An urgent queue's only consumers must always run: in the base, the overlay and under KEDA."""
+    urgent = {name for name, queues in workers_and_queues().items() if any(q.endswith("_urgent") for q in queues)}
+    assert "sender-sms-urgent" in urgent
+    found = deployments()
+    overlay = yaml.safe_load((K8S / "overlays" / "production" / "kustomization.yaml").read_text())
+    overlay_replicas = {r["name"]: r["count"] for r in overlay.get("replicas", [])}
+    keda = scaled_objects()
+    for name in urgent:
+        assert found[name]["spec"].get("replicas", 1) >= 1, name
+        assert overlay_replicas.get(name, 1) >= 1, name
+        assert keda[name]["spec"]["minReplicaCount"] >= 1, name
 
 
 # -- Procfile -----------------------------------------------------------------------------------
