@@ -240,8 +240,8 @@ def table(results: list[dict[str, Any]]) -> str:
             f"  accepted→sent p50/p95/p99 {lat['p50']:>7} / {lat['p95']} / {lat['p99']} ms",
             "  " + waits_line(r["wait_before_status_ms"]),
             "  CPU ms per message by process group:",
-            *[f"    {g:<14} {v:>8.3f}" for g, v in sorted(r["cpu_ms_per_message"].items(), key=lambda kv: -kv[1])],
-            f"    {'total':<14} {sum(r['cpu_ms_per_message'].values()):>8.3f}",
+            *[f"    {g:<18} {v:>8.3f}" for g, v in sorted(r["cpu_ms_per_message"].items(), key=lambda kv: -kv[1])],
+            f"    {'total':<18} {sum(r['cpu_ms_per_message'].values()):>8.3f}",
             "",
         ]
     return "\n".join(lines)
