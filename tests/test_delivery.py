@@ -202,3 +202,21 @@ def test_send_outcomes_are_recorded_even_if_the_database_fails_briefly(workspace
     deliver([message_id])
     assert status_of(message_id) in ("sent", "delivered")
     assert len(sandbox.messages()) == 1
+
+
+def test_unexpected_error_in_a_provider_call_fails_that_message_only_and_is_not_resent(workspace, sandbox, monkeypatch):
+    from common.providers import twilio_sms
+
+    real_send = twilio_sms.TwilioSmsSender.send
+
+    def send(self, sms):
+        if sms.body == "breaks the client":
+            raise ValueError("could not parse the provider's answer")
+        return real_send(self, sms)
+
+    monkeypatch.setattr(twilio_sms.TwilioSmsSender, "send", send)
+    broken, fine = routed_message(workspace, "breaks the client"), routed_message(workspace, "goes out")
+    deliver([broken, fine])
+    assert status_of(broken) == "failed" and message(broken)["error_code"] == "outcome_unknown"
+    assert status_of(fine) in ("sent", "delivered")
+    assert [m["body"] for m in sandbox.messages()] == ["goes out"]

@@ -92,6 +92,10 @@ def call_provider(claimed: Sequence[dict[str, Any]]) -> list[tuple[dict[str, Any
             outcome = "throttled" if isinstance(exc, Throttled) else "permanent" if isinstance(exc, PermanentError) else "transient"
             if isinstance(exc, Throttled):
                 ratelimit.pause(PROVIDER, account.account_sid, exc.retry_after or 1.0)
+        except Exception as exc:  # a bug or an answer we cannot read: the request may have gone out
+            log.exception("provider call for message %s failed unexpectedly", row["id"])
+            result = PermanentError(f"unexpected error, the provider may have sent it: {exc!r}", code="outcome_unknown")
+            outcome = "permanent"
         metrics.PROVIDER_REQUESTS.labels(provider=PROVIDER, outcome=outcome).observe(perf_counter() - started)
         return row, result
 
