@@ -38,7 +38,6 @@ WAITING_FOR: dict[str, str] = {"accepted": "processing", "queued": "routing", "r
 CANCELLABLE: tuple[str, ...] = ("accepted", "scheduled", "queued", "routed")
 # Waits up to this long ride on a broker delay; longer ones are parked rows the scheduler promotes.
 SHORT_WAIT_SECONDS = 10.0
-FINAL: frozenset[str] = frozenset({"delivered", "read", "failed", "undelivered", "cancelled", "suppressed"})
 
 _RANK_SQL = "(CASE status " + " ".join(f"WHEN '{s}' THEN {r}" for s, r in RANK.items()) + " END)"
 
