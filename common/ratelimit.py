@@ -7,13 +7,16 @@ set by a provider 429 ends. Time comes from the Redis server, so every replica a
 
 from __future__ import annotations
 
+from typing import Any
+
 import redis
 
 from common.config import settings
 
 _SCRIPT = """
 -- KEYS[1] bucket (theoretical arrival time, microseconds), KEYS[2] pause flag
--- ARGV[1] interval between tokens (us, 0 = unlimited), ARGV[2] burst (tokens)
+-- ARGV[1] interval between tokens (us, 0 = unlimited), ARGV[2] burst (tokens),
+-- ARGV[3] tokens this caller must leave in the bucket (the bulk lane leaves some for urgent)
 local pause = redis.call('PTTL', KEYS[2])
 if pause > 0 then return pause end
 local interval = tonumber(ARGV[1])
@@ -22,8 +25,8 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then tat = now end
--- GCRA: a call may go when the bucket is at most burst-1 intervals ahead of now.
-local allowance = interval * (tonumber(ARGV[2]) - 1)
+-- GCRA: a call may go when the bucket is at most burst-1-reserve intervals ahead of now.
+local allowance = interval * (tonumber(ARGV[2]) - 1 - tonumber(ARGV[3]))
 if tat - now > allowance then
   return math.ceil((tat - now - allowance) / 1000)
 end
@@ -32,30 +35,35 @@ return 0
 """
 
 _client: redis.Redis | None = None
+_script: Any = None
 
 
 def _redis() -> redis.Redis:
-    global _client
+    global _client, _script
     if _client is None:
         _client = redis.Redis.from_url(settings.redis_url or "redis://127.0.0.1:6379/0")
+        _script = _client.register_script(_SCRIPT)  # EVALSHA: the script is sent once
     return _client
 
 
-def use_client(client: redis.Redis) -> None:
-    """Point the limiter at a given Redis (tests, and processes that set REDIS_URL late)."""
-    global _client
-    _client = client
+def bulk_reserve(per_second: float) -> int:
+    """Tokens the bulk lane leaves for urgent sends: a fifth of the burst (none below 5/s, where
+    holding one back would halve a campaign's rate)."""
+    return max(1, int(per_second)) // 5
 
 
-def wait_before_send(provider: str, account: str, per_second: float, burst: int | None = None) -> float:
+def wait_before_send(provider: str, account: str, per_second: float, *, reserve: int = 0) -> float:
     """Seconds to wait before the next call for this account; 0 means a token was taken.
 
-    ``burst`` (default: one second's worth of tokens) is how many calls may go at once after idling.
+    The bucket holds one second's worth of tokens (so that many calls may go at once after
+    idling). ``reserve`` tokens are left in it for other callers: the bulk lane passes
+    ``bulk_reserve`` so an urgent message finds a token even while a campaign uses the rest.
     """
-    burst = burst or max(1, int(per_second))
+    burst = max(1, int(per_second))
     interval_us = int(1_000_000 / per_second) if per_second > 0 else 0
-    client = _redis()
-    ms = client.eval(_SCRIPT, 2, f"postroom:rate:{provider}:{account}", f"postroom:pause:{provider}:{account}", interval_us, burst)
+    _redis()
+    ms = _script(keys=[f"postroom:rate:{provider}:{account}", f"postroom:pause:{provider}:{account}"],
+                 args=[interval_us, burst, reserve])
     return int(ms) / 1000.0
 
 

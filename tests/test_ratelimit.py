@@ -17,3 +17,12 @@ def test_unlimited_account_never_waits_unless_paused(clean_db):
     ratelimit.pause("twilio", "ACfree", 2.0)
     assert 1.5 < ratelimit.wait_before_send("twilio", "ACfree", 0) <= 2.0
     assert ratelimit.wait_before_send("twilio", "ACother", 0) == 0  # a pause is per account
+
+
+def test_bulk_lane_leaves_a_fifth_of_the_tokens_for_urgent_sends(clean_db):
+    reserve = ratelimit.bulk_reserve(10)
+    assert reserve == 2 and ratelimit.bulk_reserve(4) == 0
+    bulk = [ratelimit.wait_before_send("twilio", "ACshared", 10, reserve=reserve) for _ in range(10)]
+    assert bulk[:8] == [0] * 8 and bulk[8] > 0  # a campaign gets 8 of the 10 at once ...
+    urgent = [ratelimit.wait_before_send("twilio", "ACshared", 10) for _ in range(3)]
+    assert urgent[:2] == [0, 0] and urgent[2] > 0  # ... and an OTP still finds the other 2

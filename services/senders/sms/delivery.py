@@ -77,7 +77,8 @@ def call_provider(claimed: Sequence[dict[str, Any]]) -> list[tuple[dict[str, Any
         account: SmsAccount = row["account"]
         wait = paused.get(account.account_sid)
         if wait is None:
-            wait = ratelimit.wait_before_send(PROVIDER, account.account_sid, account.rate_limit_per_second)
+            reserve = ratelimit.bulk_reserve(account.rate_limit_per_second) if row["priority"] == "bulk" else 0
+            wait = ratelimit.wait_before_send(PROVIDER, account.account_sid, account.rate_limit_per_second, reserve=reserve)
         if wait > 0:
             metrics.RATE_LIMIT_WAITS.labels(provider=PROVIDER).inc()
             return row, Throttled("waiting for a send token", code="rate_limit", retry_after=wait)
