@@ -110,3 +110,20 @@ def test_unknown_message_is_404_and_unknown_route_is_json_404(api, workspace):
     assert api.get("/v1/messages/999999", headers=workspace["auth"]).status_code == 404
     response = api.get("/v2/nothing")
     assert response.status_code == 404 and response.get_json()["error"]["code"] == "not_found"
+
+
+def test_readyz_reports_each_dependency_and_fails_when_the_broker_is_down(api, monkeypatch):
+    ok = api.get("/readyz")
+    assert ok.status_code == 200 and ok.get_json()["checks"] == {"database": "ok", "broker": "ok"}
+    import dramatiq
+
+    broker = dramatiq.get_broker()
+
+    def unreachable():
+        raise ConnectionError("no route to Redis")
+
+    monkeypatch.setattr(broker.client, "ping", unreachable)
+    down = api.get("/readyz")
+    assert down.status_code == 503
+    assert down.get_json()["checks"]["broker"].startswith("error") and down.get_json()["checks"]["database"] == "ok"
+    assert api.get("/healthz").status_code == 200  # alive, just not ready

@@ -88,3 +88,23 @@ def test_message_its_stage_keeps_failing_on_is_failed_as_stuck_not_redriven_fore
     assert status_of(message_id) == "failed"
     with transaction():
         assert fetch("SELECT error_code, redrives FROM message WHERE id = %s", (message_id,))[0] == ("stuck", settings.postroom_max_redrives + 1)
+
+
+def test_accepted_message_whose_hand_off_failed_is_redriven_and_delivered(api, workspace, sandbox, broker, monkeypatch):
+    from common import dispatch
+
+    def broker_down(*args, **kwargs):
+        raise ConnectionError("Redis is unreachable")
+
+    monkeypatch.setattr(dispatch, "to_stage", broker_down)
+    response = api.post("/v1/messages", json={"channel": "sms", "to": "+15005550006", "body": "enqueue failed"},
+                        headers=workspace["auth"])
+    assert response.status_code == 202  # committed first: the failed enqueue loses nothing
+    message_id = response.get_json()["id"]
+    time.sleep(0.2)  # the hand-off was attempted (and failed) in the background
+    monkeypatch.undo()
+    assert status_of(message_id) == "accepted"
+    with running_workers(broker):
+        wait_for(lambda: scheduler.run_once().get("accepted") == 1, timeout=10, what="re-drive after the deadline")
+        wait_for(lambda: status_of(message_id) == "delivered", what="delivered")
+    assert [m["body"] for m in sandbox.messages()] == ["enqueue failed"]
