@@ -100,6 +100,8 @@ class Stack:
             self.env["REDIS_URL"] = rd.url
         self.env["TWILIO_API_BASE"] = self.cfg.twilio_api_base or self.cfg.sandbox_url
         self.cfg = load({**os.environ, **self.env})
+        # For `postroom` commands in another terminal: `export $(cat var/stack.env)`.
+        (self.var / "stack.env").write_text(f"DATABASE_URL={self.cfg.database_url}\nREDIS_URL={self.cfg.redis_url}\n")
 
     def migrate_and_seed(self) -> str:
         """Apply migrations and make sure the `dev` workspace has a valid key in <var>/dev-api-key.
@@ -218,6 +220,7 @@ postroom is running.
   sandbox   {cfg.sandbox_url}/sandbox/messages
   metrics   {api}/metrics, workers on 127.0.0.1:{cfg.postroom_metrics_port_base}-{cfg.postroom_metrics_port_base + 3}, scheduler on :{cfg.postroom_metrics_port_base + 9}
   logs      {stack.log_dir}/
+  CLI       export $(cat {stack.var / 'stack.env'}); .venv/bin/postroom --help
 
 Try:
   curl -s -X POST {api}/v1/messages -H "Authorization: Bearer $(cat {stack.var / 'dev-api-key'})" \\

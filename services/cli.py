@@ -16,7 +16,7 @@ def _connect() -> None:
     from common.db.connection import connect_database
 
     if not settings.database_url:
-        sys.exit("DATABASE_URL is not set (`make run` sets it for the services it starts)")
+        sys.exit("DATABASE_URL is not set. For the stack `make run` started: export $(cat var/stack.env)")
     connect_database(settings.database_url, max_connections=2)
 
 

@@ -47,6 +47,14 @@ def test_make_run_quick_start_sends_an_sms_and_ctrl_c_stops_everything(tmp_path:
         listed = requests.get(f"http://127.0.0.1:{sandbox_port}/sandbox/messages", timeout=10).json()["messages"]
         assert [(m["to"], m["body"]) for m in listed] == [("+15005550006", "hello")]
 
+        # The README's CLI line: the private servers' URLs are in var/stack.env.
+        stack_env = dict(line.split("=", 1) for line in (tmp_path / "var" / "stack.env").read_text().split())
+        created = subprocess.run([str(Path(sys.executable).parent / "postroom"), "workspace", "create", "acme"],
+                                 env={**env, **stack_env}, capture_output=True, text=True, timeout=60)
+        assert created.returncode == 0, created.stderr
+        assert requests.get(f"{api}/v1/messages/{message_id}", headers={"Authorization": f"Bearer {created.stdout.strip()}"},
+                            timeout=10).status_code == 404  # a key of the new workspace, which sees none of dev's
+
         run.send_signal(signal.SIGINT)  # Ctrl-C
         assert run.wait(60) == 0
         assert "stopped." in (tmp_path / "run.log").read_text()
