@@ -82,7 +82,8 @@ def setup(redis_url: str | None = None, database_url: str | None = None) -> Redi
     broker = build_broker(redis_url or settings.redis_url or "redis://127.0.0.1:6379/0")
     dramatiq.set_broker(broker)
     if database_url or settings.database_url:
-        connect_database(database_url or settings.database_url, max_connections=settings.postroom_db_pool_size)
+        connect_database(database_url or settings.database_url, max_connections=settings.postroom_db_pool_size,
+                         prepare=settings.postroom_db_prepare)
     return broker
 
 

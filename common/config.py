@@ -40,6 +40,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("POSTROOM_METRICS_PORT_BASE", int, 9191, "Worker services expose /metrics on consecutive ports from this one in local runs."),
     Setting("POSTROOM_SECRET_KEY", str, "dev-only-secret-change-me", "Key that encrypts provider credentials at rest. Set a long random value in production."),
     Setting("POSTROOM_DB_POOL_SIZE", int, 16, "Most PostgreSQL connections one process opens; threads or greenlets beyond it wait their turn."),
+    Setting("POSTROOM_DB_PREPARE", bool, True, "Prepare hot statements once per connection (less planning). Set false behind a transaction-mode pgbouncer."),
     Setting("POSTROOM_WORKER_PROCESSES", int, 1, "Processes per worker service in local runs (`dramatiq --processes`)."),
     Setting("POSTROOM_WORKER_THREADS", int, 8, "Threads per worker process for CPU-bound stages (processing, routing)."),
     Setting("POSTROOM_SENDER_CONCURRENCY", int, 64, "Provider calls a sender process keeps in flight (greenlets)."),
@@ -80,6 +81,7 @@ class Settings:
     postroom_metrics_port_base: int
     postroom_secret_key: str
     postroom_db_pool_size: int
+    postroom_db_prepare: bool
     postroom_worker_processes: int
     postroom_worker_threads: int
     postroom_sender_concurrency: int
@@ -116,6 +118,10 @@ class Settings:
 
 
 def _parse(setting: Setting, raw: str) -> object:
+    if setting.kind is bool:
+        if raw.lower() not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            raise ValueError(f"{setting.env}={raw!r} is not true or false")
+        return raw.lower() in ("1", "true", "yes", "on")
     try:
         return setting.kind(raw)
     except ValueError as exc:

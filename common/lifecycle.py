@@ -93,6 +93,7 @@ def advance(
         SELECT id, workspace_id, priority, channel{extra} FROM moved
         """,
         {"ids": list(ids), "expected": list(expected), "to": to, "detail": _jsonb(detail)},
+        prepared=True,
     )
     metrics.count_transitions(to, [r["channel"] for r in rows])
     return rows
@@ -129,7 +130,7 @@ def record_outcomes(
     rows = fetch_dicts(
         f"""
         WITH v AS (
-            SELECT unnest(%(ids)s::bigint[]) AS id, unnest(%(details)s::jsonb[]) AS detail
+            SELECT unnest(%(ids)s::bigint[]) AS id, unnest(%(details)s::text[])::jsonb AS detail
                    {", " + unnest_cols if keys else ""}
         ), moved AS (
             UPDATE message m SET status = %(to)s, status_changed_at = now(), updated_at = now()
@@ -140,6 +141,7 @@ def record_outcomes(
         SELECT id, priority, channel FROM moved
         """,
         params,
+        prepared=True,
     )
     metrics.count_transitions(to, [r["channel"] for r in rows])
     return rows
@@ -199,6 +201,7 @@ def apply_receipt(
             "kind": (keep_event or {}).get("kind"),
             "payload": _jsonb((keep_event or {}).get("payload")),
         },
+        prepared=True,
     )
     if status:
         metrics.count_transitions(status, [r[1] for r in rows if r[1] is not None])

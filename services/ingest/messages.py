@@ -43,7 +43,7 @@ def accept(workspace_id: int, new: NewMessage, idempotency_key: str | None) -> A
     rows = fetch_dicts(_ACCEPT, {
         "ws": workspace_id, "channel": new.channel, "to": new.to, "from": new.from_, "body": new.body,
         "priority": new.priority, "key": idempotency_key, "tags": list(new.tags),
-    })
+    }, prepared=True)
     if rows:
         metrics.count_transitions("accepted", [new.channel])
         return Accepted(rows[0]["id"], rows[0]["priority"], replayed=False, created_at=_iso(rows[0]["created_at"]))
