@@ -71,6 +71,8 @@ def advance(
     """Move those of ``ids`` whose status is in ``expected`` to ``to``.
 
     Parameters:
+      detail: recorded in the history; its ``error`` and ``error_code``, if any, also become the
+        message's ``last_error`` and ``error_code``.
       due_only: also require the message to be due (``due_at`` unset or past), so a retry
         delivered early by the broker waits for its time.
       returning: further message columns to return for each moved message.
@@ -85,14 +87,16 @@ def advance(
     rows = fetch_dicts(
         f"""
         WITH moved AS (
-            UPDATE message SET status = %(to)s, status_changed_at = now(), updated_at = now()
+            UPDATE message SET status = %(to)s, status_changed_at = now(), updated_at = now(),
+                   error_code = coalesce(%(error_code)s, error_code), last_error = coalesce(%(error)s, last_error)
             WHERE id = ANY(%(ids)s) AND status = ANY(%(expected)s)
               {"AND (due_at IS NULL OR due_at <= now())" if due_only else ""}
             RETURNING id, workspace_id, status, priority, channel, %(detail)s::jsonb AS detail{extra}
         ){_RECORD}
         SELECT id, workspace_id, priority, channel{extra} FROM moved
         """,
-        {"ids": list(ids), "expected": list(expected), "to": to, "detail": _jsonb(detail)},
+        {"ids": list(ids), "expected": list(expected), "to": to, "detail": _jsonb(detail),
+         "error_code": (detail or {}).get("error_code"), "error": (detail or {}).get("error")},
         prepared=True,
     )
     metrics.count_transitions(to, [r["channel"] for r in rows])

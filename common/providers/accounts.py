@@ -29,6 +29,7 @@ class SmsAccount:
 
 
 _accounts: dict[int, tuple[float, SmsAccount]] = {}
+_tokens: dict[str, tuple[float, str | None]] = {}
 _senders: dict[SmsAccount, TwilioSmsSender] = {}
 _lock = threading.Lock()
 
@@ -62,16 +63,22 @@ def sms_account(workspace_id: int) -> SmsAccount:
 
 
 def forget_cached_accounts() -> None:
-    """Drop cached account lookups (a changed channel config otherwise applies within 30 s)."""
+    """Drop cached account and token lookups (a changed channel config otherwise applies within 30 s)."""
     _accounts.clear()
+    _tokens.clear()
 
 
 def twilio_auth_token(account_sid: str) -> str | None:
     """The auth token that signs webhooks for ``account_sid``, or None if it is not ours."""
     if account_sid == settings.twilio_account_sid:
         return settings.twilio_auth_token
+    cached = _tokens.get(account_sid)  # every status callback asks: cached like the accounts
+    if cached and cached[0] > time.monotonic():
+        return cached[1]
     config = ChannelConfig.get_or_none((ChannelConfig.provider == "twilio") & (ChannelConfig.account_ref == account_sid))
-    return unseal(config.credentials)["auth_token"] if config else None
+    token = unseal(config.credentials)["auth_token"] if config else None
+    _tokens[account_sid] = (time.monotonic() + _CACHE_SECONDS, token)
+    return token
 
 
 def sms_sender(account: SmsAccount) -> TwilioSmsSender:

@@ -85,7 +85,6 @@ def redrive_stuck(deadline_seconds: float, max_redrives: int) -> dict[str, int]:
         if poison:
             error = f"stuck: re-driven {max_redrives} times without progress (see postroom dead-letters list)"
             lifecycle.advance(poison, list(lifecycle.WAITING_FOR), "failed", detail={"error": error, "error_code": "stuck"})
-            fetch_dicts("UPDATE message SET last_error = %s, error_code = 'stuck' WHERE id = ANY(%s)", (error, poison))
     rows = [r for r in rows if r["id"] not in set(poison)]
     _enqueue(rows)
     counts: dict[str, int] = {}
@@ -121,11 +120,9 @@ def fail_interrupted(timeout_seconds: float) -> int:
         )
         moved = lifecycle.advance(
             [r["id"] for r in stuck], ["sending"], "failed",
-            detail={"error": "interrupted: the sender stopped during the provider call; outcome unknown, not resent"},
+            detail={"error": "interrupted: the sender stopped during the provider call; outcome unknown, not resent",
+                    "error_code": "interrupted"},
         )
-        if moved:
-            fetch_dicts("UPDATE message SET last_error = 'interrupted: outcome unknown, not resent', error_code = 'interrupted'"
-                        " WHERE id = ANY(%s)", ([m["id"] for m in moved],))
     if moved:
         metrics.REDRIVEN.labels(status="sending").inc(len(moved))
     return len(moved)
