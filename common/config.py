@@ -39,6 +39,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("POSTROOM_METRICS_HOST", str, "127.0.0.1", "Address worker services and the scheduler serve /metrics on (0.0.0.0 in containers)."),
     Setting("POSTROOM_METRICS_PORT_BASE", int, 9191, "Worker services expose /metrics on consecutive ports from this one in local runs."),
     Setting("POSTROOM_SECRET_KEY", str, "dev-only-secret-change-me", "Key that encrypts provider credentials at rest. Set a long random value in production."),
+    Setting("POSTROOM_ENV", str, "production", "`development` allows the built-in development secret key; any other value refuses to start with it. `make run` and the tests set `development`."),
+    Setting("POSTROOM_DB_CONNECT_TIMEOUT_SECONDS", float, 2.0, "Longest wait for a new PostgreSQL connection."),
+    Setting("POSTROOM_DB_TIMEOUT_SECONDS", float, 10.0, "Longest wait for one PostgreSQL statement in workers and the scheduler (client-side deadline plus server statement_timeout): a frozen server fails the statement instead of hanging the process."),
+    Setting("POSTROOM_API_DB_TIMEOUT_SECONDS", float, 1.5, "The same deadline for ingest, so an API request answers 503 within about two seconds while PostgreSQL is unavailable."),
+    Setting("POSTROOM_REDIS_TIMEOUT_SECONDS", float, 5.0, "Socket (and connect) timeout of every Redis client: broker, rate limiter."),
+    Setting("POSTROOM_MAX_REQUEST_BYTES", int, 1048576, "Largest API request body; a larger one gets 413."),
+    Setting("POSTROOM_MAX_WEBHOOK_BYTES", int, 65536, "Largest provider webhook body; a larger one gets 413."),
+    Setting("POSTROOM_MAX_JSON_DEPTH", int, 32, "Deepest JSON nesting accepted in a request body; deeper gets 400."),
+    Setting("POSTROOM_UNKNOWN_LOOKUP_DELAY_SECONDS", float, 5.0, "How long after a send with an unknown outcome the reconciler looks the message up at the provider."),
     Setting("POSTROOM_DB_POOL_SIZE", int, 16, "Most PostgreSQL connections one process opens; threads or greenlets beyond it wait their turn."),
     Setting("POSTROOM_DB_PREPARE", bool, True, "Prepare hot statements once per connection (less planning). Set false behind a transaction-mode pgbouncer."),
     Setting("POSTROOM_WORKER_PROCESSES", int, 1, "Processes per worker service in local runs (`dramatiq --processes`)."),
@@ -51,7 +60,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("POSTROOM_RETRY_MAX_SECONDS", float, 300.0, "Upper bound of one retry delay."),
     Setting("POSTROOM_STAGE_DEADLINE_SECONDS", float, 30.0, "A message waiting longer than this in accepted/queued/routed is re-enqueued by the reconciler."),
     Setting("POSTROOM_MAX_REDRIVES", int, 5, "A message re-driven this many times without moving on is failed as stuck (its stage keeps failing on it)."),
-    Setting("POSTROOM_SENDING_TIMEOUT_SECONDS", float, 300.0, "A message left in `sending` this long (its sender died mid-call) is failed as interrupted."),
+    Setting("POSTROOM_SENDING_TIMEOUT_SECONDS", float, 45.0, "A message left in `sending` this long (its sender died mid-call) is looked up at the provider: recorded as sent if found, sent again if not. Keep it above the provider timeout."),
     Setting("POSTROOM_RECONCILE_INTERVAL_SECONDS", float, 1.0, "How often the scheduler looks for due and stuck rows."),
     Setting("POSTROOM_BROKER_POLL_MS", int, 100, "Longest idle wait of a worker between broker polls; bounds the hand-off latency of each stage."),
     Setting("POSTROOM_HANDOFF_LINGER_MS", float, 5.0, "Ingest gathers accepted ids this long before enqueueing them as one batch."),
@@ -80,6 +89,15 @@ class Settings:
     postroom_metrics_host: str
     postroom_metrics_port_base: int
     postroom_secret_key: str
+    postroom_env: str
+    postroom_db_connect_timeout_seconds: float
+    postroom_db_timeout_seconds: float
+    postroom_api_db_timeout_seconds: float
+    postroom_redis_timeout_seconds: float
+    postroom_max_request_bytes: int
+    postroom_max_webhook_bytes: int
+    postroom_max_json_depth: int
+    postroom_unknown_lookup_delay_seconds: float
     postroom_db_pool_size: int
     postroom_db_prepare: bool
     postroom_worker_processes: int
@@ -105,6 +123,10 @@ class Settings:
     postroom_log_level: str
 
     @property
+    def development(self) -> bool:
+        return self.postroom_env == "development"
+
+    @property
     def var_dir(self) -> Path:
         return Path(self.postroom_var_dir)
 
@@ -115,6 +137,18 @@ class Settings:
     @property
     def sandbox_url(self) -> str:
         return f"http://{self.postroom_sandbox_host}:{self.postroom_sandbox_port}"
+
+
+DEVELOPMENT_SECRET_KEY = "dev-only-secret-change-me"
+
+
+def require_production_secret(cfg: Settings | None = None) -> None:
+    """Refuse to start outside development with the built-in secret key (credentials would be
+    encrypted with a key everyone knows)."""
+    cfg = cfg or settings
+    if not cfg.development and cfg.postroom_secret_key == DEVELOPMENT_SECRET_KEY:
+        raise SystemExit("POSTROOM_SECRET_KEY is the development default; set a long random value "
+                         "(or POSTROOM_ENV=development for a local run)")
 
 
 def _parse(setting: Setting, raw: str) -> object:

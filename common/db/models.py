@@ -32,6 +32,7 @@ class Workspace(BaseModel):
     id = AutoField()
     name = TextField(unique=True)
     created_at = DateTimeField()
+    resend_unknown = BooleanField()
 
     class Meta:
         table_name = "workspace"
@@ -84,6 +85,7 @@ class Message(BaseModel):
     redrives = IntegerField()
     provider = TextField(null=True)
     provider_message_id = TextField(null=True)
+    provider_account = TextField(null=True)
     last_error = TextField(null=True)
     error_code = TextField(null=True)
     segments = IntegerField(null=True)
@@ -112,6 +114,7 @@ class ProviderEvent(BaseModel):
     provider = TextField()
     kind = TextField()
     provider_message_id = TextField(null=True)
+    provider_account = TextField(null=True)
     message_id = BigIntegerField(null=True)
     status = TextField(null=True)
     payload = BinaryJSONField()
