@@ -17,6 +17,7 @@ from collections.abc import Callable  # noqa: E402
 from typing import Any  # noqa: E402
 
 import dramatiq  # noqa: E402
+import redis  # noqa: E402
 from dramatiq.brokers.redis import RedisBroker  # noqa: E402
 from dramatiq.middleware import (  # noqa: E402
     AgeLimit,
@@ -73,7 +74,15 @@ def build_broker(redis_url: str) -> RedisBroker:
         Retries(max_retries=8, min_backoff=500, max_backoff=60_000),
         DatabaseConnection(),
     ]
-    return RedisBroker(url=redis_url, middleware=middleware, heartbeat_timeout=15_000)
+    return RedisBroker(client=redis_client(redis_url), middleware=middleware, heartbeat_timeout=15_000)
+
+
+def redis_client(url: str) -> redis.Redis:
+    """A Redis client that fails fast instead of hanging: connect and socket timeouts, and a
+    health check that notices a connection a restart closed."""
+    timeout = settings.postroom_redis_timeout_seconds
+    return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=min(timeout, 2.0),
+                                health_check_interval=30, retry_on_timeout=False)
 
 
 def setup(redis_url: str | None = None, database_url: str | None = None) -> RedisBroker:

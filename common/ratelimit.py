@@ -41,7 +41,9 @@ _script: Any = None
 def _redis() -> redis.Redis:
     global _client, _script
     if _client is None:
-        _client = redis.Redis.from_url(settings.redis_url or "redis://127.0.0.1:6379/0")
+        from common.broker import redis_client
+
+        _client = redis_client(settings.redis_url or "redis://127.0.0.1:6379/0")
         _script = _client.register_script(_SCRIPT)  # EVALSHA: the script is sent once
     return _client
 

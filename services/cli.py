@@ -123,7 +123,7 @@ def cmd_scheduler(args: argparse.Namespace) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    from common.localrun import run_forever
+    from services.local.stack import run_forever
 
     run_forever()
 

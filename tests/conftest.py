@@ -27,7 +27,7 @@ _state: dict = {}
 def pytest_configure(config: pytest.Config) -> None:
     if hasattr(config, "workerinput") or _state:
         return
-    from common import localinfra  # imports nothing that reads settings
+    from services.local import infra as localinfra  # imports nothing that reads settings
 
     base = Path(tempfile.mkdtemp(prefix="postroom-test-"))
     pg = localinfra.start_postgres(base / "postgres", localinfra.free_port())
@@ -48,6 +48,8 @@ def pytest_configure(config: pytest.Config) -> None:
         POSTROOM_STAGE_DEADLINE_SECONDS="2",
         POSTROOM_SENDING_TIMEOUT_SECONDS="5",
         POSTROOM_LOG_LEVEL="WARNING",
+        POSTROOM_ENV="development",
+        POSTROOM_PROVIDER_TIMEOUT_SECONDS="3",
     )
     os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     from common.db.connection import connect_database, db

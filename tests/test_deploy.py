@@ -1,7 +1,7 @@
 """deploy/ and k8s/ stay true to the code.
 
 The Kubernetes Deployments and the Procfile run the commands ``make run`` runs
-(``common.localrun.services_for``); every setting a manifest sets is one ``common.config`` reads;
+(``services.local.stack.services_for``); every setting a manifest sets is one ``common.config`` reads;
 alert rules and the Grafana dashboard use only metrics that exist (``common.metrics``, Dramatiq's
 Prometheus middleware, ``up``); KEDA watches the queues the workers consume (their modules'
 queues, narrowed by ``--queues`` where a lane has its own Deployment), and every queue has a
@@ -22,7 +22,7 @@ import yaml
 
 from common import metrics
 from common.config import ROOT, SETTINGS, Settings, load
-from common.localrun import Service, services_for
+from services.local.stack import Service, services_for
 
 DEPLOY = ROOT / "deploy"
 K8S = ROOT / "k8s"

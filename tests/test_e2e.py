@@ -15,8 +15,8 @@ import pytest
 import redis
 import requests
 
-from common import localinfra
-from common.localrun import Stack
+from services.local import infra as localinfra
+from services.local.stack import Stack
 from tests.support import wait_for
 
 
@@ -73,7 +73,7 @@ def test_broker_flush_after_accept_still_delivers_once(stack):
     stack.stop_service("processing")  # hold the message in the broker ...
     message_id = send(stack, "flushed but not lost")
     redis.Redis.from_url(stack.cfg.redis_url).flushall()  # ... and lose it
-    stack.start_service(next(s for s in __import__("common.localrun", fromlist=["x"]).services_for(stack.cfg) if s.name == "processing"))
+    stack.start_service(next(s for s in __import__("services.local.stack", fromlist=["x"]).services_for(stack.cfg) if s.name == "processing"))
     wait_for(lambda: view(stack, message_id)["status"] == "delivered", timeout=30, what="delivered after the flush")
     time.sleep(1)
     assert sandbox_bodies(stack).count("flushed but not lost") == 1
@@ -86,7 +86,7 @@ def test_redis_restart_after_accept_still_delivers_once(stack):
     redis_server.stop()
     restarted = localinfra.start_redis(stack.var / "redis", redis_server.port)
     stack.infra[stack.infra.index(redis_server)] = restarted
-    processing = next(s for s in __import__("common.localrun", fromlist=["x"]).services_for(stack.cfg) if s.name == "processing")
+    processing = next(s for s in __import__("services.local.stack", fromlist=["x"]).services_for(stack.cfg) if s.name == "processing")
     stack.start_service(processing)
     wait_for(lambda: view(stack, message_id)["status"] == "delivered", timeout=40, what="delivered after the restart")
     time.sleep(1)

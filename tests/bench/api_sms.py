@@ -26,9 +26,9 @@ import psutil
 import psycopg2
 import requests
 
-from common import localinfra
 from common.config import ROOT
-from common.localrun import Stack
+from services.local import infra as localinfra
+from services.local.stack import Stack
 
 CLIENT_THREADS = 32
 SCENARIOS = (("instant provider", 0), ("provider answers in 150 ms", 150))

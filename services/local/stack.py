@@ -87,7 +87,7 @@ class Stack:
 
     # -- infrastructure -------------------------------------------------------------------
     def start_infra(self) -> None:
-        from common import localinfra
+        from services.local import infra as localinfra
 
         self.log_dir.mkdir(parents=True, exist_ok=True)
         if not self.cfg.database_url:
@@ -99,9 +99,12 @@ class Stack:
             self.infra.append(rd)
             self.env["REDIS_URL"] = rd.url
         self.env["TWILIO_API_BASE"] = self.cfg.twilio_api_base or self.cfg.sandbox_url
+        # A local run is development unless told otherwise: the built-in secret key is allowed.
+        self.env["POSTROOM_ENV"] = os.environ.get("POSTROOM_ENV") or "development"
         self.cfg = load({**os.environ, **self.env})
         # For `postroom` commands in another terminal: `export $(cat var/stack.env)`.
-        (self.var / "stack.env").write_text(f"DATABASE_URL={self.cfg.database_url}\nREDIS_URL={self.cfg.redis_url}\n")
+        (self.var / "stack.env").write_text(f"DATABASE_URL={self.cfg.database_url}\nREDIS_URL={self.cfg.redis_url}\n"
+                                            f"POSTROOM_ENV={self.cfg.postroom_env}\n")
 
     def migrate_and_seed(self) -> str:
         """Apply migrations and make sure the `dev` workspace has a valid key in <var>/dev-api-key.
