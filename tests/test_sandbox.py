@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -500,6 +500,249 @@ def test_unreachable_callback_receiver_is_retried_then_counted_failed(sandbox_ur
         0,
     )
     assert recorded(sandbox_url)[0]["status"] == "failed"
+
+
+# --- the message list (how a client looks up a send whose answer it lost) ---------------------
+
+
+def list_raw(base: str, auth: tuple[str, str] = (ACCOUNT_SID, AUTH_TOKEN), account: str = ACCOUNT_SID,
+             **query: str) -> requests.Response:
+    return requests.get(f"{base}/2010-04-01/Accounts/{account}/Messages.json", params=query,
+                        auth=auth, timeout=10)
+
+
+def test_sdk_list_finds_the_accounts_messages_by_to_from_and_day_newest_first(
+    twilio: Client, sandbox_url: str
+) -> None:
+    other_sender = "+15005550007"
+    first = twilio.messages.create(to=RECIPIENT, from_=SENDER, body="first").sid
+    twilio.messages.create(to="+15551230002", from_=SENDER, body="elsewhere")
+    twilio.messages.create(to=RECIPIENT, from_=other_sender, body="other sender")
+    third = twilio.messages.create(to=RECIPIENT, from_=SENDER, body="third").sid
+    since = datetime.now(UTC) - timedelta(minutes=5)
+
+    found = twilio.messages.list(to=RECIPIENT, from_=SENDER, date_sent_after=since, limit=20)
+
+    assert [(m.sid, m.body) for m in found] == [(third, "third"), (first, "first")]
+    assert all(m.to == RECIPIENT and m.from_ == SENDER and m.account_sid == ACCOUNT_SID for m in found)
+    assert len(twilio.messages.list(limit=20)) == 4
+    assert stats(sandbox_url)["lookups"] == 2
+
+
+def test_day_filters_match_whole_days_and_a_message_not_yet_sent_on_its_creation_day(
+    twilio: Client, sandbox_url: str
+) -> None:
+    inject(sandbox_url, callback_delay_ms=2_000)  # not sent for 4 s: longer than this test takes
+    sid = twilio.messages.create(to=RECIPIENT, from_=SENDER, body="still queued").sid
+    today = datetime.now(UTC)
+    day = timedelta(days=1)
+
+    def sids(**filters: Any) -> list[str]:
+        return [m.sid for m in twilio.messages.list(to=RECIPIENT, limit=10, **filters)]
+
+    # A timestamp later today still matches: Twilio filters by day, not by instant.
+    assert sids(date_sent_after=today + timedelta(seconds=1)) == [sid]
+    assert sids(date_sent=today) == sids(date_sent_before=today) == [sid]
+    assert sids(date_sent_after=today + day) == [] and sids(date_sent_before=today - day) == []
+    raw = list_raw(sandbox_url, To=RECIPIENT, **{"DateSent>": today.strftime("%Y-%m-%d")})
+    assert [m["sid"] for m in raw.json()["messages"]] == [sid]
+    assert raw.json()["messages"][0]["date_sent"] is None
+    refused = list_raw(sandbox_url, **{"DateSent>": "yesterday"})
+    assert (refused.status_code, refused.json()["code"]) == (400, 20001)
+    assert recorded(sandbox_url)[0]["sent_at"] is None
+
+
+def test_list_pages_like_twilio_and_new_messages_do_not_shift_the_pages(
+    twilio: Client, sandbox_url: str
+) -> None:
+    sent = [twilio.messages.create(to=RECIPIENT, from_=SENDER, body=f"m{n}").sid for n in range(5)]
+
+    first = list_raw(sandbox_url, To=RECIPIENT, PageSize="2")
+    page = first.json()
+    assert first.status_code == 200
+    assert set(page) == {"messages", "start", "end", "page", "page_size", "uri", "first_page_uri",
+                         "next_page_uri", "previous_page_uri"}
+    assert [m["sid"] for m in page["messages"]] == [sent[4], sent[3]]
+    assert set(page["messages"][0]) == TWILIO_FIELDS
+    assert (page["page"], page["page_size"], page["start"], page["end"], page["previous_page_uri"]) == (0, 2, 0, 1, None)
+    assert page["uri"].startswith(f"/2010-04-01/Accounts/{ACCOUNT_SID}/Messages.json?")
+    assert "PageToken=PA" + sent[3] in page["next_page_uri"] and "Page=1" in page["next_page_uri"]
+    twilio.messages.create(to=RECIPIENT, from_=SENDER, body="arrived meanwhile")
+
+    second = requests.get(sandbox_url + page["next_page_uri"], auth=(ACCOUNT_SID, AUTH_TOKEN), timeout=5).json()
+
+    assert [m["sid"] for m in second["messages"]] == [sent[2], sent[1]]
+    assert (second["page"], second["start"]) == (1, 2) and second["previous_page_uri"] is not None
+    assert [m.body for m in twilio.messages.list(to=RECIPIENT, page_size=2)] == [
+        "arrived meanwhile", "m4", "m3", "m2", "m1", "m0"]
+    last = list_raw(sandbox_url, To=RECIPIENT, PageSize="4", Page="1")
+    assert [m["body"] for m in last.json()["messages"]] == ["m1", "m0"]
+    assert last.json()["next_page_uri"] is None
+
+
+def test_list_needs_the_accounts_own_credentials(sandbox_url: str) -> None:
+    send_raw(sandbox_url)
+
+    assert list_raw(sandbox_url, auth=(ACCOUNT_SID, "wrong")).status_code == 401
+    assert list_raw(sandbox_url, PageSize="0").status_code == 400
+
+
+# --- several Twilio accounts ------------------------------------------------------------------
+
+TENANT_SID = "AC" + "7b" * 16
+TENANT_TOKEN = "tenant-token-91d2"
+
+
+def add_account(base: str, sid: str = TENANT_SID, token: str = TENANT_TOKEN) -> requests.Response:
+    return requests.post(f"{base}/sandbox/accounts", json={"account_sid": sid, "auth_token": token}, timeout=5)
+
+
+def test_an_added_account_sends_signs_its_callbacks_and_lists_only_its_own_messages(
+    twilio: Client, sandbox_url: str, receiver: CallbackReceiver
+) -> None:
+    assert add_account(sandbox_url).status_code == 201
+    tenant = Client(TENANT_SID, TENANT_TOKEN, environment={})
+    tenant.api.base_url = sandbox_url
+    callback = f"{receiver.base_url}/twilio/status"
+
+    theirs = tenant.messages.create(to=RECIPIENT, from_=SENDER, body="tenant's", status_callback=callback)
+    ours = twilio.messages.create(to=RECIPIENT, from_=SENDER, body="ours").sid
+    wait_for(lambda: len(receiver.posts()) == 3)
+
+    assert theirs.account_sid == TENANT_SID
+    assert [m.sid for m in tenant.messages.list(to=RECIPIENT)] == [theirs.sid]
+    assert [m.sid for m in twilio.messages.list(to=RECIPIENT)] == [ours]
+    assert {m["account_sid"] for m in recorded(sandbox_url)} == {ACCOUNT_SID, TENANT_SID}
+    for post in receiver.posts():
+        assert post.form["AccountSid"] == TENANT_SID
+        signature = post.headers["X-Twilio-Signature"]
+        assert RequestValidator(TENANT_TOKEN).validate(receiver.base_url + post.path, post.form, signature)
+        assert not RequestValidator(AUTH_TOKEN).validate(receiver.base_url + post.path, post.form, signature)
+    with pytest.raises(TwilioRestException) as raised:
+        twilio.messages(theirs.sid).fetch()
+    assert raised.value.status == 404
+    # One account's credentials never open another's path.
+    assert send_raw(sandbox_url, auth=(ACCOUNT_SID, TENANT_TOKEN)).status_code == 401
+    assert list_raw(sandbox_url, auth=(TENANT_SID, TENANT_TOKEN)).status_code == 401
+
+
+def test_resetting_faults_or_accounts_removes_added_accounts_but_never_the_default(sandbox_url: str) -> None:
+    tenant_url = f"{sandbox_url}/2010-04-01/Accounts/{TENANT_SID}/Messages.json"
+    form = {"To": RECIPIENT, "From": SENDER, "Body": "hi"}
+    for reset in ("faults", "accounts"):
+        add_account(sandbox_url)
+        assert requests.post(tenant_url, data=form, auth=(TENANT_SID, TENANT_TOKEN), timeout=5).status_code == 201
+
+        requests.delete(f"{sandbox_url}/sandbox/{reset}", timeout=5).raise_for_status()
+
+        assert requests.post(tenant_url, data=form, auth=(TENANT_SID, TENANT_TOKEN), timeout=5).status_code == 401
+        assert requests.get(f"{sandbox_url}/sandbox/accounts", timeout=5).json() == {"accounts": [ACCOUNT_SID]}
+        assert send_raw(sandbox_url).status_code == 201
+    assert add_account(sandbox_url, sid="not-a-sid").status_code == 400
+    assert add_account(sandbox_url, token="").status_code == 400
+
+
+# --- rates, bursts and lost answers -----------------------------------------------------------
+
+
+def test_error_rate_fails_about_that_share_of_sends_until_reset(sandbox_url: str) -> None:
+    inject(sandbox_url, error_rate=0.2, http_status=500)
+
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        answers = list(pool.map(lambda _: send_raw(sandbox_url), range(300)))
+
+    failed = [a for a in answers if a.status_code != 201]
+    assert 30 <= len(failed) <= 90  # 60 expected; this band fails by chance about once in 10^5 runs
+    assert {(a.status_code, a.json()["code"]) for a in failed} == {(500, 20500)}
+    assert len(recorded(sandbox_url)) == 300 - len(failed) == stats(sandbox_url)["received"]
+    assert stats(sandbox_url)["rejected_by_fault"] == len(failed)
+    inject(sandbox_url, error_rate=1, error_code=20503)
+    assert send_raw(sandbox_url).status_code == 503
+    requests.delete(f"{sandbox_url}/sandbox/faults").raise_for_status()
+    assert send_raw(sandbox_url).status_code == 201
+
+
+def test_throttle_burst_answers_429_with_retry_after_for_exactly_that_many_sends(
+    twilio: Client, sandbox_url: str
+) -> None:
+    inject(sandbox_url, throttle_burst=3, retry_after=2)
+
+    answers = [send_raw(sandbox_url) for _ in range(4)]
+
+    assert [a.status_code for a in answers] == [429, 429, 429, 201]
+    assert all(a.headers["Retry-After"] == "2" and a.json()["code"] == 20429 for a in answers[:3])
+    inject(sandbox_url, throttle_burst=1)
+    with pytest.raises(TwilioRestException) as raised:
+        twilio.messages.create(to=RECIPIENT, from_=SENDER, body="hi")
+    assert (raised.value.status, raised.value.code) == (429, 20429)
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [{"error_rate": 1.5}, {"error_rate": 0.5, "count": 2}, {"drop_rate": -0.1},
+     {"throttle_burst": 2, "error_code": 21211}, {"timeout_after_receive": "yes"}, {"hang_seconds": "long"}],
+)
+def test_malformed_rate_and_lost_answer_faults_are_refused(sandbox_url: str, fault: dict[str, Any]) -> None:
+    response = requests.post(f"{sandbox_url}/sandbox/faults", json=fault, timeout=5)
+
+    assert response.status_code == 400
+    assert requests.get(f"{sandbox_url}/sandbox/faults", timeout=5).json()["error_rate"] is None
+
+
+def test_dropped_answer_records_the_message_but_the_client_sees_a_connection_abort(
+    sandbox_url: str, receiver: CallbackReceiver
+) -> None:
+    inject(sandbox_url, drop_after_receive=True, count=2)
+    session = requests.Session()  # one kept-alive connection, as a pooled client would use
+    form = {"To": RECIPIENT, "From": SENDER, "StatusCallback": f"{receiver.base_url}/status"}
+
+    for n in range(2):
+        with pytest.raises(requests.ConnectionError, match="Connection aborted"):
+            session.post(messages_url(sandbox_url), data=form | {"Body": f"dropped {n}"},
+                         auth=(ACCOUNT_SID, AUTH_TOKEN), timeout=5)
+    answered = session.post(messages_url(sandbox_url), data=form | {"Body": "answered"},
+                            auth=(ACCOUNT_SID, AUTH_TOKEN), timeout=5)
+    wait_for(lambda: len(receiver.posts()) == 9)
+
+    assert answered.status_code == 201
+    assert [m["body"] for m in recorded(sandbox_url)] == ["dropped 0", "dropped 1", "answered"]
+    assert stats(sandbox_url)["answers_dropped"] == 2
+    assert receiver.statuses().count("delivered") == 3  # the provider took them: they are delivered
+
+
+def test_delayed_answer_outlasts_the_client_timeout_yet_the_message_is_sent_and_listed(
+    twilio: Client, sandbox_url: str
+) -> None:
+    inject(sandbox_url, timeout_after_receive=True, hang_seconds=3)
+    started = time.monotonic()
+
+    with pytest.raises(requests.ReadTimeout):
+        send_raw_with_timeout(sandbox_url, 0.5, Body="did it go?")
+
+    assert time.monotonic() - started < 2
+    assert stats(sandbox_url)["answers_delayed"] == 1
+    wait_for(lambda: [m.status for m in twilio.messages.list(to=RECIPIENT)] == ["delivered"])
+    assert [m.body for m in twilio.messages.list(to=RECIPIENT, date_sent_after=datetime.now(UTC))] == ["did it go?"]
+    inject(sandbox_url, timeout_rate=1, hang_seconds=0.2)  # rates hold the answer the same way
+    started = time.monotonic()
+    assert send_raw(sandbox_url).status_code == 201 and time.monotonic() - started >= 0.2
+
+
+def test_drop_rate_cuts_the_answer_of_recorded_sends_until_reset(sandbox_url: str) -> None:
+    inject(sandbox_url, drop_rate=1)
+
+    for _ in range(3):
+        with pytest.raises(requests.ConnectionError):
+            send_raw(sandbox_url)
+    requests.delete(f"{sandbox_url}/sandbox/faults").raise_for_status()
+
+    assert send_raw(sandbox_url).status_code == 201
+    assert len(recorded(sandbox_url)) == 4 and stats(sandbox_url)["answers_dropped"] == 3
+
+
+def send_raw_with_timeout(base: str, timeout: float, **form: str) -> requests.Response:
+    fields = {"To": RECIPIENT, "From": SENDER, "Body": "hello"} | form
+    return requests.post(messages_url(base), data=fields, auth=(ACCOUNT_SID, AUTH_TOKEN), timeout=timeout)
 
 
 # --- segment counting -------------------------------------------------------------------------

@@ -14,7 +14,8 @@ from flask import Flask
 from gevent import monkey
 
 from common.config import Settings, settings
-from services.sandbox import control, twilio_api, twilio_errors
+from services.sandbox import control, twilio_api, twilio_errors, twilio_list
+from services.sandbox.accounts import Accounts
 from services.sandbox.callbacks import StatusCallbackSender
 from services.sandbox.faults import FaultPlan
 from services.sandbox.records import ReceivedMessages
@@ -31,6 +32,7 @@ def create_app(config: Settings = settings) -> Flask:
         )
     app = Flask(__name__)
     records = ReceivedMessages()
+    accounts = Accounts(config.twilio_account_sid, config.twilio_auth_token)
     app.extensions[EXTENSION_KEY] = SandboxState(
         records=records,
         faults={
@@ -40,14 +42,12 @@ def create_app(config: Settings = settings) -> Flask:
                 twilio_errors.error_code_for_http_status,
             ),
         },
-        twilio_callbacks=StatusCallbackSender(
-            records, config.twilio_account_sid, config.twilio_auth_token, config.twilio_from
-        ),
-        twilio_account_sid=config.twilio_account_sid,
-        twilio_auth_token=config.twilio_auth_token,
+        twilio_callbacks=StatusCallbackSender(records, accounts, config.twilio_from),
+        twilio_accounts=accounts,
     )
     app.register_blueprint(control.blueprint)
     app.register_blueprint(twilio_api.blueprint)
+    app.register_blueprint(twilio_list.blueprint)
     return app
 
 

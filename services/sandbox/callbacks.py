@@ -2,7 +2,8 @@
 
 When a message is accepted, one background greenlet walks its status sequence: it waits the
 callback delay, moves the recorded status, and POSTs the form Twilio would send to the message's
-``StatusCallback`` URL, signed with ``X-Twilio-Signature`` over that exact URL. The fault plan's
+``StatusCallback`` URL, signed with ``X-Twilio-Signature`` over that exact URL with the auth token
+of the account that sent the message (whose AccountSid the callback carries). The fault plan's
 switches, fixed at acceptance, may drop the POSTs, send each twice, or send them in reverse order
 (the recorded status still advances in the true order). A failed POST is retried a couple of
 times and then counted, never raised: a receiver that is down must not break the sandbox.
@@ -19,6 +20,7 @@ import gevent
 import urllib3
 from twilio.request_validator import RequestValidator
 
+from services.sandbox.accounts import Accounts
 from services.sandbox.faults import CallbackBehaviour, InjectedCallbackOutcome
 from services.sandbox.records import ReceivedMessage, ReceivedMessages
 from services.sandbox.twilio_errors import delivery_error_message
@@ -44,12 +46,9 @@ def status_sequence(outcome: InjectedCallbackOutcome | None) -> list[StatusStep]
 class StatusCallbackSender:
     """Sends the status callbacks of accepted Twilio messages, sharing one HTTP session."""
 
-    def __init__(
-        self, records: ReceivedMessages, account_sid: str, auth_token: str, default_from: str
-    ) -> None:
+    def __init__(self, records: ReceivedMessages, accounts: Accounts, default_from: str) -> None:
         self._records = records
-        self._account_sid = account_sid
-        self._validator = RequestValidator(auth_token)
+        self._accounts = accounts
         self._default_from = default_from  # what a Messaging Service picks when From was not given
         # urllib3 directly rather than requests: a callback costs the sandbox about half the CPU,
         # and the sandbox shares the machine with the pipeline it is measured against.
@@ -63,11 +62,17 @@ class StatusCallbackSender:
         behaviour: CallbackBehaviour,
     ) -> None:
         """Begin the message's status progression in the background and return at once."""
+        # The token is fixed now: an account removed later still signs what it already sent.
+        validator = RequestValidator(self._accounts.token(message.account_sid) or "")
         self._records.delivery_started()
-        gevent.spawn(self._progress, message, status_sequence(outcome), behaviour)
+        gevent.spawn(self._progress, message, status_sequence(outcome), behaviour, validator)
 
     def _progress(
-        self, message: ReceivedMessage, steps: list[StatusStep], behaviour: CallbackBehaviour
+        self,
+        message: ReceivedMessage,
+        steps: list[StatusStep],
+        behaviour: CallbackBehaviour,
+        validator: RequestValidator,
     ) -> None:
         try:
             sending_order = list(reversed(steps)) if behaviour.shuffle else steps
@@ -86,7 +91,7 @@ class StatusCallbackSender:
                     uuid.uuid4().hex
                 )  # same across retries and duplicates of one event
                 for _ in range(2 if behaviour.duplicate else 1):
-                    self._post(message.status_callback, params, idempotency_token)
+                    self._post(message.status_callback, params, idempotency_token, validator)
         except Exception:  # a bug here must not kill the worker's hub
             logger.exception("status progression of %s stopped", message.sid)
         finally:
@@ -99,7 +104,7 @@ class StatusCallbackSender:
         params = {
             "MessageSid": message.sid,
             "SmsSid": message.sid,
-            "AccountSid": self._account_sid,
+            "AccountSid": message.account_sid,
             "From": message.from_ or self._default_from,
             "To": message.to,
             "MessageStatus": status,
@@ -118,10 +123,12 @@ class StatusCallbackSender:
             params["RawDlrDoneDate"] = datetime.now(UTC).strftime("%y%m%d%H%M")
         return params
 
-    def _post(self, url: str, params: dict[str, str], idempotency_token: str) -> None:
+    def _post(
+        self, url: str, params: dict[str, str], idempotency_token: str, validator: RequestValidator
+    ) -> None:
         headers = {
             "Content-Type": "application/x-www-form-urlencoded",
-            "X-Twilio-Signature": self._validator.compute_signature(url, params),
+            "X-Twilio-Signature": validator.compute_signature(url, params),
             "I-Twilio-Idempotency-Token": idempotency_token,
             "User-Agent": "TwilioProxy/1.1",
         }

@@ -2,13 +2,16 @@
 
 ``/sandbox/messages`` lists (``?to=``, ``?channel=``) or clears the accepted messages and the
 counters; ``/sandbox/stats`` gives the counters; ``/sandbox/faults`` shows, adds to or resets a
-channel's fault plan (``?channel=``, default ``sms``). ``/healthz`` answers while the process is up.
+channel's fault plan (``?channel=``, default ``sms``); ``/sandbox/accounts`` lists, adds (``{"account_sid",
+"auth_token"}``) or removes the extra Twilio accounts — resetting the ``sms`` faults removes them
+too, so one reset gives a test a clean provider. ``/healthz`` answers while the process is up.
 """
 
 from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
 
+from services.sandbox.accounts import AccountRequestError
 from services.sandbox.faults import FaultPlan, FaultRequestError
 from services.sandbox.state import current_sandbox
 
@@ -89,4 +92,28 @@ def reset_faults() -> Response | tuple[Response, int]:
     if plan is None:
         return _unknown_channel(channel)
     plan.reset()
+    if channel == DEFAULT_FAULT_CHANNEL:
+        current_sandbox().twilio_accounts.reset()
     return jsonify(plan.as_json())
+
+
+@blueprint.get("/sandbox/accounts")
+def show_accounts() -> Response:
+    return jsonify({"accounts": current_sandbox().twilio_accounts.sids()})
+
+
+@blueprint.post("/sandbox/accounts")
+def add_account() -> Response | tuple[Response, int]:
+    accounts = current_sandbox().twilio_accounts
+    try:
+        accounts.add(request.get_json(force=True, silent=True))
+    except AccountRequestError as exc:
+        return jsonify({"error": str(exc)}), 400
+    return jsonify({"accounts": accounts.sids()}), 201
+
+
+@blueprint.delete("/sandbox/accounts")
+def reset_accounts() -> Response:
+    accounts = current_sandbox().twilio_accounts
+    accounts.reset()
+    return jsonify({"accounts": accounts.sids()})

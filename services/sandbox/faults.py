@@ -1,84 +1,46 @@
-"""The faults the sandbox injects on demand: errors on send calls, latency, and callback misbehaviour.
+"""The faults the sandbox injects on demand: errors on send calls, lost answers, latency, callbacks.
 
 A ``FaultPlan`` is changed through ``POST /sandbox/faults`` and read by a provider imitation on
-every send call. Errors and callback outcomes are queues consumed in the order they were asked
-for (each entry for its ``count`` calls); latency and the callback switches stay until changed or
-reset. Which HTTP status goes with an error code is the provider's business, so the plan is given
-the provider's mapping both ways.
+every send call. Errors, lost answers and callback outcomes are queues consumed in the order they
+were asked for (each entry for its ``count`` calls); rates (``error_rate``, ``drop_rate``,
+``timeout_rate``), latency and the callback switches stay until changed or reset. A lost answer
+happens *after* the message was recorded — the provider took it, the client never hears so:
+``drop`` cuts the connection without an HTTP answer, ``hang`` holds the answer for
+``hang_seconds``, far past any client's read timeout. Which HTTP status goes with an error code
+is the provider's business, so the plan is given the provider's mapping both ways.
 """
 
 from __future__ import annotations
 
+import random
 import threading
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
-CALLBACK_FAILURE_STATUSES = {"undelivered": 30003, "failed": 30008}  # status -> default ErrorCode
-DEFAULT_CALLBACK_DELAY_MS = 50
-DEFAULT_RETRY_AFTER_SECONDS = 1
-
-KNOWN_KEYS = frozenset(
-    {
-        "error_code",
-        "http_status",
-        "retry_after",
-        "count",
-        "latency_ms",
-        "callback_delay_ms",
-        "drop_callbacks",
-        "duplicate_callbacks",
-        "shuffle_callbacks",
-        "callback_outcome",
-    }
+from services.sandbox.fault_kinds import (
+    CALLBACK_FAILURE_STATUSES,
+    DEFAULT_CALLBACK_DELAY_MS,
+    DEFAULT_HANG_SECONDS,
+    DEFAULT_RATE_ERROR_HTTP_STATUS,
+    DEFAULT_RETRY_AFTER_SECONDS,
+    DROP,
+    HANG,
+    KNOWN_KEYS,
+    THROTTLE_CODE,
+    THROTTLE_HTTP_STATUS,
+    CallbackBehaviour,
+    FaultRequestError,
+    InjectedCallbackOutcome,
+    InjectedLostAnswer,
+    InjectedSendError,
+    RateError,
+    boolean,
+    integer,
+    number,
 )
 
-
-class FaultRequestError(ValueError):
-    """A fault request that cannot be understood; the control API answers 400 with its text."""
-
-
-@dataclass
-class InjectedSendError:
-    """The next ``remaining`` send calls fail with this provider error."""
-
-    error_code: int
-    http_status: int
-    retry_after: int | None
-    remaining: int
-
-
-@dataclass
-class InjectedCallbackOutcome:
-    """The next ``remaining`` accepted messages end in ``status`` with ``error_code``."""
-
-    status: str
-    error_code: int
-    remaining: int
-
-
-@dataclass(frozen=True)
-class CallbackBehaviour:
-    """How the callbacks of one accepted message are to be sent, fixed when it is accepted."""
-
-    drop: bool
-    duplicate: bool
-    shuffle: bool
-    delay_seconds: float
-
-
-def _integer(payload: Mapping[str, object], key: str, minimum: int) -> int:
-    value = payload[key]
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise FaultRequestError(f"{key!r} must be an integer >= {minimum}, not {value!r}")
-    return value
-
-
-def _boolean(payload: Mapping[str, object], key: str) -> bool:
-    value = payload[key]
-    if not isinstance(value, bool):
-        raise FaultRequestError(f"{key!r} must be true or false, not {value!r}")
-    return value
+__all__ = ["DROP", "HANG", "CallbackBehaviour", "FaultPlan", "FaultRequestError", "InjectedCallbackOutcome"]
 
 
 class FaultPlan:
@@ -91,6 +53,7 @@ class FaultPlan:
         error_code_for_http_status: Callable[[int], int],
     ) -> None:
         self._lock = threading.Lock()
+        self._random = random.Random()
         self._initial_latency_ms = initial_latency_ms
         self._http_status_for_code = http_status_for_code
         self._error_code_for_http_status = error_code_for_http_status
@@ -100,7 +63,11 @@ class FaultPlan:
         """Back to no faults, with the configured latency."""
         with self._lock:
             self._send_errors: deque[InjectedSendError] = deque()
+            self._lost_answers: deque[InjectedLostAnswer] = deque()
             self._callback_outcomes: deque[InjectedCallbackOutcome] = deque()
+            self._rate_error: RateError | None = None
+            self._drop_rate = self._timeout_rate = 0.0
+            self._hang_seconds = DEFAULT_HANG_SECONDS
             self._latency_ms = self._initial_latency_ms
             self._callback_delay_ms = DEFAULT_CALLBACK_DELAY_MS
             self._drop = self._duplicate = self._shuffle = False
@@ -112,21 +79,34 @@ class FaultPlan:
         unknown = set(payload) - KNOWN_KEYS
         if unknown:
             raise FaultRequestError(f"unknown keys {sorted(unknown)}; known: {sorted(KNOWN_KEYS)}")
-        count = _integer(payload, "count", 1) if "count" in payload else 1
-        send_error = self._parse_send_error(payload, count)
+        count = integer(payload, "count", 1) if "count" in payload else 1
+        rate_error = self._parse_rate_error(payload)
+        send_error = None if rate_error is not None else self._parse_send_error(payload, count)
+        lost = [InjectedLostAnswer(kind, count) for key, kind in
+                (("drop_after_receive", DROP), ("timeout_after_receive", HANG))
+                if key in payload and boolean(payload, key)]
+        rates = {k: number(payload, k, 0, 1) for k in ("drop_rate", "timeout_rate") if k in payload}
+        hang = number(payload, "hang_seconds", 0, 3600) if "hang_seconds" in payload else None
         outcome = self._parse_callback_outcome(payload, count)
         switches = {
-            k: _boolean(payload, k)
+            k: boolean(payload, k)
             for k in ("drop_callbacks", "duplicate_callbacks", "shuffle_callbacks")
             if k in payload
         }
-        latency = _integer(payload, "latency_ms", 0) if "latency_ms" in payload else None
+        latency = integer(payload, "latency_ms", 0) if "latency_ms" in payload else None
         delay = (
-            _integer(payload, "callback_delay_ms", 0) if "callback_delay_ms" in payload else None
+            integer(payload, "callback_delay_ms", 0) if "callback_delay_ms" in payload else None
         )
         with self._lock:
             if send_error is not None:
                 self._send_errors.append(send_error)
+            if rate_error is not None:
+                self._rate_error = rate_error if rate_error.rate > 0 else None
+            self._lost_answers.extend(lost)
+            self._drop_rate = rates.get("drop_rate", self._drop_rate)
+            self._timeout_rate = rates.get("timeout_rate", self._timeout_rate)
+            if hang is not None:
+                self._hang_seconds = hang
             if outcome is not None:
                 self._callback_outcomes.append(outcome)
             if latency is not None:
@@ -137,27 +117,51 @@ class FaultPlan:
             self._duplicate = switches.get("duplicate_callbacks", self._duplicate)
             self._shuffle = switches.get("shuffle_callbacks", self._shuffle)
 
-    def _parse_send_error(
-        self, payload: Mapping[str, object], count: int
-    ) -> InjectedSendError | None:
-        if "error_code" not in payload and "http_status" not in payload:
-            if "retry_after" in payload:
-                raise FaultRequestError("'retry_after' needs 'error_code' or 'http_status'")
-            return None
+    def _error_of(self, payload: Mapping[str, object], default_status: int) -> tuple[int, int]:
+        """(error code, HTTP status) from ``error_code`` and/or ``http_status``."""
         if "error_code" in payload:
-            code = _integer(payload, "error_code", 1)
+            code = integer(payload, "error_code", 1)
             status = (
-                _integer(payload, "http_status", 400)
+                integer(payload, "http_status", 400)
                 if "http_status" in payload
                 else self._http_status_for_code(code)
             )
         else:
-            status = _integer(payload, "http_status", 400)
+            status = integer(payload, "http_status", 400) if "http_status" in payload else default_status
             code = self._error_code_for_http_status(status)
-        retry_after = _integer(payload, "retry_after", 0) if "retry_after" in payload else None
-        if retry_after is None and status == 429:
+        return code, status
+
+    @staticmethod
+    def _retry_after(payload: Mapping[str, object], status: int) -> int | None:
+        retry_after = integer(payload, "retry_after", 0) if "retry_after" in payload else None
+        if retry_after is None and status == THROTTLE_HTTP_STATUS:
             retry_after = DEFAULT_RETRY_AFTER_SECONDS
-        return InjectedSendError(code, status, retry_after, count)
+        return retry_after
+
+    def _parse_rate_error(self, payload: Mapping[str, object]) -> RateError | None:
+        if "error_rate" not in payload:
+            return None
+        if "count" in payload or "throttle_burst" in payload:
+            raise FaultRequestError("'error_rate' stays until reset: it takes no 'count' or 'throttle_burst'")
+        rate = number(payload, "error_rate", 0, 1)
+        code, status = self._error_of(payload, DEFAULT_RATE_ERROR_HTTP_STATUS)
+        return RateError(rate, code, status, self._retry_after(payload, status))
+
+    def _parse_send_error(
+        self, payload: Mapping[str, object], count: int
+    ) -> InjectedSendError | None:
+        if "throttle_burst" in payload:
+            if "error_code" in payload or "http_status" in payload or "count" in payload:
+                raise FaultRequestError("'throttle_burst' is its own count and error: no 'count', 'error_code' or 'http_status'")
+            burst = integer(payload, "throttle_burst", 1)
+            return InjectedSendError(THROTTLE_CODE, THROTTLE_HTTP_STATUS,
+                                     self._retry_after(payload, THROTTLE_HTTP_STATUS), burst)
+        if "error_code" not in payload and "http_status" not in payload:
+            if "retry_after" in payload:
+                raise FaultRequestError("'retry_after' needs 'error_code', 'http_status' or 'throttle_burst'")
+            return None
+        code, status = self._error_of(payload, DEFAULT_RATE_ERROR_HTTP_STATUS)
+        return InjectedSendError(code, status, self._retry_after(payload, status), count)
 
     @staticmethod
     def _parse_callback_outcome(
@@ -172,22 +176,41 @@ class FaultPlan:
             )
         status = str(outcome["status"])
         code = (
-            _integer(outcome, "error_code", 1)
+            integer(outcome, "error_code", 1)
             if "error_code" in outcome
             else CALLBACK_FAILURE_STATUSES[status]
         )
         return InjectedCallbackOutcome(status, code, count)
 
     def take_send_error(self) -> InjectedSendError | None:
-        """The error the current send call must fail with, if any (consumes one use)."""
+        """The error the current send call must fail with, if any (consumes one queued use)."""
         with self._lock:
-            if not self._send_errors:
-                return None
-            head = self._send_errors[0]
-            head.remaining -= 1
-            if head.remaining == 0:
-                self._send_errors.popleft()
-            return InjectedSendError(head.error_code, head.http_status, head.retry_after, 1)
+            if self._send_errors:
+                head = self._send_errors[0]
+                head.remaining -= 1
+                if head.remaining == 0:
+                    self._send_errors.popleft()
+                return InjectedSendError(head.error_code, head.http_status, head.retry_after, 1)
+            rated = self._rate_error
+            if rated is not None and self._random.random() < rated.rate:
+                return InjectedSendError(rated.error_code, rated.http_status, rated.retry_after, 1)
+            return None
+
+    def take_lost_answer(self) -> str | None:
+        """How the answer to a just-recorded send is lost (``DROP`` or ``HANG``), if it is."""
+        with self._lock:
+            if self._lost_answers:
+                head = self._lost_answers[0]
+                head.remaining -= 1
+                if head.remaining == 0:
+                    self._lost_answers.popleft()
+                return head.kind
+            draw = self._random.random()
+            if draw < self._drop_rate:
+                return DROP
+            if draw < self._drop_rate + self._timeout_rate:
+                return HANG
+            return None
 
     def take_callback_outcome(self) -> InjectedCallbackOutcome | None:
         """The failure an accepted message must end in, if any (consumes one use)."""
@@ -204,6 +227,10 @@ class FaultPlan:
         with self._lock:
             return self._latency_ms / 1000.0
 
+    def hang_seconds(self) -> float:
+        with self._lock:
+            return self._hang_seconds
+
     def callback_behaviour(self) -> CallbackBehaviour:
         with self._lock:
             return CallbackBehaviour(
@@ -219,5 +246,10 @@ class FaultPlan:
                 "duplicate_callbacks": self._duplicate,
                 "shuffle_callbacks": self._shuffle,
                 "send_errors": [asdict(e) for e in self._send_errors],
+                "error_rate": asdict(self._rate_error) if self._rate_error else None,
+                "lost_answers": [asdict(a) for a in self._lost_answers],
+                "drop_rate": self._drop_rate,
+                "timeout_rate": self._timeout_rate,
+                "hang_seconds": self._hang_seconds,
                 "callback_outcomes": [asdict(o) for o in self._callback_outcomes],
             }

@@ -20,7 +20,11 @@ COUNTER_NAMES = (
     "callbacks_sent",  # status callbacks the receiver answered with 2xx
     "callbacks_failed",  # status callbacks given up after every retry
     "callback_retries",  # extra attempts after a failed status callback
+    "answers_dropped",  # recorded, then the connection was cut without an answer (injected)
+    "answers_delayed",  # recorded, then the answer was held past any client timeout (injected)
+    "lookups",  # message list calls (how a client reconciles unknown outcomes)
 )
+SENT_STATUSES = frozenset({"sent", "delivered", "undelivered", "read"})  # the message left the provider
 
 
 def utc_now() -> datetime:
@@ -45,12 +49,15 @@ class ReceivedMessage:
     num_media: int = 0
     error_code: int | None = None
     error_message: str | None = None
+    account_sid: str = ""  # the provider account the send call authenticated as
+    sent_at: datetime | None = None  # when it first reached a sent status (Twilio's date_sent)
 
     def as_json(self) -> dict[str, object]:
         data = asdict(self)
         data["from"] = data.pop("from_")
         data["received_at"] = self.received_at.isoformat(timespec="microseconds")
         data["updated_at"] = self.updated_at.isoformat(timespec="microseconds")
+        data["sent_at"] = self.sent_at.isoformat(timespec="microseconds") if self.sent_at else None
         return data
 
 
@@ -72,6 +79,15 @@ class ReceivedMessages:
         with self._lock:
             return self._messages.get(sid)
 
+    def newest_first(self, channel: str, account_sid: str) -> list[ReceivedMessage]:
+        """One account's messages on ``channel``, most recent first (a provider's list order)."""
+        with self._lock:
+            return [
+                m
+                for m in reversed(self._messages.values())
+                if m.channel == channel and m.account_sid == account_sid
+            ]
+
     def listing(self, to: str | None = None, channel: str | None = None) -> list[dict[str, object]]:
         with self._lock:
             return [
@@ -90,6 +106,8 @@ class ReceivedMessages:
                 message.status = status
                 message.error_code, message.error_message = error_code, error_message
                 message.updated_at = utc_now()
+                if status in SENT_STATUSES and message.sent_at is None:
+                    message.sent_at = message.updated_at
 
     def count(self, name: str, amount: int = 1) -> None:
         if name not in COUNTER_NAMES:

@@ -1,8 +1,8 @@
 """The sandbox's shared in-process state, reached from any blueprint through the Flask app.
 
 Everything lives in one process (gunicorn's single gevent worker), so the record, the fault
-plans (one per channel, keyed like ``ReceivedMessage.channel``) and the callback sender are
-plain objects built once by ``create_app`` and stored in ``app.extensions``.
+plans (one per channel, keyed like ``ReceivedMessage.channel``), the Twilio accounts and the
+callback sender are plain objects built once by ``create_app`` and stored in ``app.extensions``.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from flask import current_app
 
+from services.sandbox.accounts import Accounts
 from services.sandbox.callbacks import StatusCallbackSender
 from services.sandbox.faults import FaultPlan
 from services.sandbox.records import ReceivedMessages
@@ -23,8 +24,7 @@ class SandboxState:
     records: ReceivedMessages
     faults: dict[str, FaultPlan]  # channel -> its provider's fault plan
     twilio_callbacks: StatusCallbackSender
-    twilio_account_sid: str
-    twilio_auth_token: str
+    twilio_accounts: Accounts
 
 
 def current_sandbox() -> SandboxState:

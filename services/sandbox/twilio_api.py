@@ -1,21 +1,26 @@
 """The Twilio Messages API (2010-04-01) on its real wire format: send and fetch a message.
 
-``POST /2010-04-01/Accounts/{AccountSid}/Messages.json`` takes HTTP Basic auth and a form, answers
-201 with Twilio's full message resource or Twilio's error body, and hands the accepted message to
-the status-callback sender. Order of checks on a send call: injected latency, authentication,
-injected error (consumed only by authenticated calls), then Twilio's own validation.
+``POST /2010-04-01/Accounts/{AccountSid}/Messages.json`` takes HTTP Basic auth as one of the
+sandbox's accounts and a form, answers 201 with Twilio's full message resource or Twilio's error
+body, and hands the accepted message to the status-callback sender. Order of checks on a send
+call: injected latency, authentication, injected error (consumed only by authenticated calls),
+Twilio's own validation; then the message is recorded, and only then may its answer be lost
+(connection cut, or held past the client's timeout), as when a real provider took the message
+but the network lost the reply. The list of messages is in ``twilio_list``.
 """
 
 from __future__ import annotations
 
-import hmac
+import logging
 import re
+import socket
 import uuid
 from email.utils import format_datetime
 
 import gevent
 from flask import Blueprint, Response, jsonify, request
 
+from services.sandbox.faults import DROP, HANG
 from services.sandbox.records import ReceivedMessage
 from services.sandbox.segments import count_segments
 from services.sandbox.state import SandboxState, current_sandbox
@@ -27,17 +32,40 @@ E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 MAX_BODY_CHARS = 1600
 
 blueprint = Blueprint("twilio", __name__, url_prefix=f"/{API_VERSION}")
+logger = logging.getLogger(__name__)
 
 
-def _authenticated(sandbox: SandboxState, account_sid: str) -> bool:
+class ConnectionCut(Exception):
+    """Raised after the client's socket was shut down: there is no one left to answer."""
+
+
+def authenticated(sandbox: SandboxState, account_sid: str) -> bool:
+    """The request's Basic credentials are those of ``account_sid``, one of the sandbox's accounts."""
     auth = request.authorization
-    if auth is None or auth.type != "basic" or auth.username is None or auth.password is None:
+    if auth is None or auth.type != "basic":
         return False
-    return (
-        hmac.compare_digest(auth.username, sandbox.twilio_account_sid)
-        and hmac.compare_digest(auth.password, sandbox.twilio_auth_token)
-        and account_sid == auth.username
-    )
+    return sandbox.twilio_accounts.authenticate(account_sid, auth.username, auth.password)
+
+
+def _cut_connection() -> None:
+    """Close the client's connection with no HTTP answer at all ("connection aborted").
+
+    ``shutdown`` rather than ``close``: the server still owns the file descriptor and closes it
+    itself, so a descriptor number reused by another connection is never closed by mistake.
+    """
+    sock = request.environ.get("gunicorn.socket") or request.environ.get("werkzeug.socket")
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # the client left already: the effect is the same
+    raise ConnectionCut("injected: connection cut after the message was recorded")
+
+
+@blueprint.errorhandler(ConnectionCut)
+def _connection_cut(exc: ConnectionCut) -> Response:
+    # Whatever the server writes now goes nowhere; an empty body keeps its failed write short.
+    return Response(b"", status=500)
 
 
 def _validation_error(
@@ -60,13 +88,12 @@ def _validation_error(
 def message_resource(message: ReceivedMessage, account_sid: str) -> dict[str, object]:
     """Twilio's JSON representation of a message, every field the API returns."""
     uri = f"/{API_VERSION}/Accounts/{account_sid}/Messages/{message.sid}"
-    was_sent = message.status not in ("queued", "accepted", "failed")
     return {
         "account_sid": account_sid,
         "api_version": API_VERSION,
         "body": message.body,
         "date_created": format_datetime(message.received_at),
-        "date_sent": format_datetime(message.updated_at) if was_sent else None,
+        "date_sent": format_datetime(message.sent_at) if message.sent_at else None,
         "date_updated": format_datetime(message.updated_at),
         "direction": "outbound-api",
         "error_code": message.error_code,
@@ -90,7 +117,7 @@ def create_message(account_sid: str) -> Response | tuple[Response, int]:
     sandbox = current_sandbox()
     faults = sandbox.faults[CHANNEL]
     gevent.sleep(faults.latency_seconds())  # cooperative: other requests proceed meanwhile
-    if not _authenticated(sandbox, account_sid):
+    if not authenticated(sandbox, account_sid):
         sandbox.records.count("invalid")
         return twilio_error(20003)
 
@@ -124,11 +151,19 @@ def create_message(account_sid: str) -> Response | tuple[Response, int]:
         messaging_service_sid=service_sid or None,
         num_segments=count_segments(body),
         num_media=len(media_urls),
+        account_sid=account_sid,
     )
     sandbox.records.add(message)
     sandbox.twilio_callbacks.start(
         message, faults.take_callback_outcome(), faults.callback_behaviour()
     )
+    lost = faults.take_lost_answer()
+    if lost == DROP:
+        sandbox.records.count("answers_dropped")
+        _cut_connection()
+    if lost == HANG:
+        sandbox.records.count("answers_delayed")
+        gevent.sleep(faults.hang_seconds())  # the client gave up long ago; the message stays sent
     return jsonify(message_resource(message, account_sid)), 201
 
 
@@ -136,9 +171,9 @@ def create_message(account_sid: str) -> Response | tuple[Response, int]:
 def fetch_message(account_sid: str, message_sid: str) -> Response | tuple[Response, int]:
     sandbox = current_sandbox()
     gevent.sleep(sandbox.faults[CHANNEL].latency_seconds())
-    if not _authenticated(sandbox, account_sid):
+    if not authenticated(sandbox, account_sid):
         return twilio_error(20003)
     message = sandbox.records.get(message_sid)
-    if message is None or message.channel != CHANNEL:
+    if message is None or message.channel != CHANNEL or message.account_sid != account_sid:
         return twilio_error(20404, path=request.path)
     return jsonify(message_resource(message, account_sid)), 200

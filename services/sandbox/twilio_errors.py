@@ -13,6 +13,7 @@ import json
 from flask import Response
 
 ERRORS: dict[int, tuple[int, str]] = {
+    20001: (400, "Invalid value {value!r} for parameter {param}"),
     20003: (401, "Authenticate"),
     20404: (404, "The requested resource {path} was not found"),
     20429: (429, "Too Many Requests"),
