@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test lint bench migrate clean readme-config
+.PHONY: help install run test lint bench chaos migrate clean readme-config
 
 help: ## list every target
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -31,6 +31,9 @@ lint: $(STAMP) ## ruff and mypy over the code and the tests
 
 bench: $(STAMP) ## start a private stack and report throughput, latency and CPU per message (writes var/bench/)
 	$(BIN)/python -m tests.bench
+
+chaos: $(STAMP) ## start a private stack, inject crashes and outages, and count lost and duplicated messages (writes var/chaos/)
+	$(BIN)/python -m tests.chaos
 
 migrate: $(STAMP) ## apply database migrations to DATABASE_URL
 	$(BIN)/postroom migrate

@@ -1,0 +1,247 @@
+"""The chaos run's private stack and the faults it can suffer: kills, flushes, restarts, freezes.
+
+``ChaosStack`` starts the whole pipeline through ``Stack`` with settings that make recovery
+observable within seconds (short stage deadline, sending timeout and lookup delay), supervises it
+in the background (a killed worker is restarted by the stack's own supervisor, as under
+``make run``), and offers each fault as a method: SIGKILL one worker process, FLUSHALL Redis,
+stop and start Redis or PostgreSQL on the same port and data directory, SIGSTOP and SIGCONT every
+PostgreSQL process, and change the sandbox's fault plan.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+from pathlib import Path
+from typing import Any
+
+import psutil
+import psycopg2
+import redis
+import requests
+
+from services.local import infra as localinfra
+from services.local.stack import Stack
+
+NOT_WORKERS = frozenset({"sandbox", "ingest", "scheduler"})  # the services a kill may not pick
+UNSETTLED = ("accepted", "scheduled", "queued", "routed", "sending")
+
+# Settings under which every recovery path shows within seconds, not the production minutes.
+CHAOS_SETTINGS = {
+    "POSTROOM_SANDBOX_LATENCY_MS": "150",  # real providers answer in 100-300 ms
+    "POSTROOM_STAGE_DEADLINE_SECONDS": "5",
+    "POSTROOM_PROVIDER_TIMEOUT_SECONDS": "3",
+    "POSTROOM_SENDING_TIMEOUT_SECONDS": "10",  # must stay above the provider timeout
+    "POSTROOM_RECONCILE_INTERVAL_SECONDS": "1",
+    "POSTROOM_UNKNOWN_LOOKUP_DELAY_SECONDS": "2",
+    "POSTROOM_RETRY_BASE_SECONDS": "0.5",
+    "POSTROOM_RETRY_MAX_SECONDS": "5",
+    # At 20 % 5xx, 5 attempts fail a message once in 3,000; 8 make that a few in a million, so
+    # the provider scenario measures duplicates and losses rather than an exhausted retry budget.
+    "POSTROOM_MAX_ATTEMPTS": "8",
+    "POSTROOM_LOG_LEVEL": "WARNING",
+    "POSTROOM_ENV": "development",
+}
+
+
+class ChaosStack:
+    """A private pipeline for one chaos run, with its faults."""
+
+    def __init__(self, var_dir: Path, overrides: dict[str, str] | None = None) -> None:
+        shutil.rmtree(var_dir, ignore_errors=True)  # a fresh stack: nothing left from an earlier run
+        api_port = localinfra.free_port()
+        env = {
+            **CHAOS_SETTINGS,
+            "POSTROOM_VAR_DIR": str(var_dir),
+            "DATABASE_URL": "",  # always private servers, whatever the calling environment says
+            "REDIS_URL": "",
+            "TWILIO_API_BASE": "",  # always this stack's own sandbox, never a real provider
+            "POSTROOM_API_PORT": str(api_port),
+            "POSTROOM_PUBLIC_URL": f"http://127.0.0.1:{api_port}",
+            "POSTROOM_SANDBOX_PORT": str(localinfra.free_port()),
+            "POSTROOM_METRICS_PORT_BASE": str(30000 + os.getpid() % 9000),
+            **(overrides or {}),
+        }
+        self.stack = Stack(env=env)
+        # Kills are the point here: a killed service must come back however often it is killed.
+        if hasattr(self.stack, "crash_loop_restarts"):
+            self.stack.crash_loop_restarts = 1_000_000
+        self.key = ""
+        self.kills: list[str] = []
+        self._random = random.Random()
+        self._bag: list[str] = []  # worker services still to be killed in this round
+
+    # -- life cycle -----------------------------------------------------------------------
+    def start(self) -> None:
+        self.key = self.stack.start()
+        if hasattr(self.stack, "start_supervisor"):
+            self.stack.start_supervisor(interval=0.25)
+
+    def stop(self) -> None:
+        self.stack.stop()
+
+    def __enter__(self) -> ChaosStack:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.stack.cfg.postroom_api_port}"
+
+    @property
+    def sandbox(self) -> str:
+        return self.stack.cfg.sandbox_url
+
+    @property
+    def database_url(self) -> str:
+        return self.stack.cfg.database_url
+
+    def restarts(self) -> dict[str, int]:
+        """Service restarts the stack's supervisor made, by service."""
+        return dict(getattr(self.stack, "restarts", {}))
+
+    def supervise(self) -> None:
+        """Without the stack's background supervisor, restart exited services here."""
+        if getattr(self.stack, "_supervisor", None) is not None:
+            return
+        if hasattr(self.stack, "supervise_once"):
+            self.stack.supervise_once()
+            return
+        from services.local.stack import services_for
+
+        for service in services_for(self.stack.cfg):
+            proc = self.stack.processes.get(service.name)
+            if proc is not None and proc.poll() is not None:
+                self.stack.start_service(service)
+
+    # -- worker kills ---------------------------------------------------------------------
+    def worker_processes(self) -> list[tuple[str, psutil.Process]]:
+        """The processes doing a worker service's work: each one's leaves (itself if it has none)."""
+        found = []
+        for name, popen in list(self.stack.processes.items()):
+            if name in NOT_WORKERS or popen.poll() is not None:
+                continue
+            try:
+                root = psutil.Process(popen.pid)
+                tree = [root, *root.children(recursive=True)]
+                found += [(name, p) for p in tree if not p.children()]
+            except psutil.NoSuchProcess:
+                continue
+        return found
+
+    def kill_random_worker(self) -> str | None:
+        """SIGKILL one worker process picked at random; returns its service's name.
+
+        Services are drawn from a shuffled bag, so that a short run with a few kills still hits
+        every worker service rather than, by chance, the same one each time.
+        """
+        candidates = self.worker_processes()
+        if not candidates:
+            return None
+        services = sorted({name for name, _ in candidates})
+        if not set(services) & set(self._bag):
+            self._bag = self._random.sample(services, len(services))
+        wanted = next(name for name in self._bag if name in services)
+        self._bag.remove(wanted)
+        name, proc = self._random.choice([c for c in candidates if c[0] == wanted])
+        try:
+            proc.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            return None
+        self.kills.append(name)
+        return name
+
+    # -- Redis ----------------------------------------------------------------------------
+    def _server(self, name: str) -> localinfra.LocalServer:
+        return next(s for s in self.stack.infra if s.name == name)
+
+    def flush_redis(self) -> None:
+        client = redis.Redis.from_url(self.stack.cfg.redis_url, socket_timeout=5)
+        try:
+            client.flushall()
+        finally:
+            client.close()
+
+    def stop_redis(self) -> None:
+        self._server("redis").stop()
+
+    def start_redis(self) -> None:
+        """Start Redis again on its port (empty: the local server keeps nothing on disk)."""
+        old = self._server("redis")
+        new = localinfra.start_redis(self.stack.var / "redis", old.port)
+        self.stack.infra[self.stack.infra.index(old)] = new
+
+    # -- PostgreSQL -----------------------------------------------------------------------
+    def stop_postgres(self) -> None:
+        self._server("postgres").stop()
+
+    def start_postgres(self) -> None:
+        old = self._server("postgres")
+        new = localinfra.start_postgres(self.stack.var / "postgres", old.port)
+        self.stack.infra[self.stack.infra.index(old)] = new
+
+    def postgres_processes(self) -> list[psutil.Process]:
+        root = psutil.Process(self._server("postgres").pid)
+        return [root, *root.children(recursive=True)]
+
+    def signal_postgres(self, sig: int) -> int:
+        """Send ``sig`` to the postmaster and every backend; returns how many got it."""
+        sent = 0
+        for proc in self.postgres_processes():
+            try:
+                proc.send_signal(sig)
+                sent += 1
+            except psutil.NoSuchProcess:
+                pass
+        return sent
+
+    # -- the provider ---------------------------------------------------------------------
+    def provider_faults(self, **fault: Any) -> None:
+        requests.post(f"{self.sandbox}/sandbox/faults", json=fault, timeout=10).raise_for_status()
+
+    def reset_provider(self) -> None:
+        requests.delete(f"{self.sandbox}/sandbox/faults", timeout=10).raise_for_status()
+
+    def provider_stats(self) -> dict[str, int]:
+        answer = requests.get(f"{self.sandbox}/sandbox/stats", timeout=10)
+        answer.raise_for_status()
+        return dict(answer.json())
+
+    def received_bodies(self) -> list[str]:
+        """The body of every send the sandbox recorded, duplicates included."""
+        answer = requests.get(f"{self.sandbox}/sandbox/messages", timeout=60)
+        answer.raise_for_status()
+        return [str(m["body"]) for m in answer.json()["messages"]]
+
+    # -- the database ---------------------------------------------------------------------
+    def statuses(self, ids: list[int]) -> dict[int, tuple[str, str | None, str | None]]:
+        """id -> (status, error_code, last_error) for the given messages."""
+        conn = psycopg2.connect(self.database_url, connect_timeout=3, options="-c statement_timeout=10000")
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT id, status, error_code, last_error FROM message WHERE id = ANY(%s)", (ids,))
+                return {int(r[0]): (r[1], r[2], r[3]) for r in cur.fetchall()}
+        finally:
+            conn.close()
+
+    def unsettled(self, ids: list[int]) -> int | None:
+        """How many of ``ids`` still wait for a stage (None while the database does not answer)."""
+        try:
+            conn = psycopg2.connect(self.database_url, connect_timeout=2, options="-c statement_timeout=5000")
+        except psycopg2.Error:
+            return None
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT count(*) FROM message WHERE id = ANY(%s) AND status = ANY(%s)",
+                            (ids, list(UNSETTLED)))
+                row = cur.fetchone()
+                return int(row[0]) if row else None
+        except psycopg2.Error:
+            return None
+        finally:
+            conn.close()
