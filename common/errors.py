@@ -1,6 +1,8 @@
 """The small error vocabulary every provider client maps its failures onto.
 
-``PermanentError``: retrying cannot help (invalid number, opted out, policy) — fail now, maybe
+``UnknownOutcome``: the request may have reached the provider and no answer came back (a read
+timeout, a connection aborted mid-response) — never retried blindly; the message is looked up at
+the provider first. ``PermanentError``: retrying cannot help (invalid number, opted out, policy) — fail now, maybe
 suppress the address. ``TransientError``: a retry may succeed (5xx, timeouts, connection
 errors) — retry with backoff up to a bound. ``Throttled``: the provider or our own limiter
 says "not now" — wait and try again without spending a retry.
@@ -36,3 +38,13 @@ class TransientError(ProviderError):
 
 class Throttled(ProviderError):
     """Not now: wait ``retry_after`` seconds; this does not count against the retry budget."""
+
+
+class UnknownOutcome(ProviderError):
+    """The request may have been written and its answer was lost: the provider may have sent it.
+
+    Sending again could send twice, so the message is looked up at the provider instead
+    (DESIGN.md invariant 14)."""
+
+    def __init__(self, message: str):
+        super().__init__(message, code="outcome_unknown")

@@ -88,6 +88,8 @@ def advance(
         f"""
         WITH moved AS (
             UPDATE message SET status = %(to)s, status_changed_at = now(), updated_at = now(),
+                   -- progress resets the count of re-drives without progress; failing keeps it
+                   redrives = CASE WHEN %(to)s = 'failed' THEN redrives ELSE 0 END,
                    error_code = coalesce(%(error_code)s, error_code), last_error = coalesce(%(error)s, last_error)
             WHERE id = ANY(%(ids)s) AND status = ANY(%(expected)s)
               {"AND (due_at IS NULL OR due_at <= now())" if due_only else ""}
@@ -109,6 +111,8 @@ def record_outcomes(
     outcomes: Sequence[dict[str, Any]],
     *,
     columns: dict[str, str],
+    due_only: bool = False,
+    returning: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     """Move each message of ``outcomes`` from ``expected`` to ``to`` with its own values, in one statement.
 
@@ -116,11 +120,16 @@ def record_outcomes(
     column to a SQL expression over those keys as text (``v.<key>``), for example
     ``{"provider_message_id": "v.provider_message_id", "attempts": "m.attempts + 1"}``.
 
+    ``due_only`` and ``returning`` are as for ``advance``.
+
     Returns:
-      One dict per moved message with ``id``, ``priority`` and ``channel``.
+      One dict per moved message with ``id``, ``workspace_id``, ``priority``, ``channel`` and the
+      ``returning`` columns.
     """
     if not outcomes:
         return []
+    extra = "".join(f", m.{col}" for col in returning)
+    picked = "".join(f", {col}" for col in returning)
     keys = sorted({k for o in outcomes for k in o} - {"id", "detail"})
     unnest_cols = ", ".join(f"unnest(%({k})s::text[]) AS {k}" for k in keys)
     params: dict[str, Any] = {k: [None if o.get(k) is None else str(o[k]) for o in outcomes] for k in keys}
@@ -137,12 +146,13 @@ def record_outcomes(
             SELECT unnest(%(ids)s::bigint[]) AS id, unnest(%(details)s::text[])::jsonb AS detail
                    {", " + unnest_cols if keys else ""}
         ), moved AS (
-            UPDATE message m SET status = %(to)s, status_changed_at = now(), updated_at = now()
+            UPDATE message m SET status = %(to)s, status_changed_at = now(), updated_at = now(), redrives = 0
                    {", " + sets if sets else ""}
             FROM v WHERE m.id = v.id AND m.status = %(expected)s
-            RETURNING m.id, m.workspace_id, m.status, m.priority, m.channel, v.detail
+              {"AND (m.due_at IS NULL OR m.due_at <= now())" if due_only else ""}
+            RETURNING m.id, m.workspace_id, m.status, m.priority, m.channel, v.detail{extra}
         ){_RECORD}
-        SELECT id, priority, channel FROM moved
+        SELECT id, workspace_id, priority, channel{picked} FROM moved
         """,
         params,
         prepared=True,
@@ -157,11 +167,14 @@ def apply_receipt(
     status: str | None,
     detail: dict[str, Any],
     *,
+    account: str,
     keep_event: dict[str, Any] | None = None,
 ) -> int | None:
     """Move the message the provider knows as ``provider_message_id`` forward to ``status``.
 
     Parameters:
+      account: the provider account that signed the receipt. Only a message sent through that
+        account is moved, so one tenant's account cannot touch another tenant's messages.
       status: our status the receipt reports, or None for a receipt with nothing to apply.
       keep_event: if given (``kind`` and ``payload``), the receipt is also stored in
         ``provider_event`` by the same statement — applied if its message exists, else pending.
@@ -173,18 +186,19 @@ def apply_receipt(
     keep = ""
     if keep_event is not None:
         keep = """, kept AS (
-            INSERT INTO provider_event (provider, kind, provider_message_id, status, detail, payload,
-                                        signature_valid, applied_at, message_id)
-            SELECT %(provider)s, %(kind)s, %(pid)s, %(to)s, %(detail)s::jsonb, %(payload)s::jsonb, true,
+            INSERT INTO provider_event (provider, kind, provider_message_id, provider_account, status, detail,
+                                        payload, signature_valid, applied_at, message_id)
+            SELECT %(provider)s, %(kind)s, %(pid)s, %(account)s, %(to)s, %(detail)s::jsonb, %(payload)s::jsonb, true,
                    CASE WHEN t.id IS NOT NULL OR %(to)s IS NULL THEN now() END, t.id
             FROM (SELECT (SELECT id FROM target) AS id) t
         )"""
     rows = fetch(
         f"""
         WITH target AS (
-            SELECT id FROM message WHERE provider = %(provider)s AND provider_message_id = %(pid)s
+            SELECT id FROM message
+            WHERE provider = %(provider)s AND provider_message_id = %(pid)s AND provider_account = %(account)s
         ), moved AS (
-            UPDATE message SET status = %(to)s, status_changed_at = now(), updated_at = now(),
+            UPDATE message SET status = %(to)s, status_changed_at = now(), updated_at = now(), redrives = 0,
                    delivered_at = CASE WHEN %(to)s IN ('delivered', 'read')
                                        THEN coalesce(delivered_at, now()) ELSE delivered_at END,
                    error_code = coalesce(%(error_code)s, error_code),
@@ -197,6 +211,7 @@ def apply_receipt(
         {
             "provider": provider,
             "pid": provider_message_id,
+            "account": account,
             "to": status,
             "rank": RANK[status] if status else -1,
             "detail": _jsonb(detail),

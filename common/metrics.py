@@ -30,7 +30,7 @@ MESSAGES = Counter(
 )
 PROVIDER_REQUESTS = Histogram(
     "postroom_provider_request_seconds",
-    "Provider API calls by provider and outcome (ok, permanent, transient, throttled).",
+    "Provider API calls by provider and outcome (ok, permanent, transient, throttled, unknown).",
     ["provider", "outcome"],
     buckets=LATENCY_BUCKETS,
 )
@@ -44,6 +44,11 @@ REDRIVEN = Counter(
     "postroom_reconciler_redriven_total",
     "Messages the reconciler re-enqueued or failed because they waited past their deadline.",
     ["status"],
+)
+UNKNOWN_OUTCOMES = Counter(
+    "postroom_unknown_outcomes_total",
+    "Sends whose outcome was unknown (the answer was lost after the request may have been written), by what became of them: reported, found (at the provider: recorded as sent), resent (not found), failed",
+    ["channel", "resolution"],
 )
 RATE_LIMIT_WAITS = Counter(
     "postroom_rate_limit_waits_total",

@@ -9,6 +9,7 @@ right after recording sends, and the reconciler sweeps whatever a race left behi
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,22 +17,51 @@ from common import lifecycle
 from common.db.connection import fetch
 
 
+MAX_UNVERIFIED_PAYLOAD = 4096  # characters of an unsigned webhook's payload that are kept
+# PostgreSQL's jsonb holds neither NUL nor a lone surrogate; both are replaced before storing.
+_UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
+
+
 def store_event(provider: str, kind: str, payload: dict[str, Any], *, signature_valid: bool,
                 provider_message_id: str | None = None, status: str | None = None,
                 detail: dict[str, Any] | None = None, handled: bool = False) -> int:
-    """Keep one webhook as received; ``handled`` marks one that needs nothing applied (e.g. `queued`)."""
+    """Keep one webhook as received; ``handled`` marks one that needs nothing applied (e.g. `queued`).
+
+    A webhook whose signature is not valid is unauthenticated input: only a bounded form of its
+    payload is kept (``bounded_payload``), and nothing it claims (provider id, status) is recorded.
+    """
+    if not signature_valid:
+        payload, provider_message_id, status, detail, handled = bounded_payload(payload), None, None, None, False
     rows = fetch(
         "INSERT INTO provider_event (provider, kind, provider_message_id, status, detail, payload, signature_valid, applied_at)"
         " VALUES (%s, %s, %s, %s, %s::jsonb, %s::jsonb, %s, CASE WHEN %s THEN now() END) RETURNING id",
-        (provider, kind, provider_message_id, status, json.dumps(detail or {}), json.dumps(payload), signature_valid, handled),
+        (provider, kind, provider_message_id, status, json.dumps(detail or {}), json.dumps(_storable(payload)), signature_valid, handled),
     )
     return rows[0][0]
 
 
-def apply_receipt_event(event_id: int, provider: str, provider_message_id: str, status: str,
+def bounded_payload(payload: dict[str, Any]) -> dict[str, Any]:
+    """``payload`` if it is small; else its first MAX_UNVERIFIED_PAYLOAD characters as JSON text."""
+    text = json.dumps(_storable(payload), ensure_ascii=False)
+    if len(text) <= MAX_UNVERIFIED_PAYLOAD:
+        return payload
+    return {"truncated": True, "size": len(text), "head": text[:MAX_UNVERIFIED_PAYLOAD]}
+
+
+def _storable(value: Any) -> Any:
+    if isinstance(value, str):
+        return _UNSTORABLE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {_storable(str(k)): _storable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_storable(v) for v in value]
+    return value
+
+
+def apply_receipt_event(event_id: int, provider: str, provider_message_id: str, account: str, status: str,
                         detail: dict[str, Any]) -> int | None:
     """Apply one stored receipt; mark it applied if its message exists. Returns the message id."""
-    message_id = lifecycle.apply_receipt(provider, provider_message_id, status, detail)
+    message_id = lifecycle.apply_receipt(provider, provider_message_id, status, detail, account=account)
     if message_id is not None:
         fetch("UPDATE provider_event SET applied_at = now(), message_id = %s WHERE id = %s", (message_id, event_id))
     return message_id
@@ -41,9 +71,10 @@ def apply_pending_receipts(provider: str, provider_message_ids: Sequence[str] | 
     """Apply pending receipts whose message now exists (all of them, or those for the given ids)."""
     rows = fetch(
         f"""
-        SELECT e.id, e.provider_message_id, e.status, e.detail
+        SELECT e.id, e.provider_message_id, e.provider_account, e.status, e.detail
         FROM provider_event e
         JOIN message m ON m.provider = e.provider AND m.provider_message_id = e.provider_message_id
+                      AND m.provider_account = e.provider_account
         WHERE e.provider = %s AND e.applied_at IS NULL AND e.signature_valid AND e.kind = 'status'
           AND e.status IS NOT NULL
           {"AND e.provider_message_id = ANY(%s)" if provider_message_ids is not None else ""}
@@ -53,7 +84,7 @@ def apply_pending_receipts(provider: str, provider_message_ids: Sequence[str] | 
         (provider, list(provider_message_ids), limit) if provider_message_ids is not None else (provider, limit),
     )
     # Apply in rank order so the history reads forward even when receipts came in reverse.
-    rows.sort(key=lambda r: lifecycle.RANK.get(r[2], 0))
-    for event_id, pid, status, detail in rows:
-        apply_receipt_event(event_id, provider, pid, status, detail or {})
+    rows.sort(key=lambda r: lifecycle.RANK.get(r[3], 0))
+    for event_id, pid, account, status, detail in rows:
+        apply_receipt_event(event_id, provider, pid, account, status, detail or {})
     return len(rows)

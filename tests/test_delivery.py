@@ -8,10 +8,15 @@ import dramatiq
 
 from common import dispatch
 from common.db.connection import fetch, transaction
-from services.senders.sms.delivery import deliver
+from common.providers.channels import SMS as SMS_CHANNEL
+from services.senders import loop
 from tests.support import history, message, running_workers, status_of, wait_for
 
 SMS = {"channel": "sms", "to": "+15005550006", "body": "hello"}
+
+
+def deliver(ids: list[int], lane: str = "urgent") -> loop.Followups:
+    return loop.deliver(SMS_CHANNEL, ids, lane)
 
 
 def post(api, workspace, **overrides) -> int:
@@ -129,7 +134,7 @@ def test_throttling_20429_and_server_errors_are_retried_then_sent(api, workspace
 def test_transient_errors_past_the_retry_budget_fail_the_message(api, workspace, sandbox, broker, monkeypatch):
     from common import config
 
-    monkeypatch.setattr("services.senders.sms.delivery.settings", config.load({**dict(__import__("os").environ), "POSTROOM_MAX_ATTEMPTS": "2"}))
+    monkeypatch.setattr("services.senders.loop.settings", config.load({**dict(__import__("os").environ), "POSTROOM_MAX_ATTEMPTS": "2"}))
     sandbox.fault(http_status=500, count=5)
     with running_workers(broker):
         message_id = post(api, workspace)
@@ -170,41 +175,60 @@ def test_account_rate_limit_throttles_without_spending_retries(api, workspace, s
     assert throttled
 
 
-def test_batch_without_tokens_gets_successive_slots_not_one_shared_wait():
-    from common.errors import Throttled
+def test_batch_without_tokens_gets_successive_slots_not_one_shared_wait(broker):
     from common.providers.accounts import SmsAccount
-    from services.senders.sms.delivery import spread_token_waits
 
+    broker.client.delete("postroom:rate:twilio:ACpaced")
     paced = SmsAccount("ACpaced", "t", "+15005550006", "", 4.0)
-    free = SmsAccount("ACfree", "t", "+15005550006", "", 0.0)
-    results = [({"id": n, "account": paced}, Throttled("no token", code="rate_limit", retry_after=0.25)) for n in range(3)]
-    results.append(({"id": 9, "account": free}, Throttled("429", code="20429", retry_after=1.0)))
-    waits = [r.retry_after for _, r in spread_token_waits(results)]
-    assert waits == [0.25, 0.5, 0.75, 1.0]  # one interval (250 ms) apart; a provider 429 is left alone
+    rows = [{"id": n, "account": paced} for n in range(7)]
+    go, waiting = loop.take_tokens(SMS_CHANNEL, rows, "urgent")  # one Redis round trip for the batch
+    assert [r["id"] for r in go] == [0, 1, 2, 3]  # a second's burst
+    waits = [w for _, w in waiting]
+    assert 0.2 < waits[0] <= 0.25  # the next token, then one interval (250 ms) apart
+    assert [round(b - a, 3) for a, b in zip(waits, waits[1:], strict=False)] == [0.25, 0.25]
+
+
+def test_throttled_messages_stay_routed_and_never_enter_sending(workspace, sandbox, broker):
+    from common.config import settings
+    from common.crypto import seal
+
+    with transaction():
+        fetch("INSERT INTO channel_config (workspace_id, channel, provider, account_ref, credentials, sender_identity, rate_limit_per_second)"
+              " VALUES (%s, 'sms', 'twilio', %s, %s, '+15005550006', 2)",
+              (workspace["id"], settings.twilio_account_sid,
+               seal({"account_sid": settings.twilio_account_sid, "auth_token": settings.twilio_auth_token})))
+    broker.client.delete(f"postroom:rate:twilio:{settings.twilio_account_sid}")
+    ids = [routed_message(workspace, f"paced {n}") for n in range(5)]
+    followups = deliver(ids)
+    statuses = [status_of(i) for i in ids]
+    assert statuses.count("routed") == 3 and len(sandbox.messages()) == 2  # a burst of two went
+    for i in ids:
+        if status_of(i) == "routed":
+            assert "sending" not in history(i)  # waiting for a token never claims the message
+            assert message(i)["due_at"] is not None and message(i)["attempts"] == 0
+    assert sorted(i for _, batch, _ in followups.retries for i in batch) == [i for i in ids if status_of(i) == "routed"]
 
 
 def test_send_outcomes_are_recorded_even_if_the_database_fails_briefly(workspace, sandbox, monkeypatch):
     from peewee import OperationalError
 
-    import services.senders.sms.delivery as delivery
-
-    real = delivery.record_results
+    real = loop.record_results
     failures = iter([OperationalError("server closed the connection unexpectedly")])
 
-    def flaky(results):
+    def flaky(channel, results):
         for failure in failures:
             raise failure
-        return real(results)
+        return real(channel, results)
 
-    monkeypatch.setattr(delivery, "record_results", flaky)
-    monkeypatch.setattr(delivery, "RECORD_RETRY_SECONDS", (0.01,))
+    monkeypatch.setattr(loop, "record_results", flaky)
+    monkeypatch.setattr(loop, "RECORD_RETRY_SECONDS", (0.01,))
     message_id = routed_message(workspace, "recorded after a blip")
     deliver([message_id])
     assert status_of(message_id) in ("sent", "delivered")
     assert len(sandbox.messages()) == 1
 
 
-def test_unexpected_error_in_a_provider_call_fails_that_message_only_and_is_not_resent(workspace, sandbox, monkeypatch):
+def test_unexpected_error_in_a_provider_call_makes_that_message_unknown_and_it_is_not_resent_blindly(workspace, sandbox, monkeypatch):
     from common.providers import twilio_sms
 
     real_send = twilio_sms.TwilioSmsSender.send
@@ -216,7 +240,9 @@ def test_unexpected_error_in_a_provider_call_fails_that_message_only_and_is_not_
 
     monkeypatch.setattr(twilio_sms.TwilioSmsSender, "send", send)
     broken, fine = routed_message(workspace, "breaks the client"), routed_message(workspace, "goes out")
-    deliver([broken, fine])
-    assert status_of(broken) == "failed" and message(broken)["error_code"] == "outcome_unknown"
+    followups = deliver([broken, fine])
+    # Unknown, so it waits in sending for a look-up at the provider instead of a blind retry.
+    assert status_of(broken) == "sending" and message(broken)["error_code"] == "outcome_unknown"
+    assert message(broken)["lookup_at"] is not None and followups.retries == []
     assert status_of(fine) in ("sent", "delivered")
     assert [m["body"] for m in sandbox.messages()] == ["goes out"]

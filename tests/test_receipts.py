@@ -15,9 +15,9 @@ STATUS_PATH = "/webhooks/twilio/status"
 def sent_message(workspace, sid: str, status: str = "sent") -> int:
     with transaction():
         return fetch(
-            "INSERT INTO message (workspace_id, channel, to_addr, body, status, provider, provider_message_id)"
-            " VALUES (%s, 'sms', '+15005550006', 'hi', %s, 'twilio', %s) RETURNING id",
-            (workspace["id"], status, sid),
+            "INSERT INTO message (workspace_id, channel, to_addr, body, status, provider, provider_message_id, provider_account)"
+            " VALUES (%s, 'sms', '+15005550006', 'hi', %s, 'twilio', %s, %s) RETURNING id",
+            (workspace["id"], status, sid, settings.twilio_account_sid),
         )[0][0]
 
 
@@ -51,7 +51,8 @@ def test_failed_receipt_records_the_providers_error(api, workspace):
 
 
 def test_receipt_before_the_send_is_recorded_is_applied_when_it_is(api, workspace, monkeypatch):
-    from services.senders.sms.delivery import deliver
+    from common.providers.channels import SMS
+    from services.senders.loop import deliver
 
     with transaction():
         message_id = fetch("INSERT INTO message (workspace_id, channel, to_addr, body, status) VALUES (%s, 'sms', '+15005550006', 'early', 'routed') RETURNING id",
@@ -66,9 +67,8 @@ def test_receipt_before_the_send_is_recorded_is_applied_when_it_is(api, workspac
     # is deterministic): the pending receipt is applied.
     from common.providers.sms import Accepted
 
-    monkeypatch.setattr("services.senders.sms.delivery.call_provider",
-                        lambda claimed: [(row, Accepted(sid, 1, "queued")) for row in claimed])
-    deliver([message_id])
+    monkeypatch.setattr("common.providers.twilio_sms.TwilioSmsSender.send", lambda self, sms: Accepted(sid, 1, "queued"))
+    deliver(SMS, [message_id])
     assert status_of(message_id) == "delivered"
     assert history(message_id) == ["sending", "sent", "delivered"]
     with transaction():
@@ -105,4 +105,34 @@ def test_callback_over_real_http_is_verified_against_the_public_url(workspace, i
     params = {"MessageSid": "SM" + "e" * 32, "MessageStatus": "delivered", "AccountSid": settings.twilio_account_sid}
     good = RequestValidator(settings.twilio_auth_token).compute_signature(ingest_url + STATUS_PATH, params)
     assert requests.post(ingest_url + STATUS_PATH, data=params, headers={"X-Twilio-Signature": good}, timeout=5).status_code == 200
+    assert status_of(message_id) == "delivered"
+
+
+def test_receipt_signed_by_another_tenants_account_moves_nothing(api, workspace):
+    from common.crypto import seal
+    from services.scheduler import reconciler
+
+    # Given acme's message, sent through the deployment's account, and a second workspace that
+    # has a Twilio account of its own (and so can sign receipts correctly)
+    sid = "SM" + "d" * 32
+    message_id = sent_message(workspace, sid)
+    other_sid, other_token = "AC" + "f" * 32, "other-tenants-token"
+    with transaction():
+        other = fetch("INSERT INTO workspace (name) VALUES ('other') RETURNING id")[0][0]
+        fetch("INSERT INTO channel_config (workspace_id, channel, provider, account_ref, credentials, sender_identity)"
+              " VALUES (%s, 'sms', 'twilio', %s, %s, '+15005550010')",
+              (other, other_sid, seal({"account_sid": other_sid, "auth_token": other_token})))
+    # When that account signs receipts naming acme's message
+    for status in ("failed", "delivered"):
+        response = callback(api, sid, status, token=other_token, AccountSid=other_sid, ErrorCode="30008")
+        assert response.status_code == 200  # a valid signature: kept, acknowledged
+    reconciler.sweep_receipts()
+    # Then acme's message has not moved, and the receipts stay unapplied against the other account
+    assert status_of(message_id) == "sent"
+    assert history(message_id) == []
+    with transaction():
+        kept = fetch_dicts("SELECT provider_account, applied_at, message_id FROM provider_event WHERE provider_message_id = %s", (sid,))
+    assert kept == [{"provider_account": other_sid, "applied_at": None, "message_id": None}] * 2
+    # while acme's own account still can
+    assert callback(api, sid, "delivered").status_code == 200
     assert status_of(message_id) == "delivered"

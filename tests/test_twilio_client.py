@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from common.config import settings
-from common.errors import PermanentError, Throttled, TransientError
+from common.errors import PermanentError, Throttled, TransientError, UnknownOutcome
 from common.providers.sms import OutboundSms
 from common.providers.twilio_sms import TwilioSmsSender
 from services.local import infra as localinfra
@@ -50,6 +50,26 @@ def test_refused_connection_is_transient():
 
 def test_no_answer_in_time_is_an_unknown_outcome_that_is_not_retried(sandbox):
     sandbox.fault(latency_ms=1500)
-    with pytest.raises(PermanentError) as raised:
+    with pytest.raises(UnknownOutcome) as raised:
         client(sandbox.url, timeout=0.5).send(SMS)
     assert raised.value.code == "outcome_unknown"
+
+
+def test_connection_dropped_after_the_request_was_written_is_an_unknown_outcome(sandbox):
+    sandbox.fault(drop_after_receive=True, count=1)
+    with pytest.raises(UnknownOutcome):
+        client(sandbox.url).send(SMS)
+    assert [m["body"] for m in sandbox.messages()] == ["hello"]  # the provider did take it
+
+
+def test_find_sent_matches_to_from_body_and_time(sandbox):
+    from datetime import UTC, datetime, timedelta
+
+    sender = client(sandbox.url)
+    before = datetime.now(UTC) - timedelta(seconds=5)
+    taken = sender.send(SMS)
+    sender.send(OutboundSms(2, SMS.to, SMS.from_, "another text", None))
+    found = sender.find_sent(SMS, before)
+    assert [a.provider_message_id for a in found] == [taken.provider_message_id]
+    assert sender.find_sent(SMS, datetime.now(UTC) + timedelta(minutes=5)) == []  # created before the window
+    assert sender.find_sent(OutboundSms(3, "+15005550010", SMS.from_, "hello", None), before) == []

@@ -7,27 +7,102 @@ SQL so a batch is claimed or updated with one statement.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import re
+import select
+import socket
+import time
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlparse
 
-from playhouse.pool import PooledPostgresqlDatabase
+import peewee
+import psycopg2
+import psycopg2.extensions
+from playhouse.pool import MaxConnectionsExceeded, PooledPostgresqlDatabase
 from playhouse.postgres_ext import DatabaseProxy
+
+from common.config import settings
 
 db = DatabaseProxy()
 
 
-def connect_database(url: str, max_connections: int = 32, *, prepare: bool = True) -> PooledPostgresqlDatabase:
+class DatabaseUnavailable(peewee.OperationalError):
+    """PostgreSQL did not answer in time, refused the connection, or dropped it: the work was not
+    done (its transaction rolled back) and may be tried again once the server is back."""
+
+
+# Errors that mean "the server is unreachable or the connection is broken", not "the SQL is wrong".
+_UNAVAILABLE = (peewee.OperationalError, peewee.InterfaceError, psycopg2.OperationalError,
+                psycopg2.InterfaceError, MaxConnectionsExceeded)
+_deadline_seconds = settings.postroom_db_timeout_seconds
+_connect_seconds = settings.postroom_db_connect_timeout_seconds
+
+
+def _wait_with_deadline(conn: Any) -> None:
+    """psycopg2's wait callback: wait for the server's answer, but never longer than the deadline.
+
+    A frozen or unreachable server otherwise blocks a thread forever: the server-side
+    ``statement_timeout`` cannot fire in a process that is stopped, and the kernel keeps
+    acknowledging its TCP traffic. The connection is closed on timeout, so the pool drops it.
+    Under gevent ``select`` is cooperative, so this also lets greenlets run while a query waits.
+    """
+    limit = min(_connect_seconds, _deadline_seconds) if conn.status == psycopg2.extensions.STATUS_SETUP else _deadline_seconds
+    deadline = time.monotonic() + limit
+    while True:
+        state = conn.poll()
+        if state == psycopg2.extensions.POLL_OK:
+            return
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            _cut(conn)
+            raise psycopg2.OperationalError(f"PostgreSQL did not answer within {limit:g}s")
+        if state == psycopg2.extensions.POLL_READ:
+            select.select([conn.fileno()], [], [], remaining)
+        elif state == psycopg2.extensions.POLL_WRITE:
+            select.select([], [conn.fileno()], [], remaining)
+        else:
+            raise psycopg2.OperationalError(f"unexpected poll state {state}")
+
+
+def _cut(conn: Any) -> None:
+    """Shut the connection's socket down so nothing waits on it again (``conn.close()`` cannot be
+    called here: psycopg2 holds the connection's lock while it waits). The pool then sees a broken
+    connection and drops it."""
+    try:
+        sock = socket.socket(fileno=os.dup(conn.fileno()))
+    except OSError:
+        return
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    sock.close()
+
+
+def set_deadline(seconds: float) -> None:
+    """Change how long one statement may take in this process (ingest answers faster than workers)."""
+    global _deadline_seconds
+    _deadline_seconds = seconds
+
+
+def connect_database(url: str, max_connections: int = 32, *, prepare: bool = True,
+                     deadline_seconds: float | None = None) -> PooledPostgresqlDatabase:
     """Bind the process-wide ``db`` to the PostgreSQL server at ``url``.
 
-    ``prepare``: let hot statements be prepared once per connection (see ``_execute``).
+    Parameters:
+      prepare: let hot statements be prepared once per connection (see ``_execute``).
+      deadline_seconds: the longest one statement may take, client- and server-side
+        (default POSTROOM_DB_TIMEOUT_SECONDS); connecting takes at most
+        POSTROOM_DB_CONNECT_TIMEOUT_SECONDS.
     """
     global prepare_statements
     prepare_statements = prepare
+    if deadline_seconds is not None:
+        set_deadline(deadline_seconds)
+    psycopg2.extensions.set_wait_callback(_wait_with_deadline)
     parts = urlparse(url)
     database = PooledPostgresqlDatabase(
         parts.path.lstrip("/") or "postgres",
@@ -37,9 +112,15 @@ def connect_database(url: str, max_connections: int = 32, *, prepare: bool = Tru
         port=parts.port or 5432,
         max_connections=max_connections,
         stale_timeout=300,
-        timeout=30,
+        timeout=_deadline_seconds,  # waiting for a free pooled connection is bounded too
         autorollback=True,
         application_name="postroom",
+        connect_timeout=max(1, round(_connect_seconds)),
+        # The server gives up on a statement too (a live but overloaded server), a little after
+        # the client would, so the client's clearer error is the one seen.
+        options=f"-c statement_timeout={int(_deadline_seconds * 1000) + 500}",
+        # Notice a peer that vanished (host crash, network cut) on an idle pooled connection.
+        keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3,
     )
     db.initialize(database)
     return database
@@ -102,13 +183,42 @@ def fetch_dicts(sql: str, params: Sequence[Any] | dict[str, Any] = (), *, prepar
 
 @contextmanager
 def transaction() -> Iterator[None]:
-    """A transaction on this thread's connection; opens the connection if needed."""
-    db.connect(reuse_if_open=True)
-    with db.atomic():
-        yield
+    """A transaction on this thread's connection; opens the connection if needed.
+
+    Raises:
+      DatabaseUnavailable: the server could not be reached or stopped answering. The broken
+        connection is discarded first, so the next transaction opens a fresh one (a process
+        recovers from a database restart without being restarted itself).
+    """
+    try:
+        db.connect(reuse_if_open=True)
+        with db.atomic():
+            yield
+    except _UNAVAILABLE as exc:
+        discard_connection()
+        raise DatabaseUnavailable(f"database unavailable: {exc}") from exc
+
+
+def discard_connection() -> None:
+    """Close this thread's connection for good (it is broken) and forget it."""
+    if db.is_closed():
+        return
+    try:
+        raw = db.connection()
+        if not raw.closed:
+            raw.close()
+    except Exception:  # noqa: BLE001 - closing a broken connection may itself fail; it is dropped either way
+        pass
+    try:
+        db.close()
+    except Exception:  # noqa: BLE001
+        db._state.reset()  # type: ignore[attr-defined]
 
 
 def release_connection() -> None:
     """Return this thread's connection to the pool (before a slow call that needs none)."""
     if not db.is_closed():
-        db.close()
+        try:
+            db.close()
+        except _UNAVAILABLE:
+            discard_connection()

@@ -86,6 +86,7 @@ class Message(BaseModel):
     provider = TextField(null=True)
     provider_message_id = TextField(null=True)
     provider_account = TextField(null=True)
+    lookup_at = DateTimeField(null=True)
     last_error = TextField(null=True)
     error_code = TextField(null=True)
     segments = IntegerField(null=True)

@@ -27,6 +27,11 @@ class SmsAccount:
     api_base: str
     rate_limit_per_second: float
 
+    @property
+    def key(self) -> str:
+        """The provider's id of this account: rate limits, pauses and receipts are keyed by it."""
+        return self.account_sid
+
 
 _accounts: dict[int, tuple[float, SmsAccount]] = {}
 _tokens: dict[str, tuple[float, str | None]] = {}

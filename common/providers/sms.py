@@ -7,6 +7,7 @@ and nothing else, so the sender stage never sees a provider's own exception type
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
 
@@ -36,5 +37,15 @@ class SmsSender(Protocol):
 
         Raises:
           PermanentError, TransientError, Throttled: classified failures.
+          UnknownOutcome: the request may have been written and the answer was lost.
+        """
+        ...
+
+    def find_sent(self, sms: OutboundSms, since: datetime) -> list[Accepted]:
+        """Messages the provider holds that match ``sms`` (to, from, body) created since ``since``,
+        newest first: the candidates for a send whose outcome is unknown.
+
+        Raises:
+          ProviderError: the lookup itself failed (try again later).
         """
         ...

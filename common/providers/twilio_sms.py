@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import logging
 import threading
+from datetime import datetime
+from typing import Any
 from urllib.request import getproxies
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 from twilio.base.exceptions import TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
@@ -19,7 +22,7 @@ from twilio.http.response import Response
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 
-from common.errors import PermanentError, ProviderError, Throttled, TransientError
+from common.errors import PermanentError, ProviderError, Throttled, TransientError, UnknownOutcome
 from common.providers.sms import Accepted, OutboundSms
 
 PROVIDER = "twilio"
@@ -38,6 +41,7 @@ PERMANENT_CODES: dict[int, bool] = {
     63016: False,  # WhatsApp outside the 24 h window
 }
 THROTTLE_CODES = {20429}
+LOOKUP_LIMIT = 50  # newest messages between one To and From looked at for an unknown outcome
 RECEIPT_STATUSES = {"sent": "sent", "delivered": "delivered", "undelivered": "undelivered", "failed": "failed", "read": "read"}
 
 
@@ -94,15 +98,56 @@ class TwilioSmsSender:
             )
         except TwilioRestException as exc:
             raise classify(exc.status, exc.code, exc.msg, _seconds(self._http.last.retry_after)) from exc
-        except requests.exceptions.ReadTimeout as exc:
-            # The request went out and no answer came: Twilio may have queued the message. Trying
-            # again could send it twice, so the outcome is reported as unknown instead.
-            raise PermanentError(f"no answer within {self._timeout:g} s; the provider may have sent it, "
-                                 "so it is not retried", code="outcome_unknown") from exc
-        except OSError as exc:  # refused, reset or dropped before an answer: retried (requests' errors are OSErrors)
-            raise TransientError(f"connection error: {exc}", code="connection") from exc
-        segments = int(created.num_segments) if created.num_segments else None
-        return Accepted(provider_message_id=created.sid, segments=segments, provider_status=created.status or "")
+        except Exception as exc:
+            raise connection_failure(exc, self._timeout) from exc
+        return _accepted(created)
+
+    def find_sent(self, sms: OutboundSms, since: datetime) -> list[Accepted]:
+        """Twilio's message list filtered by To and From, matched on body and creation time.
+
+        No date filter is sent: Twilio's ``DateSent`` leaves out messages still queued, which are
+        exactly the ones a lost answer may hide.
+        """
+        try:
+            found = self._client.messages.list(to=sms.to, from_=sms.from_, limit=LOOKUP_LIMIT)
+        except TwilioRestException as exc:
+            raise classify(exc.status, exc.code, exc.msg, _seconds(self._http.last.retry_after)) from exc
+        except Exception as exc:
+            raise TransientError(f"message lookup failed: {exc!r}", code="lookup") from exc
+        return [_accepted(m) for m in found
+                if m.body == sms.body and (m.date_created is None or m.date_created >= since)]
+
+
+def _accepted(resource: Any) -> Accepted:
+    segments = int(resource.num_segments) if resource.num_segments else None
+    return Accepted(provider_message_id=resource.sid, segments=segments, provider_status=resource.status or "")
+
+
+# Failures that prove the request never reached Twilio: nothing was sent, so a retry is safe.
+_NOT_SENT = (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError,
+             urllib3.exceptions.NameResolutionError, requests.exceptions.ConnectTimeout,
+             requests.exceptions.InvalidURL, requests.exceptions.MissingSchema)
+
+
+def connection_failure(exc: BaseException, timeout: float) -> ProviderError:
+    """Classify a call that ended without an HTTP answer.
+
+    Only a failure to connect proves nothing was sent (transient: retried). Anything after the
+    request may have been written — a read timeout, a connection aborted or reset mid-response,
+    a broken chunked body, an answer we cannot read — is an unknown outcome: retrying could send
+    a second SMS, so the message is looked up at Twilio instead (invariant 14).
+    """
+    reason: BaseException | None = exc
+    for _ in range(8):  # the chain is short; never loop on a cycle
+        if reason is None:
+            break  # requests wraps urllib3's MaxRetryError, which wraps the cause
+        if isinstance(reason, _NOT_SENT):
+            return TransientError(f"could not connect: {exc}", code="connection")
+        inner = getattr(reason, "reason", None)
+        reason = inner if isinstance(inner, BaseException) else (reason.args[0] if reason.args and isinstance(reason.args[0], BaseException) else None)
+    if isinstance(exc, requests.exceptions.ReadTimeout):
+        return UnknownOutcome(f"no answer within {timeout:g}s; the provider may have sent it")
+    return UnknownOutcome(f"the answer was lost ({exc.__class__.__name__}: {exc}); the provider may have sent it")
 
 
 def _seconds(value: str | None) -> float | None:

@@ -13,6 +13,7 @@ import threading
 from common import broker as _broker  # noqa: F401  (installs the broker and database)
 from common import lifecycle, metrics
 from common.config import settings
+from common.db.connection import DatabaseUnavailable, release_connection
 from services.scheduler import reconciler
 
 log = logging.getLogger("postroom.scheduler")
@@ -23,7 +24,7 @@ def run_once() -> dict[str, int]:
     """One pass of every reconciler duty; returns what each did."""
     done = dict(reconciler.redrive_stuck(settings.postroom_stage_deadline_seconds, settings.postroom_max_redrives))
     done["promoted"] = reconciler.promote_parked(lifecycle.SHORT_WAIT_SECONDS)
-    done["interrupted"] = reconciler.fail_interrupted(settings.postroom_sending_timeout_seconds)
+    done.update(reconciler.resolve_unknown(settings.postroom_sending_timeout_seconds))
     done["receipts"] = reconciler.sweep_receipts()
     return {k: v for k, v in done.items() if v}
 
@@ -39,7 +40,11 @@ def main() -> None:
             done = run_once()
             if done:
                 log.info("reconciled %s", done)
-        except Exception:  # keep the loop alive through a database or broker outage
+        except DatabaseUnavailable as exc:  # its connection is discarded: the next pass reconnects
+            log.warning("reconciler pass skipped: %s", exc)
+        except Exception:  # keep the loop alive through a broker outage or a bug in one duty
             log.exception("reconciler pass failed; retrying next interval")
+        finally:
+            release_connection()
         stop.wait(settings.postroom_reconcile_interval_seconds)
     log.info("scheduler stopped")

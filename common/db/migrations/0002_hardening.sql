@@ -11,4 +11,5 @@ ALTER TABLE provider_event ADD COLUMN provider_account text;
 ALTER TABLE workspace ADD COLUMN resend_unknown boolean NOT NULL DEFAULT false;
 
 -- Sends whose outcome is unknown wait in 'sending' for their lookup.
+ALTER TABLE message ADD COLUMN lookup_at timestamptz;  -- a send with an unknown outcome is looked up then
 CREATE INDEX message_sending ON message (status_changed_at) WHERE status = 'sending';

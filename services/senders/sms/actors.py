@@ -1,16 +1,17 @@
-"""SMS sender actors, one per lane: queues ``sms_urgent`` and ``sms_bulk``."""
+"""SMS sender actors, one per lane: queues ``sms_urgent`` and ``sms_bulk``.
+
+The SMS channel is the shared sender loop over the Twilio client (``common.providers.channels.SMS``).
+"""
 
 from __future__ import annotations
 
-from common import dispatch
 from common.broker import current_lane, lane_actors
-from services.senders.sms.delivery import deliver
+from common.providers.channels import SMS
+from services.senders import loop
 
 
 def send_sms(ids: list[int]) -> None:
-    followups = deliver(ids, current_lane())
-    for lane, retry_ids, delay_ms in followups.retries:
-        dispatch.to_stage("sms", lane, retry_ids, delay_ms=delay_ms)
+    loop.run(SMS, ids, current_lane())
 
 
 ACTORS = lane_actors("sms", send_sms)
