@@ -86,6 +86,8 @@ def set_deadline(seconds: float) -> None:
     """Change how long one statement may take in this process (ingest answers faster than workers)."""
     global _deadline_seconds
     _deadline_seconds = seconds
+    if db.obj is not None:  # waiting for a free pooled connection is bounded the same way
+        db.obj._wait_timeout = seconds
 
 
 def connect_database(url: str, max_connections: int = 32, *, prepare: bool = True,
