@@ -49,7 +49,7 @@ def cmd_apikey_create(args: argparse.Namespace) -> None:
         ws = apikeys.workspace_id_by_name(args.workspace)
         if ws is None:
             sys.exit(f"no workspace {args.workspace!r}")
-        print(apikeys.issue(ws))
+        print(apikeys.issue(ws, scopes))
 
 
 def cmd_channel_sms(args: argparse.Namespace) -> None:
@@ -58,6 +58,10 @@ def cmd_channel_sms(args: argparse.Namespace) -> None:
     from common.crypto import seal
     from common.db.connection import fetch, transaction
 
+    scopes = tuple(dict.fromkeys(s.strip() for s in args.scopes.split(",") if s.strip()))
+    unknown = apikeys.unknown_scopes(scopes)
+    if unknown or not scopes:
+        sys.exit(f"unknown scope {', '.join(unknown) or '(none given)'}; choose from {', '.join(apikeys.SCOPES)}")
     _connect()
     creds = {"account_sid": args.account_sid, "auth_token": args.auth_token}
     if args.api_base:
@@ -140,6 +144,8 @@ def main(argv: list[str] | None = None) -> None:
     keys = sub.add_parser("apikey", help="manage API keys").add_subparsers(dest="action", required=True)
     issue = keys.add_parser("create", help="print a new API key for a workspace")
     issue.add_argument("--workspace", required=True)
+    issue.add_argument("--scopes", default="messages:write,messages:read",
+                       help="comma-separated: messages:write, messages:read, admin (default: messages:write,messages:read)")
     issue.set_defaults(func=cmd_apikey_create)
     channel = sub.add_parser("channel", help="configure a workspace's provider accounts").add_subparsers(dest="action", required=True)
     sms = channel.add_parser("sms", help="send this workspace's SMS through its own Twilio account")
