@@ -16,8 +16,8 @@ from typing import Any
 from common import lifecycle
 from common.db.connection import fetch
 
-
 MAX_UNVERIFIED_PAYLOAD = 4096  # characters of an unsigned webhook's payload that are kept
+MAX_UNVERIFIED_ID = 64  # and of the provider id (or status) it claims
 # PostgreSQL's jsonb holds neither NUL nor a lone surrogate; both are replaced before storing.
 _UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
 
@@ -28,10 +28,13 @@ def store_event(provider: str, kind: str, payload: dict[str, Any], *, signature_
     """Keep one webhook as received; ``handled`` marks one that needs nothing applied (e.g. `queued`).
 
     A webhook whose signature is not valid is unauthenticated input: only a bounded form of its
-    payload is kept (``bounded_payload``), and nothing it claims (provider id, status) is recorded.
+    payload is kept (``bounded_payload``), with the provider id it claims cut short (so an operator
+    can find forgeries for a message), and it is never taken as handled or applied.
     """
     if not signature_valid:
-        payload, provider_message_id, status, detail, handled = bounded_payload(payload), None, None, None, False
+        payload, detail, handled = bounded_payload(payload), None, False
+        provider_message_id = _storable(provider_message_id[:MAX_UNVERIFIED_ID]) if provider_message_id else None
+        status = _storable(status[:MAX_UNVERIFIED_ID]) if status else None
     rows = fetch(
         "INSERT INTO provider_event (provider, kind, provider_message_id, status, detail, payload, signature_valid, applied_at)"
         " VALUES (%s, %s, %s, %s, %s::jsonb, %s::jsonb, %s, CASE WHEN %s THEN now() END) RETURNING id",

@@ -1,87 +1,83 @@
-"""REST API v1: send, read and cancel messages. Authenticated by ``Authorization: Bearer <key>``."""
+"""REST API v1: send, read and cancel messages. Authenticated by ``Authorization: Bearer <key>``.
+
+Each operation is declared in the contract (``services.ingest.contract``) with its models, its
+scope and every status it answers with; the view is left with what is particular to it.
+"""
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 from flask import Blueprint, Response, g, jsonify, request
 
-from common import apikeys, dispatch
+from common import dispatch
 from common.db.connection import transaction
+from common.providers.accounts import sms_account
 from services.ingest import messages
-from services.ingest.validation import ValidationError, parse_new_message
+from services.ingest.contract import Body, header, operation
+from services.ingest.errors import ApiError
+from services.ingest.models import MessageAccepted, MessageView, NewMessage
 
 api = Blueprint("api_v1", __name__, url_prefix="/v1")
 MAX_IDEMPOTENCY_KEY = 255
+REPLAYED = {"Idempotent-Replayed": {"description": "`true`: the message was accepted earlier with this Idempotency-Key.",
+                                    "schema": {"type": "string", "enum": ["true"]}}}
 
 
-def error(status: int, code: str, message: str, field: str | None = None) -> tuple[Response, int]:
-    body: dict[str, Any] = {"code": code, "message": message}
-    if field:
-        body["field"] = field
-    return jsonify({"error": body}), status
-
-
-@api.before_request
-def authenticate() -> tuple[Response, int] | None:
-    header = request.headers.get("Authorization", "")
-    scheme, _, key = header.partition(" ")
-    if scheme.lower() != "bearer" or not key.strip():
-        return error(401, "unauthorized", "send your API key as 'Authorization: Bearer <key>'")
-    with transaction():
-        workspace_id = apikeys.workspace_for(key.strip())
-    if workspace_id is None:
-        return error(401, "unauthorized", "the API key is not valid")
-    g.workspace_id = workspace_id
-    return None
-
-
-@api.post("/messages")
-def create_message() -> tuple[Response, int]:
-    try:
-        payload = json.loads(request.get_data() or b"null")
-    except (ValueError, UnicodeDecodeError) as exc:
-        return error(400, "invalid_json", f"the request body is not valid JSON: {exc}", "body")
-    try:
-        new = parse_new_message(payload)
-    except ValidationError as exc:
-        return error(exc.status, "invalid_request", str(exc), exc.field)
+@operation(
+    api, "POST", "/messages", summary="Send a message", scope="messages:write", request=NewMessage,
+    ok={202: Body(MessageAccepted, "Accepted: stored and handed on."),
+        200: Body(MessageView, "An idempotent replay: the message accepted earlier with this key.", headers=REPLAYED)},
+    errors=(409,),
+    headers=[header("Idempotency-Key", "Repeat a request safely: the same key returns the same message.",
+                    minLength=1, maxLength=MAX_IDEMPOTENCY_KEY)],
+)
+def create_message(body: NewMessage) -> tuple[Response, int]:
     key = request.headers.get("Idempotency-Key")
-    if key is not None and not (0 < len(key) <= MAX_IDEMPOTENCY_KEY):
-        return error(400, "invalid_request", f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters", "Idempotency-Key")
-    try:
-        with transaction():
-            accepted = messages.accept(g.workspace_id, new, key)
-    except messages.IdempotencyConflict:
-        return error(409, "idempotency_conflict", "this Idempotency-Key was already used for a different message", "Idempotency-Key")
+    if key is not None and not (0 < len(key) <= MAX_IDEMPOTENCY_KEY and key.isprintable()):
+        raise ApiError(400, "invalid_request", f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable characters", "Idempotency-Key")
+    with transaction():
+        _check_sender(g.workspace_id, body.from_)
+        try:
+            accepted = messages.accept(g.workspace_id, body, key)
+        except messages.IdempotencyConflict:
+            raise ApiError(409, "idempotency_conflict", "this Idempotency-Key was already used for a different message", "Idempotency-Key") from None
     if not accepted.replayed:
         dispatch.handoff.submit("processing", accepted.priority, [accepted.id])  # after the commit
-        return jsonify({"id": accepted.id, "status": "accepted", "channel": new.channel, "to": new.to,
+        return jsonify({"id": accepted.id, "status": "accepted", "channel": body.channel, "to": body.to,
                         "priority": accepted.priority, "created_at": accepted.created_at}), 202
     with transaction():
-        body = messages.view(g.workspace_id, accepted.id, with_events=False)
-    response = jsonify(body)
+        view = messages.view(g.workspace_id, accepted.id, with_events=False)
+    response = jsonify(view)
     response.headers["Idempotent-Replayed"] = "true"
     return response, 200
 
 
-@api.get("/messages/<int:message_id>")
+def _check_sender(workspace_id: int, sender: str | None) -> None:
+    """A workspace sends only as its own identity: its channel configuration's, or the default account's."""
+    if sender is None:
+        return
+    own = sms_account(workspace_id).sender
+    if sender != own:
+        raise ApiError(422, "invalid_request", f"from must be this workspace's sender identity {own} (or left out)", "from")
+
+
+@operation(api, "GET", "/messages/{message_id}", summary="Read a message and its history", scope="messages:read",
+           ok={200: Body(MessageView, "The message, with its events.")}, errors=(404,))
 def get_message(message_id: int) -> tuple[Response, int]:
     with transaction():
-        body = messages.view(g.workspace_id, message_id)
-    if body is None:
-        return error(404, "not_found", f"no message {message_id} in this workspace")
-    return jsonify(body), 200
+        view = messages.view(g.workspace_id, message_id)
+    if view is None:
+        raise ApiError(404, "not_found", f"no message {message_id} in this workspace")
+    return jsonify(view), 200
 
 
-@api.post("/messages/<int:message_id>/cancel")
+@operation(api, "POST", "/messages/{message_id}/cancel", summary="Cancel a message that has not started sending",
+           scope="messages:write", ok={200: Body(MessageView, "Cancelled (now or before).")}, errors=(404, 409))
 def cancel_message(message_id: int) -> tuple[Response, int]:
     with transaction():
-        outcome, body = messages.cancel(g.workspace_id, message_id)
+        outcome, view = messages.cancel(g.workspace_id, message_id)
     if outcome == "not_found":
-        return error(404, "not_found", f"no message {message_id} in this workspace")
+        raise ApiError(404, "not_found", f"no message {message_id} in this workspace")
     if outcome == "too_late":
-        assert body is not None
-        return error(409, "not_cancellable", f"message {message_id} is already {body['status']}; only messages not yet sending can be cancelled")
-    return jsonify(body), 200
+        assert view is not None
+        raise ApiError(409, "not_cancellable", f"message {message_id} is already {view['status']}; only messages not yet sending can be cancelled")
+    return jsonify(view), 200

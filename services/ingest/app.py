@@ -1,25 +1,47 @@
-"""The ingest service's Flask app: API v1, provider webhooks, health and metrics endpoints."""
+"""The ingest service's Flask app: API v1, provider webhooks, probes, and the contract at /openapi.json.
+
+Cross-cutting behaviour lives here: body size limits before anything reads a body, request
+metrics, giving the database connection back, and the error handlers that keep every failure in
+the one JSON error shape: ``ApiError`` as declared, 503 with ``Retry-After`` while PostgreSQL is
+unavailable (invariant 15), and 500 for anything unexpected.
+"""
 
 from __future__ import annotations
 
+import logging
 import time
 
-from flask import Flask, Response, g, jsonify, request
+import peewee
+import psycopg2
+from flask import Flask, Response, g, request
+from playhouse.pool import MaxConnectionsExceeded
 
 from common import metrics
-from common.db.connection import db, fetch, release_connection
+from common.db.connection import release_connection
+from services.ingest import bounds
 from services.ingest.api import api
+from services.ingest.contract import RETRY_AFTER_SECONDS
+from services.ingest.errors import ApiError, error, render
+from services.ingest.probes import probes
 from services.ingest.webhooks import webhooks
+
+log = logging.getLogger("postroom.ingest")
+# What the database layer raises when PostgreSQL cannot be reached or does not answer in time
+# (connect failure, statement deadline, a connection a restart closed, or no pooled connection).
+DATABASE_UNAVAILABLE = (peewee.OperationalError, peewee.InterfaceError, psycopg2.OperationalError,
+                        psycopg2.InterfaceError, MaxConnectionsExceeded)
 
 
 def create_app() -> Flask:
     app = Flask("postroom.ingest")
+    app.register_blueprint(probes)
     app.register_blueprint(api)
     app.register_blueprint(webhooks)
 
     @app.before_request
-    def start_timer() -> None:
+    def start() -> None:
         g.started = time.perf_counter()
+        bounds.limit_body()
 
     @app.after_request
     def observe(response: Response) -> Response:
@@ -32,43 +54,32 @@ def create_app() -> Flask:
     def give_back_connection(exc: BaseException | None) -> None:
         release_connection()
 
-    @app.get("/healthz")
-    def healthz() -> Response:
-        return jsonify({"ok": True})
+    @app.errorhandler(ApiError)
+    def refused(exc: ApiError) -> tuple[Response, int]:
+        return render(exc)
 
-    @app.get("/readyz")
-    def readyz() -> tuple[Response, int]:
-        import dramatiq
+    def unavailable(exc: Exception) -> tuple[Response, int]:
+        log.warning("database unavailable for %s %s: %s: %s", request.method, request.path[:200], exc.__class__.__name__, exc)
+        return error(503, "unavailable", "the database is unavailable; nothing was accepted by this request, retry shortly",
+                     headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
-        checks = {}
-        try:
-            db.connect(reuse_if_open=True)
-            fetch("SELECT 1")
-            checks["database"] = "ok"
-        except Exception as exc:  # report, do not crash, when a dependency is down
-            checks["database"] = f"error: {exc.__class__.__name__}"
-        try:
-            dramatiq.get_broker().client.ping()  # type: ignore[attr-defined]
-            checks["broker"] = "ok"
-        except Exception as exc:
-            checks["broker"] = f"error: {exc.__class__.__name__}"
-        ready = all(v == "ok" for v in checks.values())
-        return jsonify({"ready": ready, "checks": checks}), 200 if ready else 503
-
-    @app.get("/metrics")
-    def metrics_endpoint() -> Response:
-        return Response(metrics.exposition(), mimetype="text/plain; version=0.0.4")
+    for kind in DATABASE_UNAVAILABLE:
+        app.register_error_handler(kind, unavailable)
 
     @app.errorhandler(404)
     def not_found(exc: Exception) -> tuple[Response, int]:
-        return jsonify({"error": {"code": "not_found", "message": f"no route {request.method} {request.path}"}}), 404
+        return error(404, "not_found", f"no route {request.method} {request.path[:200]}")
 
     @app.errorhandler(405)
     def not_allowed(exc: Exception) -> tuple[Response, int]:
-        return jsonify({"error": {"code": "method_not_allowed", "message": f"{request.method} is not allowed on {request.path}"}}), 405
+        return error(405, "method_not_allowed", f"{request.method} is not allowed on {request.path[:200]}")
+
+    @app.errorhandler(413)
+    def too_large(exc: Exception) -> tuple[Response, int]:
+        return render(bounds.too_large())
 
     @app.errorhandler(500)
     def internal(exc: Exception) -> tuple[Response, int]:
-        return jsonify({"error": {"code": "internal", "message": "internal error; nothing was accepted by this request"}}), 500
+        return error(500, "internal", "internal error; nothing was accepted by this request")
 
     return app

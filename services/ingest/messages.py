@@ -8,7 +8,7 @@ from typing import Any
 
 from common import lifecycle, metrics
 from common.db.connection import fetch_dicts
-from services.ingest.validation import NewMessage
+from services.ingest.models import NewMessage
 
 _ACCEPT = """
 WITH ins AS (

@@ -1,71 +1,79 @@
-"""Validation of API request bodies: each failure names the field and says what is wrong."""
+"""Request bodies checked against their models, and pydantic's findings said in the API's error shape.
+
+The models decide what is valid; this module only picks the first thing wrong and names its
+field in a sentence a client developer can act on (422, or 400 when the body is not an object).
+"""
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-E164 = re.compile(r"^\+[1-9]\d{6,14}$")
-CHANNELS = ("sms",)
-PLANNED_CHANNELS = ("email", "whatsapp", "whatsapp_qr")
-LANES = ("urgent", "bulk")
-MAX_SMS_BODY = 1600
-MAX_TAGS = 20
+from pydantic import BaseModel
+from pydantic import ValidationError as PydanticValidationError
+from pydantic_core import ErrorDetails
 
+from services.ingest.errors import ApiError
+from services.ingest.models import (
+    CHANNELS,
+    LANES,
+    MAX_SMS_BODY,
+    MAX_TAG,
+    MAX_TAGS,
+    PLANNED_CHANNELS,
+)
 
-class ValidationError(Exception):
-    def __init__(self, field: str, message: str, status: int = 422):
-        super().__init__(message)
-        self.field = field
-        self.status = status
+Model = TypeVar("Model", bound=BaseModel)
 
-
-@dataclass(frozen=True)
-class NewMessage:
-    channel: str
-    to: str
-    body: str
-    from_: str | None
-    priority: str
-    tags: tuple[str, ...]
-
-
-FIELDS = {"channel", "to", "body", "from", "priority", "tags"}
+# What each field must be, for errors whose pydantic wording says less than this.
+EXPECTED = {
+    "to": "a phone number in E.164 form, such as +15005550006",
+    "from": "a phone number in E.164 form",
+    "body": "a non-empty string",
+    "priority": f"one of: {', '.join(LANES)}",
+    "tags": f"a list of at most {MAX_TAGS} non-empty strings of up to {MAX_TAG} characters",
+}
 
 
-def parse_new_message(payload: Any) -> NewMessage:
-    """Check a ``POST /v1/messages`` body.
+def validate(model: type[Model], payload: Any) -> Model:
+    """``payload`` as a ``model``.
 
     Raises:
-      ValidationError: naming the first field that is wrong.
+      ApiError: 400 when the body is not a JSON object, otherwise 422 naming the first field at fault.
     """
     if not isinstance(payload, dict):
-        raise ValidationError("body", "the request body must be a JSON object", status=400)
-    unknown = sorted(set(payload) - FIELDS)
-    if unknown:
-        raise ValidationError(unknown[0], f"unknown field {unknown[0]!r}; accepted fields: {', '.join(sorted(FIELDS))}")
-    channel = payload.get("channel")
-    if channel is None:
-        raise ValidationError("channel", "channel is required")
-    if channel not in CHANNELS:
-        planned = " (not available yet)" if channel in PLANNED_CHANNELS else ""
-        raise ValidationError("channel", f"unknown channel {channel!r}{planned}; supported: {', '.join(CHANNELS)}")
-    to = payload.get("to")
-    if not isinstance(to, str) or not E164.match(to):
-        raise ValidationError("to", "to must be a phone number in E.164 form, such as +15005550006")
-    body = payload.get("body")
-    if not isinstance(body, str) or not body.strip():
-        raise ValidationError("body", "body must be a non-empty string")
-    if len(body) > MAX_SMS_BODY:
-        raise ValidationError("body", f"body is {len(body)} characters; an SMS body holds at most {MAX_SMS_BODY}")
-    from_ = payload.get("from")
-    if from_ is not None and (not isinstance(from_, str) or not E164.match(from_)):
-        raise ValidationError("from", "from must be a phone number in E.164 form")
-    priority = payload.get("priority", "urgent")
-    if priority not in LANES:
-        raise ValidationError("priority", f"priority must be one of: {', '.join(LANES)}")
-    tags = payload.get("tags", [])
-    if not isinstance(tags, list) or len(tags) > MAX_TAGS or not all(isinstance(t, str) and 0 < len(t) <= 100 for t in tags):
-        raise ValidationError("tags", f"tags must be a list of at most {MAX_TAGS} non-empty strings of up to 100 characters")
-    return NewMessage(channel, to, body, from_, priority, tuple(tags))
+        raise ApiError(400, "invalid_request", "the request body must be a JSON object", "body")
+    try:
+        return model.model_validate(payload)
+    except PydanticValidationError as exc:
+        errors = exc.errors(include_url=False)
+        # An unknown field is reported first: it is usually a typo that explains the rest.
+        first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+        field, message = describe(model, first)
+        raise ApiError(422, "invalid_request", message, field) from None
+
+
+def describe(model: type[BaseModel], err: ErrorDetails) -> tuple[str, str]:
+    """The field an error is about (its top-level name) and a sentence saying what is wrong."""
+    field = str(err["loc"][0])[:100] if err["loc"] else "body"  # a key can be any size
+    kind, value = err["type"], err.get("input")
+    if kind == "extra_forbidden":
+        accepted = sorted(f.alias or name for name, f in model.model_fields.items())
+        return field, f"unknown field {_short(field)}; accepted fields: {', '.join(accepted)}"
+    if kind == "missing":
+        return field, f"{field} is required"
+    if kind == "control_character":
+        return field, f"{field} {err['msg']}"
+    if field == "channel":
+        planned = " (not available yet)" if value in PLANNED_CHANNELS else ""
+        return field, f"unknown channel {_short(value)}{planned}; supported: {', '.join(CHANNELS)}"
+    if field == "body" and kind == "string_too_long":
+        return field, f"body is {len(value)} characters; an SMS body holds at most {MAX_SMS_BODY}"
+    if field in EXPECTED:
+        return field, f"{field} must be {EXPECTED[field]}"
+    return field, f"{field}: {err['msg']}"
+
+
+def _short(value: Any) -> str:
+    """A value quoted in a message, cut so that a huge input does not come back whole."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

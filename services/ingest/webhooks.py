@@ -1,11 +1,15 @@
 """Provider webhooks: Twilio status callbacks, verified by ``X-Twilio-Signature``.
 
 Every callback is stored in ``provider_event`` with its verdict before anything else happens. An
-invalid signature gets 403 and changes nothing else. A valid receipt moves its message forward
-(never back); one for a provider id not yet recorded waits as pending.
+invalid signature gets 403, a log line, and a bounded record (a few KiB of the payload, never
+all of it); it changes nothing else. A valid receipt moves its message forward (never back); one
+for a provider id not yet recorded waits as pending.
 """
 
 from __future__ import annotations
+
+import logging
+import re
 
 from flask import Blueprint, Response, request
 
@@ -16,38 +20,58 @@ from common.lifecycle import apply_receipt
 from common.providers.accounts import twilio_auth_token
 from common.providers.twilio_sms import PROVIDER, RECEIPT_STATUSES, signature_valid
 from common.receipts import store_event
+from services.ingest.contract import FORM, Body, header, operation
+from services.ingest.errors import ApiError
+from services.ingest.models import TwilioStatusCallback
 
+log = logging.getLogger("postroom.ingest.webhooks")
 webhooks = Blueprint("webhooks", __name__, url_prefix="/webhooks")
 EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
+# An account SID is short and alphanumeric (Twilio's: AC + 32 hex digits); anything else cannot be
+# one of ours, and is not looked up (a NUL would not even reach PostgreSQL).
+_SID = re.compile(r"[A-Za-z0-9]{2,64}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def public_url() -> str:
     """The URL the provider called, as it saw it (the configured public base plus path and query)."""
-    query = request.query_string.decode()
+    query = request.query_string.decode(errors="replace")
     return f"{settings.public_url}{request.path}" + (f"?{query}" if query else "")
 
 
-@webhooks.post("/twilio/status")
+@operation(webhooks, "POST", "/twilio/status", summary="Twilio status callback", request=TwilioStatusCallback,
+           request_media=FORM, errors=(403, 422),
+           headers=[header("X-Twilio-Signature", "HMAC-SHA1 of the URL and parameters with the account's auth token.")],
+           ok={200: Body(None, "Recorded (and applied, when its message is known).", media_type="application/xml")})
 def twilio_status() -> tuple[Response | str, int]:
     params = request.form.to_dict(flat=True)
+    account_sid = params.get("AccountSid", "")
     sid = params.get("MessageSid") or params.get("SmsSid")
     provider_status = (params.get("MessageStatus") or params.get("SmsStatus") or "").lower()
     status = RECEIPT_STATUSES.get(provider_status)
+    with transaction():
+        token = twilio_auth_token(account_sid) if _SID.fullmatch(account_sid) else None
+        valid = token is not None and signature_valid(token, public_url(), params, request.headers.get("X-Twilio-Signature", ""))
+        if not valid:
+            event_id = store_event(PROVIDER, "status", params, signature_valid=False, provider_message_id=sid, status=status)
+    if not valid:
+        log.warning("twilio status callback with a bad signature: provider_event %s, %d bytes from %s",
+                    event_id, request.content_length or 0, request.remote_addr)
+        metrics.PROVIDER_WEBHOOKS.labels(provider=PROVIDER, kind="status", verdict="bad_signature").inc()
+        raise ApiError(403, "bad_signature", "X-Twilio-Signature does not match")
+    odd = next((name for name, value in params.items() if _CONTROL.search(value) or _CONTROL.search(name)), None)
+    if odd is not None:  # signed, but nothing Twilio sends holds control characters: store nothing
+        raise ApiError(422, "invalid_request", f"{odd[:100]} contains a control character", odd[:100])
     detail = {"provider_status": provider_status}
     if params.get("ErrorCode"):
         detail.update(error_code=params["ErrorCode"], error=f"{params['ErrorCode']}: {params.get('ErrorMessage', 'delivery failed')}")
     message_id = None
     with transaction():
-        token = twilio_auth_token(params.get("AccountSid", ""))
-        valid = token is not None and signature_valid(token, public_url(), params, request.headers.get("X-Twilio-Signature", ""))
-        if not valid or not sid:
-            store_event(PROVIDER, "status", params, signature_valid=valid, provider_message_id=sid,
-                        status=status, detail=detail, handled=valid)
+        if not sid:
+            store_event(PROVIDER, "status", params, signature_valid=True, status=status, detail=detail, handled=True)
         else:  # one statement: keep the receipt and move its message forward (or leave it pending)
-            message_id = apply_receipt(PROVIDER, sid, status, detail, keep_event={"kind": "status", "payload": params})
-    if not valid:
-        metrics.PROVIDER_WEBHOOKS.labels(provider=PROVIDER, kind="status", verdict="bad_signature").inc()
-        return Response('{"error":{"code":"bad_signature","message":"X-Twilio-Signature does not match"}}', mimetype="application/json"), 403
+            message_id = apply_receipt(PROVIDER, sid, status, detail, account=params.get("AccountSid", ""),
+                                       keep_event={"kind": "status", "payload": params})
     verdict = ("applied" if message_id is not None else "pending") if status and sid else "ignored"
     metrics.PROVIDER_WEBHOOKS.labels(provider=PROVIDER, kind="status", verdict=verdict).inc()
     return Response(EMPTY_TWIML, mimetype="application/xml"), 200

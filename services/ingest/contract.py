@@ -1,0 +1,176 @@
+"""The API contract declared once (invariant 17): each operation is registered with its models,
+and ``/openapi.json`` is generated from that registry.
+
+``operation(...)`` adds a Flask route and its entry in the contract together, so an endpoint
+cannot exist without being documented. It also does what the declaration promises before the
+view runs: authentication and the scope check for an operation that names a scope, and parsing
+and validating a JSON request body against the request model. Every operation documents the
+statuses it can answer with; the error statuses that follow from the declaration (401/403 with
+a scope, 413 with a body, 400/422 with a JSON model, 503 when it reads the database) are added
+here, so that the document and the behaviour cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Blueprint, Flask
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from services.ingest import auth, bounds
+from services.ingest.errors import ApiError
+from services.ingest.models import ErrorResponse
+from services.ingest.validation import validate
+
+JSON = "application/json"
+FORM = "application/x-www-form-urlencoded"
+BIGINT = 2**63 - 1
+RETRY_AFTER_SECONDS = 1
+
+ERROR_TEXT = {
+    400: "The body is not JSON, nests too deep, is not an object, or a header is malformed.",
+    401: "No valid API key.",
+    403: "Not allowed: the API key lacks the operation's scope, or a webhook's signature is wrong.",
+    404: "No such message in this workspace.",
+    409: "Conflicts with the message's state or an earlier use of the Idempotency-Key.",
+    413: "The body is larger than this endpoint's limit.",
+    422: "A field is invalid; `error.field` names it.",
+    503: "The database is unavailable; retry after `Retry-After` seconds.",
+}
+
+
+@dataclass(frozen=True)
+class Body:
+    """One documented response: its media type, model (None: plain text) and headers."""
+
+    model: type[BaseModel] | None
+    description: str
+    media_type: str = JSON
+    headers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    schema: dict[str, Any] = field(default_factory=lambda: {"type": "string"})  # when there is no model
+
+
+@dataclass(frozen=True)
+class Operation:
+    method: str
+    path: str  # OpenAPI form, e.g. /v1/messages/{message_id}
+    operation_id: str
+    summary: str
+    scope: str | None
+    request: type[BaseModel] | None
+    request_media: str
+    responses: dict[int, Body]
+    parameters: tuple[dict[str, Any], ...]
+
+
+REGISTRY: dict[tuple[str, str], Operation] = {}
+_PATH_PARAM = re.compile(r"\{(\w+)\}")
+
+
+def header(name: str, description: str, **schema: Any) -> dict[str, Any]:
+    """A request header parameter, as it appears in the document."""
+    return {"name": name, "in": "header", "required": False, "description": description, "schema": {"type": "string", **schema}}
+
+
+def operation(bp: Blueprint | Flask, method: str, path: str, *, summary: str, ok: dict[int, Body],
+              errors: Iterable[int] = (), scope: str | None = None, request: type[BaseModel] | None = None,
+              request_media: str = JSON, headers: Iterable[dict[str, Any]] = (),
+              uses_database: bool = True) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Declare an operation and route it.
+
+    Parameters:
+      bp: where the route lives; its ``url_prefix`` is part of the documented path.
+      path: relative to ``bp``, with ``{name}`` path parameters (all positive integers).
+      ok: the success statuses and their bodies.
+      errors: the error statuses the view itself answers with (others follow from the declaration).
+      scope: the API key scope required; None for an unauthenticated endpoint.
+      request: the body model; a JSON one is validated and passed to the view as ``body``.
+    """
+    full_path = (getattr(bp, "url_prefix", None) or "") + path
+    statuses = set(errors)
+    if scope:
+        statuses |= {401, 403}
+    if method == "POST":
+        statuses.add(413)
+    if request is not None and request_media == JSON:
+        statuses |= {400, 422}
+    if uses_database:
+        statuses.add(503)
+    retry_after = {"Retry-After": {"description": "Seconds to wait before retrying.", "required": True,
+                                   "schema": {"type": "integer", "minimum": 0}}}
+    responses = dict(ok) | {
+        s: Body(ErrorResponse, ERROR_TEXT[s], headers=retry_after if s == 503 else {}) for s in sorted(statuses)
+    }
+    path_params = tuple(
+        {"name": name, "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1, "maximum": BIGINT}}
+        for name in _PATH_PARAM.findall(path)
+    )
+
+    def register(view: Callable[..., Any]) -> Callable[..., Any]:
+        op = Operation(method, full_path, view.__name__, summary, scope, request, request_media, responses,
+                       path_params + tuple(headers))
+        REGISTRY[(method, full_path)] = op
+
+        @functools.wraps(view)
+        def run(**kwargs: Any) -> Any:
+            if any(isinstance(v, int) and v > BIGINT for v in kwargs.values()):
+                raise ApiError(404, "not_found", "no such message in this workspace")  # beyond any bigint id
+            if scope:
+                auth.require(scope)
+            if request is not None and request_media == JSON:
+                kwargs["body"] = validate(request, bounds.read_json())
+            return view(**kwargs)
+
+        bp.add_url_rule(_PATH_PARAM.sub(r"<int:\1>", path), endpoint=view.__name__, view_func=run, methods=[method])
+        return run
+
+    return register
+
+
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI 3.1 document of every declared operation, schemas generated by pydantic."""
+    inputs = {op.request for op in REGISTRY.values() if op.request is not None}
+    outputs = {b.model for op in REGISTRY.values() for b in op.responses.values() if b.model is not None}
+    pairs = [(m, "validation") for m in sorted(inputs, key=lambda m: m.__name__)]
+    pairs += [(m, "serialization") for m in sorted(outputs, key=lambda m: m.__name__)]
+    refs, defs = models_json_schema(pairs, ref_template="#/components/schemas/{model}")  # type: ignore[arg-type]
+    paths: dict[str, dict[str, Any]] = {}
+    for op in sorted(REGISTRY.values(), key=lambda o: (o.path, o.method)):
+        entry: dict[str, Any] = {
+            "operationId": op.operation_id,
+            "summary": op.summary,
+            "responses": {str(status): _response(body, refs) for status, body in sorted(op.responses.items())},
+        }
+        if op.parameters:
+            entry["parameters"] = list(op.parameters)
+        if op.scope:
+            entry["security"] = [{"apiKey": []}]
+            entry["description"] = f"Requires an API key with the scope `{op.scope}` (or `admin`)."
+        if op.request is not None:
+            entry["requestBody"] = {"required": True,
+                                    "content": {op.request_media: {"schema": refs[(op.request, "validation")]}}}
+        paths.setdefault(op.path, {})[op.method.lower()] = entry
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "postroom ingest API", "version": "1",
+                 "description": "Send, read and cancel messages; provider webhooks; health and metrics."},
+        "paths": paths,
+        "components": {
+            "schemas": defs.get("$defs", {}),
+            "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer",
+                                           "description": "An API key: `Authorization: Bearer pr_...`"}},
+        },
+    }
+
+
+def _response(body: Body, refs: dict[Any, Any]) -> dict[str, Any]:
+    schema = refs[(body.model, "serialization")] if body.model is not None else body.schema
+    out: dict[str, Any] = {"description": body.description, "content": {body.media_type: {"schema": schema}}}
+    if body.headers:
+        out["headers"] = body.headers
+    return out

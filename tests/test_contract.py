@@ -1,0 +1,113 @@
+"""The API contract (invariant 17): /openapi.json is generated from the declared operations, and
+schemathesis fuzzes every operation in it against a running ingest over real HTTP.
+
+No response may be a 5xx, and every response must have a documented status, content type and
+body. Negative cases (invalid bodies, headers, path parameters) are generated too, so every
+refusal must be documented as well.
+"""
+
+from __future__ import annotations
+
+import requests
+import schemathesis
+from hypothesis import HealthCheck, Phase, given, settings
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.core.failures import (
+    FailureGroup,  # a BaseExceptionGroup: not caught as an Exception
+)
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+OPERATIONS = {
+    ("post", "/v1/messages"), ("get", "/v1/messages/{message_id}"), ("post", "/v1/messages/{message_id}/cancel"),
+    ("get", "/healthz"), ("get", "/readyz"), ("get", "/metrics"), ("get", "/openapi.json"),
+    ("post", "/webhooks/twilio/status"),
+}
+
+
+MAX_EXAMPLES = 30  # per operation and mode: 8 operations x 2 modes x 30 keeps the run to seconds
+
+
+def test_every_operation_keeps_the_contract_under_fuzzing(ingest_url, workspace):
+    # Given the document a running ingest serves, and a valid key for the operations that need one
+    schema = schemathesis.openapi.from_url(f"{ingest_url}/openapi.json", timeout=10)
+    document = requests.get(f"{ingest_url}/openapi.json", timeout=10).json()
+    operations = [result.ok() for result in schema.get_all_operations()]
+    # (schemathesis leaves out the document's own path; the test below reads it)
+    assert {(op.method.lower(), op.path) for op in operations} == OPERATIONS - {("get", "/openapi.json")}
+    broken: list[str] = []
+    # When each operation is called over HTTP with generated valid and invalid requests
+    for operation in operations:
+        declared = document["paths"][operation.path][operation.method.lower()]
+        takes_input = "parameters" in declared or "requestBody" in declared  # else no request is invalid
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE) if takes_input else (GenerationMode.POSITIVE,):
+
+            @given(case=operation.as_strategy(generation_mode=mode))
+            @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None, derandomize=True,
+                      suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate])
+            def call(case: schemathesis.Case) -> None:
+                case.call_and_validate(headers=workspace["auth"], checks=CHECKS, timeout=10)
+
+            try:
+                call()
+            except (Exception, FailureGroup) as exc:  # keep going: report every operation that breaks the contract
+                broken.append(f"{operation.label} ({mode.value}): {exc}")
+    # Then no response was a server error or undocumented
+    assert not broken, "\n\n".join(broken)
+
+
+def test_openapi_document_is_public_and_declares_every_operation(ingest_url):
+    # Given no API key at all, the contract is readable
+    response = requests.get(f"{ingest_url}/openapi.json", timeout=10)
+    assert response.status_code == 200 and response.headers["Content-Type"] == "application/json"
+    document = response.json()
+    assert document["openapi"].startswith("3.1")
+    declared = {(method, path) for path, ops in document["paths"].items() for method in ops}
+    assert declared == OPERATIONS
+    ops = document["paths"]
+    # Then each operation documents the refusals that follow from what it declares
+    assert set(ops["/v1/messages"]["post"]["responses"]) == {"200", "202", "400", "401", "403", "409", "413", "422", "503"}
+    assert set(ops["/v1/messages/{message_id}"]["get"]["responses"]) == {"200", "401", "403", "404", "503"}
+    assert set(ops["/v1/messages/{message_id}/cancel"]["post"]["responses"]) == {"200", "401", "403", "404", "409", "413", "503"}
+    assert set(ops["/webhooks/twilio/status"]["post"]["responses"]) == {"200", "403", "413", "422", "503"}
+    assert set(ops["/healthz"]["get"]["responses"]) == {"200"}
+    error_ref = {"$ref": "#/components/schemas/ErrorResponse"}
+    assert ops["/v1/messages"]["post"]["responses"]["503"]["content"]["application/json"]["schema"] == error_ref
+    assert ops["/v1/messages"]["post"]["responses"]["503"]["headers"]["Retry-After"]["required"] is True
+    # Request models are pydantic's schemas, with the bounds the API enforces
+    new_message = document["components"]["schemas"]["NewMessage"]
+    assert new_message["additionalProperties"] is False and new_message["properties"]["body"]["maxLength"] == 1600
+
+
+def test_a_declared_operation_is_routed_and_documented_by_the_declaration_alone(broker):
+    from flask import Blueprint, jsonify
+
+    from services.ingest import contract
+    from services.ingest.models import Health
+
+    # Given a new endpoint declared on a blueprint, and nothing else
+    extra = Blueprint("extra", __name__, url_prefix="/v9")
+
+    @contract.operation(extra, "GET", "/ping/{n}", summary="Ping", scope="messages:read",
+                        ok={200: contract.Body(Health, "Pong.")})
+    def ping(n: int):
+        return jsonify({"ok": True})
+
+    try:
+        # Then it is in the document with the statuses its declaration implies
+        entry = contract.openapi_document()["paths"]["/v9/ping/{n}"]["get"]
+        assert set(entry["responses"]) == {"200", "401", "403", "503"}
+        assert entry["parameters"][0]["name"] == "n" and entry["security"] == [{"apiKey": []}]
+        # And it is routed, with the declared scope enforced
+        from flask import Flask
+
+        app = Flask("t")
+        app.register_blueprint(extra)
+        assert [r.rule for r in app.url_map.iter_rules() if r.endpoint == "extra.ping"] == ["/v9/ping/<int:n>"]
+    finally:
+        contract.REGISTRY.pop(("GET", "/v9/ping/{n}"))
