@@ -184,3 +184,18 @@ def test_accepted_message_whose_hand_off_failed_is_redriven_and_delivered(api, w
         wait_for(lambda: scheduler.run_once().get("accepted") == 1, timeout=10, what="re-drive after the deadline")
         wait_for(lambda: status_of(message_id) == "delivered", what="delivered")
     assert [m["body"] for m in sandbox.messages()] == ["enqueue failed"]
+
+
+def test_message_taken_by_a_worker_that_died_is_redriven(workspace, broker):
+    from common import dispatch
+
+    with transaction():
+        message_id = fetch("INSERT INTO message (workspace_id, channel, to_addr, body, status, status_changed_at)"
+                           " VALUES (%s, 'sms', '+15005550006', 'taken by the dead', 'accepted', now() - interval '1 minute')"
+                           " RETURNING id", (workspace["id"],))[0][0]
+    dispatch.to_stage("processing", "urgent", [message_id])
+    consumer = broker.consume("processing_urgent", prefetch=1, timeout=100)
+    next(m for m in consumer if m is not None)  # taken into this worker's ack set...
+    broker.client.zadd("dramatiq:__heartbeats__", {broker.broker_id: 0})  # ...and the worker went silent (killed)
+    assert scheduler.run_once().get("accepted") == 1
+    consumer.close()

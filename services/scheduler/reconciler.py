@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -50,20 +51,32 @@ def stage_queue(row: dict[str, Any]) -> str:
 
 def broker_held_ids(queues: Iterable[str]) -> set[int]:
     """Message ids the broker still holds for these queues: queued, prefetched or being worked
-    on (a worker's ack set), or waiting as a delayed retry. Such a message is late, not lost."""
+    on by a live worker (its ack set), or waiting as a delayed retry. Such a message is late, not
+    lost. What a dead worker (no heartbeat within the broker's heartbeat timeout) had taken counts
+    as lost: Dramatiq hands it back only in an occasional maintenance pass."""
     broker = dramatiq.get_broker()
     client, ns = broker.client, broker.namespace  # type: ignore[attr-defined]
+    # Workers stamp their heartbeat with their own clock in milliseconds, as Dramatiq does.
+    now_ms = int(time.time() * 1000)
+    live = {_text(w) for w in client.zrangebyscore(
+        f"{ns}:__heartbeats__", now_ms - broker.heartbeat_timeout, "+inf")}  # type: ignore[attr-defined]
     held: set[int] = set()
     for queue in queues:
         for name in (queue, f"{queue}.DQ"):
             keys = list(client.lrange(f"{ns}:{name}", 0, -1))
             for acks in client.scan_iter(match=f"{ns}:__acks__.*.{name}", count=1000):
-                keys += list(client.smembers(acks))
+                worker = _text(acks).removeprefix(f"{ns}:__acks__.").removesuffix(f".{name}")
+                if worker in live:
+                    keys += list(client.smembers(acks))
             for start in range(0, len(keys), 1000):
                 for raw in client.hmget(f"{ns}:{name}.msgs", keys[start:start + 1000]):
                     if raw:
                         held.update(json.loads(raw)["args"][0])
     return held
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _touch(ids: Sequence[int], *, count_redrive: bool) -> list[dict[str, Any]]:
@@ -162,6 +175,10 @@ def resolve_unknown(sending_timeout_seconds: float) -> dict[str, int]:
         rows = fetch_dicts(_LEASE, {"timeout": sending_timeout_seconds, "limit": LOOKUP_BATCH, "lease": LOOKUP_LEASE_SECONDS})
     if not rows:
         return {}
+    with transaction():  # accounts come from the database: here, not in the look-up threads
+        for row in rows:
+            channel = CHANNELS.get(row["channel"])
+            row["account"] = channel.account_for(row["workspace_id"]) if channel else None
     with ThreadPoolExecutor(max_workers=min(16, len(rows)), thread_name_prefix="lookup") as pool:
         looked_up = list(pool.map(_look_up, rows))
     channels = {r["id"]: r["channel"] for r in rows}
@@ -210,9 +227,8 @@ def _look_up(row: dict[str, Any]) -> tuple[dict[str, Any], list[Accepted] | None
     channel: Channel | None = CHANNELS.get(row["channel"])
     if channel is None or channel.find_sent is None:
         return row, _NO_LOOKUP
+    account = row["account"]
     try:
-        with transaction():
-            account = channel.account_for(row["workspace_id"])
         if row["provider_account"] and account.key != row["provider_account"]:
             log.warning("message %s was sent through account %s, no longer the workspace's: not looked up",
                         row["id"], row["provider_account"])
