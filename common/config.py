@@ -50,10 +50,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("POSTROOM_UNKNOWN_LOOKUP_DELAY_SECONDS", float, 5.0, "How long after a send with an unknown outcome the reconciler looks the message up at the provider."),
     Setting("POSTROOM_DB_POOL_SIZE", int, 16, "Most PostgreSQL connections one process opens; threads or greenlets beyond it wait their turn."),
     Setting("POSTROOM_DB_PREPARE", bool, True, "Prepare hot statements once per connection (less planning). Set false behind a transaction-mode pgbouncer."),
-    Setting("POSTROOM_WORKER_PROCESSES", int, 1, "Processes per worker service in local runs (`dramatiq --processes`)."),
-    Setting("POSTROOM_WORKER_THREADS", int, 8, "Threads per worker process for CPU-bound stages (processing, routing)."),
+    Setting("POSTROOM_WORKER_THREADS", int, 8, "Threads per lane of a CPU-bound stage's worker process (processing, routing)."),
     Setting("POSTROOM_SENDER_CONCURRENCY", int, 64, "Provider calls a sender process keeps in flight (greenlets)."),
-    Setting("POSTROOM_SENDER_GREENLETS", int, 256, "Batches a sender process works on at once (`dramatiq-gevent --threads`); more than calls in flight, so urgent batches never wait for one."),
+    Setting("POSTROOM_SENDER_GREENLETS", int, 256, "Greenlets of a sender's bulk lane: bulk batches a sender process works on at once; more than calls in flight."),
+    Setting("POSTROOM_SENDER_URGENT_GREENLETS", int, 32, "Greenlets of a sender's urgent lane (its own, so urgent batches never wait for bulk's)."),
     Setting("POSTROOM_PROVIDER_TIMEOUT_SECONDS", float, 15.0, "How long a provider call may take; past it the outcome is unknown and the message fails rather than risk a second send."),
     Setting("POSTROOM_MAX_ATTEMPTS", int, 5, "Provider calls that end in a transient error before a message fails."),
     Setting("POSTROOM_RETRY_BASE_SECONDS", float, 1.0, "First retry delay; doubles per attempt, with jitter."),
@@ -62,7 +62,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("POSTROOM_MAX_REDRIVES", int, 5, "A message re-driven this many times without moving on is failed as stuck (its stage keeps failing on it)."),
     Setting("POSTROOM_SENDING_TIMEOUT_SECONDS", float, 45.0, "A message left in `sending` this long (its sender died mid-call) is looked up at the provider: recorded as sent if found, sent again if not. Keep it above the provider timeout."),
     Setting("POSTROOM_RECONCILE_INTERVAL_SECONDS", float, 1.0, "How often the scheduler looks for due and stuck rows."),
-    Setting("POSTROOM_BROKER_POLL_MS", int, 100, "Longest idle wait of a worker between broker polls; bounds the hand-off latency of each stage."),
+    Setting("POSTROOM_BROKER_POLL_MS", int, 100, "Longest wait of a busy worker between broker polls (it holds messages in progress or delayed). An idle worker does not poll: an enqueue wakes it at once through Redis pub/sub."),
     Setting("POSTROOM_HANDOFF_LINGER_MS", float, 5.0, "Ingest gathers accepted ids this long before enqueueing them as one batch."),
     Setting("POSTROOM_BATCH_SIZE", int, 500, "Most ids one broker message carries between stages."),
     Setting("TWILIO_ACCOUNT_SID", str, "AC00000000000000000000000000000000", "Default Twilio account SID (a workspace's channel config overrides it)."),
@@ -100,10 +100,10 @@ class Settings:
     postroom_unknown_lookup_delay_seconds: float
     postroom_db_pool_size: int
     postroom_db_prepare: bool
-    postroom_worker_processes: int
     postroom_worker_threads: int
     postroom_sender_concurrency: int
     postroom_sender_greenlets: int
+    postroom_sender_urgent_greenlets: int
     postroom_provider_timeout_seconds: float
     postroom_max_attempts: int
     postroom_retry_base_seconds: float

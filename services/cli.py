@@ -126,6 +126,12 @@ def cmd_scheduler(args: argparse.Namespace) -> None:
     main()
 
 
+def cmd_worker(args: argparse.Namespace) -> None:
+    from services.worker import run
+
+    sys.exit(run(args.stage, args.lanes, args.threads, args.gevent))
+
+
 def cmd_run(args: argparse.Namespace) -> None:
     from services.local.stack import run_forever
 
@@ -165,7 +171,15 @@ def main(argv: list[str] | None = None) -> None:
     devkey.add_argument("--file", default=str(settings.var_dir / "dev-api-key"))
     devkey.set_defaults(func=cmd_devkey)
     sub.add_parser("scheduler", help="run the scheduler loop (reconciler)").set_defaults(func=cmd_scheduler)
-    sub.add_parser("run", help="start the whole pipeline locally (make run)").set_defaults(func=cmd_run)
+    worker = sub.add_parser("worker", help="run a stage's actors: one Dramatiq worker per lane in this process")
+    worker.add_argument("stage", choices=["processing", "routing", "sms"], help="the stage whose queues <stage>_<lane> to consume")
+    worker.add_argument("--lanes", default=None, help="comma-separated lanes to serve (default: all, e.g. urgent,bulk)")
+    worker.add_argument("--threads", type=int, default=None,
+                        help="threads (greenlets) per lane (default: POSTROOM_WORKER_THREADS; a sender's "
+                             "POSTROOM_SENDER_URGENT_GREENLETS / POSTROOM_SENDER_GREENLETS)")
+    worker.add_argument("--gevent", action="store_true", help="greenlets instead of threads (monkey-patches first)")
+    worker.set_defaults(func=cmd_worker)
+    sub.add_parser("run", help="start the whole pipeline locally (make run); restarts services that exit").set_defaults(func=cmd_run)
     args = parser.parse_args(argv)
     args.func(args)
 

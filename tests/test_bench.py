@@ -25,6 +25,6 @@ def test_bench_reports_measured_figures_for_every_scenario(tmp_path: Path):
         assert r["sandbox_received"] == 60 and r["sent_or_delivered"] == 60 and r["duplicates_at_provider"] == 0
         assert r["api_requests_per_s"] > 0 and r["end_to_end_messages_per_s"] > 0
         assert 0 < r["accepted_to_sent_ms"]["p50"] <= r["accepted_to_sent_ms"]["p95"] <= r["accepted_to_sent_ms"]["p99"]
-        assert {"ingest", "processing", "routing", "sender-sms-urgent", "sender-sms-bulk", "postgres", "redis", "sandbox"} <= set(r["cpu_ms_per_message"])
+        assert {"ingest", "processing", "routing", "sender-sms", "postgres", "redis", "sandbox"} <= set(r["cpu_ms_per_message"])
     assert r["accepted_to_sent_ms"]["p50"] >= 150  # the provider's latency is inside accepted → sent
     assert "end-to-end messages/s" in result.stdout

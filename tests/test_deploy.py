@@ -3,9 +3,10 @@
 The Kubernetes Deployments and the Procfile run the commands ``make run`` runs
 (``services.local.stack.services_for``); every setting a manifest sets is one ``common.config`` reads;
 alert rules and the Grafana dashboard use only metrics that exist (``common.metrics``, Dramatiq's
-Prometheus middleware, ``up``); KEDA watches the queues the workers consume (their modules'
-queues, narrowed by ``--queues`` where a lane has its own Deployment), and every queue has a
-worker. Files are parsed, nothing is deployed: no cluster, Docker or promtool is needed.
+Prometheus middleware, ``up``); KEDA watches the queues the workers consume (``postroom worker
+<stage>`` consumes ``<stage>_<lane>`` for every lane, narrowed by ``--lanes`` where a lane has its
+own Deployment), and every queue has a worker, locally and in the cluster. Files are parsed,
+nothing is deployed: no cluster, Docker or promtool is needed.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ import pytest
 import yaml
 
 from common import metrics
+from common.broker import LANES, queue_name
 from common.config import ROOT, SETTINGS, Settings, load
 from services.local.stack import Service, services_for
+from services.worker import STAGE_MODULES
 
 DEPLOY = ROOT / "deploy"
 K8S = ROOT / "k8s"
@@ -122,70 +125,88 @@ def deployed_services(cfg: Settings) -> list[Service]:
     return [s for s in services_for(cfg) if s.name != "sandbox"]
 
 
-def is_worker(service: Service) -> bool:
-    return Path(service.argv[0]).name.startswith("dramatiq")
+def is_worker(argv: list[str]) -> bool:
+    return Path(argv[0]).name == "postroom" and argv[1:2] == ["worker"]
 
 
-def queues_option(argv: list[str]) -> list[str] | None:
-    """The values of dramatiq's ``--queues``/``-Q`` (nargs="*": up to the next option), or None."""
-    for i, arg in enumerate(argv):
-        if arg in ("--queues", "-Q"):
-            values = []
-            for value in argv[i + 1:]:
-                if value.startswith("-"):
-                    break
-                values.append(value)
-            return values
-    return None
+def option(argv: list[str], name: str) -> str | None:
+    """The value of ``--name value`` in an argv, or None."""
+    return argv[argv.index(name) + 1] if name in argv else None
 
 
-def consumed_queues(service: Service) -> set[str]:
-    """The queues a worker consumes: its module's actors' queues, narrowed by ``--queues``.
+def without_option(argv: list[str], name: str) -> list[str]:
+    if name not in argv:
+        return argv
+    i = argv.index(name)
+    return argv[:i] + argv[i + 2:]
 
-    Dramatiq compares each queue's canonical name (``X`` for the delay queue ``X.DQ`` too) with
-    the ``--queues`` values, so ``--queues X`` consumes X and X.DQ, and a value that is not a
-    canonical queue name of the module consumes nothing; an empty ``--queues`` means all of them.
-    """
-    module = service.argv[2]  # dramatiq common.broker <module> ...
-    declared = actor_queues(module)
-    selected = queues_option(service.argv)
-    if not selected:
-        return declared
-    assert set(selected) <= declared, f"{service.name}: --queues {set(selected) - declared} are not queues of {module}"
-    return set(selected)
+
+def worker_lanes(argv: list[str]) -> list[str]:
+    """The lanes ``postroom worker <stage> [--lanes a,b]`` serves (every lane by default)."""
+    lanes = option(argv, "--lanes")
+    return [lane for lane in lanes.split(",") if lane] if lanes else list(LANES)
+
+
+def consumed_queues(argv: list[str]) -> set[str]:
+    """The queues a worker consumes: ``<stage>_<lane>`` for its lanes (and their delay queues),
+    each of which the stage's actor module must declare."""
+    stage = argv[2]
+    queues = {queue_name(stage, lane) for lane in worker_lanes(argv)}
+    declared = actor_queues(STAGE_MODULES[stage])
+    assert queues <= declared, f"{argv}: {queues - declared} are not queues of {STAGE_MODULES[stage]}"
+    return queues
+
+
+def deployment_argv(deployment: dict[str, Any], config: dict[str, str]) -> list[str]:
+    container = main_container(deployment)
+    env = {**config, **container_env(container)}
+    return [expand_kubernetes_refs(a, env) for a in container.get("command", []) + container.get("args", [])]
 
 
 # -- Deployments run what `make run` runs -------------------------------------------------------
 def test_every_service_but_the_sandbox_has_a_deployment_running_its_local_command():
+    """A local worker serving several lanes may run as a Deployment per lane, ``<name>-<lane>``,
+    whose command is the local one narrowed by ``--lanes <lane>``; together they serve every lane."""
     config = base_config()
     cfg = load(config)
     found = deployments()
     for service in deployed_services(cfg):
-        assert service.name in found, f"k8s/base has no Deployment for {service.name}"
-        container = main_container(found[service.name])
-        env = {**config, **container_env(container)}
-        argv = [expand_kubernetes_refs(a, env) for a in container.get("command", []) + container.get("args", [])]
-        assert without_deployment_options(normalized(argv)) == normalized(service.argv), service.name
+        if service.name in found:
+            argv = deployment_argv(found[service.name], config)
+            assert without_deployment_options(normalized(argv)) == normalized(service.argv), service.name
+            continue
+        split = {name: d for name, d in found.items() if name.startswith(f"{service.name}-")}
+        assert split and is_worker(service.argv), f"k8s/base has no Deployment for {service.name}"
+        served = []
+        for name, deployment in split.items():
+            argv = deployment_argv(deployment, config)
+            lanes = option(argv, "--lanes")
+            assert lanes is not None and name == f"{service.name}-{lanes}", f"{name} must serve the one lane its name says"
+            assert normalized(without_option(argv, "--lanes")) == normalized(service.argv), name
+            served.append(lanes)
+        assert sorted(served) == sorted(worker_lanes(service.argv)), f"{service.name}: its lane Deployments serve {served}"
     assert "sandbox" not in found, "the provider sandbox is for local runs and tests, never a cluster"
+
+
+def worker_deployments() -> dict[str, list[str]]:
+    """Every Deployment running ``postroom worker``, with its command."""
+    config = base_config()
+    return {name: argv for name, d in deployments().items() if is_worker(argv := deployment_argv(d, config))}
 
 
 def test_worker_deployments_serve_dramatiq_metrics_on_their_declared_port():
     found = deployments()
-    config = base_config()
-    for service in deployed_services(load(config)):
-        if not is_worker(service):
-            continue
-        deployment = found[service.name]
+    assert set(worker_deployments()) == {"processing", "routing", "sender-sms-urgent", "sender-sms-bulk"}
+    for name in worker_deployments():
+        deployment = found[name]
         container = main_container(deployment)
         env = container_env(container)
-        assert env["dramatiq_prom_host"] == "0.0.0.0", service.name
+        assert env["dramatiq_prom_host"] == "0.0.0.0", name
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-        assert int(env["dramatiq_prom_port"]) == ports["metrics"], service.name
+        assert int(env["dramatiq_prom_port"]) == ports["metrics"], name
         annotations = deployment["spec"]["template"]["metadata"]["annotations"]
-        assert annotations["prometheus.io/port"] == env["dramatiq_prom_port"], service.name
-        assert env["dramatiq_prom_db"] == env["PROMETHEUS_MULTIPROC_DIR"], service.name
-        assert env["dramatiq_worker_timeout"] == "$(POSTROOM_BROKER_POLL_MS)", service.name
-        assert "POSTROOM_BROKER_POLL_MS" in config
+        assert annotations["prometheus.io/port"] == env["dramatiq_prom_port"], name
+        assert env["dramatiq_prom_db"] == env["PROMETHEUS_MULTIPROC_DIR"], name
         assert_on_empty_dir(deployment, container, env["PROMETHEUS_MULTIPROC_DIR"])
 
 
@@ -469,19 +490,24 @@ def scaled_objects() -> dict[str, dict[str, Any]]:
 
 
 def workers_and_queues() -> dict[str, set[str]]:
-    return {s.name: consumed_queues(s) for s in deployed_services(load({})) if is_worker(s)}
+    """The queues each worker Deployment consumes."""
+    return {name: consumed_queues(argv) for name, argv in worker_deployments().items()}
 
 
-def test_queues_option_reads_dramatiqs_argument():
-    assert queues_option(["dramatiq", "common.broker", "m", "--processes", "1"]) is None
-    assert queues_option(["dramatiq", "common.broker", "m", "--queues", "a", "b", "--threads", "8"]) == ["a", "b"]
-    assert queues_option(["dramatiq", "common.broker", "m", "-Q", "a"]) == ["a"]
+def test_worker_options_are_read_like_postroom_worker_reads_them():
+    assert worker_lanes(["postroom", "worker", "sms", "--gevent"]) == ["urgent", "bulk"]
+    assert worker_lanes(["postroom", "worker", "sms", "--lanes", "bulk", "--gevent"]) == ["bulk"]
+    assert consumed_queues(["postroom", "worker", "sms", "--lanes", "urgent,bulk"]) == {"sms_urgent", "sms_bulk"}
+    assert without_option(["postroom", "worker", "sms", "--lanes", "bulk", "--gevent"], "--lanes") == ["postroom", "worker", "sms", "--gevent"]
 
 
-def test_every_queue_the_workers_declare_has_a_worker(broker):
-    """Splitting a module's queues over Deployments (lanes) must leave none unconsumed."""
-    consumed = set().union(*workers_and_queues().values())
-    assert consumed == set(broker.get_declared_queues()), "queues no worker consumes, or no actor declares"
+def test_every_queue_the_workers_declare_has_a_worker_in_the_cluster_and_locally(broker):
+    """Splitting a stage's lanes over Deployments must leave none unconsumed; so must make run."""
+    declared = set(broker.get_declared_queues())
+    in_cluster = set().union(*workers_and_queues().values())
+    assert in_cluster == declared, "queues no worker Deployment consumes, or no actor declares"
+    local = set().union(*(consumed_queues(s.argv) for s in services_for(load({})) if is_worker(s.argv)))
+    assert local == declared, "queues no local worker consumes, or no actor declares"
 
 
 def test_keda_scales_each_worker_on_the_queues_it_consumes(broker):
@@ -558,7 +584,7 @@ def test_procfile_runs_the_same_commands_as_make_run():
     for service in services:
         env, argv = processes[service.name]
         assert normalized(argv) == normalized(service.argv), service.name
-        if is_worker(service):
+        if is_worker(service.argv):
             assert env["dramatiq_prom_port"] == str(service.metrics_port), service.name
             assert env["dramatiq_prom_db"].endswith(f"metrics/{service.name}"), service.name
 

@@ -1,9 +1,10 @@
 """The whole pipeline on one machine: private PostgreSQL and Redis, migrations, every service.
 
 ``postroom run`` (``make run``), the end-to-end tests and ``make bench`` all start the stack
-through ``Stack``: real processes — gunicorn for ingest and the sandbox, the ``dramatiq`` CLI
-for each worker service, the scheduler loop — with their logs under ``<var>/log``. A private
-server is started only when DATABASE_URL / REDIS_URL are not set. Stopping goes in reverse
+through ``Stack``: real processes — gunicorn for ingest and the sandbox, ``postroom worker`` for
+each worker service (one process per stage, serving all its lanes), the scheduler loop — with
+their logs under ``<var>/log``. A private server is started only when DATABASE_URL / REDIS_URL
+are not set. Stopping goes in reverse
 order: services first, then Redis, then PostgreSQL.
 """
 
@@ -35,28 +36,28 @@ class Service:
     metrics_port: int | None = None
 
 
-def worker(name: str, module: str, processes: int, threads: int, metrics_port: int, *, gevent: bool = False) -> Service:
-    command = "dramatiq-gevent" if gevent else "dramatiq"
-    return Service(name, [str(BIN / command), "common.broker", module, "--processes", str(processes),
-                          "--threads", str(threads), "--worker-shutdown-timeout", "10000"], metrics_port)
-
-
-def lane_worker(name: str, module: str, queue: str, processes: int, threads: int, metrics_port: int, *, gevent: bool = False) -> Service:
-    """A worker that consumes one lane's queue only (its own Deployment: the lane is isolated)."""
-    service = worker(name, module, processes, threads, metrics_port, gevent=gevent)
-    return Service(name, [*service.argv, "--queues", queue], metrics_port)
+def worker(name: str, stage: str, metrics_port: int, *, lanes: list[str] | None = None, gevent: bool = False) -> Service:
+    """``postroom worker``: one process, one Dramatiq worker per lane of ``stage`` (all by default)."""
+    argv = [str(BIN / "postroom"), "worker", stage]
+    if lanes:
+        argv += ["--lanes", ",".join(lanes)]
+    if gevent:
+        argv.append("--gevent")
+    return Service(name, argv, metrics_port)
 
 
 def services_for(cfg: Settings) -> list[Service]:
-    """Every service of the pipeline, in start order (the sandbox first, ingest last)."""
+    """Every service of the pipeline, in start order (the sandbox first, ingest last).
+
+    One process per stage: a sender serves all its lanes, each with its own worker and
+    greenlets (Kubernetes splits the sender into a Deployment per lane with ``--lanes``).
+    """
     base = cfg.postroom_metrics_port_base
-    procs, threads = cfg.postroom_worker_processes, cfg.postroom_worker_threads
     return [
         Service("sandbox", [sys.executable, "-m", "services.sandbox"]),
-        worker("processing", "services.processing.actors", procs, threads, base),
-        worker("routing", "services.routing.actors", procs, threads, base + 1),
-        lane_worker("sender-sms-urgent", "services.senders.sms.actors", "sms_urgent", procs, cfg.postroom_sender_greenlets, base + 2, gevent=True),
-        lane_worker("sender-sms-bulk", "services.senders.sms.actors", "sms_bulk", procs, cfg.postroom_sender_greenlets, base + 3, gevent=True),
+        worker("processing", "processing", base),
+        worker("routing", "routing", base + 1),
+        worker("sender-sms", "sms", base + 2, gevent=True),
         Service("scheduler", [str(BIN / "postroom"), "scheduler"], base + 9),
         Service("ingest", [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "services/ingest/gunicorn_conf.py"),
                            "--no-control-socket", "services.ingest.wsgi:app"]),
@@ -125,7 +126,7 @@ class Stack:
         metrics_dir.mkdir(parents=True)
         env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
         if service.metrics_port is not None:
-            env.update(dramatiq_worker_timeout=str(self.cfg.postroom_broker_poll_ms), dramatiq_prom_db=str(metrics_dir), dramatiq_prom_port=str(service.metrics_port),
+            env.update(dramatiq_prom_db=str(metrics_dir), dramatiq_prom_port=str(service.metrics_port),
                        dramatiq_prom_host=self.cfg.postroom_metrics_host)
         return env
 
@@ -166,8 +167,8 @@ class Stack:
         proc = self.processes.pop(name, None)
         if proc is None or proc.poll() is not None:
             return
-        # Signal the service's main process only: gunicorn's arbiter and dramatiq's main process
-        # shut their children down in order; signalling the whole group at once cuts that short.
+        # Signal the service's main process only: gunicorn's arbiter and the worker runner shut
+        # their threads and children down in order; signalling the whole group cuts that short.
         proc.send_signal(sig)
         try:
             proc.wait(timeout)
@@ -221,7 +222,7 @@ postroom is running.
   API       {api}        (key in {stack.var / 'dev-api-key'})
   API key   {key}
   sandbox   {cfg.sandbox_url}/sandbox/messages
-  metrics   {api}/metrics, workers on 127.0.0.1:{cfg.postroom_metrics_port_base}-{cfg.postroom_metrics_port_base + 3}, scheduler on :{cfg.postroom_metrics_port_base + 9}
+  metrics   {api}/metrics, workers on 127.0.0.1:{cfg.postroom_metrics_port_base}-{cfg.postroom_metrics_port_base + 2}, scheduler on :{cfg.postroom_metrics_port_base + 9}
   logs      {stack.log_dir}/
   CLI       export $(cat {stack.var / 'stack.env'}); .venv/bin/postroom --help
 
