@@ -1,4 +1,5 @@
-"""The README's quick start, as written: `postroom run` (what `make run` runs), a curl, Ctrl-C."""
+"""The README's quick start, as written: `postroom run` (what `make run` runs), a curl, a crashed
+service restarted, Ctrl-C."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from services.local import infra as localinfra
 from tests.support import wait_for
 
 
-def test_make_run_quick_start_sends_an_sms_and_ctrl_c_stops_everything(tmp_path: Path):
+def test_make_run_quick_start_sends_an_sms_survives_a_killed_sender_and_ctrl_c_stops_everything(tmp_path: Path):
     api_port, sandbox_port = localinfra.free_port(), localinfra.free_port()
     env = {**os.environ, "POSTROOM_VAR_DIR": str(tmp_path / "var"), "DATABASE_URL": "", "REDIS_URL": "",
            "TWILIO_API_BASE": "", "POSTROOM_PUBLIC_URL": "", "POSTROOM_API_PORT": str(api_port),
@@ -32,7 +33,6 @@ def test_make_run_quick_start_sends_an_sms_and_ctrl_c_stops_everything(tmp_path:
         banner = (tmp_path / "run.log").read_text()
         key = (tmp_path / "var" / "dev-api-key").read_text().strip()
         assert f"http://127.0.0.1:{api_port}" in banner and key in banner
-        everything = [p.pid for p in psutil.Process(run.pid).children(recursive=True)]
 
         # The README's curl line, then its status check.
         api = f"http://127.0.0.1:{api_port}"
@@ -55,6 +55,18 @@ def test_make_run_quick_start_sends_an_sms_and_ctrl_c_stops_everything(tmp_path:
         assert requests.get(f"{api}/v1/messages/{message_id}", headers={"Authorization": f"Bearer {created.stdout.strip()}"},
                             timeout=10).status_code == 404  # a key of the new workspace, which sees none of dev's
 
+        # kill -9 of the SMS sender: `postroom run` says so, restarts it, and the stack keeps sending.
+        (sender,) = [p for p in psutil.Process(run.pid).children(recursive=True) if p.cmdline()[-3:] == ["worker", "sms", "--gevent"]]
+        sender.kill()
+        wait_for(lambda: "service sender-sms exited with -9; restarting in 0.5s (restart 1)" in (tmp_path / "run.log").read_text(),
+                 timeout=15, what="the restart line")
+        again = requests.post(f"{api}/v1/messages", headers={"Authorization": f"Bearer {key}"},
+                              json={"channel": "sms", "to": "+15005550006", "body": "after a crash"}, timeout=10).json()["id"]
+        wait_for(lambda: requests.get(f"{api}/v1/messages/{again}", headers={"Authorization": f"Bearer {key}"},
+                                      timeout=10).json()["status"] == "delivered", timeout=30, what="delivered after the restart")
+        assert run.poll() is None
+
+        everything = [p.pid for p in psutil.Process(run.pid).children(recursive=True)]
         run.send_signal(signal.SIGINT)  # Ctrl-C
         assert run.wait(60) == 0
         assert "stopped." in (tmp_path / "run.log").read_text()

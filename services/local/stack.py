@@ -4,19 +4,27 @@
 through ``Stack``: real processes — gunicorn for ingest and the sandbox, ``postroom worker`` for
 each worker service (one process per stage, serving all its lanes), the scheduler loop — with
 their logs under ``<var>/log``. A private server is started only when DATABASE_URL / REDIS_URL
-are not set. Stopping goes in reverse
-order: services first, then Redis, then PostgreSQL.
+are not set. Stopping goes in reverse order: services first, then Redis, then PostgreSQL.
+
+The stack supervises its services: one that exits is restarted after a backoff (0.5 s doubling
+to 10 s), and only a service that crash-loops (more than 5 restarts within 60 s) stops the
+stack. ``run_forever`` supervises in its main loop; a harness can call ``supervise_once`` or run
+``start_supervisor`` in the background.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections import defaultdict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +33,7 @@ import requests
 from common.config import ROOT, Settings, load
 
 BIN = Path(sys.executable).parent
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -64,6 +73,10 @@ def services_for(cfg: Settings) -> list[Service]:
     ]
 
 
+class CrashLoop(RuntimeError):
+    """A service exited too often too fast: restarting it again would not help."""
+
+
 def _terminate_with_parent() -> None:
     """In the child before exec: get SIGTERM if the supervisor dies without stopping us (Linux)."""
     with contextlib.suppress(OSError, AttributeError):
@@ -75,16 +88,34 @@ def _terminate_with_parent() -> None:
 
 @dataclass
 class Stack:
-    """A running local pipeline. ``env`` overrides the environment for every service."""
+    """A running local pipeline. ``env`` overrides the environment for every service.
+
+    ``restart_backoff`` (first, most) seconds between a service's exit and its restart, doubling;
+    more than ``crash_loop_restarts`` exits of one service within ``crash_loop_window`` seconds
+    is a crash loop.
+    """
 
     env: dict[str, str] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     infra: list = field(default_factory=list)
+    restart_backoff: tuple[float, float] = (0.5, 10.0)
+    crash_loop_restarts: int = 5
+    crash_loop_window: float = 60.0
 
     def __post_init__(self) -> None:
         self.cfg = load({**os.environ, **self.env})
         self.var = self.cfg.var_dir
         self.log_dir = self.var / "log"
+        self.services: dict[str, Service] = {}
+        self.started_at: dict[str, float] = {}
+        self.restarts: dict[str, int] = defaultdict(int)
+        self.crashed: CrashLoop | None = None  # set when the background supervisor gave up
+        self._exits: dict[str, deque[float]] = defaultdict(deque)
+        self._backoff: dict[str, float] = {}
+        self._due: dict[str, float] = {}  # exited services and when to restart them
+        self._lock = threading.RLock()  # the supervisor thread and the harness share processes
+        self._supervisor: threading.Thread | None = None
+        self._stop_supervisor = threading.Event()
 
     # -- infrastructure -------------------------------------------------------------------
     def start_infra(self) -> None:
@@ -136,11 +167,16 @@ class Stack:
                 self.start_service(service)
 
     def start_service(self, service: Service) -> None:
-        log = open(self.log_dir / f"{service.name}.log", "ab")
-        self.processes[service.name] = subprocess.Popen(
-            service.argv, env=self.service_env(service), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True, preexec_fn=_terminate_with_parent,
-        )
+        with self._lock:
+            log_file = open(self.log_dir / f"{service.name}.log", "ab")
+            self.services[service.name] = service
+            self._due.pop(service.name, None)
+            self.started_at[service.name] = time.monotonic()
+            self.processes[service.name] = subprocess.Popen(
+                service.argv, env=self.service_env(service), cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT,
+                start_new_session=True, preexec_fn=_terminate_with_parent,
+            )
+            log_file.close()  # the child has its own copy
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -158,14 +194,113 @@ class Stack:
                 time.sleep(0.2)
 
     def check_alive(self) -> None:
-        for name, proc in self.processes.items():
+        """Fail fast during start-up: any service that exited is an error (no restart)."""
+        for name, proc in list(self.processes.items()):
             if proc.poll() is not None:
-                tail = (self.log_dir / f"{name}.log").read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"service {name} exited with {proc.returncode}:\n{tail}")
+                raise RuntimeError(f"service {name} exited with {proc.returncode}:\n{self.log_tail(name)}")
+
+    def log_tail(self, name: str, size: int = 3000) -> str:
+        path = self.log_dir / f"{name}.log"
+        return path.read_text(errors="replace")[-size:] if path.exists() else ""
+
+    # -- supervision ----------------------------------------------------------------------
+    def supervise_once(self) -> list[str]:
+        """One supervision pass: note services that exited, restart those whose backoff is over.
+
+        Returns the services restarted in this pass. Raises ``CrashLoop`` when a service exited
+        more than ``crash_loop_restarts`` times within ``crash_loop_window`` seconds.
+        """
+        restarted = []
+        with self._lock:
+            now = time.monotonic()
+            for name, proc in list(self.processes.items()):
+                if name not in self._due and proc.poll() is not None:
+                    self._note_exit(name, proc, now)
+            for name, due in list(self._due.items()):
+                if now >= due:
+                    self.start_service(self.services[name])
+                    restarted.append(name)
+        return restarted
+
+    def _note_exit(self, name: str, proc: subprocess.Popen[bytes], now: float) -> None:
+        _kill_group(proc.pid)  # children the service left behind (gunicorn workers, say)
+        exits = self._exits[name]
+        exits.append(now)
+        while exits and exits[0] < now - self.crash_loop_window:
+            exits.popleft()
+        if len(exits) > self.crash_loop_restarts:
+            raise CrashLoop(f"service {name} exited with {proc.returncode} {len(exits)} times within "
+                            f"{self.crash_loop_window:g}s; giving up. Its log ends:\n{self.log_tail(name)}")
+        first, most = self.restart_backoff
+        if now - self.started_at.get(name, now) > self.crash_loop_window:
+            self._backoff[name] = first  # it ran well for a while: start over with a short wait
+        delay = self._backoff.get(name, first)
+        self._backoff[name] = min(delay * 2, most)
+        self.restarts[name] += 1
+        self._due[name] = now + delay
+        self._announce(f"service {name} exited with {proc.returncode}; restarting in {delay:g}s (restart {self.restarts[name]})")
+
+    def _announce(self, line: str) -> None:
+        """Printed for whoever watches `make run`, and kept in the log directory."""
+        log.warning(line)
+        print(line, flush=True)
+        with open(self.log_dir / "supervisor.log", "a") as out:
+            out.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+
+    def start_supervisor(self, interval: float = 0.5) -> None:
+        """Supervise in a background thread until ``stop_supervisor``/``stop`` (for harnesses).
+
+        A crash loop ends the thread and is left in ``crashed`` for the harness to act on.
+        """
+        if self._supervisor is not None:
+            return
+        self._stop_supervisor.clear()
+
+        def loop() -> None:
+            while not self._stop_supervisor.wait(interval):
+                try:
+                    self.supervise_once()
+                except CrashLoop as exc:
+                    self.crashed = exc
+                    self._announce(str(exc).splitlines()[0])
+                    return
+
+        self._supervisor = threading.Thread(target=loop, name="stack-supervisor", daemon=True)
+        self._supervisor.start()
+
+    def supervise(self, should_stop: Callable[[], bool], interval: float = 0.5) -> int:
+        """Supervise in this thread until ``should_stop()`` (0) or a crash loop (1), then stop
+        everything. A crash loop is printed with the service's log tail."""
+        status = 0
+        try:
+            while not should_stop():
+                try:
+                    self.supervise_once()
+                except CrashLoop as exc:
+                    print(exc, flush=True)
+                    status = 1
+                    break
+                time.sleep(interval)
+        finally:
+            print("stopping...", flush=True)
+            self.stop()
+            print("stopped.", flush=True)
+        return status
+
+    def stop_supervisor(self) -> None:
+        if self._supervisor is not None:
+            self._stop_supervisor.set()
+            self._supervisor.join()
+            self._supervisor = None
 
     def stop_service(self, name: str, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
-        proc = self.processes.pop(name, None)
+        """Stop a service on purpose: the supervisor does not restart it."""
+        with self._lock:
+            proc = self.processes.pop(name, None)
+            self._due.pop(name, None)
         if proc is None or proc.poll() is not None:
+            if proc is not None:
+                _kill_group(proc.pid)
             return
         # Signal the service's main process only: gunicorn's arbiter and the worker runner shut
         # their threads and children down in order; signalling the whole group cuts that short.
@@ -175,10 +310,10 @@ class Stack:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # anything of the group that outlived its parent
+        _kill_group(proc.pid)  # anything of the group that outlived its parent
 
     def stop(self) -> None:
+        self.stop_supervisor()
         for name in reversed(list(self.processes)):
             self.stop_service(name)
         for server in reversed(self.infra):
@@ -204,8 +339,14 @@ class Stack:
         self.stop()
 
 
+def _kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
 def run_forever() -> None:
-    """``postroom run``: start the stack, print how to use it, stop it cleanly on Ctrl-C."""
+    """``postroom run``: start the stack, print how to use it, restart services that exit, stop
+    cleanly on Ctrl-C/SIGTERM; exit non-zero when a service crash-loops."""
     stack = Stack()
     stopping = {"now": False}
 
@@ -230,12 +371,8 @@ Try:
   curl -s -X POST {api}/v1/messages -H "Authorization: Bearer $(cat {stack.var / 'dev-api-key'})" \\
        -H 'Content-Type: application/json' -d '{{"channel":"sms","to":"+15005550006","body":"hello"}}'
 
+A service that exits is restarted (see {stack.log_dir / 'supervisor.log'}).
 Ctrl-C stops everything.""", flush=True)
-    try:
-        while not stopping["now"]:
-            stack.check_alive()
-            time.sleep(0.5)
-    finally:
-        print("stopping...", flush=True)
-        stack.stop()
-        print("stopped.", flush=True)
+    status = stack.supervise(lambda: stopping["now"])
+    if status:
+        sys.exit(status)
