@@ -30,7 +30,7 @@ def pytest_configure(config: pytest.Config) -> None:
     from services.local import infra as localinfra  # imports nothing that reads settings
 
     base = Path(tempfile.mkdtemp(prefix="postroom-test-"))
-    pg = localinfra.start_postgres(base / "postgres", localinfra.free_port())
+    pg = localinfra.start_postgres(base / "postgres", localinfra.free_port(), durable=False)  # a throw-away cluster
     rd = localinfra.start_redis(base / "redis", localinfra.free_port())
     sandbox_port = localinfra.free_port()
     api_port = localinfra.free_port()

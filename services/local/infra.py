@@ -33,10 +33,16 @@ DB_NAME = "postroom"
 PG_OS_USER = "postroom-pg"  # unprivileged account that runs postgres when we are root
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
-# Local runs only: trade crash safety for speed (a crashed dev cluster may lose recent commits,
-# which nobody minds). Production points DATABASE_URL at a properly configured server.
-PG_DEV_SETTINGS = ("fsync=off", "synchronous_commit=off", "full_page_writes=off",
-                   "max_connections=200", "shared_buffers=128MB")
+# Every private server (`make run`, `make bench`, tests). synchronous_commit=off: a commit returns
+# before its WAL reaches the disk. A crash of PostgreSQL or of any postroom process loses nothing
+# (the WAL is written to the OS; recovery replays it); only an OS crash or power loss can lose
+# the last few hundred ms of commits (up to 3 x wal_writer_delay), and never corrupts the cluster.
+# Production points DATABASE_URL at a properly configured server.
+PG_DEV_SETTINGS = ("synchronous_commit=off", "max_connections=200", "shared_buffers=128MB")
+# The test suite only (``durable=False``): without fsync and full-page writes an OS crash can
+# corrupt the cluster, which for a throw-away test cluster nobody minds. `make run` and
+# `make bench` keep both on, so a crash of the machine never costs a developer their data.
+PG_UNSAFE_FAST_SETTINGS = ("fsync=off", "full_page_writes=off")
 
 Owner = tuple[int, int] | None  # (uid, gid) to run postgres as; None: as ourselves
 
@@ -95,10 +101,12 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def start_postgres(data_dir: Path, port: int, host: str = "127.0.0.1") -> LocalServer:
+def start_postgres(data_dir: Path, port: int, host: str = "127.0.0.1", *, durable: bool = True) -> LocalServer:
     """Initialise ``data_dir`` if needed, run postgres on host:port, ensure database postroom.
 
-    A postmaster already running on ``data_dir`` is adopted (``.port`` is then *its* port).
+    ``durable=False`` (tests) turns fsync and full-page writes off: faster, and an OS crash may
+    corrupt the cluster. A postmaster already running on ``data_dir`` is adopted (``.port`` is
+    then *its* port, and its settings are whatever it was started with).
     initdb and server output go to ``data_dir/../logs/postgres.log``.
     """
     data_dir = Path(data_dir).resolve()
@@ -121,7 +129,8 @@ def start_postgres(data_dir: Path, port: int, host: str = "127.0.0.1") -> LocalS
         # AF_UNIX (~107 bytes). Clients use TCP: the url.
         sockets = str(data_dir) if len(f"{data_dir}/.s.PGSQL.{port}") < 100 else ""
         cmd = [str(bindir / "postgres"), "-D", str(data_dir), "-p", str(port), "-h", host, "-k", sockets]
-        cmd += [arg for setting in PG_DEV_SETTINGS for arg in ("-c", setting)]
+        settings = PG_DEV_SETTINGS + (() if durable else PG_UNSAFE_FAST_SETTINGS)
+        cmd += [arg for setting in settings for arg in ("-c", setting)]
         process = _spawn(cmd, log_path, owner)
         pid = process.pid
     url = f"postgresql://postgres@{host}:{port}/{DB_NAME}"
