@@ -9,5 +9,6 @@ from tests.bench import api_sms
 parser = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__)
 parser.add_argument("--count", type=int, default=2000, help="messages per scenario")
 parser.add_argument("--output", default="var/bench/api_sms.json", help="where to write the JSON results")
+parser.add_argument("--idle-seconds", type=float, default=20.0, help="length of the no-traffic window for the idle cost")
 args = parser.parse_args()
-api_sms.main(args.count, args.output)
+api_sms.main(args.count, args.output, args.idle_seconds)

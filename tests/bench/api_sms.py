@@ -1,6 +1,7 @@
 """Benchmark: single SMS posted through the API as fast as it takes them, end to end.
 
-Starts a private stack (as ``make run`` does), then for each scenario — the sandbox answering at
+Starts a private stack (as ``make run`` does), measures its idle cost (``tests.bench.idle``), then
+for each scenario — the sandbox answering at
 once, and after 150 ms per call as real providers do — posts COUNT messages from a pool of client
 threads and measures API requests/s, end-to-end messages/s (first request → last message
 received by the sandbox), accepted → sent latency percentiles (from the database), and CPU
@@ -29,6 +30,7 @@ import requests
 from common.config import ROOT
 from services.local import infra as localinfra
 from services.local.stack import Stack
+from tests.bench.idle import idle_table, measure_idle, settle
 
 CLIENT_THREADS = 32
 SCENARIOS = (("instant provider", 0), ("provider answers in 150 ms", 150))
@@ -247,7 +249,7 @@ def table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main(count: int = 2000, output: str = "var/bench/api_sms.json") -> None:
+def main(count: int = 2000, output: str = "var/bench/api_sms.json", idle_seconds: float = 20.0) -> None:
     out = Path(output) if Path(output).is_absolute() else ROOT / output
     out.parent.mkdir(parents=True, exist_ok=True)
     stack_dir = out.parent / "stack"
@@ -263,12 +265,16 @@ def main(count: int = 2000, output: str = "var/bench/api_sms.json") -> None:
     env["POSTROOM_PUBLIC_URL"] = f"http://127.0.0.1:{env['POSTROOM_API_PORT']}"
     with Stack(env=env) as stack:
         key = stack.start()
+        settle()
+        idle = measure_idle(stack, idle_seconds)
+        print(idle_table(idle), flush=True)
         results = [run_scenario(stack, key, count, name, latency) for name, latency in SCENARIOS]
         lanes = run_lanes_scenario(stack, key, count)
     report = {"benchmark": "api_single_sms", "cores": psutil.cpu_count(), "client_threads": CLIENT_THREADS,
-              "settings": {k: v for k, v in os.environ.items() if k.startswith("POSTROOM_")}, "results": results,
-              "lanes": lanes}
+              "settings": {k: v for k, v in os.environ.items() if k.startswith("POSTROOM_")}, "idle": idle,
+              "results": results, "lanes": lanes}
     out.write_text(json.dumps(report, indent=2))
+    print(idle_table(idle))
     print(table(results))
     print(lanes_table(lanes))
     print(f"written to {out}")
