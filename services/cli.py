@@ -40,10 +40,27 @@ def cmd_workspace_create(args: argparse.Namespace) -> None:
     print(key)
 
 
+def cmd_workspace_set(args: argparse.Namespace) -> None:
+    """Per-workspace choices: what becomes of a send whose outcome is unknown where no look-up exists."""
+    from common.db.connection import fetch, transaction
+
+    _connect()
+    with transaction():
+        changed = fetch("UPDATE workspace SET resend_unknown = %s WHERE name = %s RETURNING id",
+                        (args.resend_unknown == "on", args.name))
+    if not changed:
+        sys.exit(f"no workspace {args.name!r}")
+    print(f"{args.name}: resend_unknown={args.resend_unknown}")
+
+
 def cmd_apikey_create(args: argparse.Namespace) -> None:
     from common import apikeys
     from common.db.connection import transaction
 
+    scopes = tuple(dict.fromkeys(s.strip() for s in args.scopes.split(",") if s.strip()))
+    unknown = apikeys.unknown_scopes(scopes)
+    if unknown or not scopes:
+        sys.exit(f"unknown scope {', '.join(unknown) or '(none given)'}; choose from {', '.join(apikeys.SCOPES)}")
     _connect()
     with transaction():
         ws = apikeys.workspace_id_by_name(args.workspace)
@@ -58,10 +75,6 @@ def cmd_channel_sms(args: argparse.Namespace) -> None:
     from common.crypto import seal
     from common.db.connection import fetch, transaction
 
-    scopes = tuple(dict.fromkeys(s.strip() for s in args.scopes.split(",") if s.strip()))
-    unknown = apikeys.unknown_scopes(scopes)
-    if unknown or not scopes:
-        sys.exit(f"unknown scope {', '.join(unknown) or '(none given)'}; choose from {', '.join(apikeys.SCOPES)}")
     _connect()
     creds = {"account_sid": args.account_sid, "auth_token": args.auth_token}
     if args.api_base:
@@ -147,6 +160,11 @@ def main(argv: list[str] | None = None) -> None:
     create = ws.add_parser("create", help="create a workspace and print its first API key")
     create.add_argument("name")
     create.set_defaults(func=cmd_workspace_create)
+    settings_ = ws.add_parser("set", help="change a workspace's settings")
+    settings_.add_argument("name")
+    settings_.add_argument("--resend-unknown", choices=("on", "off"), required=True,
+                           help="where a provider offers no look-up, resend a message whose outcome is unknown (on) or fail it as outcome_unknown (off, the default)")
+    settings_.set_defaults(func=cmd_workspace_set)
     keys = sub.add_parser("apikey", help="manage API keys").add_subparsers(dest="action", required=True)
     issue = keys.add_parser("create", help="print a new API key for a workspace")
     issue.add_argument("--workspace", required=True)

@@ -59,3 +59,12 @@ def test_channel_sms_stores_credentials_encrypted_and_the_sender_uses_them(clean
     assert b"secret-token-123" not in sealed and unseal(sealed)["auth_token"] == "secret-token-123"
     assert (account.account_sid, account.sender, account.rate_limit_per_second) == ("AC" + "1" * 32, "+15005550009", 5.0)
 
+
+
+def test_workspace_set_resend_unknown_switches_the_workspace_choice(clean_db):
+    assert postroom("workspace", "create", "initech").returncode == 0
+    result = postroom("workspace", "set", "initech", "--resend-unknown", "on")
+    assert result.returncode == 0, result.stderr
+    with transaction():
+        assert fetch("SELECT resend_unknown FROM workspace WHERE name = 'initech'")[0][0] is True
+    assert postroom("workspace", "set", "nobody", "--resend-unknown", "on").returncode != 0
