@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import heapq
 import os
 import re
 import select
@@ -23,7 +24,12 @@ from urllib.parse import urlparse
 import peewee
 import psycopg2
 import psycopg2.extensions
-from playhouse.pool import MaxConnectionsExceeded, PooledPostgresqlDatabase
+from playhouse.pool import (
+    MaxConnectionsExceeded,
+    PoolConnection,
+    PooledDatabase,
+    PooledPostgresqlDatabase,
+)
 from playhouse.postgres_ext import DatabaseProxy
 
 from common.config import settings
@@ -59,6 +65,7 @@ def _wait_with_deadline(conn: Any) -> None:
             return
         remaining = deadline - time.monotonic()
         if remaining <= 0:
+            _mark_unavailable()
             _cut(conn)
             raise psycopg2.OperationalError(f"PostgreSQL did not answer within {limit:g}s")
         if state == psycopg2.extensions.POLL_READ:
@@ -67,6 +74,19 @@ def _wait_with_deadline(conn: Any) -> None:
             select.select([], [conn.fileno()], [], remaining)
         else:
             raise psycopg2.OperationalError(f"unexpected poll state {state}")
+
+
+# Once the server failed to answer, this process fails transactions at once for RECHECK_SECONDS
+# instead of letting every thread wait out its own deadline. peewee's pool also holds its lock
+# while it opens a connection, so threads would otherwise queue behind each other's attempts and
+# an API request could wait many deadlines, not one.
+RECHECK_SECONDS = 1.0
+_unavailable_until = 0.0
+
+
+def _mark_unavailable() -> None:
+    global _unavailable_until
+    _unavailable_until = time.monotonic() + RECHECK_SECONDS
 
 
 def _cut(conn: Any) -> None:
@@ -80,6 +100,54 @@ def _cut(conn: Any) -> None:
     with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
     sock.close()
+
+
+class _Pool(PooledPostgresqlDatabase):
+    """peewee's pool without its check-out ping.
+
+    peewee runs ``SELECT 1`` on every connection it hands out, while holding the pool's lock: one
+    more round trip per transaction, and on a frozen server every thread of the process queues
+    behind one thread's wait. A connection the server dropped is found by its first statement
+    instead, and ``transaction()`` discards it.
+    """
+
+    _opening = 0  # connections being opened right now (outside the lock), counted against the max
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        # peewee's Database.connect/close hold one process-wide lock, though the state they guard
+        # is per thread and the pool has its own lock: a thread stuck connecting to a frozen server
+        # would make every other thread wait to take or give back a connection.
+        self._lock = peewee._NoopLock()
+
+    def _is_closed(self, conn: Any) -> bool:
+        return bool(conn.closed) or conn.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_UNKNOWN
+
+    def _connect(self) -> Any:
+        """peewee's check-out, but a new connection is opened outside the pool's lock: threads
+        returning connections, or taking pooled ones, never wait behind a slow connect."""
+        with self._pool_lock:
+            while self._connections:
+                ts, _, conn = heapq.heappop(self._connections)
+                if self._is_closed(conn):
+                    continue
+                if self._stale_timeout and self._is_stale(ts):
+                    self._close_raw(conn)
+                    continue
+                self._in_use[self.conn_key(conn)] = PoolConnection(ts, conn, time.time())
+                return conn
+            if self._max_connections and len(self._in_use) + self._opening >= self._max_connections:
+                raise MaxConnectionsExceeded("Exceeded maximum connections.")
+            self._opening += 1
+        try:
+            conn = super(PooledDatabase, self)._connect()  # the driver's connect (psycopg2), lock not held
+        finally:
+            with self._pool_lock:
+                self._opening -= 1
+        with self._pool_lock:
+            now = time.time()
+            self._in_use[self.conn_key(conn)] = PoolConnection(now, conn, now)
+        return conn
 
 
 def set_deadline(seconds: float) -> None:
@@ -106,7 +174,7 @@ def connect_database(url: str, max_connections: int = 32, *, prepare: bool = Tru
         set_deadline(deadline_seconds)
     psycopg2.extensions.set_wait_callback(_wait_with_deadline)
     parts = urlparse(url)
-    database = PooledPostgresqlDatabase(
+    database = _Pool(
         parts.path.lstrip("/") or "postgres",
         user=parts.username,
         password=parts.password,
@@ -192,11 +260,15 @@ def transaction() -> Iterator[None]:
         connection is discarded first, so the next transaction opens a fresh one (a process
         recovers from a database restart without being restarted itself).
     """
+    if time.monotonic() < _unavailable_until:
+        raise DatabaseUnavailable(f"database unavailable: it did not answer in the last {RECHECK_SECONDS:g}s")
     try:
         db.connect(reuse_if_open=True)
         with db.atomic():
             yield
     except _UNAVAILABLE as exc:
+        if db.is_closed() or db.connection().closed:  # unreachable, not merely a failed statement
+            _mark_unavailable()
         discard_connection()
         raise DatabaseUnavailable(f"database unavailable: {exc}") from exc
 
