@@ -168,8 +168,9 @@ def connect_database(url: str, max_connections: int = 32, *, prepare: bool = Tru
         (default POSTROOM_DB_TIMEOUT_SECONDS); connecting takes at most
         POSTROOM_DB_CONNECT_TIMEOUT_SECONDS.
     """
-    global prepare_statements
+    global prepare_statements, _unavailable_until
     prepare_statements = prepare
+    _unavailable_until = 0.0  # a new binding: what the last server did says nothing of this one
     if deadline_seconds is not None:
         set_deadline(deadline_seconds)
     psycopg2.extensions.set_wait_callback(_wait_with_deadline)
