@@ -161,6 +161,15 @@ def record_outcomes(
     return rows
 
 
+def record_sent(provider: str, sent: Sequence[dict[str, Any]], columns: dict[str, str]) -> list[dict[str, Any]]:
+    """Record ``sending`` → ``sent`` for messages the provider took: each outcome carries ``id``,
+    ``pid`` (the provider's id), ``segments`` and ``detail``; ``columns`` adds further updates.
+    Used by the sender and by the reconciler when a look-up finds a send whose answer was lost."""
+    return record_outcomes("sending", "sent", sent, columns={
+        "provider": f"'{provider}'", "provider_message_id": "v.pid", "segments": "v.segments::int",
+        "sent_at": "now()", "due_at": "NULL", "lookup_at": "NULL", **columns})
+
+
 def apply_receipt(
     provider: str,
     provider_message_id: str,

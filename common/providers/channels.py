@@ -39,7 +39,7 @@ class Channel:
 
     name: str
     provider: str
-    account_for: Callable[[int], Any]
+    account_for: Callable[[int], Account]
     send: Callable[[Any, dict[str, Any]], Accepted]
     find_sent: Callable[[Any, dict[str, Any], datetime], list[Accepted]] | None
 

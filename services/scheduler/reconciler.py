@@ -258,12 +258,10 @@ def _recorded_ids(pids: Sequence[str]) -> set[str]:
 
 def _record_found(channels: dict[int, str], found: list[dict[str, Any]]) -> None:
     for name in sorted({channels[f["id"]] for f in found}):
-        channel = CHANNELS[name]
+        provider = CHANNELS[name].provider
         mine = [f for f in found if channels[f["id"]] == name]
-        lifecycle.record_outcomes("sending", "sent", mine, columns={
-            "provider": f"'{channel.provider}'", "provider_message_id": "v.pid", "segments": "v.segments::int",
-            "sent_at": "now()", "due_at": "NULL", "lookup_at": "NULL", "error_code": "NULL"})
-        apply_pending_receipts(channel.provider, [f["pid"] for f in mine])
+        lifecycle.record_sent(provider, mine, {"error_code": "NULL"})  # the call was counted when made
+        apply_pending_receipts(provider, [f["pid"] for f in mine])
 
 
 def sweep_receipts() -> int:

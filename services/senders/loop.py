@@ -15,8 +15,9 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from time import perf_counter
@@ -84,6 +85,18 @@ _db_slots = {
 }
 
 
+@contextmanager
+def lane_transaction(lane: str) -> Iterator[None]:
+    """A transaction on one of the lane's database slots; the connection goes back to the pool
+    at once (no connection is held across provider calls)."""
+    with _db_slots[lane]:
+        try:
+            with transaction():
+                yield
+        finally:
+            release_connection()
+
+
 def backoff_seconds(attempt: int) -> float:
     """Exponential backoff with full jitter in its upper half: base * 2^(attempt-1), capped."""
     ceiling = min(settings.postroom_retry_max_seconds, settings.postroom_retry_base_seconds * 2 ** max(0, attempt - 1))
@@ -105,12 +118,8 @@ def deliver(channel: Channel, ids: Sequence[int], lane: str = "urgent") -> Follo
       any message of the current slot batch was claimed: the broker retries the batch, and
       what was already recorded is not sent again (the claims are compare-and-set).
     """
-    with _db_slots[lane]:
-        try:
-            with transaction():
-                pending = candidates(channel, ids)
-        finally:
-            release_connection()
+    with lane_transaction(lane):
+        pending = candidates(channel, ids)
     followups = Followups()
     chunk = max(1, settings.postroom_sender_concurrency // 4)
     while pending:
@@ -154,12 +163,10 @@ def deliver_held(channel: Channel, batch: list[dict[str, Any]], lane: str) -> Fo
         _slots[lane].release(held)
     if followups.sent_provider_ids:
         try:
-            with _db_slots[lane], transaction():
+            with lane_transaction(lane):
                 apply_pending_receipts(channel.provider, followups.sent_provider_ids)
         except DatabaseError:  # the reconciler's sweep applies them later
             log.warning("applying receipts that raced %d sends failed; left to the reconciler", len(followups.sent_provider_ids))
-        finally:
-            release_connection()
     return followups
 
 
@@ -208,12 +215,8 @@ def defer(waiting: list[tuple[dict[str, Any], float]], lane: str) -> list[tuple[
     Short waits ride on a broker delay, grouped into 100 ms buckets so that a throttled batch is
     a few broker messages, not one per message; longer ones are promoted by the scheduler.
     """
-    with _db_slots[lane]:
-        try:
-            with transaction():
-                moved = fetch(_DEFER, {"ids": [row["id"] for row, _ in waiting], "waits": [w for _, w in waiting]}, prepared=True)
-        finally:
-            release_connection()
+    with lane_transaction(lane):
+        moved = fetch(_DEFER, {"ids": [row["id"] for row, _ in waiting], "waits": [w for _, w in waiting]}, prepared=True)
     buckets: dict[int, list[int]] = {}
     for message_id, wait in moved:
         if wait <= lifecycle.SHORT_WAIT_SECONDS:
@@ -227,15 +230,11 @@ def claim(channel: Channel, rows: list[dict[str, Any]], lane: str) -> list[dict[
     if not rows:
         return []
     accounts = {row["id"]: row["account"] for row in rows}
-    with _db_slots[lane]:
-        try:
-            with transaction():
-                claimed = lifecycle.record_outcomes(
-                    "routed", "sending", [{"id": row["id"], "account": row["account"].key} for row in rows],
-                    columns={"provider_account": "v.account", "lookup_at": "NULL"},
-                    due_only=True, returning=CLAIM_COLUMNS)
-        finally:
-            release_connection()
+    with lane_transaction(lane):
+        claimed = lifecycle.record_outcomes(
+            "routed", "sending", [{"id": row["id"], "account": row["account"].key} for row in rows],
+            columns={"provider_account": "v.account", "lookup_at": "NULL"},
+            due_only=True, returning=CLAIM_COLUMNS)
     for row in claimed:
         row["account"] = accounts[row["id"]]
     return claimed
@@ -304,9 +303,7 @@ def record_results(channel: Channel, results: Sequence[Result]) -> Followups:
 
     followups = Followups()
     if sent:
-        lifecycle.record_outcomes("sending", "sent", sent, columns={
-            "provider": f"'{channel.provider}'", "provider_message_id": "v.pid", "segments": "v.segments::int",
-            "attempts": "m.attempts + 1", "sent_at": "now()", "due_at": "NULL", "lookup_at": "NULL"})
+        lifecycle.record_sent(channel.provider, sent, {"attempts": "m.attempts + 1"})
         metrics_end_to_end(channel, [row for row, result in results if isinstance(result, Accepted)])
         followups.sent_provider_ids = [s["pid"] for s in sent]
     if failed:
@@ -345,12 +342,8 @@ def record_with_retries(channel: Channel, results: Sequence[Result], lane: str =
     send left unrecorded would have to be looked up at the provider by the reconciler."""
     for delay in (*RECORD_RETRY_SECONDS, None):
         try:
-            with _db_slots[lane]:
-                try:
-                    with transaction():
-                        return record_results(channel, results)
-                finally:
-                    release_connection()
+            with lane_transaction(lane):
+                return record_results(channel, results)
         except DatabaseError:
             if delay is None:
                 raise
