@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from common.db.connection import fetch
+from common.db.connection import fetch, transaction
 from common.db.models import ApiKey, Workspace
 
 CACHE_SECONDS = 30.0
@@ -71,7 +71,8 @@ def grant_for(key: str) -> Grant | None:
     parts = key.split("_")
     grant = None
     if len(parts) >= 3 and parts[0] == "pr" and _PREFIX.fullmatch(parts[1]):  # nothing odd reaches SQL
-        rows = fetch("SELECT workspace_id, key_hash, scopes FROM api_key WHERE prefix = %s AND revoked_at IS NULL", (parts[1],))
+        with transaction():  # only on a cache miss: a cached key costs no round trip
+            rows = fetch("SELECT workspace_id, key_hash, scopes FROM api_key WHERE prefix = %s AND revoked_at IS NULL", (parts[1],))
         if rows and hmac.compare_digest(rows[0][1], _hash(key)):
             grant = Grant(rows[0][0], frozenset(rows[0][2] or ()))
     if len(_cache) > 10_000:

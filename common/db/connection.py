@@ -154,8 +154,16 @@ def set_deadline(seconds: float) -> None:
     """Change how long one statement may take in this process (ingest answers faster than workers)."""
     global _deadline_seconds
     _deadline_seconds = seconds
-    if db.obj is not None:  # waiting for a free pooled connection is bounded the same way
+    if db.obj is not None:  # the pool's wait and the server's statement_timeout follow it
         db.obj._wait_timeout = seconds
+        db.obj.connect_params["options"] = _server_options()
+
+
+def _server_options() -> str:
+    """The server gives up on a statement too (a live but overloaded server), a little after the
+    client would, so the client's clearer error is the one seen. Applies to connections opened
+    from now on (the pool opens them lazily)."""
+    return f"-c statement_timeout={int(_deadline_seconds * 1000) + 500}"
 
 
 def connect_database(url: str, max_connections: int = 32, *, prepare: bool = True,
@@ -187,9 +195,7 @@ def connect_database(url: str, max_connections: int = 32, *, prepare: bool = Tru
         autorollback=True,
         application_name="postroom",
         connect_timeout=max(1, round(_connect_seconds)),
-        # The server gives up on a statement too (a live but overloaded server), a little after
-        # the client would, so the client's clearer error is the one seen.
-        options=f"-c statement_timeout={int(_deadline_seconds * 1000) + 500}",
+        options=_server_options(),
         # Notice a peer that vanished (host crash, network cut) on an idle pooled connection.
         keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3,
     )

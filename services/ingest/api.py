@@ -55,7 +55,8 @@ def _check_sender(workspace_id: int, sender: str | None) -> None:
     """A workspace sends only as its own identity: its channel configuration's, or the default account's."""
     if sender is None:
         return
-    own = sms_account(workspace_id).sender
+    with transaction():  # a cache miss reads the channel configuration
+        own = sms_account(workspace_id).sender
     if sender != own:
         raise ApiError(422, "invalid_request", f"from must be this workspace's sender identity {own} (or left out)", "from")
 

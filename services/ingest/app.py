@@ -11,13 +11,10 @@ from __future__ import annotations
 import logging
 import time
 
-import peewee
-import psycopg2
 from flask import Flask, Response, g, request
-from playhouse.pool import MaxConnectionsExceeded
 
 from common import metrics
-from common.db.connection import release_connection
+from common.db.connection import DatabaseUnavailable, release_connection
 from services.ingest import bounds
 from services.ingest.api import api
 from services.ingest.contract import RETRY_AFTER_SECONDS
@@ -26,10 +23,6 @@ from services.ingest.probes import probes
 from services.ingest.webhooks import webhooks
 
 log = logging.getLogger("postroom.ingest")
-# What the database layer raises when PostgreSQL cannot be reached or does not answer in time
-# (connect failure, statement deadline, a connection a restart closed, or no pooled connection).
-DATABASE_UNAVAILABLE = (peewee.OperationalError, peewee.InterfaceError, psycopg2.OperationalError,
-                        psycopg2.InterfaceError, MaxConnectionsExceeded)
 
 
 def create_app() -> Flask:
@@ -58,13 +51,11 @@ def create_app() -> Flask:
     def refused(exc: ApiError) -> tuple[Response, int]:
         return render(exc)
 
+    @app.errorhandler(DatabaseUnavailable)  # transaction() raises it for every kind of outage
     def unavailable(exc: Exception) -> tuple[Response, int]:
         log.warning("database unavailable for %s %s: %s: %s", request.method, request.path[:200], exc.__class__.__name__, exc)
         return error(503, "unavailable", "the database is unavailable; nothing was accepted by this request, retry shortly",
                      headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
-
-    for kind in DATABASE_UNAVAILABLE:
-        app.register_error_handler(kind, unavailable)
 
     @app.errorhandler(404)
     def not_found(exc: Exception) -> tuple[Response, int]:

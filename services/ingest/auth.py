@@ -9,7 +9,6 @@ from __future__ import annotations
 from flask import g, request
 
 from common import apikeys
-from common.db.connection import transaction
 from services.ingest.errors import ApiError
 
 
@@ -23,8 +22,7 @@ def require(scope: str) -> apikeys.Grant:
     key = key.strip()
     if scheme.lower() != "bearer" or not key:
         raise ApiError(401, "unauthorized", "send your API key as 'Authorization: Bearer <key>'", "Authorization")
-    with transaction():
-        grant = apikeys.grant_for(key)
+    grant = apikeys.grant_for(key)
     if grant is None:
         raise ApiError(401, "unauthorized", "the API key is not valid", "Authorization")
     if not grant.allows(scope):

@@ -49,29 +49,30 @@ def twilio_status() -> tuple[Response | str, int]:
     sid = params.get("MessageSid") or params.get("SmsSid")
     provider_status = (params.get("MessageStatus") or params.get("SmsStatus") or "").lower()
     status = RECEIPT_STATUSES.get(provider_status)
-    with transaction():
+    odd = next((name for name, value in params.items() if _CONTROL.search(value) or _CONTROL.search(name)), None)
+    detail = {"provider_status": provider_status}
+    if params.get("ErrorCode"):
+        detail.update(error_code=params["ErrorCode"], error=f"{params['ErrorCode']}: {params.get('ErrorMessage', 'delivery failed')}")
+    message_id = None
+    with transaction():  # one transaction per callback, whatever its verdict
         token = twilio_auth_token(account_sid) if _SID.fullmatch(account_sid) else None
         valid = token is not None and signature_valid(token, public_url(), params, request.headers.get("X-Twilio-Signature", ""))
         if not valid:
             event_id = store_event(PROVIDER, "status", params, signature_valid=False, provider_message_id=sid, status=status)
+        elif odd is not None:  # signed, but nothing Twilio sends holds control characters: store nothing
+            pass
+        elif not sid:
+            store_event(PROVIDER, "status", params, signature_valid=True, status=status, detail=detail, handled=True)
+        else:  # one statement: keep the receipt and move its message forward (or leave it pending)
+            message_id = apply_receipt(PROVIDER, sid, status, detail, account=account_sid,
+                                       keep_event={"kind": "status", "payload": params})
     if not valid:
         log.warning("twilio status callback with a bad signature: provider_event %s, %d bytes from %s",
                     event_id, request.content_length or 0, request.remote_addr)
         metrics.PROVIDER_WEBHOOKS.labels(provider=PROVIDER, kind="status", verdict="bad_signature").inc()
         raise ApiError(403, "bad_signature", "X-Twilio-Signature does not match")
-    odd = next((name for name, value in params.items() if _CONTROL.search(value) or _CONTROL.search(name)), None)
-    if odd is not None:  # signed, but nothing Twilio sends holds control characters: store nothing
+    if odd is not None:
         raise ApiError(422, "invalid_request", f"{odd[:100]} contains a control character", odd[:100])
-    detail = {"provider_status": provider_status}
-    if params.get("ErrorCode"):
-        detail.update(error_code=params["ErrorCode"], error=f"{params['ErrorCode']}: {params.get('ErrorMessage', 'delivery failed')}")
-    message_id = None
-    with transaction():
-        if not sid:
-            store_event(PROVIDER, "status", params, signature_valid=True, status=status, detail=detail, handled=True)
-        else:  # one statement: keep the receipt and move its message forward (or leave it pending)
-            message_id = apply_receipt(PROVIDER, sid, status, detail, account=params.get("AccountSid", ""),
-                                       keep_event={"kind": "status", "payload": params})
     verdict = ("applied" if message_id is not None else "pending") if status and sid else "ignored"
     metrics.PROVIDER_WEBHOOKS.labels(provider=PROVIDER, kind="status", verdict=verdict).inc()
     return Response(EMPTY_TWIML, mimetype="application/xml"), 200
