@@ -10,6 +10,7 @@ import logging
 import sys
 
 from common.config import settings
+from services.worker import STAGE_MODULES
 
 
 def _connect() -> None:
@@ -142,7 +143,7 @@ def cmd_scheduler(args: argparse.Namespace) -> None:
 def cmd_worker(args: argparse.Namespace) -> None:
     from services.worker import run
 
-    sys.exit(run(args.stage, args.lanes, args.threads, args.gevent))
+    sys.exit(run(args.stage, args.lanes, args.threads))
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -190,12 +191,12 @@ def main(argv: list[str] | None = None) -> None:
     devkey.set_defaults(func=cmd_devkey)
     sub.add_parser("scheduler", help="run the scheduler loop (reconciler)").set_defaults(func=cmd_scheduler)
     worker = sub.add_parser("worker", help="run a stage's actors: one Dramatiq worker per lane in this process")
-    worker.add_argument("stage", choices=["processing", "routing", "sms"], help="the stage whose queues <stage>_<lane> to consume")
+    worker.add_argument("stage", choices=list(STAGE_MODULES),
+                        help="the stage whose queues <stage>_<lane> to consume (a sender stage runs greenlets, not threads)")
     worker.add_argument("--lanes", default=None, help="comma-separated lanes to serve (default: all, e.g. urgent,bulk)")
     worker.add_argument("--threads", type=int, default=None,
                         help="threads (greenlets) per lane (default: POSTROOM_WORKER_THREADS; a sender's "
                              "POSTROOM_SENDER_URGENT_GREENLETS / POSTROOM_SENDER_GREENLETS)")
-    worker.add_argument("--gevent", action="store_true", help="greenlets instead of threads (monkey-patches first)")
     worker.set_defaults(func=cmd_worker)
     sub.add_parser("run", help="start the whole pipeline locally (make run); restarts services that exit").set_defaults(func=cmd_run)
     args = parser.parse_args(argv)

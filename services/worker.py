@@ -2,7 +2,7 @@
 
 It replaces the ``dramatiq``/``dramatiq-gevent`` command for every worker service. Each lane
 (``<stage>_urgent``, ``<stage>_bulk``) gets its own ``dramatiq.Worker`` with its own consumers,
-work queue and threads (greenlets with ``--gevent``), so a bulk backlog can never occupy the
+work queue and threads (greenlets for a sender stage), so a bulk backlog can never occupy the
 threads that serve the urgent lane, while both lanes share one process, one broker connection
 pool and one database pool. ``--lanes`` narrows the lanes (Kubernetes runs a Deployment per
 sender lane); local runs serve every lane of a stage from one process.
@@ -23,7 +23,6 @@ import logging
 import os
 import signal
 import threading
-from http.server import ThreadingHTTPServer
 from importlib import import_module
 from queue import Empty, PriorityQueue
 from typing import Any
@@ -58,6 +57,8 @@ def worker_class() -> type:
     from dramatiq.common import q_name
     from dramatiq.worker import ConsumerThread
 
+    from common.broker import WakingRedisBroker
+
     class ClosableWorkQueue(PriorityQueue):  # type: ignore[type-arg]
         """A work queue whose blocking ``get`` waits for an item or ``close()``, ignoring timeouts.
 
@@ -89,11 +90,11 @@ def worker_class() -> type:
     class PromptConsumerThread(ConsumerThread):
         """A consumer thread that wakes its consumer when told to stop (it may be waiting idle)."""
 
+        broker: WakingRedisBroker
+
         def stop(self) -> None:
             super().stop()
-            wake = getattr(self.broker, "wake", None)
-            if wake is not None:
-                wake(self.queue_name)
+            self.broker.wake(self.queue_name)
 
     class LaneWorker(dramatiq.Worker):
         """A Dramatiq worker whose idle threads and consumers do not poll."""
@@ -125,31 +126,14 @@ def worker_class() -> type:
     return LaneWorker
 
 
-def metrics_server() -> ThreadingHTTPServer | None:
-    """Bind the /metrics endpoint Dramatiq's CLI would serve (None if no port is configured).
-
-    Bound here, in the main thread, so a port already taken fails the start, loudly.
-    """
-    if not os.environ.get("dramatiq_prom_port"):
-        return None
-    from prometheus_client import CollectorRegistry
-    from prometheus_client.exposition import MetricsHandler
-    from prometheus_client.multiprocess import MultiProcessCollector
-
-    registry = CollectorRegistry()
-    MultiProcessCollector(registry)  # every metric of this process, Dramatiq's and postroom's
-    address = (os.environ.get("dramatiq_prom_host", "0.0.0.0"), int(os.environ["dramatiq_prom_port"]))
-    server = ThreadingHTTPServer(address, MetricsHandler.factory(registry))
-    server.daemon_threads = True
-    return server
-
-
-def run(stage: str, lanes: str | None = None, threads: int | None = None, use_gevent: bool = False) -> int:
+def run(stage: str, lanes: str | None = None, threads: int | None = None) -> int:
     """Run the stage's lane workers until SIGTERM/SIGINT (0) or until one of them dies (1).
 
-    ``lanes``: comma-separated (default: every lane); ``threads``: per lane, instead of the
-    settings (``lane_threads``).
+    ``stage``: a key of ``STAGE_MODULES`` (a sender stage runs greenlets); ``lanes``:
+    comma-separated (default: every lane); ``threads``: per lane, instead of the settings
+    (``lane_threads``).
     """
+    use_gevent = stage in SENDER_STAGES
     if use_gevent:
         from gevent import monkey
 
@@ -163,19 +147,21 @@ def run(stage: str, lanes: str | None = None, threads: int | None = None, use_ge
     from common.broker import broker as stage_broker
 
     chosen = tuple(lane.strip() for lane in lanes.split(",") if lane.strip()) if lanes else LANES
-    if stage not in STAGE_MODULES or not chosen or set(chosen) - set(LANES):
-        log.critical("unknown stage %r or lanes %r: stages are %s, lanes %s", stage, lanes, ", ".join(STAGE_MODULES), ", ".join(LANES))
+    if not chosen or set(chosen) - set(LANES):
+        log.critical("unknown lanes %r: lanes are %s", lanes, ", ".join(LANES))
         return 2
     counts = {lane: threads or lane_threads(stage, lane, settings) for lane in chosen}
     import_module(STAGE_MODULES[stage])
     stage_broker.emit_after("process_boot")
-    try:
-        server = metrics_server()
-    except OSError as exc:
-        log.critical("cannot serve metrics: %s", exc)
-        return 1
-    if server is not None:
-        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 5.0}, name="metrics", daemon=True).start()
+    if os.environ.get("dramatiq_prom_port"):
+        # Imported after common.broker, which chooses Prometheus's multiprocess mode.
+        from common import metrics
+
+        try:  # bound here, in the main thread, so a port already taken fails the start, loudly
+            metrics.serve(int(os.environ["dramatiq_prom_port"]), os.environ.get("dramatiq_prom_host", "0.0.0.0"))
+        except OSError as exc:
+            log.critical("cannot serve metrics: %s", exc)
+            return 1
     stage_broker.idle_wait_ms = IDLE_WAIT_MS  # type: ignore[attr-defined]
 
     # Each lane's worker adds Dramatiq's consumer bookkeeping middleware once: expected here.

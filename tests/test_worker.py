@@ -26,7 +26,8 @@ def start_worker(tmp_path: Path, name: str, *args: str) -> tuple[subprocess.Pope
     metrics = tmp_path / "metrics" / name
     metrics.mkdir(parents=True)
     log = tmp_path / f"{name}.log"
-    env = {**os.environ, "POSTROOM_LOG_LEVEL": "INFO", "dramatiq_prom_db": str(metrics), "PROMETHEUS_MULTIPROC_DIR": str(metrics)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT),  # this checkout's code, whichever one the venv installed
+           "POSTROOM_LOG_LEVEL": "INFO", "dramatiq_prom_db": str(metrics), "PROMETHEUS_MULTIPROC_DIR": str(metrics)}
     env.pop("dramatiq_prom_port", None)
     with open(log, "wb") as out:
         proc = subprocess.Popen([str(POSTROOM), "worker", *args], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
@@ -42,7 +43,7 @@ def cpu_seconds(proc: subprocess.Popen[bytes]) -> float:
 @pytest.fixture
 def idle_senders(tmp_path: Path, broker) -> Iterator[dict[str, tuple[subprocess.Popen[bytes], Path]]]:
     """Two SMS senders serving both lanes, one with 8 greenlets per lane and one with 256."""
-    workers = {n: start_worker(tmp_path, f"sms-{n}", "sms", "--gevent", "--threads", str(n)) for n in (8, 256)}
+    workers = {n: start_worker(tmp_path, f"sms-{n}", "sms", "--threads", str(n)) for n in (8, 256)}
     try:
         for proc, log in workers.values():
             wait_for(lambda log=log, proc=proc: "worker sms serving" in log.read_text() or proc.poll() is not None, timeout=60,

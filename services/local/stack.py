@@ -45,14 +45,9 @@ class Service:
     metrics_port: int | None = None
 
 
-def worker(name: str, stage: str, metrics_port: int, *, lanes: list[str] | None = None, gevent: bool = False) -> Service:
-    """``postroom worker``: one process, one Dramatiq worker per lane of ``stage`` (all by default)."""
-    argv = [str(BIN / "postroom"), "worker", stage]
-    if lanes:
-        argv += ["--lanes", ",".join(lanes)]
-    if gevent:
-        argv.append("--gevent")
-    return Service(name, argv, metrics_port)
+def worker(name: str, stage: str, metrics_port: int) -> Service:
+    """``postroom worker``: one process, one Dramatiq worker per lane of ``stage``."""
+    return Service(name, [str(BIN / "postroom"), "worker", stage], metrics_port)
 
 
 def services_for(cfg: Settings) -> list[Service]:
@@ -66,7 +61,7 @@ def services_for(cfg: Settings) -> list[Service]:
         Service("sandbox", [sys.executable, "-m", "services.sandbox"]),
         worker("processing", "processing", base),
         worker("routing", "routing", base + 1),
-        worker("sender-sms", "sms", base + 2, gevent=True),
+        worker("sender-sms", "sms", base + 2),
         Service("scheduler", [str(BIN / "postroom"), "scheduler"], base + 9),
         Service("ingest", [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "services/ingest/gunicorn_conf.py"),
                            "--no-control-socket", "services.ingest.wsgi:app"]),
