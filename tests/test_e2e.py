@@ -16,26 +16,14 @@ import redis
 import requests
 
 from services.local import infra as localinfra
-from services.local.stack import Stack
+from services.local.stack import Stack, private_env
 from tests.support import wait_for
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory) -> Iterator[Stack]:
-    var = tmp_path_factory.mktemp("stack")
-    env = {
-        "POSTROOM_VAR_DIR": str(var),
-        "DATABASE_URL": "",
-        "REDIS_URL": "",
-        "TWILIO_API_BASE": "",
-        "POSTROOM_API_PORT": str(localinfra.free_port()),
-        "POSTROOM_SANDBOX_PORT": str(localinfra.free_port()),
-        "POSTROOM_METRICS_PORT_BASE": str(20000 + os.getpid() % 10000),
-        "POSTROOM_STAGE_DEADLINE_SECONDS": "2",
-        "POSTROOM_API_WORKERS": "1",
-        "POSTROOM_SENDER_CONCURRENCY": "16",
-    }
-    env["POSTROOM_PUBLIC_URL"] = f"http://127.0.0.1:{env['POSTROOM_API_PORT']}"
+    env = private_env(tmp_path_factory.mktemp("stack"), 14500 + os.getpid() % 4000,
+                      POSTROOM_STAGE_DEADLINE_SECONDS="2", POSTROOM_API_WORKERS="1", POSTROOM_SENDER_CONCURRENCY="16")
     with Stack(env=env) as running:
         running.key = running.start()
         yield running

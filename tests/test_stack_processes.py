@@ -18,29 +18,15 @@ import psutil
 import pytest
 import requests
 
-from services.local import infra as localinfra
-from services.local.stack import Service, Stack
+from services.local.stack import Service, Stack, private_env
 from tests.support import wait_for
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory) -> Iterator[Stack]:
-    var = tmp_path_factory.mktemp("stack")
-    env = {
-        "POSTROOM_VAR_DIR": str(var),
-        "DATABASE_URL": "",
-        "REDIS_URL": "",
-        "TWILIO_API_BASE": "",
-        "POSTROOM_API_PORT": str(localinfra.free_port()),
-        "POSTROOM_SANDBOX_PORT": str(localinfra.free_port()),
-        "POSTROOM_METRICS_PORT_BASE": str(10000 + os.getpid() % 10000),  # below the ephemeral ports
-        "POSTROOM_API_WORKERS": "1",
-        # A small sender, so a few bulk messages make a backlog: 2 batches and 2 calls per lane.
-        "POSTROOM_SENDER_GREENLETS": "2",
-        "POSTROOM_SENDER_URGENT_GREENLETS": "2",
-        "POSTROOM_SENDER_CONCURRENCY": "2",
-    }
-    env["POSTROOM_PUBLIC_URL"] = f"http://127.0.0.1:{env['POSTROOM_API_PORT']}"
+    # A small sender, so a few bulk messages make a backlog: 2 batches and 2 calls per lane.
+    env = private_env(tmp_path_factory.mktemp("stack"), 10000 + os.getpid() % 4000, POSTROOM_API_WORKERS="1",
+                      POSTROOM_SENDER_GREENLETS="2", POSTROOM_SENDER_URGENT_GREENLETS="2", POSTROOM_SENDER_CONCURRENCY="2")
     with Stack(env=env) as running:
         running.key = running.start()  # type: ignore[attr-defined]
         running.start_supervisor(interval=0.1)

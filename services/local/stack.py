@@ -81,6 +81,35 @@ def _terminate_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def private_env(var_dir: Path | str, metrics_port_base: int, **overrides: str) -> dict[str, str]:
+    """The environment of a private ``Stack`` for a test or benchmark run: its own PostgreSQL and
+    Redis (whatever the calling environment says), its own sandbox as the provider, free API and
+    sandbox ports, and ``overrides`` on top.
+
+    ``metrics_port_base``: the stack uses it up to + 9. Keep it below Linux's ephemeral range
+    (32768+), so that no outgoing connection holds one of its ports, and give each suite its own
+    range of bases, each ``start + pid % 4000``: start 10000 for tests/test_stack_processes.py,
+    14500 tests/test_e2e.py, 19000 the chaos harness, 23500 the idle benchmark, 28000 the API
+    benchmark.
+    """
+    if not 1024 <= metrics_port_base <= 32768 - 10:
+        raise ValueError(f"metrics port base {metrics_port_base} is outside 1024-32758")
+    from services.local import infra as localinfra
+
+    env = {
+        "POSTROOM_VAR_DIR": str(var_dir),
+        "DATABASE_URL": "",  # always private servers
+        "REDIS_URL": "",
+        "TWILIO_API_BASE": "",  # always this stack's own sandbox, never a real provider
+        "POSTROOM_API_PORT": str(localinfra.free_port()),
+        "POSTROOM_SANDBOX_PORT": str(localinfra.free_port()),
+        "POSTROOM_METRICS_PORT_BASE": str(metrics_port_base),
+        **overrides,
+    }
+    env.setdefault("POSTROOM_PUBLIC_URL", f"http://127.0.0.1:{env['POSTROOM_API_PORT']}")
+    return env
+
+
 @dataclass
 class Stack:
     """A running local pipeline. ``env`` overrides the environment for every service.

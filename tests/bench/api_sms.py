@@ -28,46 +28,25 @@ import psycopg2
 import requests
 
 from common.config import ROOT
-from services.local import infra as localinfra
-from services.local.stack import Stack
-from tests.bench.idle import idle_table, measure_idle, settle
+from services.local.stack import Stack, private_env
+from tests.bench.idle import (
+    cpu_seconds,
+    cpu_used,
+    idle_table,
+    measure_idle,
+    settle,
+    stack_processes,
+)
 
 CLIENT_THREADS = 32
 SCENARIOS = (("instant provider", 0), ("provider answers in 150 ms", 150))
 
 
-def process_groups(stack: Stack) -> dict[str, list[psutil.Process]]:
-    """Every process of each group now: a service with its children, PostgreSQL, Redis."""
-    groups: dict[str, list[psutil.Process]] = {}
-    for name, popen in stack.processes.items():
-        root = psutil.Process(popen.pid)
-        groups[name] = [root, *root.children(recursive=True)]
-    for server in stack.infra:
-        root = psutil.Process(server.pid)
-        groups[server.name] = [root, *root.children(recursive=True)]
-    groups["bench client"] = [psutil.Process(os.getpid())]
-    return groups
-
-
 def cpu_snapshot(stack: Stack) -> dict[str, dict[int, float]]:
-    """CPU seconds (user + system) of every process of every group, by pid."""
-    snapshot: dict[str, dict[int, float]] = {}
-    for name, procs in process_groups(stack).items():
-        snapshot[name] = {}
-        for proc in procs:
-            try:
-                t = proc.cpu_times()
-                snapshot[name][proc.pid] = t.user + t.system
-            except psutil.NoSuchProcess:
-                pass
-    return snapshot
-
-
-def cpu_used(before: dict[str, dict[int, float]], after: dict[str, dict[int, float]]) -> dict[str, float]:
-    """CPU seconds each group used between two snapshots; a process started in between (a new
-    database backend, say) counts whole. A process that ended in between is not seen at all."""
-    return {name: sum(cpu - before.get(name, {}).get(pid, 0.0) for pid, cpu in procs.items())
-            for name, procs in after.items()}
+    """CPU seconds (user + system) of every process of the stack's groups and of this client, by pid."""
+    groups = stack_processes(stack)
+    groups["bench client"] = [psutil.Process(os.getpid())]
+    return cpu_seconds(groups)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -254,16 +233,7 @@ def main(count: int = 2000, output: str = "var/bench/api_sms.json", idle_seconds
     out.parent.mkdir(parents=True, exist_ok=True)
     stack_dir = out.parent / "stack"
     shutil.rmtree(stack_dir, ignore_errors=True)  # a fresh private stack: nothing left from an earlier run
-    env = {
-        "POSTROOM_VAR_DIR": str(stack_dir),
-        "POSTROOM_API_PORT": str(localinfra.free_port()),
-        "POSTROOM_SANDBOX_PORT": str(localinfra.free_port()),
-        "POSTROOM_METRICS_PORT_BASE": str(21000 + os.getpid() % 9000),
-        "POSTROOM_LOG_LEVEL": "WARNING",
-        "TWILIO_API_BASE": "",  # always this stack's own sandbox, never a real provider
-    }
-    env["POSTROOM_PUBLIC_URL"] = f"http://127.0.0.1:{env['POSTROOM_API_PORT']}"
-    with Stack(env=env) as stack:
+    with Stack(env=private_env(stack_dir, 28000 + os.getpid() % 4000, POSTROOM_LOG_LEVEL="WARNING")) as stack:
         key = stack.start()
         settle()
         idle = measure_idle(stack, idle_seconds)

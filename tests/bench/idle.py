@@ -20,8 +20,7 @@ from typing import Any
 import psutil
 
 from common.config import ROOT
-from services.local import infra as localinfra
-from services.local.stack import Stack
+from services.local.stack import Stack, private_env
 
 GOAL_PERCENT = 5.0
 NOT_COUNTED = ("sandbox",)  # an imitation of the providers, not part of postroom
@@ -55,6 +54,13 @@ def cpu_seconds(groups: dict[str, list[psutil.Process]]) -> dict[str, dict[int, 
     return snapshot
 
 
+def cpu_used(before: dict[str, dict[int, float]], after: dict[str, dict[int, float]]) -> dict[str, float]:
+    """CPU seconds each group used between two snapshots; a process started in between (a new
+    database backend, say) counts whole. A process that ended in between is not seen at all."""
+    return {name: sum(cpu - before.get(name, {}).get(pid, 0.0) for pid, cpu in procs.items())
+            for name, procs in after.items()}
+
+
 def measure_idle(stack: Stack, seconds: float) -> dict[str, Any]:
     """Percent of one core each process group used over ``seconds`` of no traffic, and totals.
 
@@ -67,9 +73,8 @@ def measure_idle(stack: Stack, seconds: float) -> dict[str, Any]:
     started = time.monotonic()
     time.sleep(seconds)
     elapsed = time.monotonic() - started
-    after = cpu_seconds(stack_processes(stack))
-    percent = {name: round(100 * sum(cpu - before.get(name, {}).get(pid, 0.0) for pid, cpu in procs.items()) / elapsed, 2)
-               for name, procs in after.items()}
+    used = cpu_used(before, cpu_seconds(stack_processes(stack)))
+    percent = {name: round(100 * cpu / elapsed, 2) for name, cpu in used.items()}
     counted = sum(v for name, v in percent.items() if name not in NOT_COUNTED)
     return {"seconds": round(elapsed, 1), "percent_of_one_core": percent,
             "processes": {name: len(procs) for name, procs in groups.items()},
@@ -88,19 +93,6 @@ def idle_table(idle: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def bench_env(stack_dir: Path, port_base: int) -> dict[str, str]:
-    env = {
-        "POSTROOM_VAR_DIR": str(stack_dir),
-        "POSTROOM_API_PORT": str(localinfra.free_port()),
-        "POSTROOM_SANDBOX_PORT": str(localinfra.free_port()),
-        "POSTROOM_METRICS_PORT_BASE": str(port_base),
-        "POSTROOM_LOG_LEVEL": "WARNING",
-        "TWILIO_API_BASE": "",  # always this stack's own sandbox, never a real provider
-    }
-    env["POSTROOM_PUBLIC_URL"] = f"http://127.0.0.1:{env['POSTROOM_API_PORT']}"
-    return env
-
-
 def settle(seconds: float = 3.0) -> None:
     """Let start-up work (gunicorn workers booting, first connections) finish before measuring."""
     time.sleep(seconds)
@@ -115,7 +107,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     stack_dir = out.parent / "idle-stack"
     shutil.rmtree(stack_dir, ignore_errors=True)
-    with Stack(env=bench_env(stack_dir, 22000 + os.getpid() % 9000)) as stack:
+    with Stack(env=private_env(stack_dir, 23500 + os.getpid() % 4000, POSTROOM_LOG_LEVEL="WARNING")) as stack:
         stack.start()
         settle()
         idle = measure_idle(stack, args.seconds)

@@ -4,8 +4,9 @@
 observable within seconds (short stage deadline, sending timeout and lookup delay), supervises it
 in the background (a killed worker is restarted by the stack's own supervisor, as under
 ``make run``), and offers each fault as a method: SIGKILL one worker process, FLUSHALL Redis,
-stop and start Redis or PostgreSQL on the same port and data directory, SIGSTOP and SIGCONT every
-PostgreSQL process, and change the sandbox's fault plan.
+stop and start Redis or PostgreSQL on the same port and data directory (``stop_server``,
+``start_server``), SIGSTOP and SIGCONT every PostgreSQL process, and change the sandbox's fault
+plan.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 import random
 import shutil
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +25,12 @@ import redis
 import requests
 
 from services.local import infra as localinfra
-from services.local.stack import Stack
+from services.local.stack import Stack, private_env
 
+SERVER_STARTERS: dict[str, Callable[[Path, int], localinfra.LocalServer]] = {
+    "redis": localinfra.start_redis,
+    "postgres": localinfra.start_postgres,
+}
 NOT_WORKERS = frozenset({"sandbox", "ingest", "scheduler"})  # the services a kill may not pick
 UNSETTLED = ("accepted", "scheduled", "queued", "routed", "sending")
 
@@ -51,20 +57,7 @@ class ChaosStack:
 
     def __init__(self, var_dir: Path, overrides: dict[str, str] | None = None) -> None:
         shutil.rmtree(var_dir, ignore_errors=True)  # a fresh stack: nothing left from an earlier run
-        api_port = localinfra.free_port()
-        env = {
-            **CHAOS_SETTINGS,
-            "POSTROOM_VAR_DIR": str(var_dir),
-            "DATABASE_URL": "",  # always private servers, whatever the calling environment says
-            "REDIS_URL": "",
-            "TWILIO_API_BASE": "",  # always this stack's own sandbox, never a real provider
-            "POSTROOM_API_PORT": str(api_port),
-            "POSTROOM_PUBLIC_URL": f"http://127.0.0.1:{api_port}",
-            "POSTROOM_SANDBOX_PORT": str(localinfra.free_port()),
-            # Below Linux's ephemeral range (32768+), so no outgoing connection holds the port.
-            "POSTROOM_METRICS_PORT_BASE": str(20000 + os.getpid() % 9000),
-            **(overrides or {}),
-        }
+        env = private_env(var_dir, 19000 + os.getpid() % 4000, **{**CHAOS_SETTINGS, **(overrides or {})})
         self.stack = Stack(env=env)
         # Kills are the point here: a killed service must come back however often it is killed.
         # A kill every 2 s would otherwise grow the restart delay to its 10 s ceiling (it resets only
@@ -79,8 +72,7 @@ class ChaosStack:
     # -- life cycle -----------------------------------------------------------------------
     def start(self) -> None:
         self.key = self.stack.start()
-        if hasattr(self.stack, "start_supervisor"):
-            self.stack.start_supervisor(interval=0.25)
+        self.stack.start_supervisor(interval=0.25)
 
     def stop(self) -> None:
         self.stack.stop()
@@ -106,21 +98,7 @@ class ChaosStack:
 
     def restarts(self) -> dict[str, int]:
         """Service restarts the stack's supervisor made, by service."""
-        return dict(getattr(self.stack, "restarts", {}))
-
-    def supervise(self) -> None:
-        """Without the stack's background supervisor, restart exited services here."""
-        if getattr(self.stack, "_supervisor", None) is not None:
-            return
-        if hasattr(self.stack, "supervise_once"):
-            self.stack.supervise_once()
-            return
-        from services.local.stack import services_for
-
-        for service in services_for(self.stack.cfg):
-            proc = self.stack.processes.get(service.name)
-            if proc is not None and proc.poll() is not None:
-                self.stack.start_service(service)
+        return dict(self.stack.restarts)
 
     # -- worker kills ---------------------------------------------------------------------
     def worker_processes(self) -> list[tuple[str, psutil.Process]]:
@@ -159,9 +137,20 @@ class ChaosStack:
         self.kills.append(name)
         return name
 
-    # -- Redis ----------------------------------------------------------------------------
+    # -- Redis and PostgreSQL -------------------------------------------------------------
     def _server(self, name: str) -> localinfra.LocalServer:
         return next(s for s in self.stack.infra if s.name == name)
+
+    def stop_server(self, name: str) -> None:
+        """Stop the stack's ``redis`` or ``postgres`` server."""
+        self._server(name).stop()
+
+    def start_server(self, name: str) -> None:
+        """Start the ``redis`` or ``postgres`` server again on its port and data directory (Redis
+        comes back empty: the local server keeps nothing on disk)."""
+        old = self._server(name)
+        new = SERVER_STARTERS[name](self.stack.var / name, old.port)
+        self.stack.infra[self.stack.infra.index(old)] = new
 
     def flush_redis(self) -> None:
         client = redis.Redis.from_url(self.stack.cfg.redis_url, socket_timeout=5)
@@ -169,24 +158,6 @@ class ChaosStack:
             client.flushall()
         finally:
             client.close()
-
-    def stop_redis(self) -> None:
-        self._server("redis").stop()
-
-    def start_redis(self) -> None:
-        """Start Redis again on its port (empty: the local server keeps nothing on disk)."""
-        old = self._server("redis")
-        new = localinfra.start_redis(self.stack.var / "redis", old.port)
-        self.stack.infra[self.stack.infra.index(old)] = new
-
-    # -- PostgreSQL -----------------------------------------------------------------------
-    def stop_postgres(self) -> None:
-        self._server("postgres").stop()
-
-    def start_postgres(self) -> None:
-        old = self._server("postgres")
-        new = localinfra.start_postgres(self.stack.var / "postgres", old.port)
-        self.stack.infra[self.stack.infra.index(old)] = new
 
     def postgres_processes(self) -> list[psutil.Process]:
         root = psutil.Process(self._server("postgres").pid)

@@ -47,10 +47,9 @@ Window = tuple[float, float]
 Fault = Callable[[ChaosStack, Traffic, Params], tuple[Window, list[str]]]
 
 
-def _wait_until(moment: float, cs: ChaosStack) -> None:
-    while time.monotonic() < moment:
-        cs.supervise()
-        time.sleep(min(POLL_SECONDS, max(0.0, moment - time.monotonic())))
+def _wait_until(moment: float) -> None:
+    """Sleep until the monotonic ``moment`` (the stack's own supervisor restarts what exits meanwhile)."""
+    time.sleep(max(0.0, moment - time.monotonic()))
 
 
 def kill_workers(cs: ChaosStack, traffic: Traffic, p: Params) -> tuple[Window, list[str]]:
@@ -64,7 +63,7 @@ def kill_workers(cs: ChaosStack, traffic: Traffic, p: Params) -> tuple[Window, l
         name = cs.kill_random_worker()
         if name:
             killed[name] += 1
-        _wait_until(time.monotonic() + p.kill_every, cs)
+        _wait_until(time.monotonic() + p.kill_every)
     end = time.monotonic()
     restarts = {k: n - restarts_before.get(k, 0) for k, n in cs.restarts().items() if n > restarts_before.get(k, 0)}
     return (start, end), [f"killed {sum(killed.values())} worker processes ({_counts(killed)}); "
@@ -72,36 +71,37 @@ def kill_workers(cs: ChaosStack, traffic: Traffic, p: Params) -> tuple[Window, l
 
 
 def flush_redis(cs: ChaosStack, traffic: Traffic, p: Params) -> tuple[Window, list[str]]:
-    _wait_until(time.monotonic() + p.fault_at, cs)
+    _wait_until(time.monotonic() + p.fault_at)
     moment = time.monotonic()
     cs.flush_redis()
     return (moment, moment), [f"FLUSHALL after {len(traffic.ids())} messages were accepted"]
 
 
-def restart_redis(cs: ChaosStack, traffic: Traffic, p: Params) -> tuple[Window, list[str]]:
-    _wait_until(time.monotonic() + p.fault_at, cs)
-    start = time.monotonic()
-    cs.stop_redis()
-    _wait_until(start + p.down_seconds, cs)
-    cs.start_redis()
-    return (start, time.monotonic()), [f"Redis down {time.monotonic() - start:.1f} s (restarted empty)"]
+RESTARTED = {  # server -> how a restart shows in the notes
+    "redis": "Redis down {:.1f} s (restarted empty)",
+    "postgres": "PostgreSQL down {:.1f} s (fast shutdown, restart)",
+}
 
 
-def restart_postgres(cs: ChaosStack, traffic: Traffic, p: Params) -> tuple[Window, list[str]]:
-    _wait_until(time.monotonic() + p.fault_at, cs)
-    start = time.monotonic()
-    cs.stop_postgres()
-    _wait_until(start + p.down_seconds, cs)
-    cs.start_postgres()
-    return (start, time.monotonic()), [f"PostgreSQL down {time.monotonic() - start:.1f} s (fast shutdown, restart)"]
+def restart_server(server: str) -> Fault:
+    """The fault: stop the ``server`` (redis, postgres) ``fault_at`` s in, start it ``down_seconds`` later."""
+    def restart(cs: ChaosStack, traffic: Traffic, p: Params) -> tuple[Window, list[str]]:
+        _wait_until(time.monotonic() + p.fault_at)
+        start = time.monotonic()
+        cs.stop_server(server)
+        _wait_until(start + p.down_seconds)
+        cs.start_server(server)
+        return (start, time.monotonic()), [RESTARTED[server].format(time.monotonic() - start)]
+
+    return restart
 
 
 def freeze_postgres(cs: ChaosStack, traffic: Traffic, p: Params) -> tuple[Window, list[str]]:
-    _wait_until(time.monotonic() + p.fault_at, cs)
+    _wait_until(time.monotonic() + p.fault_at)
     start = time.monotonic()
     frozen = cs.signal_postgres(signal.SIGSTOP)
     try:
-        _wait_until(start + p.freeze_seconds, cs)
+        _wait_until(start + p.freeze_seconds)
     finally:
         cs.signal_postgres(signal.SIGCONT)
     return (start, time.monotonic()), [f"{frozen} PostgreSQL processes stopped for {p.freeze_seconds:g} s"]
@@ -117,7 +117,7 @@ def bad_provider(cs: ChaosStack, traffic: Traffic, p: Params) -> tuple[Window, l
         while time.monotonic() - start < p.provider_seconds:
             cs.provider_faults(throttle_burst=20, retry_after=1)
             bursts += 1
-            _wait_until(time.monotonic() + 3.0, cs)
+            _wait_until(time.monotonic() + 3.0)
             if traffic.finished.is_set() and cs.unsettled(traffic.ids()) == 0:
                 break
     finally:
@@ -132,7 +132,7 @@ def cut_connections(cs: ChaosStack, traffic: Traffic, p: Params) -> tuple[Window
     cs.provider_faults(drop_rate=0.05)
     try:
         while time.monotonic() - start < p.provider_seconds:
-            _wait_until(time.monotonic() + 1.0, cs)
+            _wait_until(time.monotonic() + 1.0)
             if traffic.finished.is_set() and cs.unsettled(traffic.ids()) == 0:
                 break
     finally:
@@ -143,8 +143,8 @@ def cut_connections(cs: ChaosStack, traffic: Traffic, p: Params) -> tuple[Window
 SCENARIOS: dict[str, tuple[str, Fault]] = {
     "kill": ("SIGKILL a worker every 2 s", kill_workers),
     "flush": ("Redis FLUSHALL mid-run", flush_redis),
-    "redis-restart": ("Redis restart mid-run", restart_redis),
-    "pg-restart": ("PostgreSQL restart mid-run", restart_postgres),
+    "redis-restart": ("Redis restart mid-run", restart_server("redis")),
+    "pg-restart": ("PostgreSQL restart mid-run", restart_server("postgres")),
     "pg-freeze": ("PostgreSQL frozen (SIGSTOP)", freeze_postgres),
     "provider": ("provider 5xx, timeouts, 429s", bad_provider),
     "drop": ("provider cuts answers", cut_connections),
@@ -165,7 +165,6 @@ def settle(cs: ChaosStack, traffic: Traffic, fault_end: float, timeout: float) -
     """Seconds from the fault's end until no accepted message waits for a stage (None: never)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        cs.supervise()
         if cs.unsettled(traffic.ids()) == 0:
             return round(max(0.0, time.monotonic() - fault_end), 1)
         time.sleep(POLL_SECONDS)
@@ -180,9 +179,7 @@ def run_scenario(cs: ChaosStack, run_id: str, name: str, p: Params) -> tuple[Row
     poster = Poster(cs.api, cs.key, tag)
     posting = poster.start(p.messages, _spread(name, p))
     (fault_start, fault_end), notes = fault(cs, poster.traffic, p)
-    while posting.is_alive():
-        cs.supervise()
-        posting.join(POLL_SECONDS)
+    posting.join()
     recovery = settle(cs, poster.traffic, fault_end, p.settle_seconds)
     time.sleep(p.quiet_seconds)  # a late second send would show now
     provider = {k: v - provider_before.get(k, 0) for k, v in cs.provider_stats().items() if k in PROVIDER_COUNTS}
