@@ -65,6 +65,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("POSTROOM_BROKER_POLL_MS", int, 100, "Longest wait of a busy worker between broker polls (it holds messages in progress or delayed). An idle worker does not poll: an enqueue wakes it at once through Redis pub/sub."),
     Setting("POSTROOM_HANDOFF_LINGER_MS", float, 5.0, "Ingest gathers accepted ids this long before enqueueing them as one batch."),
     Setting("POSTROOM_BATCH_SIZE", int, 500, "Most ids one broker message carries between stages."),
+    Setting("POSTROOM_WEBHOOK_ALLOWED_NETWORKS", str, "", "Comma-separated CIDRs that webhook endpoints and the `http` channel may reach although they are loopback or private (for example `127.0.0.0/8` for local runs, `10.0.0.0/8` for in-cluster receivers). Empty: only public addresses. `make run` and the tests allow loopback."),
+    Setting("POSTROOM_WEBHOOK_TIMEOUT_SECONDS", float, 15.0, "How long one webhook delivery (and one `http` channel call) may take."),
+    Setting("POSTROOM_WEBHOOK_RETRY_SCHEDULE", str, "0,5,300,1800,7200,18000,36000,36000", "Seconds before each webhook attempt: the first is the initial delivery, then one per retry; after the last the delivery fails."),
+    Setting("POSTROOM_WEBHOOK_DISABLE_AFTER_HOURS", float, 120.0, "An endpoint failing this long without one success is disabled, and a webhook_endpoint.disabled event says so."),
+    Setting("POSTROOM_WEBHOOK_CONCURRENCY", int, 256, "Webhook deliveries one webhooks process keeps in flight."),
+    Setting("POSTROOM_WEBHOOK_ENDPOINT_CONCURRENCY", int, 64, "Deliveries in flight to one endpoint per webhooks process, so a slow endpoint cannot hold the others."),
+    Setting("POSTROOM_WEBHOOK_RETENTION_HOURS", float, 72.0, "Finished webhook deliveries, their attempts and dispatched outbox events are kept this long (for listing and replay), then deleted in batches."),
     Setting("TWILIO_ACCOUNT_SID", str, "AC00000000000000000000000000000000", "Default Twilio account SID (a workspace's channel config overrides it)."),
     Setting("TWILIO_AUTH_TOKEN", str, "sandbox-auth-token", "Default Twilio auth token: API auth and X-Twilio-Signature key."),
     Setting("TWILIO_FROM", str, "+15005550006", "Default sender number for SMS."),
@@ -115,6 +122,13 @@ class Settings:
     postroom_broker_poll_ms: int
     postroom_handoff_linger_ms: float
     postroom_batch_size: int
+    postroom_webhook_allowed_networks: str
+    postroom_webhook_timeout_seconds: float
+    postroom_webhook_retry_schedule: str
+    postroom_webhook_disable_after_hours: float
+    postroom_webhook_concurrency: int
+    postroom_webhook_endpoint_concurrency: int
+    postroom_webhook_retention_hours: float
     twilio_account_sid: str
     twilio_auth_token: str
     twilio_from: str
@@ -125,6 +139,10 @@ class Settings:
     @property
     def development(self) -> bool:
         return self.postroom_env == "development"
+
+    @property
+    def webhook_retry_schedule(self) -> tuple[float, ...]:
+        return tuple(float(x) for x in self.postroom_webhook_retry_schedule.split(",") if x.strip())
 
     @property
     def var_dir(self) -> Path:

@@ -27,6 +27,8 @@ STAGES: dict[str, str] = {
     "processing": "process_messages",
     "routing": "route_messages",
     "sms": "send_sms",
+    "http": "send_http",
+    "webhooks": "deliver_webhooks",
 }
 
 

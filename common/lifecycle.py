@@ -12,7 +12,7 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from common import metrics
+from common import events, metrics
 from common.db.connection import fetch, fetch_dicts
 
 # Outbound flow in order; the ends share ranks with the point they can be reached from.
@@ -42,19 +42,26 @@ SHORT_WAIT_SECONDS = 10.0
 _RANK_SQL = "(CASE status " + " ".join(f"WHEN '{s}' THEN {r}" for s, r in RANK.items()) + " END)"
 
 
+# Columns every move returns for its outbox event; ``returning`` may name them again.
+_RETURNED = ("to_addr", "tags")
+
+
 def _jsonb(detail: dict[str, Any] | None) -> str:
     return json.dumps(detail or {}, default=str)
 
 
-_RECORD = """
+_RECORD = f"""
 , ev AS (
     INSERT INTO message_event (message_id, status, detail)
     SELECT id, status, detail FROM moved
 ), ob AS (
-    INSERT INTO outbox (workspace_id, event_type, message_id, payload)
+    INSERT INTO outbox (workspace_id, event_type, message_id, payload, lane)
     SELECT workspace_id, 'message.' || status, id,
-           jsonb_build_object('id', id, 'status', status, 'channel', channel, 'detail', detail)
+           jsonb_build_object('id', id, 'status', status, 'channel', channel, 'to', to_addr, 'tags', tags,
+                              'detail', detail, 'at', clock_timestamp()),
+           priority
     FROM moved
+    WHERE status = ANY({events.PUBLIC_STATUSES_SQL}) AND {events.subscribed_sql("moved.workspace_id", "'message.' || moved.status")}
 )
 """
 
@@ -83,7 +90,8 @@ def advance(
     """
     if not ids:
         return []
-    extra = "".join(f", {col}" for col in returning)
+    extra = "".join(f", {col}" for col in returning if col not in _RETURNED)
+    picked = "".join(f", {col}" for col in returning)
     rows = fetch_dicts(
         f"""
         WITH moved AS (
@@ -93,9 +101,9 @@ def advance(
                    error_code = coalesce(%(error_code)s, error_code), last_error = coalesce(%(error)s, last_error)
             WHERE id = ANY(%(ids)s) AND status = ANY(%(expected)s)
               {"AND (due_at IS NULL OR due_at <= now())" if due_only else ""}
-            RETURNING id, workspace_id, status, priority, channel, %(detail)s::jsonb AS detail{extra}
+            RETURNING id, workspace_id, status, priority, channel, to_addr, tags, %(detail)s::jsonb AS detail{extra}
         ){_RECORD}
-        SELECT id, workspace_id, priority, channel{extra} FROM moved
+        SELECT id, workspace_id, priority, channel{picked} FROM moved
         """,
         {"ids": list(ids), "expected": list(expected), "to": to, "detail": _jsonb(detail),
          "error_code": (detail or {}).get("error_code"), "error": (detail or {}).get("error")},
@@ -128,7 +136,7 @@ def record_outcomes(
     """
     if not outcomes:
         return []
-    extra = "".join(f", m.{col}" for col in returning)
+    extra = "".join(f", m.{col}" for col in returning if col not in _RETURNED)
     picked = "".join(f", {col}" for col in returning)
     keys = sorted({k for o in outcomes for k in o} - {"id", "detail"})
     unnest_cols = ", ".join(f"unnest(%({k})s::text[]) AS {k}" for k in keys)
@@ -150,7 +158,7 @@ def record_outcomes(
                    {", " + sets if sets else ""}
             FROM v WHERE m.id = v.id AND m.status = %(expected)s
               {"AND (m.due_at IS NULL OR m.due_at <= now())" if due_only else ""}
-            RETURNING m.id, m.workspace_id, m.status, m.priority, m.channel, v.detail{extra}
+            RETURNING m.id, m.workspace_id, m.status, m.priority, m.channel, m.to_addr, m.tags, v.detail{extra}
         ){_RECORD}
         SELECT id, workspace_id, priority, channel{picked} FROM moved
         """,
@@ -213,7 +221,7 @@ def apply_receipt(
                    error_code = coalesce(%(error_code)s, error_code),
                    last_error = coalesce(%(error)s, last_error)
             WHERE id = (SELECT id FROM target) AND {_RANK_SQL} < %(rank)s
-            RETURNING id, workspace_id, status, priority, channel, %(detail)s::jsonb AS detail
+            RETURNING id, workspace_id, status, priority, channel, to_addr, tags, %(detail)s::jsonb AS detail
         ){_RECORD}{keep}
         SELECT id, channel FROM moved UNION ALL SELECT id, NULL FROM target
         """,

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     multiprocess,
@@ -68,12 +69,32 @@ API_REQUESTS = Histogram(
 )
 
 
+WEBHOOK_DELIVERIES = Histogram(
+    "postroom_webhook_delivery_seconds",
+    "Webhook delivery attempts to customer endpoints by outcome (succeeded, retried, throttled, failed, blocked), with their latency.",
+    ["outcome"],
+    buckets=LATENCY_BUCKETS,
+)
+WEBHOOK_LAG = Gauge(
+    "postroom_webhook_outbox_lag_seconds",
+    "Age of the oldest event not yet delivered to every endpoint that wants it (undispatched outbox rows and deliveries due).",
+    multiprocess_mode="max",
+)
+ENDPOINTS_DISABLED = Counter(
+    "postroom_webhook_endpoints_disabled_total",
+    "Webhook endpoints disabled automatically, by reason (gone: answered 410; failing: failed for the disable window).",
+    ["reason"],
+)
 # Create every bounded label value at zero, so the first real increment is a visible increase.
 for _status in ("accepted", "queued", "routed", "sending"):
     REDRIVEN.labels(status=_status)
 for _verdict in ("applied", "pending", "ignored", "bad_signature"):
     PROVIDER_WEBHOOKS.labels(provider="twilio", kind="status", verdict=_verdict)
 RATE_LIMIT_WAITS.labels(provider="twilio")
+for _outcome in ("succeeded", "retried", "throttled", "failed", "blocked"):
+    WEBHOOK_DELIVERIES.labels(outcome=_outcome)
+for _reason in ("gone", "failing"):
+    ENDPOINTS_DISABLED.labels(reason=_reason)
 
 
 def count_transitions(status: str, channels: Iterable[str]) -> None:

@@ -96,6 +96,36 @@ def cmd_channel_sms(args: argparse.Namespace) -> None:
           + (f" at most {args.rate_limit:g}/s" if args.rate_limit else ""))
 
 
+def cmd_channel_http(args: argparse.Namespace) -> None:
+    """Deliver this workspace's ``http`` channel messages to URL, signed with a new secret (printed once)."""
+    from common import apikeys, signing
+    from common.crypto import seal
+    from common.db.connection import fetch, transaction
+    from common.netguard import parse_networks, vet_url
+
+    try:
+        vet_url(args.url, parse_networks(settings.postroom_webhook_allowed_networks))
+    except ValueError as exc:  # BlockedAddress is one
+        sys.exit(f"url refused: {exc}")
+    _connect()
+    secret = signing.new_secret()
+    with transaction():
+        ws = apikeys.workspace_id_by_name(args.workspace)
+        if ws is None:
+            sys.exit(f"no workspace {args.workspace!r}")
+        fetch(
+            "INSERT INTO channel_config (workspace_id, channel, provider, account_ref, credentials, sender_identity, rate_limit_per_second)"
+            " VALUES (%s, 'http', 'http', %s, %s, %s, %s)"
+            " ON CONFLICT (workspace_id, channel) DO UPDATE SET provider = excluded.provider, account_ref = excluded.account_ref,"
+            " credentials = excluded.credentials, sender_identity = excluded.sender_identity,"
+            " rate_limit_per_second = excluded.rate_limit_per_second",
+            (ws, f"ws{ws}", seal({"secret": secret}), args.url, args.rate_limit),
+        )
+    print(secret)
+    print(f"workspace {args.workspace!r} delivers http channel messages to {args.url}, signed with the secret above"
+          + (f", at most {args.rate_limit:g}/s" if args.rate_limit else ""), file=sys.stderr)
+
+
 def cmd_dead_letters(args: argparse.Namespace) -> None:
     """List Dramatiq's dead-lettered broker messages, or replay them."""
     import json
@@ -170,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
     issue = keys.add_parser("create", help="print a new API key for a workspace")
     issue.add_argument("--workspace", required=True)
     issue.add_argument("--scopes", default="messages:write,messages:read",
-                       help="comma-separated: messages:write, messages:read, admin (default: messages:write,messages:read)")
+                       help="comma-separated: messages:write, messages:read, webhooks:write, webhooks:read, admin (default: messages:write,messages:read)")
     issue.set_defaults(func=cmd_apikey_create)
     channel = sub.add_parser("channel", help="configure a workspace's provider accounts").add_subparsers(dest="action", required=True)
     sms = channel.add_parser("sms", help="send this workspace's SMS through its own Twilio account")
@@ -181,6 +211,11 @@ def main(argv: list[str] | None = None) -> None:
     sms.add_argument("--rate-limit", type=float, default=0.0, help="messages per second for this account (0: no limit)")
     sms.add_argument("--api-base", default="", help="Twilio API base URL (default: TWILIO_API_BASE)")
     sms.set_defaults(func=cmd_channel_sms)
+    http = channel.add_parser("http", help="deliver this workspace's http channel messages to its own URL (prints the signing secret)")
+    http.add_argument("--workspace", required=True)
+    http.add_argument("--url", required=True, help="http(s) URL that receives each message as a signed POST")
+    http.add_argument("--rate-limit", type=float, default=0.0, help="messages per second to the URL (0: no limit)")
+    http.set_defaults(func=cmd_channel_http)
     dead = sub.add_parser("dead-letters", help="inspect or replay broker messages that failed past their retries")
     dead.add_argument("action", choices=["list", "replay"])
     dead.add_argument("ids", nargs="*", help="broker message ids to replay (see list)")

@@ -31,8 +31,11 @@ STAGE_MODULES = {
     "processing": "services.processing.actors",
     "routing": "services.routing.actors",
     "sms": "services.senders.sms.actors",
+    "http": "services.senders.http.actors",
+    "webhooks": "services.webhooks.actors",
 }
-SENDER_STAGES = {"sms"}  # latency-bound stages: greenlets, not threads (invariant 12)
+# Latency-bound stages: greenlets, not threads (invariant 12).
+SENDER_STAGES = {"sms", "http", "webhooks"}
 SHUTDOWN_TIMEOUT_MS = 10_000  # running actors get this long to finish; the rest is requeued
 LOG_FORMAT = "%(asctime)s %(levelname)s %(process)d %(threadName)s %(name)s %(message)s"
 
@@ -151,7 +154,7 @@ def run(stage: str, lanes: str | None = None, threads: int | None = None) -> int
         log.critical("unknown lanes %r: lanes are %s", lanes, ", ".join(LANES))
         return 2
     counts = {lane: threads or lane_threads(stage, lane, settings) for lane in chosen}
-    import_module(STAGE_MODULES[stage])
+    module = import_module(STAGE_MODULES[stage])
     stage_broker.emit_after("process_boot")
     if os.environ.get("dramatiq_prom_port"):
         # Imported after common.broker, which chooses Prometheus's multiprocess mode.
@@ -176,6 +179,9 @@ def run(stage: str, lanes: str | None = None, threads: int | None = None) -> int
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
     for worker in workers.values():
         worker.start()
+    # A stage's own long-running loops (the webhooks fan-out listener) run beside its workers.
+    for task in getattr(module, "BACKGROUND", ()):
+        threading.Thread(target=task, args=(stopping,), name=task.__name__, daemon=True).start()
     unit = "greenlets" if use_gevent else "threads"
     log.info("worker %s serving %s", stage, ", ".join(f"{queue_name(stage, lane)} ({counts[lane]} {unit})" for lane in chosen))
 

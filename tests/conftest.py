@@ -50,6 +50,9 @@ def pytest_configure(config: pytest.Config) -> None:
         POSTROOM_LOG_LEVEL="WARNING",
         POSTROOM_ENV="development",
         POSTROOM_PROVIDER_TIMEOUT_SECONDS="3",
+        POSTROOM_WEBHOOK_ALLOWED_NETWORKS="127.0.0.0/8,::1/128",
+        POSTROOM_WEBHOOK_RETRY_SCHEDULE="0,1,1,1,2",
+        POSTROOM_WEBHOOK_TIMEOUT_SECONDS="3",
     )
     os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     from common.db.connection import connect_database, db
@@ -138,7 +141,9 @@ def broker():
     import common.broker as broker_module
     import services.processing.actors  # noqa: F401
     import services.routing.actors  # noqa: F401
+    import services.senders.http.actors  # noqa: F401
     import services.senders.sms.actors  # noqa: F401
+    import services.webhooks.actors  # noqa: F401
 
     broker_module.broker.emit_after("process_boot")
     os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)  # Dramatiq's middleware sets it for workers
@@ -152,7 +157,8 @@ def clean_db(broker) -> Iterator[None]:
     from common.db.connection import db, fetch, transaction
 
     with transaction():
-        fetch("TRUNCATE message, message_event, provider_event, outbox, channel_config, api_key, workspace RESTART IDENTITY CASCADE")
+        fetch("TRUNCATE message, message_event, provider_event, outbox, webhook_attempt, webhook_delivery, webhook_endpoint,"
+              " channel_config, api_key, workspace RESTART IDENTITY CASCADE")
     broker.flush_all()
     broker.client.flushall()
     from common.providers.accounts import forget_cached_accounts

@@ -60,6 +60,7 @@ class Sandbox:
                  timeout=10, what="sandbox callbacks to finish")
         requests.delete(f"{self.url}/sandbox/faults", timeout=5).raise_for_status()
         requests.delete(f"{self.url}/sandbox/messages", timeout=5).raise_for_status()
+        requests.delete(f"{self.url}/sandbox/receivers", timeout=5).raise_for_status()
 
     def fault(self, **spec: Any) -> None:
         requests.post(f"{self.url}/sandbox/faults", json=spec, timeout=5).raise_for_status()

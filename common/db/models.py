@@ -133,8 +133,69 @@ class Outbox(BaseModel):
     event_type = TextField()
     message_id = BigIntegerField(null=True)
     payload = BinaryJSONField()
+    lane = TextField()
     created_at = DateTimeField()
     dispatched_at = DateTimeField(null=True)
 
     class Meta:
         table_name = "outbox"
+
+
+class WebhookEndpoint(BaseModel):
+    id = AutoField()
+    workspace = ForeignKeyField(Workspace, column_name="workspace_id")
+    url = TextField()
+    description = TextField()
+    event_types = ArrayField(TextField)
+    headers = BinaryJSONField()
+    rate_limit_per_second = FloatField()
+    enabled = BooleanField()
+    disabled_reason = TextField(null=True)
+    secret = BlobField()
+    previous_secret = BlobField(null=True)
+    previous_secret_until = DateTimeField(null=True)
+    failing_since = DateTimeField(null=True)
+    paused_until = DateTimeField(null=True)
+    created_at = DateTimeField()
+    updated_at = DateTimeField()
+
+    class Meta:
+        table_name = "webhook_endpoint"
+
+
+class WebhookDelivery(BaseModel):
+    id = AutoField()
+    endpoint = ForeignKeyField(WebhookEndpoint, column_name="endpoint_id")
+    workspace_id = BigIntegerField()
+    event_key = TextField()
+    event_type = TextField()
+    body = TextField()
+    rank = IntegerField()
+    status = TextField()
+    attempts = IntegerField()
+    failures = IntegerField()
+    due_at = DateTimeField()
+    claimed_at = DateTimeField(null=True)
+    last_status_code = IntegerField(null=True)
+    last_error = TextField(null=True)
+    created_at = DateTimeField()
+    finished_at = DateTimeField(null=True)
+
+    class Meta:
+        table_name = "webhook_delivery"
+
+
+class WebhookAttempt(BaseModel):
+    id = AutoField()
+    delivery = ForeignKeyField(WebhookDelivery, column_name="delivery_id")
+    endpoint_id = BigIntegerField()
+    attempt = IntegerField()
+    at = DateTimeField()
+    status_code = IntegerField(null=True)
+    latency_ms = FloatField(null=True)
+    response = TextField(null=True)
+    error = TextField(null=True)
+    next_attempt_at = DateTimeField(null=True)
+
+    class Meta:
+        table_name = "webhook_attempt"

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from common.config import settings
 from common.crypto import unseal
 from common.db.models import ChannelConfig
+from common.providers.http_channel import HttpAccount
 from common.providers.twilio_sms import TwilioSmsSender
 
 _CACHE_SECONDS = 30.0
@@ -67,10 +68,29 @@ def sms_account(workspace_id: int) -> SmsAccount:
     return account
 
 
+_http_accounts: dict[int, tuple[float, HttpAccount]] = {}
+
+
+def http_account(workspace_id: int) -> HttpAccount:
+    """Where this workspace's ``http`` channel delivers (cached for 30 s); an empty URL when it has
+    none configured (its messages then fail as not configured)."""
+    cached = _http_accounts.get(workspace_id)
+    if cached and cached[0] > time.monotonic():
+        return cached[1]
+    config = ChannelConfig.get_or_none((ChannelConfig.workspace == workspace_id) & (ChannelConfig.channel == "http"))
+    if config:
+        account = HttpAccount(config.sender_identity, unseal(config.credentials)["secret"], config.rate_limit_per_second, workspace_id)
+    else:
+        account = HttpAccount("", "", 0.0, workspace_id)
+    _http_accounts[workspace_id] = (time.monotonic() + _CACHE_SECONDS, account)
+    return account
+
+
 def forget_cached_accounts() -> None:
     """Drop cached account and token lookups (a changed channel config otherwise applies within 30 s)."""
     _accounts.clear()
     _tokens.clear()
+    _http_accounts.clear()
 
 
 def twilio_auth_token(account_sid: str) -> str | None:

@@ -14,7 +14,8 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from common.config import settings
-from common.providers.accounts import SmsAccount, sms_account, sms_sender
+from common.providers import http_channel
+from common.providers.accounts import SmsAccount, http_account, sms_account, sms_sender
 from common.providers.sms import Accepted, OutboundSms
 from common.providers.twilio_sms import PROVIDER as TWILIO
 
@@ -57,4 +58,14 @@ SMS = Channel(
     find_sent=lambda account, row, since: sms_sender(account).find_sent(_sms(account, row), since),
 )
 
-CHANNELS: dict[str, Channel] = {SMS.name: SMS}
+# The generic channel: POST the message, signed, to the workspace's own URL. No look-up exists,
+# so an unknown outcome fails or is resent as the workspace chose.
+HTTP = Channel(
+    name="http",
+    provider=http_channel.PROVIDER,
+    account_for=http_account,
+    send=http_channel.send,
+    find_sent=None,
+)
+
+CHANNELS: dict[str, Channel] = {SMS.name: SMS, HTTP.name: HTTP}

@@ -6,15 +6,18 @@ scope and every status it answers with; the view is left with what is particular
 
 from __future__ import annotations
 
+import re
+
 from flask import Blueprint, Response, g, jsonify, request
 
 from common import dispatch
 from common.db.connection import transaction
-from common.providers.accounts import sms_account
+from common.providers.accounts import http_account, sms_account
 from services.ingest import messages
 from services.ingest.contract import Body, header, operation
 from services.ingest.errors import ApiError
-from services.ingest.models import MessageAccepted, MessageView, NewMessage
+from services.ingest.models import E164, MessageAccepted, MessageView, NewMessage
+from services.ingest.validation import EXPECTED
 
 api = Blueprint("api_v1", __name__, url_prefix="/v1")
 MAX_IDEMPOTENCY_KEY = 255
@@ -34,8 +37,9 @@ def create_message(body: NewMessage) -> tuple[Response, int]:
     key = request.headers.get("Idempotency-Key")
     if key is not None and not (0 < len(key) <= MAX_IDEMPOTENCY_KEY and key.isprintable()):
         raise ApiError(400, "invalid_request", f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable characters", "Idempotency-Key")
+    _check_recipient(body)
     with transaction():
-        _check_sender(g.workspace_id, body.from_)
+        _check_sender(g.workspace_id, body.channel, body.from_)
         try:
             accepted = messages.accept(g.workspace_id, body, key)
         except messages.IdempotencyConflict:
@@ -51,8 +55,22 @@ def create_message(body: NewMessage) -> tuple[Response, int]:
     return response, 200
 
 
-def _check_sender(workspace_id: int, sender: str | None) -> None:
-    """A workspace sends only as its own identity: its channel configuration's, or the default account's."""
+def _check_recipient(body: NewMessage) -> None:
+    if body.channel == "sms" and not re.fullmatch(E164, body.to):
+        raise ApiError(422, "invalid_request", f"to must be {EXPECTED['to']}", "to")
+
+
+def _check_sender(workspace_id: int, channel: str, sender: str | None) -> None:
+    """A workspace sends only as its own identity: its channel configuration's, or the default account's.
+    An ``http`` message must name a configured URL's workspace (it has no sender identity)."""
+    if channel == "http":
+        if sender is not None:
+            raise ApiError(422, "invalid_request", "from applies to sms only; leave it out for http", "from")
+        with transaction():
+            if not http_account(workspace_id).url:
+                raise ApiError(422, "invalid_request", "this workspace has no http channel configured "
+                               "(postroom channel http --workspace NAME --url URL)", "channel")
+        return
     if sender is None:
         return
     with transaction():  # a cache miss reads the channel configuration

@@ -20,6 +20,7 @@ from services.ingest.api import api
 from services.ingest.contract import RETRY_AFTER_SECONDS
 from services.ingest.errors import ApiError, error, render
 from services.ingest.probes import probes
+from services.ingest.webhook_api import webhook_api
 from services.ingest.webhooks import webhooks
 
 log = logging.getLogger("postroom.ingest")
@@ -29,6 +30,7 @@ def create_app() -> Flask:
     app = Flask("postroom.ingest")
     app.register_blueprint(probes)
     app.register_blueprint(api)
+    app.register_blueprint(webhook_api)
     app.register_blueprint(webhooks)
 
     @app.before_request

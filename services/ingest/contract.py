@@ -36,7 +36,7 @@ ERROR_TEXT = {
     400: "The body is not JSON, nests too deep, is not an object, or a header is malformed.",
     401: "No valid API key.",
     403: "Not allowed: the API key lacks the operation's scope, or a webhook's signature is wrong.",
-    404: "No such message in this workspace.",
+    404: "No such message (or endpoint, or delivery) in this workspace.",
     409: "Conflicts with the message's state or an earlier use of the Idempotency-Key.",
     413: "The body is larger than this endpoint's limit.",
     422: "A field is invalid; `error.field` names it.",
@@ -75,6 +75,11 @@ _PATH_PARAM = re.compile(r"\{(\w+)\}")
 def header(name: str, description: str, **schema: Any) -> dict[str, Any]:
     """A request header parameter, as it appears in the document."""
     return {"name": name, "in": "header", "required": False, "description": description, "schema": {"type": "string", **schema}}
+
+
+def query(name: str, description: str, **schema: Any) -> dict[str, Any]:
+    """An optional query parameter, as it appears in the document (the view checks it)."""
+    return {"name": name, "in": "query", "required": False, "description": description, "schema": {"type": "string", **schema}}
 
 
 def operation(bp: Blueprint | Flask, method: str, path: str, *, summary: str, ok: dict[int, Body],
@@ -119,7 +124,7 @@ def operation(bp: Blueprint | Flask, method: str, path: str, *, summary: str, ok
         @functools.wraps(view)
         def run(**kwargs: Any) -> Any:
             if any(isinstance(v, int) and v > BIGINT for v in kwargs.values()):
-                raise ApiError(404, "not_found", "no such message in this workspace")  # beyond any bigint id
+                raise ApiError(404, "not_found", "no such id in this workspace")  # beyond any bigint id
             if scope:
                 auth.require(scope)
             if request is not None and request_media == JSON:
@@ -158,7 +163,7 @@ def openapi_document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {"title": "postroom ingest API", "version": "1",
-                 "description": "Send, read and cancel messages; provider webhooks; health and metrics."},
+                 "description": "Send, read and cancel messages; webhook endpoints; provider webhooks; health and metrics."},
         "paths": paths,
         "components": {
             "schemas": defs.get("$defs", {}),

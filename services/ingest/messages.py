@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from common import lifecycle, metrics
+from common import events, lifecycle, metrics
 from common.db.connection import fetch_dicts
 from services.ingest.models import NewMessage
 
@@ -15,12 +15,16 @@ WITH ins AS (
     INSERT INTO message (workspace_id, channel, to_addr, from_addr, body, status, priority, idempotency_key, tags)
     VALUES (%(ws)s, %(channel)s, %(to)s, %(from)s, %(body)s, 'accepted', %(priority)s, %(key)s, %(tags)s)
     ON CONFLICT (workspace_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-    RETURNING id, workspace_id, channel, status, priority, created_at
+    RETURNING id, workspace_id, channel, to_addr, tags, status, priority, created_at
 ), ev AS (
     INSERT INTO message_event (message_id, status) SELECT id, 'accepted' FROM ins
 ), ob AS (
-    INSERT INTO outbox (workspace_id, event_type, message_id, payload)
-    SELECT workspace_id, 'message.accepted', id, jsonb_build_object('id', id, 'status', 'accepted', 'channel', channel) FROM ins
+    INSERT INTO outbox (workspace_id, event_type, message_id, payload, lane)
+    SELECT workspace_id, 'message.accepted', id,
+           jsonb_build_object('id', id, 'status', 'accepted', 'channel', channel, 'to', to_addr, 'tags', tags,
+                              'detail', '{}'::jsonb, 'at', created_at),
+           priority
+    FROM ins WHERE """ + events.subscribed_sql("ins.workspace_id", "'message.accepted'") + """
 )
 SELECT id, status, priority, created_at FROM ins
 """

@@ -14,10 +14,11 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
 E164 = r"^\+[1-9]\d{6,14}$"
-CHANNELS = ("sms",)
+CHANNELS = ("sms", "http")
 PLANNED_CHANNELS = ("email", "whatsapp", "whatsapp_qr")
 LANES = ("urgent", "bulk")
 MAX_SMS_BODY = 1600
+MAX_RECIPIENT = 320
 MAX_TAGS = 20
 MAX_TAG = 100
 
@@ -53,12 +54,14 @@ class NewMessage(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True, frozen=True)
 
-    channel: Literal["sms"] = Field(description="The channel to send through.")
-    to: PhoneNumber = Field(description="Recipient, E.164.")
+    channel: Literal["sms", "http"] = Field(description=(
+        "The channel to send through: `sms`, or `http` (a signed POST to the workspace's own URL)."))
+    to: Annotated[str, Field(min_length=1, max_length=MAX_RECIPIENT, examples=["+15005550006"]), SingleLine] = Field(
+        description="Recipient: E.164 for `sms`; for `http`, whatever the receiving system identifies a recipient by.")
     body: Annotated[str, Field(min_length=1, max_length=MAX_SMS_BODY, pattern=r"\S"), MultiLine] = Field(
         description=f"The text; at most {MAX_SMS_BODY} characters, not only whitespace.")
     from_: PhoneNumber | None = Field(None, alias="from", description=(
-        "Sender identity; must be the workspace's own (its SMS channel configuration, or the "
+        "Sender identity (`sms` only); must be the workspace's own (its SMS channel configuration, or the "
         "deployment's default number). Left out: that identity is used."))
     priority: Literal["urgent", "bulk"] = Field("urgent", description="The lane: urgent (codes, alerts) or bulk (campaigns).")
     tags: Annotated[list[Tag], Field(max_length=MAX_TAGS)] = Field(
@@ -146,3 +149,116 @@ class TwilioStatusCallback(BaseModel):
     SmsStatus: str = ""
     ErrorCode: str = ""
     ErrorMessage: str = ""
+
+
+# --- Webhook endpoints -------------------------------------------------------------------------
+
+MAX_URL = 2048
+MAX_ENDPOINT_HEADERS = 20
+HEADER_NAME = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$"
+EventType = Literal[
+    "*", "message.accepted", "message.sent", "message.delivered", "message.read", "message.failed",
+    "message.undelivered", "message.cancelled", "message.suppressed", "message.received",
+    "campaign.completed", "webhook_endpoint.disabled", "webhook.test",
+]
+EndpointUrl = Annotated[str, Field(min_length=8, max_length=MAX_URL, pattern=r"^https?://\S+$",
+                                   examples=["https://hooks.example.com/postroom"]), SingleLine]
+HeaderValue = Annotated[str, Field(max_length=1000), SingleLine]
+EventTypes = Annotated[list[EventType], Field(min_length=1, max_length=len(EventType.__args__))]  # type: ignore[attr-defined]
+Description = Annotated[str, Field(max_length=500), SingleLine]
+RatePerSecond = Annotated[float, Field(ge=0, le=10000)]
+CustomHeaders = Annotated[dict[Annotated[str, Field(pattern=HEADER_NAME)], HeaderValue], Field(max_length=MAX_ENDPOINT_HEADERS)]
+
+
+class NewWebhookEndpoint(BaseModel):
+    """``POST /v1/webhook-endpoints``: where to send which events."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    url: EndpointUrl = Field(description="http(s) URL; it must resolve to public addresses only (checked now and at every delivery).")
+    event_types: EventTypes = Field(description="The event types wanted, or `*` for every one.")
+    description: Description = ""
+    headers: CustomHeaders = Field(default_factory=dict, description="Extra headers sent with every delivery (not the signing headers).")
+    rate_limit_per_second: RatePerSecond = Field(0.0, description="Most deliveries per second to this endpoint; 0: no limit.")
+    enabled: bool = True
+
+
+class WebhookEndpointChange(BaseModel):
+    """``PATCH /v1/webhook-endpoints/{id}``: the fields to change. Enabling clears the failure record."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    url: EndpointUrl | None = None
+    event_types: EventTypes | None = None
+    description: Description | None = None
+    headers: CustomHeaders | None = None
+    rate_limit_per_second: RatePerSecond | None = None
+    enabled: bool | None = None
+
+
+class WebhookEndpointView(BaseModel):
+    id: int
+    url: str
+    description: str
+    event_types: list[str]
+    headers: dict[str, str]
+    rate_limit_per_second: float
+    enabled: bool
+    disabled_reason: str | None
+    failing_since: str | None
+    paused_until: str | None
+    created_at: str | None
+    updated_at: str | None
+    secret: str | None = Field(None, description="The signing secret (`whsec_...`): shown only when created or rotated.")
+
+
+class WebhookEndpointList(BaseModel):
+    endpoints: list[WebhookEndpointView]
+
+
+class SecretRotated(BaseModel):
+    """The new secret, shown once; the previous one keeps signing (beside it) until ``previous_valid_until``."""
+
+    secret: str
+    previous_valid_until: str
+
+
+class ReplaySince(BaseModel):
+    """``POST /v1/webhook-endpoints/{id}/replay``: send again every event delivered (or not) since a time."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    since: Annotated[str, Field(max_length=64, description="RFC 3339 time with an offset, e.g. 2026-11-30T12:00:00Z.",
+                                examples=["2026-11-30T12:00:00Z"]), SingleLine]
+
+
+class DeliveryQueued(BaseModel):
+    delivery_id: int
+    webhook_id: str = Field(description="The webhook-id header the receiver sees (the same as the original's for a replay).")
+    event_type: str
+
+
+class Count(BaseModel):
+    count: int
+
+
+class DeliveryAttempt(BaseModel):
+    """One attempt to deliver one event."""
+
+    attempt_id: int
+    delivery_id: int
+    webhook_id: str
+    event_type: str
+    attempt: int
+    at: str | None
+    status_code: int | None
+    latency_ms: float | None
+    response: str | None = Field(description="The first KiB of the answer.")
+    error: str | None
+    next_attempt_at: str | None
+    delivery_status: str = Field(description="pending, delivering, succeeded or failed.")
+
+
+class DeliveryAttempts(BaseModel):
+    attempts: list[DeliveryAttempt]
+    next_before: int | None = Field(description="Pass as `before` for the next (older) page; null on the last page.")

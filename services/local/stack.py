@@ -62,6 +62,8 @@ def services_for(cfg: Settings) -> list[Service]:
         worker("processing", "processing", base),
         worker("routing", "routing", base + 1),
         worker("sender-sms", "sms", base + 2),
+        worker("sender-http", "http", base + 3),
+        worker("webhooks", "webhooks", base + 4),
         Service("scheduler", [str(BIN / "postroom"), "scheduler"], base + 9),
         Service("ingest", [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "services/ingest/gunicorn_conf.py"),
                            "--no-control-socket", "services.ingest.wsgi:app"]),
@@ -157,6 +159,9 @@ class Stack:
         self.env["TWILIO_API_BASE"] = self.cfg.twilio_api_base or self.cfg.sandbox_url
         # A local run is development unless told otherwise: the built-in secret key is allowed.
         self.env["POSTROOM_ENV"] = os.environ.get("POSTROOM_ENV") or "development"
+        # Webhook endpoints and the http channel may reach this machine's own receivers (the sandbox).
+        self.env.setdefault("POSTROOM_WEBHOOK_ALLOWED_NETWORKS",
+                            os.environ.get("POSTROOM_WEBHOOK_ALLOWED_NETWORKS") or "127.0.0.0/8,::1/128")
         self.cfg = load({**os.environ, **self.env})
         # For `postroom` commands in another terminal: `export $(cat var/stack.env)`.
         (self.var / "stack.env").write_text(f"DATABASE_URL={self.cfg.database_url}\nREDIS_URL={self.cfg.redis_url}\n"
@@ -386,8 +391,8 @@ def run_forever() -> None:
 postroom is running.
   API       {api}        (key in {stack.var / 'dev-api-key'})
   API key   {key}
-  sandbox   {cfg.sandbox_url}/sandbox/messages
-  metrics   {api}/metrics, workers on 127.0.0.1:{cfg.postroom_metrics_port_base}-{cfg.postroom_metrics_port_base + 2}, scheduler on :{cfg.postroom_metrics_port_base + 9}
+  sandbox   {cfg.sandbox_url}/sandbox/inbox   (webhook receivers: {cfg.sandbox_url}/receiver/NAME)
+  metrics   {api}/metrics, workers on 127.0.0.1:{cfg.postroom_metrics_port_base}-{cfg.postroom_metrics_port_base + 4}, scheduler on :{cfg.postroom_metrics_port_base + 9}
   logs      {stack.log_dir}/
   CLI       export $(cat {stack.var / 'stack.env'}); .venv/bin/postroom --help
 

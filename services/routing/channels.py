@@ -12,7 +12,7 @@ from typing import Any
 
 from common import lifecycle
 
-SENDER_CHANNELS = frozenset({"sms"})
+SENDER_CHANNELS = frozenset({"sms", "http"})
 
 
 def route_batch(ids: Sequence[int]) -> list[dict[str, Any]]:

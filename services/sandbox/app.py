@@ -3,7 +3,9 @@
 Served by ``gunicorn -k gevent -w 1`` (see ``__main__``): one process, so the in-memory record
 and fault plans are shared by every request, and gevent's monkey-patching (done by the worker
 before this module is imported) makes the simulated latency and the callback POSTs cooperative.
-A later provider (WhatsApp Cloud, WAHA, SMTP) adds its blueprint and fault plan here.
+A later provider (WhatsApp Cloud, WAHA, SMTP) adds its blueprint and fault plan here; the
+customer side (the webhook receivers postroom POSTs to) is one more blueprint, and ``inbox``
+shows a person in a browser what all of them received.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ from flask import Flask
 from gevent import monkey
 
 from common.config import Settings, settings
-from services.sandbox import control, twilio_api, twilio_errors, twilio_list
+from services.sandbox import control, inbox, receiver_api, twilio_api, twilio_errors, twilio_list
 from services.sandbox.accounts import Accounts
 from services.sandbox.callbacks import StatusCallbackSender
 from services.sandbox.faults import FaultPlan
+from services.sandbox.receivers import Receivers
 from services.sandbox.records import ReceivedMessages
 from services.sandbox.state import EXTENSION_KEY, SandboxState
 
@@ -44,10 +47,13 @@ def create_app(config: Settings = settings) -> Flask:
         },
         twilio_callbacks=StatusCallbackSender(records, accounts, config.twilio_from),
         twilio_accounts=accounts,
+        receivers=Receivers(),
     )
     app.register_blueprint(control.blueprint)
     app.register_blueprint(twilio_api.blueprint)
     app.register_blueprint(twilio_list.blueprint)
+    app.register_blueprint(receiver_api.blueprint)
+    app.register_blueprint(inbox.blueprint)
     return app
 
 

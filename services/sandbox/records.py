@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
+from itertools import islice
 
 COUNTER_NAMES = (
     "received",  # send calls accepted and recorded
@@ -87,6 +88,15 @@ class ReceivedMessages:
                 for m in reversed(self._messages.values())
                 if m.channel == channel and m.account_sid == account_sid
             ]
+
+    def latest(self, channel: str, limit: int) -> list[ReceivedMessage]:
+        """The newest ``limit`` messages on ``channel`` of every account, most recent first.
+
+        Copies, so that a status moved meanwhile never changes what the caller is showing.
+        """
+        with self._lock:
+            on_channel = (m for m in reversed(self._messages.values()) if m.channel == channel)
+            return [replace(m) for m in islice(on_channel, limit)]
 
     def listing(self, to: str | None = None, channel: str | None = None) -> list[dict[str, object]]:
         with self._lock:

@@ -1,8 +1,9 @@
 """The sandbox's shared in-process state, reached from any blueprint through the Flask app.
 
 Everything lives in one process (gunicorn's single gevent worker), so the record, the fault
-plans (one per channel, keyed like ``ReceivedMessage.channel``), the Twilio accounts and the
-callback sender are plain objects built once by ``create_app`` and stored in ``app.extensions``.
+plans (one per channel, keyed like ``ReceivedMessage.channel``), the Twilio accounts, the
+callback sender and the customer webhook receivers are plain objects built once by ``create_app``
+and stored in ``app.extensions``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from flask import current_app
 from services.sandbox.accounts import Accounts
 from services.sandbox.callbacks import StatusCallbackSender
 from services.sandbox.faults import FaultPlan
+from services.sandbox.receivers import Receivers
 from services.sandbox.records import ReceivedMessages
 
 EXTENSION_KEY = "postroom_sandbox"
@@ -25,6 +27,7 @@ class SandboxState:
     faults: dict[str, FaultPlan]  # channel -> its provider's fault plan
     twilio_callbacks: StatusCallbackSender
     twilio_accounts: Accounts
+    receivers: Receivers  # the customer endpoints postroom's webhooks and http channel POST to
 
 
 def current_sandbox() -> SandboxState:

@@ -14,7 +14,7 @@ from common import broker as _broker  # noqa: F401  (installs the broker and dat
 from common import lifecycle, metrics
 from common.config import settings
 from common.db.connection import DatabaseUnavailable, release_connection
-from services.scheduler import reconciler
+from services.scheduler import reconciler, webhooks
 
 log = logging.getLogger("postroom.scheduler")
 METRICS_PORT_OFFSET = 9  # worker services take the ports before it in local runs
@@ -26,6 +26,7 @@ def run_once() -> dict[str, int]:
     done["promoted"] = reconciler.promote_parked(lifecycle.SHORT_WAIT_SECONDS)
     done.update(reconciler.resolve_unknown(settings.postroom_sending_timeout_seconds))
     done["receipts"] = reconciler.sweep_receipts()
+    done.update(webhooks.maintain())
     return {k: v for k, v in done.items() if v}
 
 

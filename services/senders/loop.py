@@ -35,7 +35,7 @@ from common.providers.sms import Accepted
 from common.receipts import apply_pending_receipts
 
 log = logging.getLogger("postroom.sender")
-CLAIM_COLUMNS = ("to_addr", "from_addr", "body", "attempts", "throttles", "created_at")
+CLAIM_COLUMNS = ("to_addr", "from_addr", "body", "tags", "attempts", "throttles", "created_at")
 Result = tuple[dict[str, Any], Accepted | ProviderError]
 
 

@@ -1,0 +1,26 @@
+"""The events postroom tells customers about, and the rule that writes them only when wanted.
+
+Every status change runs one statement that may also append an outbox row (``common.lifecycle``).
+Only public steps are events, and an event is written only when an enabled webhook endpoint of
+the workspace subscribes to it, so a workspace without endpoints pays nothing for webhooks and
+internal steps (queued, routed, sending) never cost a row.
+"""
+
+from __future__ import annotations
+
+MESSAGE_STATUSES = ("accepted", "sent", "delivered", "read", "failed", "undelivered", "cancelled", "suppressed", "received")
+MESSAGE_EVENTS = tuple(f"message.{s}" for s in MESSAGE_STATUSES)
+ENDPOINT_DISABLED = "webhook_endpoint.disabled"
+TEST_EVENT = "webhook.test"
+# What an endpoint may subscribe to; campaign.completed is written by the campaign stage.
+EVENT_TYPES = (*MESSAGE_EVENTS, "campaign.completed", ENDPOINT_DISABLED, TEST_EVENT)
+ALL = "*"
+
+
+def subscribed_sql(workspace: str, event_type: str) -> str:
+    """SQL condition: an enabled endpoint of ``workspace`` wants ``event_type`` (SQL expressions)."""
+    return (f"EXISTS (SELECT 1 FROM webhook_endpoint e WHERE e.workspace_id = {workspace} AND e.enabled"
+            f" AND e.event_types && ARRAY['{ALL}', {event_type}])")
+
+
+PUBLIC_STATUSES_SQL = "ARRAY[" + ", ".join(f"'{s}'" for s in MESSAGE_STATUSES) + "]"

@@ -1,0 +1,389 @@
+"""Delivering webhook events to one endpoint: claim what is due, POST it signed, record the outcome.
+
+The broker carries endpoint ids, never deliveries: "endpoint 7 has work". One loop per endpoint
+and process pulls that endpoint's due deliveries from PostgreSQL (urgent first, then oldest) up
+to the endpoint's concurrency, so a slow endpoint holds at most its own share of the process's
+calls and nothing else waits behind it. A second kick for an endpoint whose loop is running only
+marks it dirty; the loop looks again before it stops.
+
+Outcomes (PROVIDERS.md, Standard Webhooks): 2xx succeeded; 410 fails it and disables the
+endpoint; 429, 502 and 504 pause the endpoint for ``Retry-After`` without using up a retry; any
+other answer, a redirect, a timeout or a connection error moves the delivery to the next step
+of the retry schedule, as a row with a due time (the scheduler kicks it when due). An endpoint
+that has failed without one success for the disable window is disabled, and an event says so.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+
+from common import dispatch, events, lifecycle, metrics, ratelimit, signing
+from common.config import settings
+from common.crypto import unseal
+from common.db.connection import fetch, fetch_dicts, release_connection, transaction
+from common.netguard import BlockedAddress, guarded_session, parse_networks
+
+log = logging.getLogger("postroom.webhooks")
+RESPONSE_KEPT = 1024  # bytes of each answer kept with its attempt
+LOOP_BUDGET_SECONDS = 30.0  # a loop hands its endpoint back to the broker after this long
+CONFIG_CACHE_SECONDS = 2.0
+DEFAULT_RETRY_AFTER = 5.0
+MAX_RETRY_AFTER = 3600.0
+THROTTLE_CODES = frozenset({429, 502, 504})
+RATE_PROVIDER = "webhook"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    id: int
+    workspace_id: int
+    url: str
+    headers: dict[str, str]
+    secrets: tuple[str, ...]
+    rate_limit_per_second: float
+    updated_at: Any  # a claim that sees a newer one reloads (a rotated secret signs at once)
+
+
+@dataclass
+class Outcome:
+    """What one attempt came to: ``kind`` is succeeded, retried, throttled, failed or blocked."""
+
+    delivery: dict[str, Any]
+    kind: str
+    status_code: int | None = None
+    error: str | None = None
+    latency_ms: float | None = None
+    response: str | None = None
+    delay: float = 0.0  # seconds until the next attempt (retried, throttled)
+    gone: bool = False  # 410: disable the endpoint
+
+
+@dataclass
+class _LoopState:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    running: bool = False
+    dirty: bool = False
+
+
+_states: dict[int, _LoopState] = {}
+_states_lock = threading.Lock()
+_configs: dict[int, tuple[float, Endpoint | None]] = {}
+_calls = threading.BoundedSemaphore(max(1, settings.postroom_webhook_concurrency))
+_session: requests.Session | None = None
+_session_lock = threading.Lock()
+
+
+def session() -> requests.Session:
+    """The process's guarded session: it vets every address it dials (SSRF)."""
+    global _session
+    with _session_lock:
+        if _session is None:
+            _session = guarded_session(parse_networks(settings.postroom_webhook_allowed_networks),
+                                       pool_maxsize=max(10, settings.postroom_webhook_endpoint_concurrency))
+        return _session
+
+
+def endpoint(endpoint_id: int) -> Endpoint | None:
+    """The endpoint's delivery settings (secrets unsealed), cached briefly; None if deleted."""
+    cached = _configs.get(endpoint_id)
+    if cached and cached[0] > time.monotonic():
+        return cached[1]
+    with transaction():
+        rows = fetch_dicts(
+            "SELECT id, workspace_id, url, headers, secret, previous_secret, rate_limit_per_second, updated_at,"
+            " previous_secret_until > now() AS previous_signs FROM webhook_endpoint WHERE id = %s", (endpoint_id,))
+    found = None
+    if rows:
+        row = rows[0]
+        secrets = [unseal(row["secret"])["secret"]]
+        if row["previous_secret"] is not None and row["previous_signs"]:
+            secrets.append(unseal(row["previous_secret"])["secret"])
+        found = Endpoint(row["id"], row["workspace_id"], row["url"], dict(row["headers"] or {}), tuple(secrets),
+                         row["rate_limit_per_second"], row["updated_at"])
+    _configs[endpoint_id] = (time.monotonic() + CONFIG_CACHE_SECONDS, found)
+    return found
+
+
+def forget(endpoint_id: int) -> None:
+    _configs.pop(endpoint_id, None)
+
+
+def run(endpoint_ids: Sequence[int], lane: str) -> None:
+    """The actor's body: work every endpoint of the batch, each in its own loop."""
+    unique = list(dict.fromkeys(endpoint_ids))
+    if len(unique) == 1:
+        work_endpoint(unique[0], lane)
+        return
+    threads = [threading.Thread(target=work_endpoint, args=(eid, lane), name=f"webhooks-{eid}") for eid in unique]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def work_endpoint(endpoint_id: int, lane: str, *, budget: float = LOOP_BUDGET_SECONDS) -> None:
+    """Deliver the endpoint's due deliveries until none is left (or the budget is spent)."""
+    with _states_lock:
+        state = _states.setdefault(endpoint_id, _LoopState())
+    with state.lock:
+        if state.running:
+            state.dirty = True
+            return
+        state.running, state.dirty = True, False
+    done: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
+    in_flight = 0
+    deadline = time.monotonic() + budget
+    limit = max(1, settings.postroom_webhook_endpoint_concurrency)
+    try:
+        while True:
+            claimed: list[dict[str, Any]] = []
+            target = endpoint(endpoint_id)
+            if target is not None and in_flight < limit and time.monotonic() < deadline:
+                wanted = limit - in_flight
+                if target.rate_limit_per_second > 0:
+                    wanted, wait = ratelimit.take_tokens(RATE_PROVIDER, str(endpoint_id), target.rate_limit_per_second, wanted)
+                    if not wanted and not in_flight:
+                        time.sleep(min(wait, 1.0))
+                        continue
+                if wanted:
+                    claimed = claim(endpoint_id, wanted)
+                if claimed and claimed[0]["endpoint_updated_at"] != target.updated_at:
+                    forget(endpoint_id)  # changed since cached: sign and send with what it is now
+                    target = endpoint(endpoint_id)
+                    if target is None:
+                        claimed = []  # deleted meanwhile: its deliveries went with it
+            for row in claimed:
+                _calls.acquire()
+                in_flight += 1
+                assert target is not None
+                threading.Thread(target=_attempt_into, args=(target, row, done), name=f"webhook-{row['id']}").start()
+            if not in_flight:
+                with state.lock:
+                    if state.dirty and time.monotonic() < deadline:
+                        state.dirty = False
+                        continue
+                    state.running = False
+                    more = state.dirty or time.monotonic() >= deadline
+                if more:  # the budget ran out or a kick arrived meanwhile: the broker has it next
+                    dispatch.to_stage("webhooks", lane, [endpoint_id])
+                return
+            outcomes = _gather(done)
+            in_flight -= len(outcomes)
+            record(endpoint_id, outcomes, lane)
+    except BaseException:
+        with state.lock:
+            state.running = False
+        raise
+
+
+def _gather(done: queue.SimpleQueue[Outcome]) -> list[Outcome]:
+    """At least one finished attempt, and whatever else finishes within a few milliseconds: one
+    statement records them all."""
+    outcomes = [done.get()]
+    linger = time.monotonic() + 0.005
+    while True:
+        try:
+            outcomes.append(done.get(timeout=max(0.0, linger - time.monotonic())))
+        except queue.Empty:
+            return outcomes
+
+
+def claim(endpoint_id: int, limit: int) -> list[dict[str, Any]]:
+    """Move up to ``limit`` of the endpoint's due deliveries to ``delivering`` (one statement)."""
+    with transaction():
+        rows = fetch_dicts(
+            """
+            WITH picked AS (
+                SELECT d.id FROM webhook_delivery d JOIN webhook_endpoint e ON e.id = d.endpoint_id
+                WHERE d.endpoint_id = %(e)s AND d.status = 'pending' AND d.due_at <= now()
+                  AND e.enabled AND (e.paused_until IS NULL OR e.paused_until <= now())
+                ORDER BY d.rank, d.id LIMIT %(n)s
+                FOR UPDATE OF d SKIP LOCKED
+            )
+            UPDATE webhook_delivery d SET status = 'delivering', claimed_at = now(), attempts = d.attempts + 1
+            FROM picked, webhook_endpoint e WHERE d.id = picked.id AND e.id = d.endpoint_id
+            RETURNING d.id, d.event_key, d.event_type, d.body, d.attempts, d.failures, e.updated_at AS endpoint_updated_at
+            """,
+            {"e": endpoint_id, "n": limit}, prepared=True)
+    release_connection()
+    return rows
+
+
+def _attempt_into(target: Endpoint, row: dict[str, Any], done: queue.SimpleQueue[Outcome]) -> None:
+    try:
+        outcome = attempt(target, row)
+    except Exception as exc:  # a bug must not leave the loop waiting for this attempt
+        log.exception("webhook delivery %s failed unexpectedly", row["id"])
+        outcome = _failure(row, None, f"internal error: {exc!r}")
+    finally:
+        _calls.release()
+    metrics.WEBHOOK_DELIVERIES.labels(outcome=outcome.kind).observe((outcome.latency_ms or 0) / 1000)
+    done.put(outcome)
+
+
+def attempt(target: Endpoint, row: dict[str, Any]) -> Outcome:
+    """POST one delivery to its endpoint and classify the answer."""
+    body = row["body"].encode()
+    headers = {**target.headers, **signing.headers(target.secrets, row["event_key"], int(time.time()), body,
+                                                   event_type=row["event_type"], attempt=row["attempts"])}
+    timeout = settings.postroom_webhook_timeout_seconds
+    started = time.perf_counter()
+    try:
+        with session().post(target.url, data=body, headers=headers, timeout=(min(5.0, timeout), timeout),
+                            allow_redirects=False, stream=True) as response:
+            kept = _read_some(response)
+    except BlockedAddress as exc:
+        outcome = _failure(row, None, f"refused: {exc}")
+        outcome.kind = "blocked" if outcome.kind == "retried" else outcome.kind
+        return outcome
+    except requests.RequestException as exc:
+        outcome = _failure(row, None, _describe(exc))
+        outcome.latency_ms = (time.perf_counter() - started) * 1000
+        return outcome
+    latency = (time.perf_counter() - started) * 1000
+    code = response.status_code
+    if 200 <= code < 300:
+        return Outcome(row, "succeeded", code, None, latency, kept)
+    if code == 410:
+        return Outcome(row, "failed", code, "410 Gone: the endpoint is disabled", latency, kept, gone=True)
+    if code in THROTTLE_CODES:
+        wait = _retry_after(response.headers.get("Retry-After"))
+        return Outcome(row, "throttled", code, f"HTTP {code}: throttled for {wait:g}s", latency, kept, delay=wait)
+    reason = f"HTTP {code}" + (" (redirects are not followed)" if 300 <= code < 400 else "")
+    outcome = _failure(row, code, reason)
+    outcome.latency_ms, outcome.response = latency, kept
+    return outcome
+
+
+def _failure(row: dict[str, Any], code: int | None, error: str) -> Outcome:
+    """A failed attempt: the next step of the retry schedule, or the end of it."""
+    schedule = settings.webhook_retry_schedule
+    failures = row["failures"] + 1
+    if failures < len(schedule):
+        return Outcome(row, "retried", code, error, delay=schedule[failures])
+    return Outcome(row, "failed", code, f"{error}; gave up after {failures} attempts")
+
+
+def _read_some(response: requests.Response) -> str:
+    data = b""
+    for chunk in response.iter_content(RESPONSE_KEPT):
+        data += chunk
+        if len(data) >= RESPONSE_KEPT:
+            break
+    return data[:RESPONSE_KEPT].decode("utf-8", "replace")
+
+
+def _retry_after(value: str | None) -> float:
+    try:
+        seconds = float(value) if value is not None else DEFAULT_RETRY_AFTER
+    except ValueError:
+        seconds = DEFAULT_RETRY_AFTER  # an HTTP date or junk: the default pause
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+def _describe(exc: requests.RequestException) -> str:
+    if isinstance(exc, requests.Timeout):
+        return f"timed out after {settings.postroom_webhook_timeout_seconds:g}s"
+    if isinstance(exc, requests.ConnectionError):
+        return f"connection failed: {type(exc).__name__}"
+    return f"request failed: {type(exc).__name__}: {exc}"[:500]
+
+
+_RECORD = """
+WITH v AS (
+    SELECT unnest(%(ids)s::bigint[]) AS id, unnest(%(status)s::text[]) AS status, unnest(%(fail)s::int[]) AS fail,
+           unnest(%(delay)s::float8[]) AS delay, unnest(%(code)s::int[]) AS code, unnest(%(error)s::text[]) AS error,
+           unnest(%(latency)s::float8[]) AS latency, unnest(%(response)s::text[]) AS response
+), moved AS (
+    UPDATE webhook_delivery d SET status = v.status, failures = d.failures + v.fail, claimed_at = NULL,
+           due_at = CASE WHEN v.status = 'pending' THEN now() + v.delay * interval '1 second' ELSE d.due_at END,
+           finished_at = CASE WHEN v.status <> 'pending' THEN now() END,
+           last_status_code = v.code, last_error = v.error
+    FROM v WHERE d.id = v.id AND d.status = 'delivering'
+    RETURNING d.id, d.endpoint_id, d.attempts, d.status, d.due_at, v.code, v.error, v.latency, v.response
+)
+INSERT INTO webhook_attempt (delivery_id, endpoint_id, attempt, status_code, latency_ms, response, error, next_attempt_at)
+SELECT id, endpoint_id, attempts, code, latency, response, error, CASE WHEN status = 'pending' THEN due_at END FROM moved
+"""
+
+
+def record(endpoint_id: int, outcomes: Sequence[Outcome], lane: str) -> None:
+    """Record the attempts and what they mean for the endpoint, then kick its near retries."""
+    status = {"succeeded": "succeeded", "failed": "failed", "retried": "pending", "blocked": "pending", "throttled": "pending"}
+    params = {
+        "ids": [o.delivery["id"] for o in outcomes],
+        "status": [status[o.kind] for o in outcomes],
+        "fail": [1 if o.kind in ("retried", "blocked", "failed") else 0 for o in outcomes],
+        "delay": [o.delay for o in outcomes],
+        "code": [o.status_code for o in outcomes],
+        "error": [o.error for o in outcomes],
+        "latency": [o.latency_ms for o in outcomes],
+        "response": [o.response for o in outcomes],
+    }
+    pause = max((o.delay for o in outcomes if o.kind == "throttled"), default=0.0)
+    succeeded = any(o.kind == "succeeded" for o in outcomes)
+    failed = any(o.kind in ("retried", "blocked", "failed") for o in outcomes)
+    gone = any(o.gone for o in outcomes)
+    disabled: list[dict[str, Any]] = []
+    with transaction():
+        fetch(_RECORD, params, prepared=True)
+        if pause:
+            fetch("UPDATE webhook_endpoint SET paused_until = greatest(coalesce(paused_until, now()), now() + %s * interval '1 second')"
+                  " WHERE id = %s", (pause, endpoint_id))
+        if succeeded:
+            fetch("UPDATE webhook_endpoint SET failing_since = NULL WHERE id = %s AND failing_since IS NOT NULL", (endpoint_id,))
+        elif failed:
+            fetch("UPDATE webhook_endpoint SET failing_since = now() WHERE id = %s AND failing_since IS NULL", (endpoint_id,))
+        if gone:
+            disabled = disable(endpoint_id, "gone", "the endpoint answered 410 Gone")
+        elif failed and not succeeded:
+            disabled = disable(endpoint_id, "failing", f"no successful delivery for {settings.postroom_webhook_disable_after_hours:g} hours",
+                               failing_for_hours=settings.postroom_webhook_disable_after_hours)
+    release_connection()
+    if disabled:
+        forget(endpoint_id)
+    soon = [o.delay for o in outcomes if o.kind in ("retried", "blocked", "throttled") and o.delay <= lifecycle.SHORT_WAIT_SECONDS]
+    if soon and not disabled:  # near retries ride on a broker delay; the scheduler covers a lost one
+        dispatch.to_stage("webhooks", lane, [endpoint_id], delay_ms=int(min(soon) * 1000) + 1)
+
+
+def disable(endpoint_id: int, reason: str, detail: str, *, failing_for_hours: float | None = None) -> list[dict[str, Any]]:
+    """Disable the endpoint (when failing, only if it has failed that long), fail its pending
+    deliveries, and write a ``webhook_endpoint.disabled`` event for the workspace's other endpoints.
+    Runs inside the caller's transaction; returns the disabled endpoint (empty if it was not)."""
+    condition = "AND failing_since <= now() - %(hours)s * interval '1 hour'" if failing_for_hours is not None else ""
+    rows = fetch_dicts(
+        f"""
+        WITH off AS (
+            UPDATE webhook_endpoint SET enabled = false, disabled_reason = %(detail)s, updated_at = now()
+            WHERE id = %(e)s AND enabled {condition}
+            RETURNING id, workspace_id, url
+        ), dropped AS (
+            UPDATE webhook_delivery SET status = 'failed', finished_at = now(), last_error = 'endpoint disabled: ' || %(detail)s
+            WHERE endpoint_id IN (SELECT id FROM off) AND status = 'pending'
+        ), ev AS (
+            INSERT INTO outbox (workspace_id, event_type, payload, lane)
+            SELECT workspace_id, %(type)s, jsonb_build_object('endpoint_id', id, 'url', url, 'reason', %(detail)s), 'urgent'
+            FROM off WHERE {events.subscribed_sql("off.workspace_id", "%(type)s")}
+        )
+        SELECT id, workspace_id FROM off
+        """,
+        {"e": endpoint_id, "detail": detail, "hours": failing_for_hours, "type": events.ENDPOINT_DISABLED})
+    if rows:
+        metrics.ENDPOINTS_DISABLED.labels(reason=reason).inc()
+        log.warning("webhook endpoint %s disabled: %s", endpoint_id, detail)
+    return rows
+
+
+def event_body(event_type: str, timestamp: str, data: dict[str, Any]) -> str:
+    """The JSON every delivery sends: ``{"type", "timestamp", "data"}``."""
+    return json.dumps({"type": event_type, "timestamp": timestamp, "data": data}, separators=(",", ":"))
