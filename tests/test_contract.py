@@ -27,10 +27,15 @@ OPERATIONS = {
     ("post", "/v1/messages"), ("get", "/v1/messages/{message_id}"), ("post", "/v1/messages/{message_id}/cancel"),
     ("get", "/healthz"), ("get", "/readyz"), ("get", "/metrics"), ("get", "/openapi.json"),
     ("post", "/webhooks/twilio/status"),
+    ("post", "/v1/webhook-endpoints"), ("get", "/v1/webhook-endpoints"), ("get", "/v1/webhook-endpoints/{endpoint_id}"),
+    ("patch", "/v1/webhook-endpoints/{endpoint_id}"), ("delete", "/v1/webhook-endpoints/{endpoint_id}"),
+    ("post", "/v1/webhook-endpoints/{endpoint_id}/rotate-secret"), ("post", "/v1/webhook-endpoints/{endpoint_id}/test"),
+    ("get", "/v1/webhook-endpoints/{endpoint_id}/deliveries"), ("post", "/v1/webhook-endpoints/{endpoint_id}/replay"),
+    ("post", "/v1/webhook-deliveries/{delivery_id}/replay"),
 }
 
 
-MAX_EXAMPLES = 30  # per operation and mode: 8 operations x 2 modes x 30 keeps the run to seconds
+MAX_EXAMPLES = 30  # per operation and mode: 18 operations x 2 modes x 30 keeps the run under a minute
 
 
 def test_every_operation_keeps_the_contract_under_fuzzing(ingest_url, workspace):

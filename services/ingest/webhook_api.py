@@ -127,10 +127,10 @@ def test_endpoint(endpoint_id: int) -> tuple[Response, int]:
 
 
 @operation(webhook_api, "GET", "/webhook-endpoints/{endpoint_id}/deliveries", summary="List delivery attempts to an endpoint",
-           scope="webhooks:read", ok={200: Body(DeliveryAttempts, "Attempts, newest first.")}, errors=(404,),
-           headers=[query("limit", f"Attempts per page, 1 to {MAX_PAGE} (default 50).", pattern=r"^[0-9]{1,3}$"),
+           scope="webhooks:read", ok={200: Body(DeliveryAttempts, "Attempts, newest first.")}, errors=(404, 422),
+           headers=[query("limit", f"Attempts per page, 1 to {MAX_PAGE} (default 50).", type="integer", minimum=1, maximum=MAX_PAGE),
                     query("before", "Only attempts older than this attempt id (the previous page's `next_before`).",
-                          pattern=r"^[0-9]{1,18}$")])
+                          type="integer", minimum=1, maximum=2**63 - 1)])
 def list_deliveries(endpoint_id: int) -> tuple[Response, int]:
     limit = _int_arg("limit", 50, 1, MAX_PAGE) or 50
     before = _int_arg("before", None, 1, 2**63 - 1)
