@@ -11,9 +11,9 @@ from __future__ import annotations
 MESSAGE_STATUSES = ("accepted", "sent", "delivered", "read", "failed", "undelivered", "cancelled", "suppressed", "received")
 MESSAGE_EVENTS = tuple(f"message.{s}" for s in MESSAGE_STATUSES)
 ENDPOINT_DISABLED = "webhook_endpoint.disabled"
-TEST_EVENT = "webhook.test"
+TEST_EVENT = "webhook.test"  # sent to one endpoint on request, whatever it subscribes to
 # What an endpoint may subscribe to; campaign.completed is written by the campaign stage.
-EVENT_TYPES = (*MESSAGE_EVENTS, "campaign.completed", ENDPOINT_DISABLED, TEST_EVENT)
+EVENT_TYPES = (*MESSAGE_EVENTS, "campaign.completed", ENDPOINT_DISABLED)
 ALL = "*"
 
 

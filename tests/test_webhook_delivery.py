@@ -205,3 +205,17 @@ def test_scheduler_kicks_due_work_releases_dead_attempts_and_cleans_up(workspace
         rows = dict(fetch("SELECT id, status FROM webhook_delivery"))
     assert rows == {due: "pending", stuck: "pending", paused_delivery: "pending"}
     assert duties.measure_lag() >= 0
+
+
+def test_the_api_accepts_exactly_the_events_postroom_writes():
+    from common import events
+    from services.ingest.models import EventType
+
+    assert set(EventType.__args__) == {events.ALL, *events.EVENT_TYPES}
+
+
+def test_custom_headers_cannot_replace_the_signature_or_break_the_request(api, workspace):
+    for name in ("webhook-signature", "X-Webhook-Attempt", "Host", "content-length"):
+        response = api.post("/v1/webhook-endpoints", headers=workspace["auth"],
+                            json={"url": "https://hooks.example.com/x", "event_types": ["*"], "headers": {name: "x"}})
+        assert response.status_code == 422 and response.get_json()["error"]["field"] == "headers", name

@@ -159,15 +159,28 @@ HEADER_NAME = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$"
 EventType = Literal[
     "*", "message.accepted", "message.sent", "message.delivered", "message.read", "message.failed",
     "message.undelivered", "message.cancelled", "message.suppressed", "message.received",
-    "campaign.completed", "webhook_endpoint.disabled", "webhook.test",
+    "campaign.completed", "webhook_endpoint.disabled",
 ]
+# Headers a delivery sets itself, or that would break the request: not settable per endpoint.
+RESERVED_HEADERS = ("host", "content-length", "content-type", "transfer-encoding", "connection", "user-agent")
+RESERVED_HEADER_PREFIXES = ("webhook-", "x-webhook-")
+
+
+def _no_reserved(headers: dict[str, str]) -> dict[str, str]:
+    for name in headers:
+        low = name.lower()
+        if low in RESERVED_HEADERS or low.startswith(RESERVED_HEADER_PREFIXES):
+            raise PydanticCustomError("reserved_header", "the header {name} is set by postroom itself", {"name": name})
+    return headers
+
 EndpointUrl = Annotated[str, Field(min_length=8, max_length=MAX_URL, pattern=r"^https?://\S+$",
                                    examples=["https://hooks.example.com/postroom"]), SingleLine]
 HeaderValue = Annotated[str, Field(max_length=1000), SingleLine]
 EventTypes = Annotated[list[EventType], Field(min_length=1, max_length=len(EventType.__args__))]  # type: ignore[attr-defined]
 Description = Annotated[str, Field(max_length=500), SingleLine]
 RatePerSecond = Annotated[float, Field(ge=0, le=10000)]
-CustomHeaders = Annotated[dict[Annotated[str, Field(pattern=HEADER_NAME)], HeaderValue], Field(max_length=MAX_ENDPOINT_HEADERS)]
+CustomHeaders = Annotated[dict[Annotated[str, Field(pattern=HEADER_NAME)], HeaderValue], Field(max_length=MAX_ENDPOINT_HEADERS),
+                          AfterValidator(_no_reserved)]
 
 
 class NewWebhookEndpoint(BaseModel):
