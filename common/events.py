@@ -8,6 +8,10 @@ internal steps (queued, routed, sending) never cost a row.
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime
+from typing import Any
+
 MESSAGE_STATUSES = ("accepted", "sent", "delivered", "read", "failed", "undelivered", "cancelled", "suppressed", "received")
 MESSAGE_EVENTS = tuple(f"message.{s}" for s in MESSAGE_STATUSES)
 ENDPOINT_DISABLED = "webhook_endpoint.disabled"
@@ -24,3 +28,10 @@ def subscribed_sql(workspace: str, event_type: str) -> str:
 
 
 PUBLIC_STATUSES_SQL = "ARRAY[" + ", ".join(f"'{s}'" for s in MESSAGE_STATUSES) + "]"
+
+
+def body(event_type: str, data: dict[str, Any], at: datetime | None = None) -> str:
+    """The JSON a delivery sends, ``{"type", "timestamp", "data"}`` (the fan-out builds the same
+    shape in SQL for outbox events)."""
+    timestamp = (at or datetime.now(UTC)).astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return json.dumps({"type": event_type, "timestamp": timestamp, "data": data}, separators=(",", ":"))

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import requests
 
-from common import crypto, lifecycle, signing
+from common import crypto, events, lifecycle, signing
 from common.config import settings
 from common.db.connection import fetch, fetch_dicts, transaction
 from services.scheduler import webhooks as duties
@@ -91,7 +91,7 @@ def endpoint_row(workspace_id: int, url: str, event_types: tuple[str, ...] = ("*
 
 
 def delivery_row(workspace_id: int, endpoint_id: int, event_type: str = "message.sent") -> int:
-    body = delivery.event_body(event_type, "2026-11-30T00:00:00Z", {"id": 1})
+    body = events.body(event_type, {"id": 1})
     with transaction():
         return fetch("INSERT INTO webhook_delivery (endpoint_id, workspace_id, event_key, event_type, body)"
                      " VALUES (%s, %s, 'evt_test', %s, %s) RETURNING id", (endpoint_id, workspace_id, event_type, body))[0][0]
@@ -208,7 +208,6 @@ def test_scheduler_kicks_due_work_releases_dead_attempts_and_cleans_up(workspace
 
 
 def test_the_api_accepts_exactly_the_events_postroom_writes():
-    from common import events
     from services.ingest.models import EventType
 
     assert set(EventType.__args__) == {events.ALL, *events.EVENT_TYPES}

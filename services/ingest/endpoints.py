@@ -8,7 +8,7 @@ commit); the webhooks stage sends them.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from common import crypto, events, signing
@@ -97,10 +97,7 @@ def rotate_secret(workspace_id: int, endpoint_id: int) -> dict[str, Any] | None:
 
 def queue_test(workspace_id: int, endpoint_id: int) -> dict[str, Any] | None:
     """A ``webhook.test`` delivery to this endpoint (enabled or not: a test is how one checks it)."""
-    now = datetime.now(UTC)
-    body = json.dumps({"type": events.TEST_EVENT, "timestamp": now.isoformat().replace("+00:00", "Z"),
-                       "data": {"endpoint_id": endpoint_id, "message": "a test event from postroom"}},
-                      separators=(",", ":"))
+    body = events.body(events.TEST_EVENT, {"endpoint_id": endpoint_id, "message": "a test event from postroom"})
     rows = fetch_dicts(
         """INSERT INTO webhook_delivery (endpoint_id, workspace_id, event_key, event_type, body, rank)
            SELECT id, workspace_id, 'test_' || md5(random()::text || clock_timestamp()::text), %s, %s, 0

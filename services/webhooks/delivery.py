@@ -15,7 +15,6 @@ that has failed without one success for the disable window is disabled, and an e
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import threading
@@ -382,8 +381,3 @@ def disable(endpoint_id: int, reason: str, detail: str, *, failing_for_hours: fl
         metrics.ENDPOINTS_DISABLED.labels(reason=reason).inc()
         log.warning("webhook endpoint %s disabled: %s", endpoint_id, detail)
     return rows
-
-
-def event_body(event_type: str, timestamp: str, data: dict[str, Any]) -> str:
-    """The JSON every delivery sends: ``{"type", "timestamp", "data"}``."""
-    return json.dumps({"type": event_type, "timestamp": timestamp, "data": data}, separators=(",", ":"))
