@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -342,3 +343,18 @@ def guarded_session(allowed: Sequence[Network] = (), *, pool_maxsize: int = 10) 
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     return session
+
+
+_shared: dict[tuple[str, int], requests.Session] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_session(allowed_networks: str, pool_maxsize: int) -> requests.Session:
+    """The process's guarded session for this allow-list (``parse_networks`` text), built once so
+    its connection pools are reused by every caller (webhook deliveries, the http channel)."""
+    key = (allowed_networks, pool_maxsize)
+    with _shared_lock:
+        found = _shared.get(key)
+        if found is None:
+            found = _shared[key] = guarded_session(parse_networks(allowed_networks), pool_maxsize=pool_maxsize)
+        return found

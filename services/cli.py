@@ -74,7 +74,7 @@ def cmd_channel_sms(args: argparse.Namespace) -> None:
     """Give a workspace its own Twilio account for SMS (credentials encrypted at rest)."""
     from common import apikeys
     from common.crypto import seal
-    from common.db.connection import fetch, transaction
+    from common.db.connection import transaction
 
     _connect()
     creds = {"account_sid": args.account_sid, "auth_token": args.auth_token}
@@ -84,23 +84,31 @@ def cmd_channel_sms(args: argparse.Namespace) -> None:
         ws = apikeys.workspace_id_by_name(args.workspace)
         if ws is None:
             sys.exit(f"no workspace {args.workspace!r}")
-        fetch(
-            "INSERT INTO channel_config (workspace_id, channel, provider, account_ref, credentials, sender_identity, rate_limit_per_second)"
-            " VALUES (%s, 'sms', 'twilio', %s, %s, %s, %s)"
-            " ON CONFLICT (workspace_id, channel) DO UPDATE SET provider = excluded.provider, account_ref = excluded.account_ref,"
-            " credentials = excluded.credentials, sender_identity = excluded.sender_identity,"
-            " rate_limit_per_second = excluded.rate_limit_per_second",
-            (ws, args.account_sid, seal(creds), args.from_, args.rate_limit),
-        )
+        _save_channel(ws, "sms", "twilio", args.account_sid, seal(creds), args.from_, args.rate_limit)
     print(f"workspace {args.workspace!r} sends SMS from {args.from_} through Twilio account {args.account_sid}"
           + (f" at most {args.rate_limit:g}/s" if args.rate_limit else ""))
+
+
+def _save_channel(workspace_id: int, channel: str, provider: str, account_ref: str, credentials: bytes,
+                  identity: str, rate_limit: float) -> None:
+    """Create or replace the workspace's configuration of ``channel`` (inside a transaction)."""
+    from common.db.connection import fetch
+
+    fetch(
+        "INSERT INTO channel_config (workspace_id, channel, provider, account_ref, credentials, sender_identity, rate_limit_per_second)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s)"
+        " ON CONFLICT (workspace_id, channel) DO UPDATE SET provider = excluded.provider, account_ref = excluded.account_ref,"
+        " credentials = excluded.credentials, sender_identity = excluded.sender_identity,"
+        " rate_limit_per_second = excluded.rate_limit_per_second",
+        (workspace_id, channel, provider, account_ref, credentials, identity, rate_limit),
+    )
 
 
 def cmd_channel_http(args: argparse.Namespace) -> None:
     """Deliver this workspace's ``http`` channel messages to URL, signed with a new secret (printed once)."""
     from common import apikeys, signing
     from common.crypto import seal
-    from common.db.connection import fetch, transaction
+    from common.db.connection import transaction
     from common.netguard import parse_networks, vet_url
 
     try:
@@ -113,14 +121,7 @@ def cmd_channel_http(args: argparse.Namespace) -> None:
         ws = apikeys.workspace_id_by_name(args.workspace)
         if ws is None:
             sys.exit(f"no workspace {args.workspace!r}")
-        fetch(
-            "INSERT INTO channel_config (workspace_id, channel, provider, account_ref, credentials, sender_identity, rate_limit_per_second)"
-            " VALUES (%s, 'http', 'http', %s, %s, %s, %s)"
-            " ON CONFLICT (workspace_id, channel) DO UPDATE SET provider = excluded.provider, account_ref = excluded.account_ref,"
-            " credentials = excluded.credentials, sender_identity = excluded.sender_identity,"
-            " rate_limit_per_second = excluded.rate_limit_per_second",
-            (ws, f"ws{ws}", seal({"secret": secret}), args.url, args.rate_limit),
-        )
+        _save_channel(ws, "http", "http", f"ws{ws}", seal({"secret": secret}), args.url, args.rate_limit)
     print(secret)
     print(f"workspace {args.workspace!r} delivers http channel messages to {args.url}, signed with the secret above"
           + (f", at most {args.rate_limit:g}/s" if args.rate_limit else ""), file=sys.stderr)

@@ -29,8 +29,7 @@ def no_loopback(monkeypatch) -> None:
 
     strict = replace(settings, postroom_webhook_allowed_networks="")
     monkeypatch.setattr(webhook_api, "settings", strict)
-    monkeypatch.setattr(delivery, "settings", strict)
-    monkeypatch.setattr(delivery, "_session", None)  # built again from the strict settings
+    monkeypatch.setattr(delivery, "settings", strict)  # its session is the one for these networks: none
     real = socket.getaddrinfo
 
     def resolve(host: Any, *args: Any, **kwargs: Any) -> Any:
@@ -39,8 +38,6 @@ def no_loopback(monkeypatch) -> None:
         return real(host, *args, **kwargs)
 
     monkeypatch.setattr(socket, "getaddrinfo", resolve)
-    yield
-    delivery._session = None
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ is safe); any other 4xx, a redirect or a refused address is permanent.
 from __future__ import annotations
 
 import json
-import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,17 +23,13 @@ import requests
 from common import signing
 from common.config import settings
 from common.errors import PermanentError, Throttled, TransientError
-from common.netguard import BlockedAddress, guarded_session, parse_networks
+from common.netguard import BlockedAddress, shared_session
 from common.providers.sms import Accepted
 
 PROVIDER = "http"
 EVENT_TYPE = "message.send"
 ID_KEYS = ("id", "message_id", "messageId", "sid")
 MAX_ANSWER = 65536
-
-_session: requests.Session | None = None
-_lock = threading.Lock()
-
 
 @dataclass(frozen=True)
 class HttpAccount:
@@ -51,12 +46,7 @@ class HttpAccount:
 
 
 def session() -> requests.Session:
-    global _session
-    with _lock:
-        if _session is None:
-            _session = guarded_session(parse_networks(settings.postroom_webhook_allowed_networks),
-                                       pool_maxsize=max(10, settings.postroom_sender_concurrency))
-        return _session
+    return shared_session(settings.postroom_webhook_allowed_networks, max(10, settings.postroom_sender_concurrency))
 
 
 def payload(row: dict[str, Any]) -> bytes:

@@ -29,7 +29,7 @@ from common import dispatch, events, lifecycle, metrics, ratelimit, signing
 from common.config import settings
 from common.crypto import unseal
 from common.db.connection import fetch, fetch_dicts, release_connection, transaction
-from common.netguard import BlockedAddress, guarded_session, parse_networks
+from common.netguard import BlockedAddress, shared_session
 
 log = logging.getLogger("postroom.webhooks")
 RESPONSE_KEPT = 1024  # bytes of each answer kept with its attempt
@@ -77,18 +77,11 @@ _states: dict[int, _LoopState] = {}
 _states_lock = threading.Lock()
 _configs: dict[int, tuple[float, Endpoint | None]] = {}
 _calls = threading.BoundedSemaphore(max(1, settings.postroom_webhook_concurrency))
-_session: requests.Session | None = None
-_session_lock = threading.Lock()
 
 
 def session() -> requests.Session:
     """The process's guarded session: it vets every address it dials (SSRF)."""
-    global _session
-    with _session_lock:
-        if _session is None:
-            _session = guarded_session(parse_networks(settings.postroom_webhook_allowed_networks),
-                                       pool_maxsize=max(10, settings.postroom_webhook_endpoint_concurrency))
-        return _session
+    return shared_session(settings.postroom_webhook_allowed_networks, max(10, settings.postroom_webhook_endpoint_concurrency))
 
 
 def endpoint(endpoint_id: int) -> Endpoint | None:
