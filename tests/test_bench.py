@@ -16,7 +16,8 @@ def test_bench_reports_measured_figures_for_every_scenario(tmp_path: Path):
     # As on a fresh machine: none of this test session's servers or settings.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("POSTROOM_", "TWILIO_", "DATABASE_", "REDIS_"))}
     env["POSTROOM_VAR_DIR"] = str(tmp_path / "var")
-    result = subprocess.run([sys.executable, "-m", "tests.bench", "--count", "60", "--idle-seconds", "2", "--output", str(output)],
+    result = subprocess.run([sys.executable, "-m", "tests.bench", "--count", "60", "--webhook-count", "60", "--idle-seconds", "2",
+                             "--output", str(output)],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     report = json.loads(output.read_text())
@@ -32,3 +33,24 @@ def test_bench_reports_measured_figures_for_every_scenario(tmp_path: Path):
         assert {"ingest", "processing", "routing", "sender-sms", "postgres", "redis", "sandbox"} <= set(r["cpu_ms_per_message"])
     assert r["accepted_to_sent_ms"]["p50"] >= 150  # the provider's latency is inside accepted → sent
     assert "end-to-end messages/s" in result.stdout
+
+    # The webhook campaign: 60 bulk messages without an endpoint, then with one subscribed to `*`.
+    campaign = report["webhooks"]
+    assert campaign["messages"] == 60 and campaign["provider_latency_ms"] == 150 and campaign["receiver_delay_ms"] == 100
+    for run in (campaign["without_webhooks"], campaign["with_webhooks"]):
+        assert run["sandbox_received"] == run["sent"] == run["delivered"] == 60
+        assert run["end_to_end_messages_per_s"] > 0 and run["messages_sent_per_s"] > 0
+    assert campaign["with_webhooks"]["cpu_ms_per_message"]["webhooks"] > 0  # the webhooks stage did the work
+    assert {"ingest", "sender-sms", "webhooks", "postgres", "sandbox"} <= set(campaign["without_webhooks"]["cpu_ms_per_message"])
+    assert isinstance(campaign["throughput_change_percent"], float)
+    delivered = campaign["webhooks"]  # accepted, sent and delivered for each message, each once
+    assert delivered["expected"] == delivered["delivered"] == delivered["received"] == 180
+    assert delivered["missing"] == delivered["duplicates"] == delivered["not_2xx"] == delivered["unexpected"] == 0
+    assert delivered["delivery_rows"] == {"succeeded": 180} and delivered["attempts"] == 180
+    assert delivered["deliveries_per_s"] > 0 and delivered["without_event_time"] == 0
+    lag = delivered["lag_ms"]  # receive time at the receiver minus the event's time in message_event
+    assert 0 < lag["p50"] <= lag["p95"] <= lag["p99"] <= lag["max"]
+    assert set(delivered["lag_ms_by_type"]) == {"message.accepted", "message.sent", "message.delivered"}
+    assert len(delivered["lag_p50_ms_by_tenth"]) == 10
+    assert delivered["call_ms"]["p50"] >= 100 and delivered["calls_in_flight_mean"] > 0  # the receiver answers after 100 ms
+    assert "webhook deliveries received 180 of 180 expected: ok" in result.stdout

@@ -1,80 +1,36 @@
 """Benchmark: single SMS posted through the API as fast as it takes them, end to end.
 
-Starts a private stack (as ``make run`` does), measures its idle cost (``tests.bench.idle``), then
-for each scenario — the sandbox answering at
-once, and after 150 ms per call as real providers do — posts COUNT messages from a pool of client
-threads and measures API requests/s, end-to-end messages/s (first request → last message
-received by the sandbox), accepted → sent latency percentiles (from the database), and CPU
-seconds per message of each process group. A last scenario posts COUNT bulk messages and, while
-they are a backlog, urgent ones one at a time: the urgent lane's latency behind the backlog.
-Results are printed as tables and written as JSON.
+For each scenario — the sandbox answering at once, and after 150 ms per call as real providers
+do — posts COUNT messages from a pool of client threads and measures API requests/s, end-to-end
+messages/s (first request → last message received by the sandbox), accepted → sent latency
+percentiles (from the database), and CPU seconds per message of each process group. A last
+scenario posts COUNT bulk messages and, while they are a backlog, urgent ones one at a time: the
+urgent lane's latency behind the backlog. ``python -m tests.bench`` runs them on a private stack.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import statistics
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
-import psutil
 import psycopg2
 import requests
 
-from common.config import ROOT
-from services.local.stack import Stack, private_env
-from tests.bench.idle import (
-    cpu_seconds,
-    cpu_used,
-    idle_table,
-    measure_idle,
-    settle,
-    stack_processes,
+from services.local.stack import Stack
+from tests.bench.idle import cpu_used
+from tests.bench.load import (
+    api_url,
+    cpu_snapshot,
+    percentile,
+    post_all,
+    provider_answers_in,
+    sandbox_received,
 )
 
-CLIENT_THREADS = 32
 SCENARIOS = (("instant provider", 0), ("provider answers in 150 ms", 150))
-
-
-def cpu_snapshot(stack: Stack) -> dict[str, dict[int, float]]:
-    """CPU seconds (user + system) of every process of the stack's groups and of this client, by pid."""
-    groups = stack_processes(stack)
-    groups["bench client"] = [psutil.Process(os.getpid())]
-    return cpu_seconds(groups)
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
-
-
-def post_all(api: str, key: str, count: int, tag: str, priority: str = "urgent", threads: int = CLIENT_THREADS,
-             pause: float = 0.0) -> tuple[list[int], float, float]:
-    """POST ``count`` messages from ``threads`` threads; return ids, start and end times."""
-    local = threading.local()
-    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
-
-    def one(n: int) -> int:
-        session = getattr(local, "session", None) or requests.Session()
-        local.session = session
-        body = json.dumps({"channel": "sms", "to": f"+1500555{n % 10000:04d}", "body": f"{tag} #{n}", "priority": priority})
-        if pause:
-            time.sleep(pause)
-        response = session.post(f"{api}/v1/messages", data=body, headers=headers, timeout=30)
-        if response.status_code != 202:
-            raise RuntimeError(f"API answered {response.status_code}: {response.text}")
-        return response.json()["id"]
-
-    started = time.time()
-    with ThreadPoolExecutor(threads) as pool:
-        ids = list(pool.map(one, range(count)))
-    return ids, started, time.time()
 
 
 def wait_until_recorded(database_url: str, ids: list[int], timeout: float = 60.0) -> None:
@@ -108,14 +64,11 @@ def waits_line(waits: dict[str, dict[str, float]]) -> str:
 
 def run_scenario(stack: Stack, key: str, count: int, name: str, latency_ms: int) -> dict[str, Any]:
     sandbox = stack.cfg.sandbox_url
-    api = f"http://{stack.cfg.postroom_api_host}:{stack.cfg.postroom_api_port}"
-    requests.delete(f"{sandbox}/sandbox/messages", timeout=10)
-    requests.delete(f"{sandbox}/sandbox/faults", timeout=10)
-    requests.post(f"{sandbox}/sandbox/faults", json={"latency_ms": latency_ms}, timeout=10).raise_for_status()
+    provider_answers_in(stack, latency_ms)
     cpu_before = cpu_snapshot(stack)
-    ids, started, posted = post_all(api, key, count, name)
+    ids, started, posted = post_all(api_url(stack), key, count, name)
     deadline = time.time() + 300
-    while requests.get(f"{sandbox}/sandbox/stats", timeout=10).json()["received"] < count:
+    while sandbox_received(stack) < count:
         if time.time() > deadline:
             raise RuntimeError("the sandbox did not receive every message within 300 s")
         time.sleep(0.05)
@@ -152,11 +105,8 @@ def run_scenario(stack: Stack, key: str, count: int, name: str, latency_ms: int)
 
 def run_lanes_scenario(stack: Stack, key: str, count: int, latency_ms: int = 150, urgent: int = 40) -> dict[str, Any]:
     """``count`` bulk messages, and while they are a backlog, ``urgent`` OTP-like ones trickling in."""
-    sandbox = stack.cfg.sandbox_url
-    api = f"http://{stack.cfg.postroom_api_host}:{stack.cfg.postroom_api_port}"
-    requests.delete(f"{sandbox}/sandbox/messages", timeout=10)
-    requests.delete(f"{sandbox}/sandbox/faults", timeout=10)
-    requests.post(f"{sandbox}/sandbox/faults", json={"latency_ms": latency_ms}, timeout=10).raise_for_status()
+    api = api_url(stack)
+    provider_answers_in(stack, latency_ms)
     urgent_ids: list[int] = []
 
     def trickle() -> None:
@@ -168,7 +118,7 @@ def run_lanes_scenario(stack: Stack, key: str, count: int, latency_ms: int = 150
     bulk_ids, started, _ = post_all(api, key, count, "campaign", priority="bulk")
     side.join()
     deadline = time.time() + 300
-    while requests.get(f"{sandbox}/sandbox/stats", timeout=10).json()["received"] < count + urgent:
+    while sandbox_received(stack) < count + urgent:
         if time.time() > deadline:
             raise RuntimeError("the sandbox did not receive every message within 300 s")
         time.sleep(0.05)
@@ -226,25 +176,3 @@ def table(results: list[dict[str, Any]]) -> str:
             "",
         ]
     return "\n".join(lines)
-
-
-def main(count: int = 2000, output: str = "var/bench/api_sms.json", idle_seconds: float = 20.0) -> None:
-    out = Path(output) if Path(output).is_absolute() else ROOT / output
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stack_dir = out.parent / "stack"
-    shutil.rmtree(stack_dir, ignore_errors=True)  # a fresh private stack: nothing left from an earlier run
-    with Stack(env=private_env(stack_dir, 28000 + os.getpid() % 4000, POSTROOM_LOG_LEVEL="WARNING")) as stack:
-        key = stack.start()
-        settle()
-        idle = measure_idle(stack, idle_seconds)
-        print(idle_table(idle), flush=True)
-        results = [run_scenario(stack, key, count, name, latency) for name, latency in SCENARIOS]
-        lanes = run_lanes_scenario(stack, key, count)
-    report = {"benchmark": "api_single_sms", "cores": psutil.cpu_count(), "client_threads": CLIENT_THREADS,
-              "settings": {k: v for k, v in os.environ.items() if k.startswith("POSTROOM_")}, "idle": idle,
-              "results": results, "lanes": lanes}
-    out.write_text(json.dumps(report, indent=2))
-    print(idle_table(idle))
-    print(table(results))
-    print(lanes_table(lanes))
-    print(f"written to {out}")
