@@ -6,7 +6,8 @@ alert rules and the Grafana dashboard use only metrics that exist (``common.metr
 Prometheus middleware, ``up``); KEDA watches the queues the workers consume (``postroom worker
 <stage>`` consumes ``<stage>_<lane>`` for every lane, narrowed by ``--lanes`` where a lane has its
 own Deployment), and every queue has a worker, locally and in the cluster. Files are parsed,
-nothing is deployed: no cluster, Docker or promtool is needed.
+nothing is deployed: no cluster, Docker or promtool is needed (where promtool is installed, it
+also checks the alert rules and runs their unit tests, deploy/prometheus/alerts.test.yml).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
+import subprocess
 from importlib import import_module
 from pathlib import Path
 from typing import Any
@@ -25,7 +28,7 @@ from common import metrics
 from common.broker import LANES, queue_name
 from common.config import ROOT, SETTINGS, Settings, load
 from services.local.stack import Service, services_for
-from services.worker import STAGE_MODULES
+from services.worker import SENDER_STAGES, STAGE_MODULES
 
 DEPLOY = ROOT / "deploy"
 K8S = ROOT / "k8s"
@@ -35,6 +38,11 @@ SECRET_SETTINGS = {"DATABASE_URL", "REDIS_URL", "TWILIO_AUTH_TOKEN", "POSTROOM_S
 LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/component")
 # Options a Deployment may add to the local command line, with their value.
 DEPLOYMENT_ONLY_OPTIONS = {"--bind"}  # gunicorn_conf binds POSTROOM_API_HOST; a pod binds 0.0.0.0
+# Every worker Deployment and the stage it runs (`postroom worker <stage>`). SMS has a Deployment
+# per lane (campaign backlogs share a provider account's rate); the others serve both lanes from
+# one, each lane on its own threads or greenlets.
+WORKER_DEPLOYMENTS = {"processing": "processing", "routing": "routing", "sender-sms-urgent": "sms",
+                      "sender-sms-bulk": "sms", "sender-http": "http", "webhooks": "webhooks"}
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -196,7 +204,7 @@ def worker_deployments() -> dict[str, list[str]]:
 
 def test_worker_deployments_serve_dramatiq_metrics_on_their_declared_port():
     found = deployments()
-    assert set(worker_deployments()) == {"processing", "routing", "sender-sms-urgent", "sender-sms-bulk"}
+    assert {name: argv[2] for name, argv in worker_deployments().items()} == WORKER_DEPLOYMENTS
     for name in worker_deployments():
         deployment = found[name]
         container = main_container(deployment)
@@ -287,27 +295,42 @@ def main_job_command(job: dict[str, Any]) -> list[str]:
 
 
 # -- settings -----------------------------------------------------------------------------------
-def manifest_env_names() -> dict[str, str]:
-    """Every environment variable name set anywhere under k8s/, with where it is set."""
-    names: dict[str, str] = {}
+def manifest_env_values() -> list[tuple[str, str, str]]:
+    """Every environment variable given a value anywhere under k8s/ (env files, generator
+    literals, container env), as (name, value, where it is set)."""
+    found: list[tuple[str, str, str]] = []
     for path in sorted(K8S.rglob("*")):
         where = str(path.relative_to(ROOT))
         if path.name.endswith(".env") or path.name.endswith(".env.example"):
-            names.update({n: where for n in env_file(path)})
+            found += [(n, value, where) for n, value in env_file(path).items()]
         elif path.suffix == ".yaml":
             for doc in yaml_docs(path):
                 if doc.get("kind") == "Kustomization":
                     for generator in doc.get("configMapGenerator", []) + doc.get("secretGenerator", []):
-                        names.update({lit.partition("=")[0]: where for lit in generator.get("literals", [])})
+                        pairs = [literal.partition("=") for literal in generator.get("literals", [])]
+                        found += [(name, value, where) for name, _, value in pairs]
                     continue
-                spec = doc.get("spec", {}).get("template", {}).get("spec", {})
-                for container in spec.get("containers", []) + spec.get("initContainers", []):
-                    for entry in container.get("env", []):
-                        names[entry["name"]] = where
-                    for arg in container.get("command", []) + container.get("args", []):
-                        names.update({n: where for n in re.findall(r"\$\(([A-Za-z_]\w*)\)", arg)})
-                    for entry in container.get("env", []):
-                        names.update({n: where for n in re.findall(r"\$\(([A-Za-z_]\w*)\)", entry.get("value", ""))})
+                for container in containers(doc):
+                    found += [(e["name"], e.get("value", ""), where) for e in container.get("env", [])]
+    return found
+
+
+def containers(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    spec = doc.get("spec", {}).get("template", {}).get("spec", {})
+    return spec.get("containers", []) + spec.get("initContainers", [])
+
+
+def manifest_env_names() -> dict[str, str]:
+    """Every environment variable name set or referred to ($(VAR)) anywhere under k8s/, with where."""
+    names = {name: where for name, _, where in manifest_env_values()}
+    for path in sorted(K8S.rglob("*.yaml")):
+        where = str(path.relative_to(ROOT))
+        for doc in yaml_docs(path):
+            for container in containers(doc):
+                texts = container.get("command", []) + container.get("args", [])
+                texts += [entry.get("value", "") for entry in container.get("env", [])]
+                for text in texts:
+                    names.update({n: where for n in re.findall(r"\$\(([A-Za-z_]\w*)\)", text)})
     return names
 
 
@@ -318,6 +341,16 @@ def test_every_postroom_variable_the_manifests_set_is_a_setting():
             if n.startswith(("POSTROOM_", "TWILIO_")) or n in ("DATABASE_URL", "REDIS_URL")}
     unknown = {n: where for n, where in ours.items() if n not in SETTING_NAMES}
     assert not unknown, f"not settings in common/config.py: {unknown}"
+
+
+def test_the_cluster_dials_only_public_addresses_for_customers_urls():
+    """Webhook endpoints and the http channel are URLs customers choose: the SSRF guard must not let
+    them reach the cluster, its nodes or the metadata service unless an operator opens a network.
+    The base lists the setting, empty; nothing under k8s/ gives it another value."""
+    assert base_config()["POSTROOM_WEBHOOK_ALLOWED_NETWORKS"] == ""
+    given = [(value, where) for name, value, where in manifest_env_values() if name == "POSTROOM_WEBHOOK_ALLOWED_NETWORKS"]
+    assert given == [("", "k8s/base/config.env")]
+    assert load(base_config()).postroom_webhook_allowed_networks == ""
 
 
 def test_secrets_stay_out_of_the_configmap_and_every_container_reads_both():
@@ -440,6 +473,67 @@ def test_dashboard_uses_only_metrics_that_exist_through_the_datasource_variable(
             assert used <= known_series, f"{panel['title']}: no such metric {used - known_series}"
 
 
+def test_dashboard_panels_have_unique_ids_and_never_overlap():
+    """Grafana lays panels out by gridPos on 24 columns; two panels on one cell hide each other."""
+    dashboard = json.loads((DEPLOY / "grafana" / "postroom.json").read_text())
+    ids = [q["id"] for p in dashboard["panels"] for q in [p, *p.get("panels", [])]]
+    assert len(ids) == len(set(ids)), "panel ids repeat"
+    taken: dict[tuple[int, int], str] = {}
+    for panel in dashboard["panels"]:  # the panels of a collapsed row are laid out when it opens
+        grid = panel["gridPos"]
+        assert grid["x"] >= 0 and grid["x"] + grid["w"] <= 24 and grid["h"] > 0, panel["title"]
+        for x in range(grid["x"], grid["x"] + grid["w"]):
+            for y in range(grid["y"], grid["y"] + grid["h"]):
+                assert (x, y) not in taken, f"{panel['title']} overlaps {taken[x, y]}"
+                taken[x, y] = panel["title"]
+
+
+def charted(panels: list[dict[str, Any]]) -> set[str]:
+    return {name for panel in panels for target in panel["targets"] for name in metric_names(target["expr"])}
+
+
+def row_panels(title: str) -> list[dict[str, Any]]:
+    """The panels under the (expanded) row ``title``: below it and above the next row."""
+    top = json.loads((DEPLOY / "grafana" / "postroom.json").read_text())["panels"]
+    (row,) = [p for p in top if p["type"] == "row" and p["title"] == title]
+    below = [p["gridPos"]["y"] for p in top if p["type"] == "row" and p["gridPos"]["y"] > row["gridPos"]["y"]]
+    end = min(below, default=float("inf"))
+    return [p for p in top if p["type"] != "row" and row["gridPos"]["y"] < p["gridPos"]["y"] < end]
+
+
+def test_every_postroom_metric_is_charted_or_alerted_on():
+    """A metric nobody looks at is dead code: each one of common/metrics.py is used by a panel of
+    the dashboard or by an alert rule."""
+    from prometheus_client.metrics import MetricWrapperBase
+
+    used = charted(dashboard_panels()) | {name for rule in alert_rules() for name in metric_names(rule["expr"])}
+    for collector in [v for v in vars(metrics).values() if isinstance(v, MetricWrapperBase)]:
+        assert series_of(collector) & used, f"{sorted(series_of(collector))}: on no panel, in no alert rule"
+
+
+def test_the_webhooks_row_shows_deliveries_latency_lag_and_disabled_endpoints():
+    assert charted(row_panels("Webhooks")) >= {
+        "postroom_webhook_delivery_seconds_count",  # deliveries/s by outcome
+        "postroom_webhook_delivery_seconds_bucket",  # latency quantiles
+        "postroom_webhook_outbox_lag_seconds",
+        "postroom_webhook_endpoints_disabled_total",
+    }
+    assert {"PostroomWebhookLag", "PostroomWebhookEndpointsDisabled"} <= {rule["alert"] for rule in alert_rules()}
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed (Debian: apt-get install prometheus)")
+def test_promtool_accepts_the_rules_and_they_pass_their_unit_tests(tmp_path: Path):
+    """Both copies of the rules are valid PromQL and templates; the webhook rules fire and stay
+    quiet when deploy/prometheus/alerts.test.yml says they should."""
+    (rule,) = objects(K8S / "monitoring", "PrometheusRule")
+    operator_rules = tmp_path / "prometheusrule.yml"
+    operator_rules.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    for command in (["check", "rules", str(DEPLOY / "prometheus" / "alerts.yml"), str(operator_rules)],
+                    ["test", "rules", str(DEPLOY / "prometheus" / "alerts.test.yml")]):
+        done = subprocess.run(["promtool", *command], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, f"promtool {' '.join(command)}:\n{done.stdout}{done.stderr}"
+
+
 def test_local_prometheus_scrapes_every_service_on_its_port():
     config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     assert "alerts.yml" in config["rule_files"]
@@ -494,6 +588,19 @@ def workers_and_queues() -> dict[str, set[str]]:
     return {name: consumed_queues(argv) for name, argv in worker_deployments().items()}
 
 
+def test_every_worker_stage_has_deployments_serving_all_its_lanes_each_scaled_by_keda():
+    """A stage added to services.worker.STAGE_MODULES needs its Deployment(s) and its scaler."""
+    workers = worker_deployments()
+    keda = scaled_objects()
+    for stage in STAGE_MODULES:
+        mine = {name: argv for name, argv in workers.items() if argv[2] == stage}
+        assert mine, f"no Deployment runs `postroom worker {stage}`"
+        lanes = [lane for argv in mine.values() for lane in worker_lanes(argv)]
+        assert sorted(lanes) == sorted(LANES), f"{stage}: its Deployments serve the lanes {lanes}"
+        for name in mine:
+            assert name in keda, f"no ScaledObject scales {name}"
+
+
 def test_worker_options_are_read_like_postroom_worker_reads_them():
     assert worker_lanes(["postroom", "worker", "sms", "--gevent"]) == ["urgent", "bulk"]
     assert worker_lanes(["postroom", "worker", "sms", "--lanes", "bulk", "--gevent"]) == ["bulk"]
@@ -532,7 +639,7 @@ def test_keda_scales_each_worker_on_the_queues_it_consumes(broker):
 def test_a_worker_of_an_urgent_lane_never_has_zero_replicas():
     """An urgent queue's only consumers must always run: in the base, the overlay and under KEDA."""
     urgent = {name for name, queues in workers_and_queues().items() if any(q.endswith("_urgent") for q in queues)}
-    assert "sender-sms-urgent" in urgent
+    assert {"sender-sms-urgent", "sender-http", "webhooks"} <= urgent
     found = deployments()
     overlay = yaml.safe_load((K8S / "overlays" / "production" / "kustomization.yaml").read_text())
     overlay_replicas = {r["name"]: r["count"] for r in overlay.get("replicas", [])}
@@ -541,6 +648,9 @@ def test_a_worker_of_an_urgent_lane_never_has_zero_replicas():
         assert found[name]["spec"].get("replicas", 1) >= 1, name
         assert overlay_replicas.get(name, 1) >= 1, name
         assert keda[name]["spec"]["minReplicaCount"] >= 1, name
+        if WORKER_DEPLOYMENTS[name] in SENDER_STAGES:  # latency-bound: rollouts keep every pod until
+            # its replacement runs (Kubernetes' default lets a quarter of them go first)
+            assert found[name]["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0, name
 
 
 # -- Procfile -----------------------------------------------------------------------------------
