@@ -1,10 +1,12 @@
 """`make chaos` in small: every scenario, 150 messages each, against a private stack of real processes.
 
-The same harness as ``python -m tests.chaos`` (workers SIGKILLed, Redis flushed and restarted,
-PostgreSQL restarted and frozen, a provider failing, throttling, timing out and cutting
-connections), with short faults so the whole run takes a few minutes. Every message accepted by
-the API must reach the provider exactly once; while PostgreSQL is out the API answers every
-request within 5 s, refusing with 503 and Retry-After; while Redis is out it keeps accepting.
+The same harness as ``python -m tests.chaos`` (workers SIGKILLed, the webhooks stage among them,
+Redis flushed and restarted, PostgreSQL restarted and frozen, a provider failing, throttling,
+timing out and cutting connections), with short faults so the whole run takes a few minutes.
+Every message accepted by the API must reach the provider exactly once, and every sent, delivered
+or failed step of it must reach the run's webhook endpoint at least once; while PostgreSQL is out
+the API answers every request within 5 s, refusing with 503 and Retry-After; while Redis is out it
+keeps accepting.
 """
 
 from __future__ import annotations
@@ -43,6 +45,16 @@ def test_every_accepted_message_reaches_the_provider_exactly_once(rows: dict[str
     assert (row.lost, row.duplicates) == (0, 0), table([row])
     assert row.delivered_once == row.messages, table([row])
     assert row.recovery_seconds is not None, table([row])
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_every_sent_delivered_or_failed_step_reaches_the_webhook_endpoint(rows: dict[str, Row], scenario: str) -> None:
+    row = rows[scenario]
+
+    # Each of the messages was at least sent or failed, so each owes the endpoint one event or more.
+    assert row.webhooks_expected >= row.messages, table([row])
+    assert row.webhooks_lost == 0, table([row])
+    assert row.webhooks_settle_seconds is not None, table([row])
 
 
 @pytest.mark.parametrize("scenario", ["pg-restart", "pg-freeze"])

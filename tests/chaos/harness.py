@@ -1,12 +1,13 @@
 """The chaos run's private stack and the faults it can suffer: kills, flushes, restarts, freezes.
 
 ``ChaosStack`` starts the whole pipeline through ``Stack`` with settings that make recovery
-observable within seconds (short stage deadline, sending timeout and lookup delay), supervises it
-in the background (a killed worker is restarted by the stack's own supervisor, as under
-``make run``), and offers each fault as a method: SIGKILL one worker process, FLUSHALL Redis,
-stop and start Redis or PostgreSQL on the same port and data directory (``stop_server``,
-``start_server``), SIGSTOP and SIGCONT every PostgreSQL process, and change the sandbox's fault
-plan.
+observable within seconds (short stage deadline, sending timeout and lookup delay, a webhook retry
+schedule of seconds), supervises it in the background (a killed worker is restarted by the
+stack's own supervisor, as under ``make run``), and offers each fault as a method: SIGKILL one
+worker process, FLUSHALL Redis, stop and start Redis or PostgreSQL on the same port and data
+directory (``stop_server``, ``start_server``), SIGSTOP and SIGCONT every PostgreSQL process, and
+change the sandbox's fault plan. It also reads both sides of the webhooks stage: the deliveries
+and message histories in PostgreSQL, and what a sandbox receiver got.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ SERVER_STARTERS: dict[str, Callable[[Path, int], localinfra.LocalServer]] = {
 }
 NOT_WORKERS = frozenset({"sandbox", "ingest", "scheduler"})  # the services a kill may not pick
 UNSETTLED = ("accepted", "scheduled", "queued", "routed", "sending")
+WEBHOOKS_UNSETTLED = ("pending", "delivering")
 
 # Settings under which every recovery path shows within seconds, not the production minutes.
 CHAOS_SETTINGS = {
@@ -47,6 +49,10 @@ CHAOS_SETTINGS = {
     # At 20 % 5xx, 5 attempts fail a message once in 3,000; 8 make that a few in a million, so
     # the provider scenario measures duplicates and losses rather than an exhausted retry budget.
     "POSTROOM_MAX_ATTEMPTS": "8",
+    # A webhooks process killed mid-attempt leaves its deliveries to the scheduler after the timeout
+    # + 30 s; a 5 s timeout and retries within 15 s let a scenario's webhooks settle in under a minute.
+    "POSTROOM_WEBHOOK_TIMEOUT_SECONDS": "5",
+    "POSTROOM_WEBHOOK_RETRY_SCHEDULE": "0,1,2,4,8",
     "POSTROOM_LOG_LEVEL": "WARNING",
     "POSTROOM_ENV": "development",
 }
@@ -192,6 +198,26 @@ class ChaosStack:
         answer.raise_for_status()
         return [str(m["body"]) for m in answer.json()["messages"]]
 
+    # -- webhook receivers ----------------------------------------------------------------
+    def subscribe(self, receiver: str, event_types: list[str]) -> int:
+        """Subscribe an endpoint pointing at the sandbox receiver ``receiver``; returns its id."""
+        answer = requests.post(f"{self.api}/v1/webhook-endpoints", timeout=10,
+                               headers={"Authorization": f"Bearer {self.key}"},
+                               json={"url": f"{self.sandbox}/receiver/{receiver}", "event_types": event_types})
+        if answer.status_code != 201:
+            raise RuntimeError(f"subscribing the chaos endpoint: HTTP {answer.status_code}: {answer.text[:300]}")
+        return int(answer.json()["id"])
+
+    def receiver_requests(self, receiver: str) -> list[dict[str, Any]]:
+        """Every request the receiver kept, in arrival order (headers, ``json`` body, ``status`` answered)."""
+        answer = requests.get(f"{self.sandbox}/sandbox/receivers/{receiver}/requests", timeout=120)
+        answer.raise_for_status()
+        return list(answer.json()["requests"])
+
+    def forget_receiver(self, receiver: str) -> None:
+        """Drop what the receiver kept (it keeps a bounded number of requests)."""
+        requests.delete(f"{self.sandbox}/sandbox/receivers/{receiver}", timeout=10).raise_for_status()
+
     # -- the database ---------------------------------------------------------------------
     def statuses(self, ids: list[int]) -> dict[int, tuple[str, str | None, str | None]]:
         """id -> (status, error_code, last_error) for the given messages."""
@@ -217,5 +243,54 @@ class ChaosStack:
                 return int(row[0]) if row else None
         except psycopg2.Error:
             return None
+        finally:
+            conn.close()
+
+    def histories(self, ids: list[int], statuses: list[str]) -> dict[int, set[str]]:
+        """id -> which of ``statuses`` the message's history records (each public one is an event)."""
+        rows = self._query("SELECT message_id, status FROM message_event WHERE message_id = ANY(%s) AND status = ANY(%s)",
+                           (ids, statuses))
+        found: dict[int, set[str]] = {}
+        for message_id, status in rows:
+            found.setdefault(int(message_id), set()).add(status)
+        return found
+
+    def webhooks_unsettled(self, endpoint_id: int) -> int | None:
+        """Events the endpoint may still get: its workspace's outbox rows not yet fanned out, and
+        its deliveries pending (due now or waiting for a retry) or delivering (None while the
+        database does not answer)."""
+        try:
+            rows = self._query(
+                """SELECT (SELECT count(*) FROM outbox WHERE dispatched_at IS NULL
+                             AND workspace_id = (SELECT workspace_id FROM webhook_endpoint WHERE id = %(e)s))
+                        + (SELECT count(*) FROM webhook_delivery WHERE endpoint_id = %(e)s AND status = ANY(%(s)s))""",
+                {"e": endpoint_id, "s": list(WEBHOOKS_UNSETTLED)}, timeout_ms=5000)
+        except psycopg2.Error:
+            return None
+        return int(rows[0][0])
+
+    def webhook_deliveries(self, endpoint_id: int, keys: list[tuple[int, str]]) -> dict[tuple[int, str], str]:
+        """(message id, event type) -> how its delivery to the endpoint stands, for the given events."""
+        rows = self._query(
+            """SELECT (body::jsonb -> 'data' ->> 'id')::bigint, event_type, status, attempts, last_error
+               FROM webhook_delivery WHERE endpoint_id = %s AND (body::jsonb -> 'data' ->> 'id')::bigint = ANY(%s)""",
+            (endpoint_id, [mid for mid, _ in keys]))
+        return {(int(r[0]), r[1]): f"{r[2]} after {r[3]} attempts" + (f" ({r[4]})" if r[4] else "") for r in rows}
+
+    def interrupted_webhook_attempts(self, endpoint_id: int, ids: list[int]) -> int:
+        """Attempts the scheduler handed back as ``interrupted``: their outcome was never recorded
+        (the webhooks process died, or lost the database, after claiming them)."""
+        rows = self._query(
+            """SELECT count(*) FROM webhook_attempt a JOIN webhook_delivery d ON d.id = a.delivery_id
+               WHERE d.endpoint_id = %s AND (d.body::jsonb -> 'data' ->> 'id')::bigint = ANY(%s)
+                 AND a.error LIKE 'interrupted:%%'""", (endpoint_id, ids))
+        return int(rows[0][0])
+
+    def _query(self, sql: str, args: Any, timeout_ms: int = 30000) -> list[tuple[Any, ...]]:
+        conn = psycopg2.connect(self.database_url, connect_timeout=3, options=f"-c statement_timeout={timeout_ms}")
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql, args)
+                return list(cur.fetchall())
         finally:
             conn.close()

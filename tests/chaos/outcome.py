@@ -6,6 +6,12 @@ database does not contradict it; every extra copy the provider received is a *du
 message is *lost* when, after the settle window, it is neither sent/delivered (and really received
 by the provider) nor failed with a recorded reason; an *unknown outcome* is a message failed as
 ``outcome_unknown`` or ``interrupted`` — the pipeline gave up finding out whether it went out.
+
+The webhooks stage is counted the same way, from the receiver's side: every ``message.sent``,
+``message.delivered`` and ``message.failed`` step a scenario's message took (its history in the
+database) is an event the chaos endpoint must have received with a 2xx answer at least once; one
+never received is a *lost webhook*. Delivery is at least once, so a second 2xx receipt of the same
+``webhook-id`` is allowed — a *webhook repeat* — and only counted.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from tests.chaos.traffic import ApiCall, Traffic
 SENT = frozenset({"sent", "delivered", "read"})
 UNKNOWN_CODES = frozenset({"outcome_unknown", "interrupted"})
 SLOW_ANSWER_SECONDS = 5.0
+WEBHOOK_EVENTS = ("message.sent", "message.delivered", "message.failed")  # what the chaos endpoint subscribes to
 
 
 @dataclass
@@ -39,6 +46,10 @@ class Row:
     api_statuses: dict[str, int] = field(default_factory=dict)
     api_slowest_seconds: float = 0.0
     api_503_without_retry_after: int = 0
+    webhooks_expected: int = 0  # events the scenario's messages caused that the endpoint subscribes to
+    webhooks_lost: int = 0  # expected events never received with a 2xx answer
+    webhook_repeats: int = 0  # extra 2xx receipts of one webhook-id (allowed: at least once)
+    webhooks_settle_seconds: float | None = None  # after the messages settled and the quiet moment; None: not in the window
     notes: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
@@ -85,6 +96,41 @@ def count(row: Row, traffic: Traffic, received: list[str], tag: str,
         example = next(iter(traffic.refused.values()))
         row.notes.append(f"{len(traffic.refused)} never accepted by the API (e.g. {example})")
     return row
+
+
+def count_webhooks(row: Row, traffic: Traffic, histories: dict[int, set[str]],
+                   receipts: list[dict[str, Any]]) -> list[tuple[int, str]]:
+    """Fill ``row``'s webhook counts; returns the lost events as (message id, event type).
+
+    ``histories``: the subscribed statuses each message's history records; ``receipts``: the
+    requests the chaos endpoint's receiver got (its ``json`` body, ``headers``, ``status``).
+    """
+    ours = set(traffic.accepted.values())
+    expected = {(mid, f"message.{status}") for mid, statuses in histories.items() if mid in ours for status in statuses}
+    expected = {e for e in expected if e[1] in WEBHOOK_EVENTS}
+    got: set[tuple[int, str]] = set()
+    per_id: Counter[str] = Counter()
+    without_id = 0
+    for receipt in receipts:
+        body = receipt.get("json")
+        if not isinstance(body, dict) or not 200 <= int(receipt.get("status", 0)) < 300:
+            continue
+        data = body.get("data")
+        if not isinstance(data, dict) or data.get("id") not in ours:
+            continue
+        got.add((int(data["id"]), str(body.get("type"))))
+        webhook_id = {k.lower(): v for k, v in (receipt.get("headers") or {}).items()}.get("webhook-id")
+        if webhook_id:
+            per_id[webhook_id] += 1
+        else:
+            without_id += 1
+    row.webhooks_expected = len(expected)
+    lost = sorted(expected - got)
+    row.webhooks_lost = len(lost)
+    row.webhook_repeats = sum(n - 1 for n in per_id.values() if n > 1)
+    if without_id:
+        row.notes.append(f"{without_id} webhook receipts without a Webhook-Id header")
+    return lost
 
 
 def describe_api(row: Row, calls: list[ApiCall]) -> Row:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from tests.chaos.outcome import Row
 
 COLUMNS = ("scenario", "messages", "delivered once", "duplicates", "lost", "unknown outcomes",
-           "failed", "recovery s", "API during fault")
+           "failed", "recovery s", "API during fault", "webhooks lost", "webhook repeats")
 
 
 def _api(row: Row) -> str:
@@ -19,7 +19,7 @@ def _cells(row: Row) -> list[str]:
     messages = str(row.messages) if row.messages == row.posted else f"{row.messages}/{row.posted}"
     recovery = "not recovered" if row.recovery_seconds is None else f"{row.recovery_seconds:.1f}"
     return [row.scenario, messages, str(row.delivered_once), str(row.duplicates), str(row.lost),
-            str(row.unknown), str(row.failed), recovery, _api(row)]
+            str(row.unknown), str(row.failed), recovery, _api(row), str(row.webhooks_lost), str(row.webhook_repeats)]
 
 
 def table(rows: list[Row]) -> str:

@@ -1,8 +1,12 @@
-"""One chaos run: start a private stack, run the chosen scenarios in turn, and count them.
+"""One chaos run: start a private stack, subscribe a webhook endpoint, run the chosen scenarios in
+turn, and count them.
 
-The scenarios share one stack, one after another, each with its own message bodies; the sandbox's
-record is never cleared, so after the last scenario every scenario's provider side is counted
-again and a duplicate that arrived after its scenario ended still shows in its row.
+The scenarios share one stack and one webhook endpoint (a sandbox receiver subscribed to
+``message.sent``, ``message.delivered`` and ``message.failed``), one after another, each with its
+own message bodies; the sandbox's record of sends is never cleared, so after the last scenario
+every scenario's provider side is counted again and a duplicate that arrived after its scenario
+ended still shows in its row. The receiver's record is cleared after each scenario's webhooks
+are counted (it keeps a bounded number of requests).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from pathlib import Path
 
 from tests.chaos.harness import ChaosStack
 from tests.chaos.outcome import Row, count
-from tests.chaos.scenarios import SCENARIOS, Params, run_scenario
+from tests.chaos.scenarios import SCENARIOS, Params, run_scenario, subscribe
 from tests.chaos.traffic import Traffic
 
 
@@ -29,13 +33,14 @@ def run_chaos(params: Params, names: list[str], var_dir: Path, output: Path | No
     rows: list[tuple[Row, Traffic, str]] = []
     started = time.monotonic()
     with ChaosStack(var_dir) as cs:
+        webhooks = subscribe(cs)
         for name in names:
             began = time.monotonic()
-            row, traffic = run_scenario(cs, run_id, name, params)
+            row, traffic = run_scenario(cs, run_id, name, params, webhooks)
             rows.append((row, traffic, f"chaos {run_id} {name}"))
             if echo:
-                print(f"{name}: {row.messages} messages, {row.lost} lost, {row.duplicates} duplicates "
-                      f"({time.monotonic() - began:.0f} s)", flush=True)
+                print(f"{name}: {row.messages} messages, {row.lost} lost, {row.duplicates} duplicates, "
+                      f"{row.webhooks_lost} webhooks lost ({time.monotonic() - began:.0f} s)", flush=True)
         received = cs.received_bodies()
         final = []
         for row, traffic, tag in rows:

@@ -3,7 +3,10 @@
 A scenario's fault function runs while the poster works in the background and returns the
 fault's window (monotonic start and end). Then the run settles: it waits until every accepted
 message has left the waiting statuses, which gives the recovery time (from the fault's end), waits
-a quiet moment more for late duplicates, and counts both sides (``outcome``).
+a quiet moment more for late duplicates, and counts both sides (``outcome``). Within the same
+settle window it then waits until the run's webhook endpoint has nothing left to get (no event
+waiting for the fan-out, no delivery pending or delivering) and counts the webhooks the
+scenario's messages caused against what the endpoint's sandbox receiver got.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tests.chaos.harness import ChaosStack
-from tests.chaos.outcome import Row, count, describe_api
+from tests.chaos.outcome import WEBHOOK_EVENTS, Row, count, count_webhooks, describe_api
 from tests.chaos.traffic import Poster, Traffic
 
 POLL_SECONDS = 0.25
@@ -41,6 +44,18 @@ class Params:
     provider_seconds: float = 30.0
     settle_seconds: float = 180.0
     quiet_seconds: float = 3.0
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """The run's webhook endpoint (subscribed to ``WEBHOOK_EVENTS``) and the sandbox receiver it points at."""
+
+    endpoint_id: int
+    receiver: str
+
+
+def subscribe(cs: ChaosStack, receiver: str = "chaos") -> Subscription:
+    return Subscription(cs.subscribe(receiver, list(WEBHOOK_EVENTS)), receiver)
 
 
 Window = tuple[float, float]
@@ -171,7 +186,40 @@ def settle(cs: ChaosStack, traffic: Traffic, fault_end: float, timeout: float) -
     return None
 
 
-def run_scenario(cs: ChaosStack, run_id: str, name: str, p: Params) -> tuple[Row, Traffic]:
+def settle_webhooks(cs: ChaosStack, webhooks: Subscription, deadline: float) -> float | None:
+    """Seconds until the endpoint has nothing left to get, waiting until ``deadline`` (None: never)."""
+    start = time.monotonic()
+    while True:
+        if cs.webhooks_unsettled(webhooks.endpoint_id) == 0:
+            return round(time.monotonic() - start, 1)
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(POLL_SECONDS)
+
+
+def check_webhooks(cs: ChaosStack, webhooks: Subscription, row: Row, traffic: Traffic, deadline: float) -> None:
+    """Count the webhooks of the scenario's messages once the endpoint has settled (or ``deadline``)."""
+    ids = traffic.ids()
+    # The history first: a step recorded after this is not yet owed to the endpoint.
+    histories = cs.histories(ids, [event.removeprefix("message.") for event in WEBHOOK_EVENTS])
+    row.webhooks_settle_seconds = settle_webhooks(cs, webhooks, deadline)
+    lost = count_webhooks(row, traffic, histories, cs.receiver_requests(webhooks.receiver))
+    cs.forget_receiver(webhooks.receiver)  # it keeps a bounded number: the next scenario starts empty
+    if row.webhooks_settle_seconds is None:
+        remaining = cs.webhooks_unsettled(webhooks.endpoint_id)
+        row.notes.append(f"{'some' if remaining is None else remaining} webhook events still waiting for the fan-out, "
+                         "pending or delivering at the end of the settle window")
+    if lost:
+        where = cs.webhook_deliveries(webhooks.endpoint_id, lost[:5])
+        examples = ", ".join(f"#{mid} {event} ({where.get((mid, event), 'no delivery row')})" for mid, event in lost[:5])
+        row.notes.append(f"webhooks lost, e.g.: {examples}")
+    interrupted = cs.interrupted_webhook_attempts(webhooks.endpoint_id, ids)
+    if interrupted:
+        row.notes.append(f"{interrupted} webhook attempts never recorded (the webhooks process was killed or lost "
+                         "PostgreSQL mid-attempt), handed back by the scheduler after the timeout + 30 s")
+
+
+def run_scenario(cs: ChaosStack, run_id: str, name: str, p: Params, webhooks: Subscription) -> tuple[Row, Traffic]:
     label, fault = SCENARIOS[name]
     cs.reset_provider()
     provider_before = cs.provider_stats()
@@ -180,6 +228,7 @@ def run_scenario(cs: ChaosStack, run_id: str, name: str, p: Params) -> tuple[Row
     posting = poster.start(p.messages, _spread(name, p))
     (fault_start, fault_end), notes = fault(cs, poster.traffic, p)
     posting.join()
+    settling = time.monotonic()
     recovery = settle(cs, poster.traffic, fault_end, p.settle_seconds)
     time.sleep(p.quiet_seconds)  # a late second send would show now
     provider = {k: v - provider_before.get(k, 0) for k, v in cs.provider_stats().items() if k in PROVIDER_COUNTS}
@@ -190,6 +239,7 @@ def run_scenario(cs: ChaosStack, run_id: str, name: str, p: Params) -> tuple[Row
     # Requests started during the fault, and those started in the second after an instant one.
     describe_api(row, poster.traffic.calls_between(fault_start, max(fault_end, fault_start + 1.0)))
     count(row, poster.traffic, cs.received_bodies(), tag, cs.statuses(poster.traffic.ids()))
+    check_webhooks(cs, webhooks, row, poster.traffic, settling + p.settle_seconds)
     return row, poster.traffic
 
 
