@@ -215,3 +215,20 @@ def test_custom_headers_cannot_replace_the_signature_or_break_the_request(api, w
         response = api.post("/v1/webhook-endpoints", headers=workspace["auth"],
                             json={"url": "https://hooks.example.com/x", "event_types": ["*"], "headers": {name: "x"}})
         assert response.status_code == 422 and response.get_json()["error"]["field"] == "headers", name
+
+
+def test_a_disabled_endpoint_is_sent_nothing_until_enabled_again(api, workspace, broker):
+    endpoint_id = endpoint_row(workspace["id"], "https://hooks.example.com/x")
+    waiting = delivery_row(workspace["id"], endpoint_id)
+    off = api.patch(f"/v1/webhook-endpoints/{endpoint_id}", json={"enabled": False}, headers=workspace["auth"])
+    assert off.status_code == 200 and off.get_json()["enabled"] is False
+    assert [(d["id"], d["status"]) for d in deliveries(endpoint_id)] == [(waiting, "failed")]
+    for path in (f"/v1/webhook-endpoints/{endpoint_id}/test", f"/v1/webhook-deliveries/{waiting}/replay"):
+        refused = api.post(path, headers=workspace["auth"])
+        assert refused.status_code == 409 and refused.get_json()["error"]["code"] == "endpoint_disabled", path
+    assert len(deliveries(endpoint_id)) == 1  # nothing queued for it
+    assert duties.measure_lag() == 0
+    on = api.patch(f"/v1/webhook-endpoints/{endpoint_id}", json={"enabled": True}, headers=workspace["auth"])
+    assert on.get_json()["enabled"] is True and on.get_json()["disabled_reason"] is None
+    assert api.post(f"/v1/webhook-deliveries/{waiting}/replay", headers=workspace["auth"]).status_code == 202
+    assert [d["status"] for d in deliveries(endpoint_id)] == ["failed", "pending"]

@@ -37,7 +37,7 @@ ERROR_TEXT = {
     401: "No valid API key.",
     403: "Not allowed: the API key lacks the operation's scope, or a webhook's signature is wrong.",
     404: "No such message (or endpoint, or delivery) in this workspace.",
-    409: "Conflicts with the message's state or an earlier use of the Idempotency-Key.",
+    409: "Conflicts with the current state: a message already sending, an Idempotency-Key used before, a disabled endpoint.",
     413: "The body is larger than this endpoint's limit.",
     422: "A field is invalid; `error.field` names it.",
     503: "The database is unavailable; retry after `Retry-After` seconds.",

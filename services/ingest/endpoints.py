@@ -73,9 +73,20 @@ def change(workspace_id: int, endpoint_id: int, fields: dict[str, Any]) -> dict[
         params[name] = value
     if fields.get("enabled") is True:
         sets.append("disabled_reason = NULL, failing_since = NULL, paused_until = NULL")
+    if fields.get("enabled") is False:
+        sets.append("disabled_reason = 'disabled through the API'")
     rows = fetch_dicts(f"UPDATE webhook_endpoint SET {', '.join(sets)} WHERE workspace_id = %(ws)s AND id = %(id)s"
                        f" RETURNING {_COLUMNS}", params)
+    if rows and fields.get("enabled") is False:  # a disabled endpoint is sent nothing; replay what it missed later
+        fetch("UPDATE webhook_delivery SET status = 'failed', finished_at = now(), last_error = 'endpoint disabled through the API'"
+              " WHERE endpoint_id = %s AND status = 'pending'", (endpoint_id,))
     return view(rows[0]) if rows else None
+
+
+def is_enabled(workspace_id: int, endpoint_id: int) -> bool | None:
+    """Whether the endpoint is enabled; None if this workspace has no such endpoint."""
+    rows = fetch("SELECT enabled FROM webhook_endpoint WHERE workspace_id = %s AND id = %s", (workspace_id, endpoint_id))
+    return bool(rows[0][0]) if rows else None
 
 
 def delete(workspace_id: int, endpoint_id: int) -> dict[str, Any] | None:
@@ -96,12 +107,12 @@ def rotate_secret(workspace_id: int, endpoint_id: int) -> dict[str, Any] | None:
 
 
 def queue_test(workspace_id: int, endpoint_id: int) -> dict[str, Any] | None:
-    """A ``webhook.test`` delivery to this endpoint (enabled or not: a test is how one checks it)."""
+    """A ``webhook.test`` delivery to this endpoint, if it is enabled."""
     body = events.body(events.TEST_EVENT, {"endpoint_id": endpoint_id, "message": "a test event from postroom"})
     rows = fetch_dicts(
         """INSERT INTO webhook_delivery (endpoint_id, workspace_id, event_key, event_type, body, rank)
            SELECT id, workspace_id, 'test_' || md5(random()::text || clock_timestamp()::text), %s, %s, 0
-           FROM webhook_endpoint WHERE workspace_id = %s AND id = %s
+           FROM webhook_endpoint WHERE workspace_id = %s AND id = %s AND enabled
            RETURNING id, event_key, event_type""",
         (events.TEST_EVENT, body, workspace_id, endpoint_id))
     return {"delivery_id": rows[0]["id"], "webhook_id": rows[0]["event_key"], "event_type": rows[0]["event_type"]} if rows else None
@@ -111,6 +122,7 @@ _COPY = """
 INSERT INTO webhook_delivery (endpoint_id, workspace_id, event_key, event_type, body, rank)
 SELECT endpoint_id, workspace_id, event_key, event_type, body, 0 FROM webhook_delivery d
 WHERE d.workspace_id = %(ws)s AND {where}
+  AND EXISTS (SELECT 1 FROM webhook_endpoint e WHERE e.id = d.endpoint_id AND e.enabled)
 ORDER BY d.id
 RETURNING id, endpoint_id, event_key, event_type
 """
@@ -123,6 +135,11 @@ def replay_delivery(workspace_id: int, delivery_id: int) -> dict[str, Any] | Non
         return None
     return {"delivery_id": rows[0]["id"], "webhook_id": rows[0]["event_key"], "event_type": rows[0]["event_type"],
             "endpoint_id": rows[0]["endpoint_id"]}
+
+
+def endpoint_of(workspace_id: int, delivery_id: int) -> int | None:
+    rows = fetch("SELECT endpoint_id FROM webhook_delivery WHERE workspace_id = %s AND id = %s", (workspace_id, delivery_id))
+    return rows[0][0] if rows else None
 
 
 def replay_since(workspace_id: int, endpoint_id: int, since: datetime) -> int | None:

@@ -46,6 +46,16 @@ def _missing(endpoint_id: int) -> ApiError:
     return ApiError(404, "not_found", f"no webhook endpoint {endpoint_id} in this workspace")
 
 
+def _require_enabled(endpoint_id: int) -> None:
+    """Inside the request's transaction: 404 without the endpoint, 409 while it is disabled."""
+    enabled = endpoints.is_enabled(g.workspace_id, endpoint_id)
+    if enabled is None:
+        raise _missing(endpoint_id)
+    if not enabled:
+        raise ApiError(409, "endpoint_disabled", f"webhook endpoint {endpoint_id} is disabled; enable it first "
+                       '(PATCH {"enabled": true})')
+
+
 def _kick(endpoint_id: int) -> None:
     """Hand the endpoint to the webhooks stage, after the commit (the scheduler covers a lost kick)."""
     dispatch.handoff.submit("webhooks", "urgent", [endpoint_id])
@@ -116,9 +126,10 @@ def rotate_secret(endpoint_id: int) -> tuple[Response, int]:
 
 @operation(webhook_api, "POST", "/webhook-endpoints/{endpoint_id}/test", summary="Send a test event to an endpoint",
            scope="webhooks:write", ok={202: Body(DeliveryQueued, "Queued: see the endpoint's deliveries for the outcome.")},
-           errors=(404,))
+           errors=(404, 409))
 def test_endpoint(endpoint_id: int) -> tuple[Response, int]:
     with transaction():
+        _require_enabled(endpoint_id)
         queued = endpoints.queue_test(g.workspace_id, endpoint_id)
     if queued is None:
         raise _missing(endpoint_id)
@@ -151,7 +162,7 @@ def _int_arg(name: str, default: int | None, low: int, high: int) -> int | None:
 
 
 @operation(webhook_api, "POST", "/webhook-endpoints/{endpoint_id}/replay", summary="Send an endpoint's events again since a time",
-           scope="webhooks:write", request=ReplaySince, ok={202: Body(Count, "How many events were queued again.")}, errors=(404,))
+           scope="webhooks:write", request=ReplaySince, ok={202: Body(Count, "How many events were queued again.")}, errors=(404, 409))
 def replay_endpoint(endpoint_id: int, body: ReplaySince) -> tuple[Response, int]:
     try:
         since = datetime.fromisoformat(body.since.replace("Z", "+00:00"))
@@ -160,6 +171,7 @@ def replay_endpoint(endpoint_id: int, body: ReplaySince) -> tuple[Response, int]
     if since.tzinfo is None:
         raise ApiError(422, "invalid_request", "since needs a UTC offset, e.g. 2026-11-30T12:00:00Z", "since")
     with transaction():
+        _require_enabled(endpoint_id)
         count = endpoints.replay_since(g.workspace_id, endpoint_id, since)
     if count is None:
         raise _missing(endpoint_id)
@@ -169,9 +181,13 @@ def replay_endpoint(endpoint_id: int, body: ReplaySince) -> tuple[Response, int]
 
 
 @operation(webhook_api, "POST", "/webhook-deliveries/{delivery_id}/replay", summary="Send one delivery's event again",
-           scope="webhooks:write", ok={202: Body(DeliveryQueued, "Queued again, with the same webhook-id.")}, errors=(404,))
+           scope="webhooks:write", ok={202: Body(DeliveryQueued, "Queued again, with the same webhook-id.")}, errors=(404, 409))
 def replay_delivery(delivery_id: int) -> tuple[Response, int]:
     with transaction():
+        endpoint_id = endpoints.endpoint_of(g.workspace_id, delivery_id)
+        if endpoint_id is None:
+            raise ApiError(404, "not_found", f"no webhook delivery {delivery_id} in this workspace")
+        _require_enabled(endpoint_id)
         queued = endpoints.replay_delivery(g.workspace_id, delivery_id)
     if queued is None:
         raise ApiError(404, "not_found", f"no webhook delivery {delivery_id} in this workspace")

@@ -87,7 +87,8 @@ def measure_lag() -> float:
         lag = fetch(
             """SELECT greatest(0, extract(epoch FROM now() - least(
                    (SELECT min(created_at) FROM outbox),
-                   (SELECT min(due_at) FROM webhook_delivery WHERE status = 'pending' AND due_at <= now()))))""",
+                   (SELECT min(d.due_at) FROM webhook_delivery d JOIN webhook_endpoint e ON e.id = d.endpoint_id
+                    WHERE d.status = 'pending' AND d.due_at <= now() AND e.enabled))))""",
             prepared=True)[0][0]
     value = float(lag or 0.0)
     metrics.WEBHOOK_LAG.set(value)

@@ -20,16 +20,17 @@ import queue
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import requests
+import urllib3
 
 from common import dispatch, events, lifecycle, metrics, ratelimit, signing
 from common.config import settings
 from common.crypto import unseal
 from common.db.connection import fetch, fetch_dicts, release_connection, transaction
-from common.netguard import BlockedAddress, shared_session
+from common.netguard import BlockedAddress, shared_pool
 
 log = logging.getLogger("postroom.webhooks")
 RESPONSE_KEPT = 1024  # bytes of each answer kept with its attempt
@@ -77,11 +78,15 @@ _states: dict[int, _LoopState] = {}
 _states_lock = threading.Lock()
 _configs: dict[int, tuple[float, Endpoint | None]] = {}
 _calls = threading.BoundedSemaphore(max(1, settings.postroom_webhook_concurrency))
+# Attempts run on a pool of reused threads (greenlets in the webhooks process), not one new each.
+_attempts = ThreadPoolExecutor(max_workers=max(1, settings.postroom_webhook_concurrency), thread_name_prefix="webhook")
 
 
-def session() -> requests.Session:
-    """The process's guarded session: it vets every address it dials (SSRF)."""
-    return shared_session(settings.postroom_webhook_allowed_networks, max(10, settings.postroom_webhook_endpoint_concurrency))
+def pool() -> urllib3.PoolManager:
+    """The process's guarded connection pools: every address dialled is vetted (SSRF). urllib3
+    directly, not requests: a delivery is a small POST, and requests' per-call work would be
+    most of its CPU."""
+    return shared_pool(settings.postroom_webhook_allowed_networks, max(10, settings.postroom_webhook_endpoint_concurrency))
 
 
 def endpoint(endpoint_id: int) -> Endpoint | None:
@@ -146,7 +151,8 @@ def work_endpoint(endpoint_id: int, lane: str, *, budget: float = LOOP_BUDGET_SE
                     if not wanted and not in_flight:
                         time.sleep(min(wait, 1.0))
                         continue
-                if wanted:
+                # Claim in batches: a few free slots wait for more unless nothing is in flight.
+                if wanted and (not in_flight or wanted >= max(1, limit // 8)):
                     claimed = claim(endpoint_id, wanted)
                 if claimed and claimed[0]["endpoint_updated_at"] != target.updated_at:
                     forget(endpoint_id)  # changed since cached: sign and send with what it is now
@@ -157,7 +163,7 @@ def work_endpoint(endpoint_id: int, lane: str, *, budget: float = LOOP_BUDGET_SE
                 _calls.acquire()
                 in_flight += 1
                 assert target is not None
-                threading.Thread(target=_attempt_into, args=(target, row, done), name=f"webhook-{row['id']}").start()
+                _attempts.submit(_attempt_into, target, row, done)
             if not in_flight:
                 with state.lock:
                     if state.dirty and time.monotonic() < deadline:
@@ -170,7 +176,7 @@ def work_endpoint(endpoint_id: int, lane: str, *, budget: float = LOOP_BUDGET_SE
                 return
             outcomes = _gather(done)
             in_flight -= len(outcomes)
-            record(endpoint_id, outcomes, lane)
+            record(endpoint_id, outcomes, lane, was_failing=any(o.delivery["endpoint_failing"] for o in outcomes))
     except BaseException:
         with state.lock:
             state.running = False
@@ -203,7 +209,8 @@ def claim(endpoint_id: int, limit: int) -> list[dict[str, Any]]:
             )
             UPDATE webhook_delivery d SET status = 'delivering', claimed_at = now(), attempts = d.attempts + 1
             FROM picked, webhook_endpoint e WHERE d.id = picked.id AND e.id = d.endpoint_id
-            RETURNING d.id, d.event_key, d.event_type, d.body, d.attempts, d.failures, e.updated_at AS endpoint_updated_at
+            RETURNING d.id, d.event_key, d.event_type, d.body, d.attempts, d.failures, e.updated_at AS endpoint_updated_at,
+                      e.failing_since IS NOT NULL AS endpoint_failing
             """,
             {"e": endpoint_id, "n": limit}, prepared=True)
     release_connection()
@@ -230,19 +237,22 @@ def attempt(target: Endpoint, row: dict[str, Any]) -> Outcome:
     timeout = settings.postroom_webhook_timeout_seconds
     started = time.perf_counter()
     try:
-        with session().post(target.url, data=body, headers=headers, timeout=(min(5.0, timeout), timeout),
-                            allow_redirects=False, stream=True) as response:
+        response = pool().request("POST", target.url, body=body, headers=headers, redirect=False, retries=False,
+                                  preload_content=False, timeout=urllib3.Timeout(connect=min(5.0, timeout), read=timeout))
+        try:
             kept = _read_some(response)
+        finally:
+            _finish(response)
     except BlockedAddress as exc:
         outcome = _failure(row, None, f"refused: {exc}")
         outcome.kind = "blocked" if outcome.kind == "retried" else outcome.kind
         return outcome
-    except requests.RequestException as exc:
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
         outcome = _failure(row, None, _describe(exc))
         outcome.latency_ms = (time.perf_counter() - started) * 1000
         return outcome
     latency = (time.perf_counter() - started) * 1000
-    code = response.status_code
+    code = response.status
     if 200 <= code < 300:
         return Outcome(row, "succeeded", code, None, latency, kept)
     if code == 410:
@@ -265,13 +275,21 @@ def _failure(row: dict[str, Any], code: int | None, error: str) -> Outcome:
     return Outcome(row, "failed", code, f"{error}; gave up after {failures} attempts")
 
 
-def _read_some(response: requests.Response) -> str:
-    data = b""
-    for chunk in response.iter_content(RESPONSE_KEPT):
-        data += chunk
-        if len(data) >= RESPONSE_KEPT:
-            break
-    return data[:RESPONSE_KEPT].decode("utf-8", "replace")
+def _read_some(response: urllib3.BaseHTTPResponse) -> str:
+    return response.read(RESPONSE_KEPT).decode("utf-8", "replace")
+
+
+def _finish(response: urllib3.BaseHTTPResponse) -> None:
+    """Give the connection back for reuse when the answer was read whole, else close it (a large
+    or endless answer is not read to the end)."""
+    if response.length_remaining == 0 or (response.length_remaining is None and response.closed):
+        response.release_conn()
+    elif response.length_remaining is not None and response.length_remaining <= 65536:
+        response.drain_conn()
+        response.release_conn()
+    else:
+        response.close()
+        response.release_conn()
 
 
 def _retry_after(value: str | None) -> float:
@@ -282,10 +300,10 @@ def _retry_after(value: str | None) -> float:
     return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
-def _describe(exc: requests.RequestException) -> str:
-    if isinstance(exc, requests.Timeout):
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, urllib3.exceptions.TimeoutError | TimeoutError):
         return f"timed out after {settings.postroom_webhook_timeout_seconds:g}s"
-    if isinstance(exc, requests.ConnectionError):
+    if isinstance(exc, urllib3.exceptions.NewConnectionError | urllib3.exceptions.NameResolutionError | ConnectionError):
         return f"connection failed: {type(exc).__name__}"
     return f"request failed: {type(exc).__name__}: {exc}"[:500]
 
@@ -308,8 +326,9 @@ SELECT id, endpoint_id, attempts, code, latency, response, error, CASE WHEN stat
 """
 
 
-def record(endpoint_id: int, outcomes: Sequence[Outcome], lane: str) -> None:
-    """Record the attempts and what they mean for the endpoint, then kick its near retries."""
+def record(endpoint_id: int, outcomes: Sequence[Outcome], lane: str, *, was_failing: bool = True) -> None:
+    """Record the attempts and what they mean for the endpoint, then kick its near retries.
+    ``was_failing``: the endpoint had a failure record when these were claimed (a success clears it)."""
     status = {"succeeded": "succeeded", "failed": "failed", "retried": "pending", "blocked": "pending", "throttled": "pending"}
     params = {
         "ids": [o.delivery["id"] for o in outcomes],
@@ -331,7 +350,7 @@ def record(endpoint_id: int, outcomes: Sequence[Outcome], lane: str) -> None:
         if pause:
             fetch("UPDATE webhook_endpoint SET paused_until = greatest(coalesce(paused_until, now()), now() + %s * interval '1 second')"
                   " WHERE id = %s", (pause, endpoint_id))
-        if succeeded:
+        if succeeded and was_failing:
             fetch("UPDATE webhook_endpoint SET failing_since = NULL WHERE id = %s AND failing_since IS NOT NULL", (endpoint_id,))
         elif failed:
             fetch("UPDATE webhook_endpoint SET failing_since = now() WHERE id = %s AND failing_since IS NULL", (endpoint_id,))
