@@ -127,6 +127,20 @@ def run(endpoint_ids: Sequence[int], lane: str) -> None:
         thread.join()
 
 
+def nudge(endpoint_id: int) -> bool:
+    """Tell this process's running loop for the endpoint that it has new work. False when no loop
+    runs here, and the endpoint must be kicked through the broker."""
+    with _states_lock:
+        state = _states.get(endpoint_id)
+    if state is None:
+        return False
+    with state.lock:
+        if state.running:
+            state.dirty = True
+            return True
+    return False
+
+
 def work_endpoint(endpoint_id: int, lane: str, *, budget: float = LOOP_BUDGET_SECONDS) -> None:
     """Deliver the endpoint's due deliveries until none is left (or the budget is spent)."""
     with _states_lock:

@@ -21,11 +21,13 @@ import psycopg2
 from common import dispatch
 from common.config import settings
 from common.db.connection import DatabaseUnavailable, fetch, release_connection, transaction
+from services.webhooks import delivery
 
 log = logging.getLogger("postroom.webhooks.fanout")
 CHANNEL = "postroom_outbox"
 BATCH = 1000
 FALLBACK_SECONDS = 5.0
+LINGER_SECONDS = 0.02
 RANK = {"urgent": 0, "bulk": 1}
 
 _FAN_OUT = f"""
@@ -72,9 +74,12 @@ def fan_out() -> int:
 
 
 def kick(endpoints: dict[int, str]) -> None:
+    """Hand each endpoint its new work: a loop running in this process is told directly, the
+    others are kicked through the broker (any webhooks process may take them)."""
     by_lane: dict[str, list[int]] = {}
     for eid, lane in endpoints.items():
-        by_lane.setdefault(lane, []).append(eid)
+        if not delivery.nudge(eid):
+            by_lane.setdefault(lane, []).append(eid)
     for lane, ids in by_lane.items():
         dispatch.to_stage("webhooks", lane, ids)
 
@@ -90,6 +95,7 @@ def listen(stop: threading.Event) -> None:
                 fan_out()  # whatever was committed while nobody listened
             readable, _, _ = select.select([conn], [], [], FALLBACK_SECONDS)
             if readable:
+                stop.wait(LINGER_SECONDS)  # let a busy moment's commits gather into one batch
                 conn.poll()
                 conn.notifies.clear()
             fan_out()
