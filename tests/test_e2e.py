@@ -107,9 +107,9 @@ def test_every_service_exposes_dramatiq_and_postroom_metrics_with_bounded_labels
     assert "postroom_api_request_seconds_bucket" in ingest
     assert 'postroom_provider_webhooks_total{kind="status",provider="twilio",verdict="applied"}' in ingest
     workers = {name: scrape(f"http://127.0.0.1:{base + offset}/metrics") for name, offset in
-               (("processing", 0), ("routing", 1), ("sender-sms", 2))}
-    for name, text in workers.items():
-        assert "dramatiq_messages_total" in text, name
+               (("processing", 0), ("routing", 1), ("sender-sms", 2), ("sender-http", 3), ("webhooks", 4))}
+    for name in ("processing", "routing", "sender-sms"):  # the stages these messages went through
+        assert "dramatiq_messages_total" in workers[name], name
     assert 'postroom_messages_total{channel="sms",status="queued"}' in workers["processing"]
     assert 'postroom_messages_total{channel="sms",status="routed"}' in workers["routing"]
     sender = workers["sender-sms"]  # one process serves both lanes, each through its own worker
@@ -118,8 +118,10 @@ def test_every_service_exposes_dramatiq_and_postroom_metrics_with_bounded_labels
         assert sample(sender, f'dramatiq_messages_total{{actor_name="send_sms_{lane}",queue_name="sms_{lane}"}}') >= 1
     scheduler = scrape(f"http://127.0.0.1:{base + 9}/metrics")
     assert "postroom_reconciler_redriven_total" in scheduler
+    assert "postroom_webhook_outbox_lag_seconds" in scheduler
+    assert 'postroom_webhook_delivery_seconds_count{outcome="succeeded"}' in workers["webhooks"]  # created at zero
     allowed = {"channel", "status", "provider", "outcome", "kind", "verdict", "endpoint", "code", "lane", "le",
-               "queue_name", "actor_name", "quantile"}
+               "queue_name", "actor_name", "quantile", "reason"}
     for text in [ingest, scheduler, *workers.values()]:
         for line in text.splitlines():
             if line.startswith("postroom_") or line.startswith("dramatiq_"):
