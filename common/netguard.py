@@ -15,7 +15,7 @@ import ipaddress
 import socket
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -352,27 +352,27 @@ def guarded_session(allowed: Sequence[Network] = (), *, pool_maxsize: int = 10) 
     return session
 
 
-_shared: dict[tuple[str, int], requests.Session] = {}
-_shared_pools: dict[tuple[str, int], PoolManager] = {}
+_shared: dict[tuple[str, str, int], Any] = {}
 _shared_lock = threading.Lock()
+
+
+def _built_once(kind: str, allowed_networks: str, size: int, build: Callable[[tuple[Network, ...]], Any]) -> Any:
+    key = (kind, allowed_networks, size)
+    with _shared_lock:
+        if key not in _shared:
+            _shared[key] = build(parse_networks(allowed_networks))
+        return _shared[key]
 
 
 def shared_session(allowed_networks: str, pool_maxsize: int) -> requests.Session:
     """The process's guarded session for this allow-list (``parse_networks`` text), built once so
-    its connection pools are reused by every caller (webhook deliveries, the http channel)."""
-    key = (allowed_networks, pool_maxsize)
-    with _shared_lock:
-        found = _shared.get(key)
-        if found is None:
-            found = _shared[key] = guarded_session(parse_networks(allowed_networks), pool_maxsize=pool_maxsize)
-        return found
+    its connection pools are reused by every caller (the http channel)."""
+    session: requests.Session = _built_once("session", allowed_networks, pool_maxsize,
+                                            lambda nets: guarded_session(nets, pool_maxsize=pool_maxsize))
+    return session
 
 
 def shared_pool(allowed_networks: str, maxsize: int) -> PoolManager:
-    """The process's guarded pool manager for this allow-list, built once (see ``shared_session``)."""
-    key = (allowed_networks, maxsize)
-    with _shared_lock:
-        found = _shared_pools.get(key)
-        if found is None:
-            found = _shared_pools[key] = guarded_pool(parse_networks(allowed_networks), maxsize=maxsize)
-        return found
+    """The process's guarded pool manager for this allow-list, built once (webhook deliveries)."""
+    pool: PoolManager = _built_once("pool", allowed_networks, maxsize, lambda nets: guarded_pool(nets, maxsize=maxsize))
+    return pool

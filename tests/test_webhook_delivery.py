@@ -232,3 +232,29 @@ def test_a_disabled_endpoint_is_sent_nothing_until_enabled_again(api, workspace,
     assert on.get_json()["enabled"] is True and on.get_json()["disabled_reason"] is None
     assert api.post(f"/v1/webhook-deliveries/{waiting}/replay", headers=workspace["auth"]).status_code == 202
     assert [d["status"] for d in deliveries(endpoint_id)] == ["failed", "pending"]
+
+
+def test_an_http_message_needs_the_channel_configured_and_no_sender(api, workspace):
+    new = {"channel": "http", "to": "contact-1", "body": "hello"}
+    unconfigured = api.post("/v1/messages", json=new, headers=workspace["auth"])
+    assert unconfigured.status_code == 422 and unconfigured.get_json()["error"]["field"] == "channel"
+    with transaction():
+        fetch("INSERT INTO channel_config (workspace_id, channel, provider, account_ref, credentials, sender_identity)"
+              " VALUES (%s, 'http', 'http', 'ws', %s, 'https://crm.example.com/hook')",
+              (workspace["id"], crypto.seal({"secret": signing.new_secret()})))
+    with_from = api.post("/v1/messages", json={**new, "from": "+15005550006"}, headers=workspace["auth"])
+    assert with_from.status_code == 422 and with_from.get_json()["error"]["field"] == "from"
+    assert api.post("/v1/messages", json=new, headers=workspace["auth"]).status_code == 202
+    sms_to_a_name = api.post("/v1/messages", json={**new, "channel": "sms"}, headers=workspace["auth"])
+    assert sms_to_a_name.status_code == 422 and sms_to_a_name.get_json()["error"]["field"] == "to"
+
+
+def test_an_endpoint_rate_limit_spaces_its_deliveries(workspace, sandbox, broker):
+    requests.put(f"{sandbox.url}/sandbox/receivers/paced", json={}, timeout=5).raise_for_status()
+    endpoint_id = endpoint_row(workspace["id"], f"{sandbox.url}/receiver/paced", rate_limit_per_second=2.0)
+    for _ in range(6):
+        delivery_row(workspace["id"], endpoint_id)
+    delivery.work_endpoint(endpoint_id, "urgent")
+    arrived = [r["at"] for r in requests.get(f"{sandbox.url}/sandbox/receivers/paced/requests", timeout=5).json()["requests"]]
+    assert len(arrived) == 6 and all(d["status"] == "succeeded" for d in deliveries(endpoint_id))
+    assert arrived[-1] - arrived[0] >= 1.5  # a burst of 2, then 2 a second: the last 4 wait about 2 s

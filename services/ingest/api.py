@@ -62,7 +62,7 @@ def _check_recipient(body: NewMessage) -> None:
 
 def _check_sender(workspace_id: int, channel: str, sender: str | None) -> None:
     """A workspace sends only as its own identity: its channel configuration's, or the default account's.
-    An ``http`` message must name a configured URL's workspace (it has no sender identity)."""
+    An ``http`` message has no sender identity, and its workspace must have configured the channel's URL."""
     if channel == "http":
         if sender is not None:
             raise ApiError(422, "invalid_request", "from applies to sms only; leave it out for http", "from")
