@@ -78,10 +78,9 @@ def http_account(workspace_id: int) -> HttpAccount:
     if cached and cached[0] > time.monotonic():
         return cached[1]
     config = ChannelConfig.get_or_none((ChannelConfig.workspace == workspace_id) & (ChannelConfig.channel == "http"))
-    if config:
-        account = HttpAccount(config.sender_identity, unseal(config.credentials)["secret"], config.rate_limit_per_second, workspace_id)
-    else:
-        account = HttpAccount("", "", 0.0, workspace_id)
+    if not config:  # not cached: a channel configured a moment later applies at once
+        return HttpAccount("", "", 0.0, workspace_id)
+    account = HttpAccount(config.sender_identity, unseal(config.credentials)["secret"], config.rate_limit_per_second, workspace_id)
     _http_accounts[workspace_id] = (time.monotonic() + _CACHE_SECONDS, account)
     return account
 

@@ -170,9 +170,14 @@ def work_endpoint(endpoint_id: int, lane: str, *, budget: float = LOOP_BUDGET_SE
                     claimed = claim(endpoint_id, wanted)
                 if claimed and claimed[0]["endpoint_updated_at"] != target.updated_at:
                     forget(endpoint_id)  # changed since cached: sign and send with what it is now
-                    target = endpoint(endpoint_id)
-                    if target is None:
+                    changed = endpoint(endpoint_id)
+                    if changed is None:
                         claimed = []  # deleted meanwhile: its deliveries went with it
+                    elif changed.rate_limit_per_second != target.rate_limit_per_second:
+                        unclaim(claimed)  # taken at the old pace: take them again at the new one
+                        target = changed
+                        continue
+                    target = changed
             for row in claimed:
                 _calls.acquire()
                 in_flight += 1
@@ -229,6 +234,14 @@ def claim(endpoint_id: int, limit: int) -> list[dict[str, Any]]:
             {"e": endpoint_id, "n": limit}, prepared=True)
     release_connection()
     return rows
+
+
+def unclaim(rows: Sequence[dict[str, Any]]) -> None:
+    """Give claimed, unsent deliveries back as they were."""
+    with transaction():
+        fetch("UPDATE webhook_delivery SET status = 'pending', attempts = attempts - 1, claimed_at = NULL"
+              " WHERE id = ANY(%s) AND status = 'delivering'", ([r["id"] for r in rows],))
+    release_connection()
 
 
 def _attempt_into(target: Endpoint, row: dict[str, Any], done: queue.SimpleQueue[Outcome]) -> None:
