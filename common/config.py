@@ -65,6 +65,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("POSTROOM_BROKER_POLL_MS", int, 100, "Longest wait of a busy worker between broker polls (it holds messages in progress or delayed). An idle worker does not poll: an enqueue wakes it at once through Redis pub/sub."),
     Setting("POSTROOM_HANDOFF_LINGER_MS", float, 5.0, "Ingest gathers accepted ids this long before enqueueing them as one batch."),
     Setting("POSTROOM_BATCH_SIZE", int, 500, "Most ids one broker message carries between stages."),
+    Setting("POSTROOM_SCHEDULE_HORIZON_DAYS", float, 400.0, "How far ahead a message may be scheduled (`send_at`, `delay_seconds`); later gets 422."),
     Setting("POSTROOM_WEBHOOK_ALLOWED_NETWORKS", str, "", "Comma-separated CIDRs that webhook endpoints and the `http` channel may reach although they are loopback or private (for example `127.0.0.0/8` for local runs, `10.0.0.0/8` for in-cluster receivers). Empty: only public addresses. `make run` and the tests allow loopback."),
     Setting("POSTROOM_WEBHOOK_TIMEOUT_SECONDS", float, 15.0, "How long one webhook delivery (and one `http` channel call) may take."),
     Setting("POSTROOM_WEBHOOK_RETRY_SCHEDULE", str, "0,5,300,1800,7200,18000,36000,36000", "Seconds before each webhook attempt: the first is the initial delivery, then one per retry; after the last the delivery fails."),
@@ -122,6 +123,7 @@ class Settings:
     postroom_broker_poll_ms: int
     postroom_handoff_linger_ms: float
     postroom_batch_size: int
+    postroom_schedule_horizon_days: float
     postroom_webhook_allowed_networks: str
     postroom_webhook_timeout_seconds: float
     postroom_webhook_retry_schedule: str

@@ -12,7 +12,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-MESSAGE_STATUSES = ("accepted", "sent", "delivered", "read", "failed", "undelivered", "cancelled", "suppressed", "received")
+MESSAGE_STATUSES = ("accepted", "scheduled", "sent", "delivered", "read", "failed", "undelivered", "cancelled", "suppressed", "received")
 MESSAGE_EVENTS = tuple(f"message.{s}" for s in MESSAGE_STATUSES)
 ENDPOINT_DISABLED = "webhook_endpoint.disabled"
 TEST_EVENT = "webhook.test"  # sent to one endpoint on request, whatever it subscribes to

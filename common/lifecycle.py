@@ -34,7 +34,7 @@ RANK: dict[str, int] = {
 }
 
 # Statuses a message waits in for a stage, and the stage that moves it on.
-WAITING_FOR: dict[str, str] = {"accepted": "processing", "queued": "routing", "routed": "sender"}
+WAITING_FOR: dict[str, str] = {"accepted": "processing", "scheduled": "processing", "queued": "routing", "routed": "sender"}
 CANCELLABLE: tuple[str, ...] = ("accepted", "scheduled", "queued", "routed")
 # Waits up to this long ride on a broker delay; longer ones are parked rows the scheduler promotes.
 SHORT_WAIT_SECONDS = 10.0

@@ -25,6 +25,7 @@ from schemathesis.specs.openapi.checks import (
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 OPERATIONS = {
     ("post", "/v1/messages"), ("get", "/v1/messages/{message_id}"), ("post", "/v1/messages/{message_id}/cancel"),
+    ("post", "/v1/messages/{message_id}/reschedule"),
     ("get", "/healthz"), ("get", "/readyz"), ("get", "/metrics"), ("get", "/openapi.json"),
     ("post", "/webhooks/twilio/status"),
     ("post", "/v1/webhook-endpoints"), ("get", "/v1/webhook-endpoints"), ("get", "/v1/webhook-endpoints/{endpoint_id}"),
@@ -35,7 +36,7 @@ OPERATIONS = {
 }
 
 
-MAX_EXAMPLES = 30  # per operation and mode: 18 operations x 2 modes x 30 keeps the run under a minute
+MAX_EXAMPLES = 30  # per operation and mode: 19 operations x 2 modes x 30 keeps the run under a minute
 
 
 def test_every_operation_keeps_the_contract_under_fuzzing(ingest_url, workspace):

@@ -128,3 +128,36 @@ def test_every_service_exposes_dramatiq_and_postroom_metrics_with_bounded_labels
                 for label, value in LABEL.findall(line):
                     assert label in allowed, line
                     assert "+1500" not in value and not value.isdigit(), line
+
+
+def sandbox_received_at(stack: Stack, body: str) -> list[float]:
+    from datetime import datetime
+
+    return [datetime.fromisoformat(m["received_at"]).timestamp()
+            for m in requests.get(f"{stack.cfg.sandbox_url}/sandbox/messages", timeout=10).json()["messages"] if m["body"] == body]
+
+
+def schedule(stack: Stack, body: str, due: float) -> int:
+    from datetime import UTC, datetime
+
+    send_at = datetime.fromtimestamp(due, UTC).isoformat().replace("+00:00", "Z")
+    response = requests.post(f"{api(stack)}/v1/messages", json={"channel": "sms", "to": "+15005550006", "body": body,
+                                                               "send_at": send_at},
+                             headers={"Authorization": f"Bearer {stack.key}"}, timeout=10)
+    assert response.status_code == 202 and response.json()["status"] == "scheduled", response.text
+    return response.json()["id"]
+
+
+def test_a_scheduled_message_leaves_on_time_and_a_cancelled_one_never(stack):
+    due = time.time() + 3.0
+    on_time = schedule(stack, "due in three seconds", due)
+    cancelled = schedule(stack, "cancelled a second before", due)
+    wait_for(lambda: time.time() >= due - 1.0, timeout=5, what="a second before the due time")
+    cancel = requests.post(f"{api(stack)}/v1/messages/{cancelled}/cancel", headers={"Authorization": f"Bearer {stack.key}"}, timeout=10)
+    assert cancel.status_code == 200 and cancel.json()["status"] == "cancelled"
+    arrived = wait_for(lambda: sandbox_received_at(stack, "due in three seconds"), timeout=10, what="the scheduled message")
+    assert due <= arrived[0] <= due + 1.0, f"arrived {arrived[0] - due:+.3f}s from its due time"
+    wait_for(lambda: view(stack, on_time)["status"] == "delivered", timeout=10, what="delivered")
+    time.sleep(1.0)
+    assert sandbox_received_at(stack, "cancelled a second before") == []
+    assert view(stack, cancelled)["status"] == "cancelled"

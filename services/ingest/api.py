@@ -16,7 +16,8 @@ from common.providers.accounts import http_account, sms_account
 from services.ingest import messages
 from services.ingest.contract import Body, header, operation
 from services.ingest.errors import ApiError
-from services.ingest.models import E164, MessageAccepted, MessageView, NewMessage
+from services.ingest.models import E164, MessageAccepted, MessageView, NewMessage, Reschedule
+from services.ingest.timing import due_time
 from services.ingest.validation import EXPECTED
 
 api = Blueprint("api_v1", __name__, url_prefix="/v1")
@@ -38,16 +39,21 @@ def create_message(body: NewMessage) -> tuple[Response, int]:
     if key is not None and not (0 < len(key) <= MAX_IDEMPOTENCY_KEY and key.isprintable()):
         raise ApiError(400, "invalid_request", f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable characters", "Idempotency-Key")
     _check_recipient(body)
+    due = due_time(body.send_at, body.timezone, body.delay_seconds)
     with transaction():
         _check_sender(g.workspace_id, body.channel, body.from_)
         try:
-            accepted = messages.accept(g.workspace_id, body, key)
+            accepted = messages.accept(g.workspace_id, body, key, due.at)
         except messages.IdempotencyConflict:
             raise ApiError(409, "idempotency_conflict", "this Idempotency-Key was already used for a different message", "Idempotency-Key") from None
     if not accepted.replayed:
-        dispatch.handoff.submit("processing", accepted.priority, [accepted.id])  # after the commit
-        return jsonify({"id": accepted.id, "status": "accepted", "channel": body.channel, "to": body.to,
-                        "priority": accepted.priority, "created_at": accepted.created_at}), 202
+        if accepted.status == "accepted":
+            dispatch.handoff.submit("processing", accepted.priority, [accepted.id])  # after the commit
+        answer = {"id": accepted.id, "status": accepted.status, "channel": body.channel, "to": body.to,
+                  "priority": accepted.priority, "created_at": accepted.created_at, "send_at": accepted.send_at}
+        if due.note:
+            answer["note"] = due.note
+        return jsonify(answer), 202
     with transaction():
         view = messages.view(g.workspace_id, accepted.id, with_events=False)
     response = jsonify(view)
@@ -99,4 +105,21 @@ def cancel_message(message_id: int) -> tuple[Response, int]:
     if outcome == "too_late":
         assert view is not None
         raise ApiError(409, "not_cancellable", f"message {message_id} is already {view['status']}; only messages not yet sending can be cancelled")
+    return jsonify(view), 200
+
+
+@operation(api, "POST", "/messages/{message_id}/reschedule", summary="Move a message that has not started sending to a new time",
+           scope="messages:write", request=Reschedule, ok={200: Body(MessageView, "Rescheduled: `status` is scheduled, `send_at` the new time.")},
+           errors=(404, 409))
+def reschedule_message(message_id: int, body: Reschedule) -> tuple[Response, int]:
+    if body.send_at is None and body.delay_seconds is None:
+        raise ApiError(422, "invalid_request", "give send_at or delay_seconds", "send_at")
+    due = due_time(body.send_at, body.timezone, body.delay_seconds)
+    with transaction():
+        outcome, view = messages.reschedule(g.workspace_id, message_id, due.at)
+    if outcome == "not_found":
+        raise ApiError(404, "not_found", f"no message {message_id} in this workspace")
+    if outcome == "too_late":
+        assert view is not None
+        raise ApiError(409, "not_reschedulable", f"message {message_id} is already {view['status']}; only messages not yet sending can be rescheduled")
     return jsonify(view), 200

@@ -49,6 +49,11 @@ PhoneNumber = Annotated[str, Field(pattern=E164, examples=["+15005550006"]), Sin
 Tag = Annotated[str, Field(min_length=1, max_length=MAX_TAG), SingleLine]
 
 
+SendAt = Annotated[str, Field(min_length=10, max_length=40, examples=["2026-12-01T09:00:00-05:00"]), SingleLine]
+TimeZone = Annotated[str, Field(min_length=1, max_length=64, examples=["America/New_York"]), SingleLine]
+DelaySeconds = Annotated[int, Field(ge=0, le=10 * 366 * 86400)]
+
+
 class NewMessage(BaseModel):
     """``POST /v1/messages``: one outgoing message."""
 
@@ -66,17 +71,34 @@ class NewMessage(BaseModel):
     priority: Literal["urgent", "bulk"] = Field("urgent", description="The lane: urgent (codes, alerts) or bulk (campaigns).")
     tags: Annotated[list[Tag], Field(max_length=MAX_TAGS)] = Field(
         default_factory=list, description="Labels for bulk look-up and cancel.")
+    send_at: SendAt | None = Field(None, description=(
+        "Send at this time: RFC 3339 with an offset (`2026-12-01T09:00:00-05:00`), or a local time without one "
+        "(`2026-12-01T09:00:00`) together with `timezone`. A time in the past sends now."))
+    timezone: TimeZone | None = Field(None, description="IANA time zone of a local `send_at`, e.g. America/New_York.")
+    delay_seconds: DelaySeconds | None = Field(None, description="Send this many seconds from now (instead of `send_at`).")
 
 
 class MessageAccepted(BaseModel):
-    """The 202 answer to a new message: stored, and handed on to processing."""
+    """The 202 answer to a new message: stored, and handed on to processing (or scheduled)."""
 
     id: int
-    status: Literal["accepted"]
+    status: Literal["accepted", "scheduled"]
     channel: str
     to: str
     priority: str
     created_at: str | None
+    send_at: str | None = Field(None, description="When it is due (UTC), for a scheduled message.")
+    note: str | None = Field(None, description="Said when a requested time was already past: the message is sent now.")
+
+
+class Reschedule(BaseModel):
+    """``POST /v1/messages/{id}/reschedule``: a new time, as for a new message."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    send_at: SendAt | None = None
+    timezone: TimeZone | None = None
+    delay_seconds: DelaySeconds | None = None
 
 
 class MessageEvent(BaseModel):
@@ -110,6 +132,7 @@ class MessageView(BaseModel):
     sent_at: str | None
     delivered_at: str | None
     next_attempt_at: str | None
+    send_at: str | None = Field(None, description="When a scheduled message is due.")
     events: list[MessageEvent] | None = Field(None, description="Left out of an idempotent replay.")
 
 
@@ -157,7 +180,7 @@ MAX_URL = 2048
 MAX_ENDPOINT_HEADERS = 20
 HEADER_NAME = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$"
 EventType = Literal[
-    "*", "message.accepted", "message.sent", "message.delivered", "message.read", "message.failed",
+    "*", "message.accepted", "message.scheduled", "message.sent", "message.delivered", "message.read", "message.failed",
     "message.undelivered", "message.cancelled", "message.suppressed", "message.received",
     "campaign.completed", "webhook_endpoint.disabled",
 ]

@@ -13,5 +13,6 @@ from common import lifecycle
 
 
 def render_batch(ids: Sequence[int]) -> list[dict[str, Any]]:
-    """Claim accepted messages among ``ids`` and mark them queued for routing."""
-    return lifecycle.advance(ids, ["accepted"], "queued")
+    """Claim accepted messages, and scheduled ones that are due, among ``ids`` and mark them
+    queued for routing (a scheduled message handed on early waits for its time)."""
+    return lifecycle.advance(ids, ["accepted", "scheduled"], "queued", due_only=True)

@@ -139,6 +139,34 @@ def redrive_stuck(deadline_seconds: float, max_redrives: int) -> dict[str, int]:
     return counts
 
 
+def promote_scheduled(deadline_seconds: float) -> int:
+    """Hand scheduled messages to processing once they are due. The hand-off stamps the row
+    (``status_changed_at`` after ``due_at``), so each is handed on once; one still scheduled a
+    deadline after its hand-off, and held nowhere in the broker, is handed on again."""
+    with transaction():
+        due = fetch_dicts(
+            "SELECT id, status, channel, priority, due_at > status_changed_at AS fresh FROM message"
+            " WHERE status = 'scheduled' AND due_at <= now()"
+            " AND (due_at > status_changed_at OR status_changed_at < now() - make_interval(secs => %s))"
+            " ORDER BY due_at LIMIT %s FOR UPDATE SKIP LOCKED", (deadline_seconds, BATCH), prepared=True)
+        if not due:
+            return 0
+        stale = [r for r in due if not r["fresh"]]
+        held = broker_held_ids({stage_queue(r) for r in stale}) if stale else set()
+        _touch([r["id"] for r in stale if r["id"] in held], count_redrive=False)  # late, not lost
+        rows = _touch([r["id"] for r in due if r["id"] not in held], count_redrive=False)
+    _enqueue(rows)
+    return len(rows)
+
+
+def next_scheduled_in() -> float | None:
+    """Seconds until the next scheduled message falls due (None: none is waiting)."""
+    with transaction():
+        rows = fetch("SELECT extract(epoch FROM min(due_at) - now()) FROM message"
+                     " WHERE status = 'scheduled' AND due_at > status_changed_at", prepared=True)
+    return float(rows[0][0]) if rows and rows[0][0] is not None else None
+
+
 def promote_parked(short_wait_seconds: float) -> int:
     """Enqueue retries whose wait was too long for a broker delay, now that they are due."""
     with transaction():

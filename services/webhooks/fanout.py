@@ -13,14 +13,13 @@ listening connection) it still looks every ``FALLBACK_SECONDS``.
 from __future__ import annotations
 
 import logging
-import select
 import threading
 
 import psycopg2
 
 from common import dispatch
-from common.config import settings
 from common.db.connection import DatabaseUnavailable, fetch, release_connection, transaction
+from common.db.listen import Listener
 from services.webhooks import delivery
 
 log = logging.getLogger("postroom.webhooks.fanout")
@@ -87,42 +86,23 @@ def kick(endpoints: dict[int, str]) -> None:
 def listen(stop: threading.Event) -> None:
     """Run the fan-out whenever events commit, until ``stop`` is set. Survives database and
     broker outages: it reconnects and catches up."""
-    conn = None
+    listener = Listener(CHANNEL, "postroom-webhooks-listen")
+    caught_up = False
     while not stop.is_set():
         try:
-            if conn is None:
-                conn = _listening_connection()
+            if not caught_up:
+                listener.connect()
                 fan_out()  # whatever was committed while nobody listened
-            readable, _, _ = select.select([conn], [], [], FALLBACK_SECONDS)
-            if readable:
+                caught_up = True
+            if listener.wait(FALLBACK_SECONDS):
                 stop.wait(LINGER_SECONDS)  # let a busy moment's commits gather into one batch
-                conn.poll()
-                conn.notifies.clear()
             fan_out()
         except (psycopg2.Error, DatabaseUnavailable, OSError) as exc:
             log.warning("webhook fan-out interrupted (%s); reconnecting", exc)
-            _close(conn)
-            conn = None
+            listener.close()
+            caught_up = False
             stop.wait(1.0)
         except Exception:  # a broker outage or a bug: keep the listener alive, try again shortly
             log.exception("webhook fan-out failed; retrying")
             stop.wait(1.0)
-    _close(conn)
-
-
-def _listening_connection() -> psycopg2.extensions.connection:
-    conn = psycopg2.connect(settings.database_url, connect_timeout=max(1, round(settings.postroom_db_connect_timeout_seconds)),
-                            application_name="postroom-webhooks-listen", keepalives=1, keepalives_idle=10,
-                            keepalives_interval=5, keepalives_count=3)
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(f"LISTEN {CHANNEL}")
-    return conn
-
-
-def _close(conn: psycopg2.extensions.connection | None) -> None:
-    if conn is not None:
-        try:
-            conn.close()
-        except psycopg2.Error:
-            pass
+    listener.close()
