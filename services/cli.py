@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 
 from common.config import settings
@@ -42,16 +43,24 @@ def cmd_workspace_create(args: argparse.Namespace) -> None:
 
 
 def cmd_workspace_set(args: argparse.Namespace) -> None:
-    """Per-workspace choices: what becomes of a send whose outcome is unknown where no look-up exists."""
+    """Per-workspace choices: what becomes of a send whose outcome is unknown where no look-up
+    exists, and which tag names identify a message (its natural key: a pending duplicate is refused)."""
     from common.db.connection import fetch, transaction
 
+    if args.resend_unknown is None and args.unique_tags is None:
+        sys.exit("nothing to set: give --resend-unknown and/or --unique-tags")
+    unique = None if args.unique_tags is None else [t.strip() for t in args.unique_tags.split(",") if t.strip()]
+    if unique is not None and any(not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", t) for t in unique):
+        sys.exit("--unique-tags: comma-separated tag names of letters, digits and _ . : - (empty to clear)")
     _connect()
     with transaction():
-        changed = fetch("UPDATE workspace SET resend_unknown = %s WHERE name = %s RETURNING id",
-                        (args.resend_unknown == "on", args.name))
+        changed = fetch("UPDATE workspace SET resend_unknown = coalesce(%s, resend_unknown), unique_tags = coalesce(%s, unique_tags)"
+                        " WHERE name = %s RETURNING resend_unknown, unique_tags",
+                        (None if args.resend_unknown is None else args.resend_unknown == "on", unique, args.name))
     if not changed:
         sys.exit(f"no workspace {args.name!r}")
-    print(f"{args.name}: resend_unknown={args.resend_unknown}")
+    resend, tags = changed[0]
+    print(f"{args.name}: resend_unknown={'on' if resend else 'off'} unique_tags={','.join(tags) or '(none)'}")
 
 
 def cmd_apikey_create(args: argparse.Namespace) -> None:
@@ -194,8 +203,11 @@ def main(argv: list[str] | None = None) -> None:
     create.set_defaults(func=cmd_workspace_create)
     settings_ = ws.add_parser("set", help="change a workspace's settings")
     settings_.add_argument("name")
-    settings_.add_argument("--resend-unknown", choices=("on", "off"), required=True,
+    settings_.add_argument("--resend-unknown", choices=("on", "off"), default=None,
                            help="where a provider offers no look-up, resend a message whose outcome is unknown (on) or fail it as outcome_unknown (off, the default)")
+    settings_.add_argument("--unique-tags", default=None,
+                           help="comma-separated tag names whose values identify a message, e.g. event_id,contractor_id,message_type "
+                                "(a second pending message with the same values is refused, 409); empty to clear")
     settings_.set_defaults(func=cmd_workspace_set)
     keys = sub.add_parser("apikey", help="manage API keys").add_subparsers(dest="action", required=True)
     issue = keys.add_parser("create", help="print a new API key for a workspace")

@@ -25,7 +25,7 @@ from schemathesis.specs.openapi.checks import (
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 OPERATIONS = {
     ("post", "/v1/messages"), ("get", "/v1/messages/{message_id}"), ("post", "/v1/messages/{message_id}/cancel"),
-    ("post", "/v1/messages/{message_id}/reschedule"),
+    ("post", "/v1/messages/{message_id}/reschedule"), ("post", "/v1/messages/cancel"), ("post", "/v1/messages/reschedule"),
     ("get", "/healthz"), ("get", "/readyz"), ("get", "/metrics"), ("get", "/openapi.json"),
     ("post", "/webhooks/twilio/status"),
     ("post", "/v1/webhook-endpoints"), ("get", "/v1/webhook-endpoints"), ("get", "/v1/webhook-endpoints/{endpoint_id}"),

@@ -161,3 +161,25 @@ def test_a_scheduled_message_leaves_on_time_and_a_cancelled_one_never(stack):
     time.sleep(1.0)
     assert sandbox_received_at(stack, "cancelled a second before") == []
     assert view(stack, cancelled)["status"] == "cancelled"
+
+
+def test_a_tag_cancel_of_a_thousand_pending_messages_cancels_them_all_and_none_is_sent(stack):
+    from concurrent.futures import ThreadPoolExecutor
+
+    headers = {"Authorization": f"Bearer {stack.key}"}
+    due = time.time() + 12.0
+
+    def one(n: int) -> int:
+        response = requests.post(f"{api(stack)}/v1/messages", headers=headers, timeout=30, json={
+            "channel": "sms", "to": "+15005550006", "body": f"event 1000 reminder {n}", "delay_seconds": int(due - time.time()),
+            "tags": {"event_id": "1000", "contractor_id": str(n)}})
+        assert response.status_code == 202, response.text
+        return response.json()["id"]
+
+    with ThreadPoolExecutor(8) as pool:
+        ids = list(pool.map(one, range(1000)))
+    cancelled = requests.post(f"{api(stack)}/v1/messages/cancel", json={"tags": {"event_id": "1000"}}, headers=headers, timeout=30)
+    assert cancelled.status_code == 200 and cancelled.json() == {"count": 1000}
+    wait_for(lambda: time.time() > due + 2.0, timeout=30, what="past the due time")
+    assert not [b for b in sandbox_bodies(stack) if b.startswith("event 1000 reminder")]
+    assert {view(stack, i)["status"] for i in ids[:20]} == {"cancelled"}

@@ -33,6 +33,7 @@ class Workspace(BaseModel):
     name = TextField(unique=True)
     created_at = DateTimeField()
     resend_unknown = BooleanField()
+    unique_tags = ArrayField(TextField)
 
     class Meta:
         table_name = "workspace"
@@ -77,7 +78,8 @@ class Message(BaseModel):
     status = TextField()
     priority = TextField()
     idempotency_key = TextField(null=True)
-    tags = ArrayField(TextField)
+    tags = BinaryJSONField()
+    natural_key = TextField(null=True)
     due_at = DateTimeField(null=True)
     status_changed_at = DateTimeField()
     attempts = IntegerField()

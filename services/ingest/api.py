@@ -16,7 +16,16 @@ from common.providers.accounts import http_account, sms_account
 from services.ingest import messages
 from services.ingest.contract import Body, header, operation
 from services.ingest.errors import ApiError
-from services.ingest.models import E164, MessageAccepted, MessageView, NewMessage, Reschedule
+from services.ingest.models import (
+    E164,
+    Count,
+    MessageAccepted,
+    MessageView,
+    NewMessage,
+    Reschedule,
+    TagFilter,
+    TagReschedule,
+)
 from services.ingest.timing import due_time
 from services.ingest.validation import EXPECTED
 
@@ -29,7 +38,8 @@ REPLAYED = {"Idempotent-Replayed": {"description": "`true`: the message was acce
 @operation(
     api, "POST", "/messages", summary="Send a message", scope="messages:write", request=NewMessage,
     ok={202: Body(MessageAccepted, "Accepted: stored and handed on."),
-        200: Body(MessageView, "An idempotent replay: the message accepted earlier with this key.", headers=REPLAYED)},
+        200: Body(MessageView, "An idempotent replay: the message accepted earlier with this key (or, with "
+                               "`on_conflict: return`, the pending message with the same unique tags).", headers=REPLAYED)},
     errors=(409,),
     headers=[header("Idempotency-Key", "Repeat a request safely: the same key returns the same message.",
                     minLength=1, maxLength=MAX_IDEMPOTENCY_KEY)],
@@ -46,6 +56,11 @@ def create_message(body: NewMessage) -> tuple[Response, int]:
             accepted = messages.accept(g.workspace_id, body, key, due.at)
         except messages.IdempotencyConflict:
             raise ApiError(409, "idempotency_conflict", "this Idempotency-Key was already used for a different message", "Idempotency-Key") from None
+        except messages.Duplicate as twin:
+            if body.on_conflict != "return" or not twin.message_id:
+                raise ApiError(409, "duplicate", f"message {twin.message_id} is already pending with these unique tags "
+                               f"{twin.natural_key}; send on_conflict \"return\" to get it instead", "tags") from None
+            accepted = messages.Accepted(twin.message_id, body.priority, replayed=True)
     if not accepted.replayed:
         if accepted.status == "accepted":
             dispatch.handoff.submit("processing", accepted.priority, [accepted.id])  # after the commit
@@ -123,3 +138,22 @@ def reschedule_message(message_id: int, body: Reschedule) -> tuple[Response, int
         assert view is not None
         raise ApiError(409, "not_reschedulable", f"message {message_id} is already {view['status']}; only messages not yet sending can be rescheduled")
     return jsonify(view), 200
+
+
+@operation(api, "POST", "/messages/cancel", summary="Cancel every message not yet sending whose tags match",
+           scope="messages:write", request=TagFilter, ok={200: Body(Count, "How many were cancelled.")})
+def cancel_by_tags(body: TagFilter) -> tuple[Response, int]:
+    with transaction():
+        count = messages.cancel_by_tags(g.workspace_id, body.tags)
+    return jsonify({"count": count}), 200
+
+
+@operation(api, "POST", "/messages/reschedule", summary="Move every message not yet sending whose tags match",
+           scope="messages:write", request=TagReschedule, ok={200: Body(Count, "How many were moved.")})
+def reschedule_by_tags(body: TagReschedule) -> tuple[Response, int]:
+    if (body.send_at is None) == (body.shift_seconds is None):
+        raise ApiError(422, "invalid_request", "give send_at or shift_seconds (one of them)", "send_at")
+    due = due_time(body.send_at, body.timezone, None) if body.send_at is not None else None
+    with transaction():
+        count = messages.reschedule_by_tags(g.workspace_id, body.tags, due.at if due else None, body.shift_seconds)
+    return jsonify({"count": count}), 200

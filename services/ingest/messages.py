@@ -6,15 +6,26 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from psycopg2.extras import Json
+
 from common import events, lifecycle, metrics
 from common.db.connection import fetch, fetch_dicts
 from services.ingest.models import NewMessage
 
+# The natural key: the workspace's unique tag names with this message's values, as canonical JSON
+# (only when the tags are an object holding every one of those names).
+_NATURAL_KEY = """CASE WHEN jsonb_typeof(%(tags)s::jsonb) = 'object' AND cardinality(w.unique_tags) > 0
+                   AND %(tags)s::jsonb ?& w.unique_tags
+              THEN (SELECT jsonb_object_agg(k, %(tags)s::jsonb -> k) FROM unnest(w.unique_tags) k)::text END"""
+
 _ACCEPT = """
 WITH ins AS (
-    INSERT INTO message (workspace_id, channel, to_addr, from_addr, body, status, priority, idempotency_key, tags, due_at)
-    VALUES (%(ws)s, %(channel)s, %(to)s, %(from)s, %(body)s, %(status)s, %(priority)s, %(key)s, %(tags)s, %(due)s)
-    ON CONFLICT (workspace_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    INSERT INTO message (workspace_id, channel, to_addr, from_addr, body, status, priority, idempotency_key, tags, due_at,
+                         natural_key)
+    SELECT %(ws)s, %(channel)s, %(to)s, %(from)s, %(body)s, %(status)s, %(priority)s, %(key)s, %(tags)s::jsonb, %(due)s,
+           """ + _NATURAL_KEY + """
+    FROM workspace w WHERE w.id = %(ws)s
+    ON CONFLICT DO NOTHING  -- an earlier Idempotency-Key, or a pending message with the same natural key
     RETURNING id, workspace_id, channel, to_addr, tags, status, priority, created_at, due_at
 ), ev AS (
     INSERT INTO message_event (message_id, status, detail)
@@ -48,13 +59,22 @@ class IdempotencyConflict(Exception):
     """The Idempotency-Key was used before for a different request."""
 
 
+class Duplicate(Exception):
+    """A pending message already has this natural key (the workspace's unique tags)."""
+
+    def __init__(self, message_id: int, natural_key: str):
+        super().__init__(natural_key)
+        self.message_id = message_id
+        self.natural_key = natural_key
+
+
 def accept(workspace_id: int, new: NewMessage, idempotency_key: str | None, due: datetime | None = None) -> Accepted:
     """Store a new message as ``accepted``, or ``scheduled`` when ``due`` later (or find the
     earlier one with the same key). A scheduled one wakes the scheduler when this commits."""
     status = "scheduled" if due else "accepted"
     rows = fetch_dicts(_ACCEPT, {
         "ws": workspace_id, "channel": new.channel, "to": new.to, "from": new.from_, "body": new.body,
-        "priority": new.priority, "key": idempotency_key, "tags": list(new.tags), "status": status, "due": due,
+        "priority": new.priority, "key": idempotency_key, "tags": Json(new.tags), "status": status, "due": due,
     }, prepared=True)
     if rows:
         metrics.count_transitions(status, [new.channel])
@@ -62,10 +82,19 @@ def accept(workspace_id: int, new: NewMessage, idempotency_key: str | None, due:
             fetch("SELECT pg_notify(%s, '')", (SCHEDULED_CHANNEL,))
         return Accepted(rows[0]["id"], rows[0]["priority"], replayed=False, created_at=_iso(rows[0]["created_at"]),
                         status=status, send_at=_iso(rows[0]["due_at"]))
-    earlier = fetch_dicts(
+    found = fetch_dicts(
         "SELECT id, channel, to_addr, from_addr, body, priority FROM message WHERE workspace_id = %s AND idempotency_key = %s",
         (workspace_id, idempotency_key),
-    )[0]
+    ) if idempotency_key is not None else []
+    if not found:  # not the key: the natural key of a pending message
+        twin = fetch("SELECT m.id, m.natural_key FROM message m, workspace w WHERE w.id = %(ws)s AND m.workspace_id = %(ws)s"
+                     f" AND m.natural_key = {_NATURAL_KEY}"
+                     " AND m.status NOT IN ('cancelled', 'failed', 'suppressed', 'undelivered')",
+                     {"ws": workspace_id, "tags": Json(new.tags)})
+        if not twin:  # it went away between the two statements: the caller may simply try again
+            raise Duplicate(0, "")
+        raise Duplicate(twin[0][0], twin[0][1])
+    earlier = found[0]
     if (earlier["channel"], earlier["to_addr"], earlier["from_addr"], earlier["body"], earlier["priority"]) != (
         new.channel, new.to, new.from_, new.body, new.priority
     ):
@@ -138,3 +167,47 @@ def reschedule(workspace_id: int, message_id: int, due: datetime | None) -> tupl
         fetch("SELECT pg_notify(%s, '')", (SCHEDULED_CHANNEL,))
         return "rescheduled", view(workspace_id, message_id)
     return "too_late", view(workspace_id, message_id)
+
+
+# Literal statuses, so the planner can use the partial GIN index message_pending_tags.
+_PENDING_SQL = "status IN (" + ", ".join(f"'{s}'" for s in RESCHEDULABLE) + ")"
+_BY_TAGS = f"SELECT id FROM message WHERE workspace_id = %s AND tags @> %s AND {_PENDING_SQL} ORDER BY id LIMIT %s"
+TAG_BATCH = 5000
+
+
+def cancel_by_tags(workspace_id: int, tags: dict[str, str]) -> int:
+    """Cancel every message of the workspace not yet sending whose tags include ``tags``."""
+    count = 0
+    while True:
+        ids = [r[0] for r in fetch(_BY_TAGS, (workspace_id, Json(tags), TAG_BATCH))]
+        moved = lifecycle.advance(ids, lifecycle.CANCELLABLE, "cancelled", detail={"by": "api", "tags": tags})
+        count += len(moved)
+        if len(ids) < TAG_BATCH:
+            return count
+
+
+def reschedule_by_tags(workspace_id: int, tags: dict[str, str], due: datetime | None, shift_seconds: int | None) -> int:
+    """Move every message of the workspace not yet sending whose tags include ``tags``: to ``due``
+    (None with no shift: now), or each by ``shift_seconds`` from its own due time."""
+    rows = fetch(
+        """WITH matched AS (
+               SELECT id, CASE WHEN %(shift)s::int IS NULL THEN coalesce(%(due)s, now())
+                               ELSE coalesce(due_at, now()) + %(shift)s::int * interval '1 second' END AS due
+               FROM message WHERE workspace_id = %(ws)s AND tags @> %(tags)s AND """ + _PENDING_SQL + """
+               FOR UPDATE
+           ), moved AS (  -- stamped before its due time: not handed to processing yet
+               UPDATE message m SET status = 'scheduled', updated_at = now(), redrives = 0, due_at = matched.due,
+                      status_changed_at = least(now(), matched.due) - interval '1 millisecond'
+               FROM matched WHERE m.id = matched.id
+               RETURNING m.id, m.due_at
+           ), ev AS (
+               INSERT INTO message_event (message_id, status, detail)
+               SELECT id, 'scheduled', jsonb_build_object('rescheduled', true, 'send_at', due_at, 'tags', %(tags)s::jsonb)
+               FROM moved
+           )
+           SELECT count(*) FROM moved""",
+        {"ws": workspace_id, "tags": Json(tags), "due": due, "shift": shift_seconds})
+    count = int(rows[0][0])
+    if count:
+        fetch("SELECT pg_notify(%s, '')", (SCHEDULED_CHANNEL,))
+    return count

@@ -54,6 +54,12 @@ TimeZone = Annotated[str, Field(min_length=1, max_length=64, examples=["America/
 DelaySeconds = Annotated[int, Field(ge=0, le=10 * 366 * 86400)]
 
 
+TagName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+TagValue = Annotated[str, Field(max_length=MAX_TAG), SingleLine]
+TagMap = Annotated[dict[TagName, TagValue], Field(max_length=MAX_TAGS)]
+Tags = Annotated[list[Tag], Field(max_length=MAX_TAGS)] | TagMap
+
+
 class NewMessage(BaseModel):
     """``POST /v1/messages``: one outgoing message."""
 
@@ -69,8 +75,12 @@ class NewMessage(BaseModel):
         "Sender identity (`sms` only); must be the workspace's own (its SMS channel configuration, or the "
         "deployment's default number). Left out: that identity is used."))
     priority: Literal["urgent", "bulk"] = Field("urgent", description="The lane: urgent (codes, alerts) or bulk (campaigns).")
-    tags: Annotated[list[Tag], Field(max_length=MAX_TAGS)] = Field(
-        default_factory=list, description="Labels for bulk look-up and cancel.")
+    tags: Tags = Field(default_factory=list, description=(
+        "Names and values for look-up, cancel and reschedule by tag "
+        '(`{"event_id": "41", "message_type": "speaker_alert"}`); a list of labels is accepted too.'))
+    on_conflict: Literal["error", "return"] = Field("error", description=(
+        "When the workspace declares unique tags and a pending message already has these values: "
+        "`error` answers 409, `return` answers 200 with that message."))
     send_at: SendAt | None = Field(None, description=(
         "Send at this time: RFC 3339 with an offset (`2026-12-01T09:00:00-05:00`), or a local time without one "
         "(`2026-12-01T09:00:00`) together with `timezone`. A time in the past sends now."))
@@ -120,7 +130,7 @@ class MessageView(BaseModel):
     body: str
     status: str
     priority: str
-    tags: list[str]
+    tags: list[str] | dict[str, str]
     attempts: int
     provider: str | None
     provider_message_id: str | None
@@ -298,3 +308,23 @@ class DeliveryAttempt(BaseModel):
 class DeliveryAttempts(BaseModel):
     attempts: list[DeliveryAttempt]
     next_before: int | None = Field(description="Pass as `before` for the next (older) page; null on the last page.")
+
+
+class TagFilter(BaseModel):
+    """``POST /v1/messages/cancel``: every message not yet sending whose tags include all of these."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    tags: Annotated[TagMap, Field(min_length=1)] = Field(description='Names and values that must all match, e.g. {"event_id": "41"}.')
+
+
+class TagReschedule(BaseModel):
+    """``POST /v1/messages/reschedule``: move every message not yet sending whose tags match."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    tags: Annotated[TagMap, Field(min_length=1)] = Field(description='Names and values that must all match, e.g. {"event_id": "41"}.')
+    send_at: SendAt | None = None
+    timezone: TimeZone | None = None
+    shift_seconds: Annotated[int, Field(ge=-366 * 86400, le=366 * 86400)] | None = Field(
+        None, description="Move each by this many seconds (negative: earlier), from its own due time.")

@@ -30,7 +30,8 @@ EXPECTED = {
     "from": "a phone number in E.164 form",
     "body": "a non-empty string",
     "priority": f"one of: {', '.join(LANES)}",
-    "tags": f"a list of at most {MAX_TAGS} non-empty strings of up to {MAX_TAG} characters",
+    "tags": (f"an object of at most {MAX_TAGS} names (letters, digits, _ . : -) to strings of up to {MAX_TAG} "
+             f"characters, or a list of at most {MAX_TAGS} non-empty strings"),
 }
 
 
