@@ -44,23 +44,40 @@ def cmd_workspace_create(args: argparse.Namespace) -> None:
 
 def cmd_workspace_set(args: argparse.Namespace) -> None:
     """Per-workspace choices: what becomes of a send whose outcome is unknown where no look-up
-    exists, and which tag names identify a message (its natural key: a pending duplicate is refused)."""
+    exists; which tag names identify a message (its natural key: a pending duplicate is refused);
+    quiet hours, the workspace's time zone, and whether urgent messages wait for quiet hours too."""
     from common.db.connection import fetch, transaction
+    from common.quiet_hours import QuietHours, parse_timezone
 
-    if args.resend_unknown is None and args.unique_tags is None:
-        sys.exit("nothing to set: give --resend-unknown and/or --unique-tags")
+    chosen = {k: getattr(args, k) for k in ("resend_unknown", "unique_tags", "quiet_hours", "timezone", "quiet_hours_urgent")}
+    if all(v is None for v in chosen.values()):
+        sys.exit("nothing to set: give --resend-unknown, --unique-tags, --quiet-hours, --timezone or --quiet-hours-urgent")
     unique = None if args.unique_tags is None else [t.strip() for t in args.unique_tags.split(",") if t.strip()]
     if unique is not None and any(not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", t) for t in unique):
         sys.exit("--unique-tags: comma-separated tag names of letters, digits and _ . : - (empty to clear)")
+    quiet = None if args.quiet_hours in (None, "", "off") else args.quiet_hours
+    try:
+        if quiet is not None:
+            QuietHours.parse(quiet)
+        if args.timezone is not None:
+            parse_timezone(args.timezone)
+    except ValueError as exc:
+        sys.exit(str(exc))
     _connect()
     with transaction():
-        changed = fetch("UPDATE workspace SET resend_unknown = coalesce(%s, resend_unknown), unique_tags = coalesce(%s, unique_tags)"
-                        " WHERE name = %s RETURNING resend_unknown, unique_tags",
-                        (None if args.resend_unknown is None else args.resend_unknown == "on", unique, args.name))
+        changed = fetch(
+            "UPDATE workspace SET resend_unknown = coalesce(%(resend)s, resend_unknown), unique_tags = coalesce(%(unique)s, unique_tags),"
+            " quiet_hours = CASE WHEN %(set_quiet)s THEN %(quiet)s ELSE quiet_hours END, timezone = coalesce(%(tz)s, timezone),"
+            " quiet_hours_urgent = coalesce(%(urgent)s, quiet_hours_urgent)"
+            " WHERE name = %(name)s RETURNING resend_unknown, unique_tags, quiet_hours, timezone, quiet_hours_urgent",
+            {"resend": None if args.resend_unknown is None else args.resend_unknown == "on", "unique": unique,
+             "set_quiet": args.quiet_hours is not None, "quiet": quiet, "tz": args.timezone,
+             "urgent": None if args.quiet_hours_urgent is None else args.quiet_hours_urgent == "on", "name": args.name})
     if not changed:
         sys.exit(f"no workspace {args.name!r}")
-    resend, tags = changed[0]
-    print(f"{args.name}: resend_unknown={'on' if resend else 'off'} unique_tags={','.join(tags) or '(none)'}")
+    resend, tags, window, zone, urgent = changed[0]
+    print(f"{args.name}: resend_unknown={'on' if resend else 'off'} unique_tags={','.join(tags) or '(none)'} "
+          f"quiet_hours={window or 'off'} timezone={zone} quiet_hours_urgent={'on' if urgent else 'off'}")
 
 
 def cmd_apikey_create(args: argparse.Namespace) -> None:
@@ -208,6 +225,12 @@ def main(argv: list[str] | None = None) -> None:
     settings_.add_argument("--unique-tags", default=None,
                            help="comma-separated tag names whose values identify a message, e.g. event_id,contractor_id,message_type "
                                 "(a second pending message with the same values is refused, 409); empty to clear")
+    settings_.add_argument("--quiet-hours", default=None,
+                           help="local window when nothing non-urgent is sent, e.g. 21:00-08:00 (off to clear); held messages go when it ends")
+    settings_.add_argument("--timezone", default=None,
+                           help="IANA zone for quiet hours when the recipient's number pins none down (default UTC)")
+    settings_.add_argument("--quiet-hours-urgent", choices=("on", "off"), default=None,
+                           help="urgent messages wait for quiet hours too (off: they go at once, the default)")
     settings_.set_defaults(func=cmd_workspace_set)
     keys = sub.add_parser("apikey", help="manage API keys").add_subparsers(dest="action", required=True)
     issue = keys.add_parser("create", help="print a new API key for a workspace")

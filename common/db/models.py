@@ -34,6 +34,9 @@ class Workspace(BaseModel):
     created_at = DateTimeField()
     resend_unknown = BooleanField()
     unique_tags = ArrayField(TextField)
+    quiet_hours = TextField(null=True)
+    timezone = TextField()
+    quiet_hours_urgent = BooleanField()
 
     class Meta:
         table_name = "workspace"
@@ -80,6 +83,7 @@ class Message(BaseModel):
     idempotency_key = TextField(null=True)
     tags = BinaryJSONField()
     natural_key = TextField(null=True)
+    quiet_hours = TextField(null=True)
     due_at = DateTimeField(null=True)
     status_changed_at = DateTimeField()
     attempts = IntegerField()
@@ -201,3 +205,22 @@ class WebhookAttempt(BaseModel):
 
     class Meta:
         table_name = "webhook_attempt"
+
+
+class Schedule(BaseModel):
+    id = AutoField()
+    workspace = ForeignKeyField(Workspace, column_name="workspace_id")
+    cron = TextField()
+    timezone = TextField()
+    message = BinaryJSONField()
+    start_at = DateTimeField(null=True)
+    end_at = DateTimeField(null=True)
+    max_count = IntegerField(null=True)
+    sent_count = IntegerField()
+    paused = BooleanField()
+    next_run_at = DateTimeField(null=True)
+    created_at = DateTimeField()
+    updated_at = DateTimeField()
+
+    class Meta:
+        table_name = "schedule"

@@ -6,18 +6,16 @@ scope and every status it answers with; the view is left with what is particular
 
 from __future__ import annotations
 
-import re
-
 from flask import Blueprint, Response, g, jsonify, request
 
-from common import dispatch
+from common import dispatch, phones
 from common.db.connection import transaction
 from common.providers.accounts import http_account, sms_account
+from common.quiet_hours import QuietHours
 from services.ingest import messages
 from services.ingest.contract import Body, header, operation
 from services.ingest.errors import ApiError
 from services.ingest.models import (
-    E164,
     Count,
     MessageAccepted,
     MessageView,
@@ -48,7 +46,7 @@ def create_message(body: NewMessage) -> tuple[Response, int]:
     key = request.headers.get("Idempotency-Key")
     if key is not None and not (0 < len(key) <= MAX_IDEMPOTENCY_KEY and key.isprintable()):
         raise ApiError(400, "invalid_request", f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable characters", "Idempotency-Key")
-    _check_recipient(body)
+    body = _checked(body)
     due = due_time(body.send_at, body.timezone, body.delay_seconds)
     with transaction():
         _check_sender(g.workspace_id, body.channel, body.from_)
@@ -76,9 +74,20 @@ def create_message(body: NewMessage) -> tuple[Response, int]:
     return response, 200
 
 
-def _check_recipient(body: NewMessage) -> None:
-    if body.channel == "sms" and not re.fullmatch(E164, body.to):
-        raise ApiError(422, "invalid_request", f"to must be {EXPECTED['to']}", "to")
+def _checked(body: NewMessage) -> NewMessage:
+    """The message with its number in E.164 (checked with libphonenumber's data) and its quiet
+    hours checked; 422 naming the field otherwise."""
+    if body.quiet_hours is not None and body.quiet_hours != "off":
+        try:
+            QuietHours.parse(body.quiet_hours)
+        except ValueError as exc:
+            raise ApiError(422, "invalid_request", f"quiet_hours: {exc} (or off)", "quiet_hours") from None
+    if body.channel != "sms":
+        return body
+    try:
+        return body.model_copy(update={"to": phones.normalize(body.to)})
+    except ValueError as exc:
+        raise ApiError(422, "invalid_request", f"to must be {EXPECTED['to']}: {exc}", "to") from None
 
 
 def _check_sender(workspace_id: int, channel: str, sender: str | None) -> None:

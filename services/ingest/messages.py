@@ -21,9 +21,9 @@ _NATURAL_KEY = """CASE WHEN jsonb_typeof(%(tags)s::jsonb) = 'object' AND cardina
 _ACCEPT = """
 WITH ins AS (
     INSERT INTO message (workspace_id, channel, to_addr, from_addr, body, status, priority, idempotency_key, tags, due_at,
-                         natural_key)
+                         quiet_hours, natural_key)
     SELECT %(ws)s, %(channel)s, %(to)s, %(from)s, %(body)s, %(status)s, %(priority)s, %(key)s, %(tags)s::jsonb, %(due)s,
-           """ + _NATURAL_KEY + """
+           %(quiet)s, """ + _NATURAL_KEY + """
     FROM workspace w WHERE w.id = %(ws)s
     ON CONFLICT DO NOTHING  -- an earlier Idempotency-Key, or a pending message with the same natural key
     RETURNING id, workspace_id, channel, to_addr, tags, status, priority, created_at, due_at
@@ -75,6 +75,7 @@ def accept(workspace_id: int, new: NewMessage, idempotency_key: str | None, due:
     rows = fetch_dicts(_ACCEPT, {
         "ws": workspace_id, "channel": new.channel, "to": new.to, "from": new.from_, "body": new.body,
         "priority": new.priority, "key": idempotency_key, "tags": Json(new.tags), "status": status, "due": due,
+        "quiet": new.quiet_hours,
     }, prepared=True)
     if rows:
         metrics.count_transitions(status, [new.channel])

@@ -78,6 +78,9 @@ class NewMessage(BaseModel):
     tags: Tags = Field(default_factory=list, description=(
         "Names and values for look-up, cancel and reschedule by tag "
         '(`{"event_id": "41", "message_type": "speaker_alert"}`); a list of labels is accepted too.'))
+    quiet_hours: Annotated[str, Field(max_length=11, examples=["21:00-08:00", "off"]), SingleLine] | None = Field(None, description=(
+        "This message's quiet hours in the recipient's time zone (`21:00-08:00`), or `off`; left out: the workspace's. "
+        "Inside them the message waits until they end."))
     on_conflict: Literal["error", "return"] = Field("error", description=(
         "When the workspace declares unique tags and a pending message already has these values: "
         "`error` answers 409, `return` answers 200 with that message."))

@@ -1,24 +1,70 @@
-"""Routing: decide which sender takes each queued message.
+"""Routing: decide which sender takes each queued message, and when.
 
-Today every channel maps to its own sender and the lane is the message's priority; suppression,
-quiet hours and fallback add their decisions here. A message whose channel has no sender fails
-with that reason rather than waiting forever.
+Every channel maps to its own sender and the lane is the message's priority. Quiet hours are
+decided here, at the last step before a send, in the recipient's time zone (the one the phone
+number pins down, else the workspace's): a message that would go out inside the window is held
+as ``scheduled`` until the window opens (the hold is in its history), not dropped. Urgent
+messages go anyway unless the workspace says otherwise. A message whose channel has no sender
+fails with that reason rather than waiting forever.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from common import lifecycle
+from common.db.connection import fetch_dicts
+from common.quiet_hours import QuietHours, hold_until, recipient_timezone
 
 SENDER_CHANNELS = frozenset({"sms", "http"})
+OFF = "off"
+
+_WINDOWS = """
+SELECT m.id, m.channel, m.to_addr, m.priority, m.quiet_hours AS own, w.quiet_hours AS workspace_window,
+       w.timezone, w.quiet_hours_urgent
+FROM message m JOIN workspace w ON w.id = m.workspace_id
+WHERE m.id = ANY(%s) AND m.status = 'queued' AND coalesce(m.quiet_hours, w.quiet_hours) IS NOT NULL
+"""
 
 
 def route_batch(ids: Sequence[int]) -> list[dict[str, Any]]:
-    """Claim queued messages among ``ids``; return those routed to a sender."""
-    moved = lifecycle.advance(ids, ["queued"], "routed")
+    """Claim queued messages among ``ids``; hold those inside quiet hours; return those routed to a sender."""
+    held = hold_quiet(ids)
+    moved = lifecycle.advance([i for i in ids if i not in held], ["queued"], "routed")
     unroutable = [m["id"] for m in moved if m["channel"] not in SENDER_CHANNELS]
     if unroutable:
         lifecycle.advance(unroutable, ["routed"], "failed", detail={"error": "no sender for this channel"})
     return [m for m in moved if m["channel"] in SENDER_CHANNELS]
+
+
+def hold_quiet(ids: Sequence[int], now: datetime | None = None) -> set[int]:
+    """Move the messages among ``ids`` that are inside their quiet hours now back to ``scheduled``,
+    due when the window opens; returns their ids. Only messages with a window are read."""
+    now = now or datetime.now(UTC)
+    holds = []
+    for row in fetch_dicts(_WINDOWS, (list(ids),), prepared=True):
+        until = quiet_until(row, now)
+        if until is not None:
+            holds.append({"id": row["id"], "due": until.isoformat(),
+                          "detail": {"held": "quiet_hours", "until": until.isoformat(), "window": row["window"],
+                                     "timezone": row["zone"], "timezone_from": row["zone_from"]}})
+    lifecycle.record_outcomes("queued", "scheduled", holds, columns={"due_at": "v.due::timestamptz"})
+    return {h["id"] for h in holds}
+
+
+def quiet_until(row: dict[str, Any], now: datetime) -> datetime | None:
+    """When ``row``'s message may go, if its quiet hours hold it now (else None). Fills in the
+    window and zone it used (``window``, ``zone``, ``zone_from``) for the history."""
+    window = row["own"] or row["workspace_window"]
+    if window == OFF or (row["priority"] == "urgent" and not row["quiet_hours_urgent"] and not row["own"]):
+        return None
+    phone = row["to_addr"] if row["channel"] == "sms" else None
+    zone, source = recipient_timezone(None, phone, row["timezone"])
+    row.update(window=window, zone=zone, zone_from=source)
+    try:
+        return hold_until(now, QuietHours.parse(window), zone)
+    except ValueError:  # stored windows were checked when set; an unreadable one holds nothing
+        return None
+
