@@ -16,8 +16,8 @@ def test_bench_reports_measured_figures_for_every_scenario(tmp_path: Path):
     # As on a fresh machine: none of this test session's servers or settings.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("POSTROOM_", "TWILIO_", "DATABASE_", "REDIS_"))}
     env["POSTROOM_VAR_DIR"] = str(tmp_path / "var")
-    result = subprocess.run([sys.executable, "-m", "tests.bench", "--count", "60", "--webhook-count", "60", "--idle-seconds", "2",
-                             "--output", str(output)],
+    result = subprocess.run([sys.executable, "-m", "tests.bench", "--count", "60", "--webhook-count", "60",
+                             "--scheduling-count", "60", "--idle-seconds", "2", "--output", str(output)],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     report = json.loads(output.read_text())
@@ -54,3 +54,19 @@ def test_bench_reports_measured_figures_for_every_scenario(tmp_path: Path):
     assert len(delivered["lag_p50_ms_by_tenth"]) == 10
     assert delivered["call_ms"]["p50"] >= 100 and delivered["calls_in_flight_mean"] > 0  # the receiver answers after 100 ms
     assert "webhook deliveries received 180 of 180 expected: ok" in result.stdout
+
+    # Scheduling: 60 messages due in the same second, run as bulk, bulk at 150 ms, urgent, bulk without delivery receipts.
+    scheduling = report["scheduling"]
+    assert scheduling["goal_p99_seconds"] == 0.5
+    assert [(r["priority"], r["provider_latency_ms"], r["delivery_receipts"]) for r in scheduling["runs"]] == [
+        ("bulk", 0, True), ("bulk", 150, True), ("urgent", 0, True), ("bulk", 0, False)]
+    for r in scheduling["runs"]:
+        assert r["posting_ended_before_due_s"] > 0 and r["stored_scheduled"] == r["sandbox_received"] == r["sent"] == 60
+        assert r["duplicates_at_provider"] == r["missing"] == r["received_before_due"] == r["handed_on_before_due"] == 0
+        lag = r["lag_ms"]  # the sandbox's receive time minus the due time
+        assert 0 < lag["min"] <= lag["p50"] <= lag["p95"] <= lag["p99"] <= lag["max"]
+        assert 0 <= r["handoff_lag_ms"]["p50"] <= r["handoff_lag_ms"]["p99"] < lag["p99"]  # handed on before received
+        assert r["drain_s"] > 0 and r["drain_messages_per_s"] > 0
+        assert {"scheduler", "processing", "routing", "sender-sms", "postgres", "sandbox"} <= set(r["cpu_ms_per_message"])
+        assert r["goal"]["met"] == (lag["p99"] < 500) and r["goal"]["verdict"] in result.stdout
+    assert scheduling["runs"][1]["lag_ms"]["min"] >= 150  # the provider's latency is inside the lag

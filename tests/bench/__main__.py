@@ -2,8 +2,9 @@
 
 Starts a fresh private stack under the output's directory (as ``make run`` does, with its own
 PostgreSQL, Redis and sandbox), measures its idle cost (``tests.bench.idle``), runs the API
-scenarios (``tests.bench.api_sms``) and the webhook campaign (``tests.bench.webhooks``), prints a
-table for each and writes them all as one JSON document. ``--only`` picks some of them.
+scenarios (``tests.bench.api_sms``), the webhook campaign (``tests.bench.webhooks``) and a batch of
+messages due in the same second (``tests.bench.scheduling``), prints a table for each and writes
+them all as one JSON document. ``--only`` picks some of them.
 """
 
 from __future__ import annotations
@@ -19,17 +20,19 @@ import psutil
 
 from common.config import ROOT
 from services.local.stack import Stack, private_env
-from tests.bench import api_sms, webhooks
+from tests.bench import api_sms, scheduling, webhooks
 from tests.bench.idle import idle_table, measure_idle, settle
 from tests.bench.load import CLIENT_THREADS
 
-SECTIONS = ("idle", "sms", "lanes", "webhooks")
+SECTIONS = ("idle", "sms", "lanes", "webhooks", "scheduling")
 
 parser = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--count", type=int, default=2000, help="messages per API scenario (sms, lanes)")
 parser.add_argument("--webhook-count", type=int, default=10_000,
                     help="messages of the webhook campaign (run twice: without and with the endpoint)")
+parser.add_argument("--scheduling-count", type=int, default=5000,
+                    help="messages due in the same second, per scheduling run (bulk, bulk at 150 ms, urgent, bulk without receipts)")
 parser.add_argument("--output", default="var/bench/api_sms.json", help="where to write the JSON results")
 parser.add_argument("--idle-seconds", type=float, default=20.0, help="length of the no-traffic window for the idle cost")
 parser.add_argument("--only", choices=SECTIONS, action="append",
@@ -60,6 +63,9 @@ with Stack(env=private_env(stack_dir, 28000 + os.getpid() % 4000, POSTROOM_LOG_L
     if "webhooks" in only:
         report["webhooks"] = webhooks.run(stack, key, args.webhook_count)
         tables.append(webhooks.table(report["webhooks"]))
+    if "scheduling" in only:
+        report["scheduling"] = scheduling.run(stack, key, args.scheduling_count)
+        tables.append(scheduling.table(report["scheduling"]))
 out.write_text(json.dumps(report, indent=2))
 print("\n".join(tables))
 print(f"written to {out}")

@@ -1,5 +1,6 @@
 """What every benchmark scenario shares: the load client that posts messages through the API, the
-sandbox set up as the provider, CPU snapshots of the stack's process groups, and percentiles."""
+sandbox set up as the provider, CPU snapshots of the stack's process groups, percentiles, and
+waiting for a count to reach its target while it still moves."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import psutil
 import requests
@@ -16,6 +19,7 @@ from services.local.stack import Stack
 from tests.bench.idle import cpu_seconds, stack_processes
 
 CLIENT_THREADS = 32
+STALL_SECONDS = 60.0  # nothing moved for this long: report what arrived instead of waiting on
 
 
 def api_url(stack: Stack) -> str:
@@ -47,16 +51,38 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
+def spread(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    return {"p50": round(percentile(values, 50), 1), "p95": round(percentile(values, 95), 1),
+            "p99": round(percentile(values, 99), 1), "max": round(max(values), 1)}
+
+
+def wait_for_progress(read: Callable[[], int], target: int, stall: float = STALL_SECONDS, every: float = 0.1) -> int:
+    """Poll ``read`` until it reaches ``target`` or has not moved for ``stall`` seconds; its last value."""
+    last, moved = read(), time.monotonic()
+    while last < target:
+        time.sleep(every)
+        value = read()
+        if value != last:
+            last, moved = value, time.monotonic()
+        elif time.monotonic() - moved > stall:
+            break
+    return last
+
+
 def post_all(api: str, key: str, count: int, tag: str, priority: str = "urgent", threads: int = CLIENT_THREADS,
-             pause: float = 0.0) -> tuple[list[int], float, float]:
-    """POST ``count`` messages from ``threads`` threads; return ids, start and end times."""
+             pause: float = 0.0, fields: dict[str, Any] | None = None) -> tuple[list[int], float, float]:
+    """POST ``count`` messages from ``threads`` threads, each with ``fields`` added (``send_at``,
+    say); return ids, start and end times."""
     local = threading.local()
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
 
     def one(n: int) -> int:
         session = getattr(local, "session", None) or requests.Session()
         local.session = session
-        body = json.dumps({"channel": "sms", "to": f"+1500555{n % 10000:04d}", "body": f"{tag} #{n}", "priority": priority})
+        body = json.dumps({"channel": "sms", "to": f"+1500555{n % 10000:04d}", "body": f"{tag} #{n}", "priority": priority,
+                           **(fields or {})})
         if pause:
             time.sleep(pause)
         response = session.post(f"{api}/v1/messages", data=body, headers=headers, timeout=30)

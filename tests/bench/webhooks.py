@@ -18,8 +18,6 @@ reports — at p50/p95/p99/max, per event type and by tenth of the run (a growin
 from __future__ import annotations
 
 import contextlib
-import time
-from collections.abc import Callable
 from typing import Any
 
 import psycopg2
@@ -34,26 +32,14 @@ from tests.bench.load import (
     post_all,
     provider_answers_in,
     sandbox_received,
+    spread,
+    wait_for_progress,
 )
 
 PROVIDER_LATENCY_MS = 150
 RECEIVER = "bench"
 RECEIVER_DELAY_MS = 100
 EVENT_TYPES = ("message.accepted", "message.sent", "message.delivered")
-STALL_SECONDS = 60.0  # nothing moved for this long: report what arrived instead of waiting on
-
-
-def wait_for_progress(read: Callable[[], int], target: int, stall: float = STALL_SECONDS, every: float = 0.1) -> int:
-    """Poll ``read`` until it reaches ``target`` or has not moved for ``stall`` seconds; its last value."""
-    last, moved = read(), time.monotonic()
-    while last < target:
-        time.sleep(every)
-        value = read()
-        if value != last:
-            last, moved = value, time.monotonic()
-        elif time.monotonic() - moved > stall:
-            break
-    return last
 
 
 def one_value(cur: Any, sql: str, params: tuple[Any, ...]) -> int:
@@ -95,13 +81,6 @@ def campaign_figures(stack: Stack, cur: Any, ids: list[int], cpu: dict[str, floa
         "last_delivered_at": last_delivered,
         "cpu_ms_per_message": {g: round(seconds * 1000 / count, 3) for g, seconds in cpu.items()},
     }
-
-
-def spread(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {}
-    return {"p50": round(percentile(values, 50), 1), "p95": round(percentile(values, 95), 1),
-            "p99": round(percentile(values, 99), 1), "max": round(max(values), 1)}
 
 
 def delivery_figures(received: list[dict[str, Any]], event_at: dict[tuple[int, str], float], ids: list[int],
