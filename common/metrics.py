@@ -85,6 +85,32 @@ ENDPOINTS_DISABLED = Counter(
     "Webhook endpoints disabled automatically, by reason (gone: answered 410; failing: failed for the disable window).",
     ["reason"],
 )
+# The backlog, set every few seconds by the scheduler's backlog duty (services/scheduler/backlog.py)
+# from the database, deployment-wide. Only the scheduler sets them: "mostrecent" keeps the last
+# value it set, so a drained backlog reads 0 even where an earlier process left a higher one.
+MESSAGES_WAITING = Gauge(
+    "postroom_messages_waiting",
+    "Messages ready for a stage and not yet taken, by stage and lane (for webhooks: deliveries due).",
+    ["stage", "lane"],
+    multiprocess_mode="mostrecent",
+)
+OLDEST_WAITING = Gauge(
+    "postroom_oldest_waiting_seconds",
+    "How long the oldest message ready for a stage has waited (since it entered the status, or fell due), by stage and lane; 0 when none waits.",
+    ["stage", "lane"],
+    multiprocess_mode="mostrecent",
+)
+SCHEDULED_DUE_NEXT_HOUR = Gauge(
+    "postroom_scheduled_due_next_hour",
+    "Scheduled messages (send_at, quiet-hour holds) falling due within the next hour.",
+    multiprocess_mode="mostrecent",
+)
+SCHEDULE_LAG = Histogram(
+    "postroom_schedule_lag_seconds",
+    "How late a scheduled message was handed to processing: hand-off time minus its due time, by lane.",
+    ["lane"],
+    buckets=LATENCY_BUCKETS + (60, 300),
+)
 # Create every bounded label value at zero, so the first real increment is a visible increase.
 for _status in ("accepted", "queued", "routed", "sending"):
     REDRIVEN.labels(status=_status)
@@ -95,6 +121,8 @@ for _outcome in ("succeeded", "retried", "throttled", "failed", "blocked"):
     WEBHOOK_DELIVERIES.labels(outcome=_outcome)
 for _reason in ("gone", "failing"):
     ENDPOINTS_DISABLED.labels(reason=_reason)
+for _lane in ("urgent", "bulk"):
+    SCHEDULE_LAG.labels(lane=_lane)
 
 
 def count_transitions(status: str, channels: Iterable[str]) -> None:

@@ -26,6 +26,7 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 OPERATIONS = {
     ("post", "/v1/messages"), ("get", "/v1/messages/{message_id}"), ("post", "/v1/messages/{message_id}/cancel"),
     ("post", "/v1/messages/{message_id}/reschedule"), ("post", "/v1/messages/cancel"), ("post", "/v1/messages/reschedule"),
+    ("get", "/v1/messages/upcoming"), ("get", "/v1/stats"),
     ("get", "/healthz"), ("get", "/readyz"), ("get", "/metrics"), ("get", "/openapi.json"),
     ("post", "/webhooks/twilio/status"),
     ("post", "/v1/webhook-endpoints"), ("get", "/v1/webhook-endpoints"), ("get", "/v1/webhook-endpoints/{endpoint_id}"),
@@ -33,6 +34,11 @@ OPERATIONS = {
     ("post", "/v1/webhook-endpoints/{endpoint_id}/rotate-secret"), ("post", "/v1/webhook-endpoints/{endpoint_id}/test"),
     ("get", "/v1/webhook-endpoints/{endpoint_id}/deliveries"), ("post", "/v1/webhook-endpoints/{endpoint_id}/replay"),
     ("post", "/v1/webhook-deliveries/{delivery_id}/replay"),
+    ("post", "/v1/schedules"), ("get", "/v1/schedules"), ("get", "/v1/schedules/{schedule_id}"),
+    ("patch", "/v1/schedules/{schedule_id}"), ("delete", "/v1/schedules/{schedule_id}"),
+    ("post", "/v1/schedules/{schedule_id}/pause"), ("post", "/v1/schedules/{schedule_id}/resume"),
+    ("post", "/v1/sequences"), ("get", "/v1/sequences/{sequence_id}"), ("post", "/v1/sequences/{sequence_id}/enrolments"),
+    ("get", "/v1/enrolments/{enrolment_id}"), ("patch", "/v1/enrolments/{enrolment_id}"), ("delete", "/v1/enrolments/{enrolment_id}"),
 }
 
 

@@ -521,6 +521,17 @@ def test_the_webhooks_row_shows_deliveries_latency_lag_and_disabled_endpoints():
     assert {"PostroomWebhookLag", "PostroomWebhookEndpointsDisabled"} <= {rule["alert"] for rule in alert_rules()}
 
 
+def test_the_backlog_row_shows_waiting_oldest_age_due_next_hour_and_schedule_lag():
+    assert charted(row_panels("Backlog")) >= {
+        "postroom_messages_waiting",
+        "postroom_oldest_waiting_seconds",
+        "postroom_scheduled_due_next_hour",
+        "postroom_schedule_lag_seconds_bucket",  # p50 / p95
+    }
+    (rule,) = [rule for rule in alert_rules() if rule["alert"] == "PostroomBacklogOldestWaiting"]
+    assert "postroom_oldest_waiting_seconds" in metric_names(rule["expr"])
+
+
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed (Debian: apt-get install prometheus)")
 def test_promtool_accepts_the_rules_and_they_pass_their_unit_tests(tmp_path: Path):
     """Both copies of the rules are valid PromQL and templates; the webhook rules fire and stay

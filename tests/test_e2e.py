@@ -121,7 +121,7 @@ def test_every_service_exposes_dramatiq_and_postroom_metrics_with_bounded_labels
     assert "postroom_webhook_outbox_lag_seconds" in scheduler
     assert 'postroom_webhook_delivery_seconds_count{outcome="succeeded"}' in workers["webhooks"]  # created at zero
     allowed = {"channel", "status", "provider", "outcome", "kind", "verdict", "endpoint", "code", "lane", "le",
-               "queue_name", "actor_name", "quantile", "reason"}
+               "queue_name", "actor_name", "quantile", "reason", "stage"}
     for text in [ingest, scheduler, *workers.values()]:
         for line in text.splitlines():
             if line.startswith("postroom_") or line.startswith("dramatiq_"):

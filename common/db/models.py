@@ -84,6 +84,8 @@ class Message(BaseModel):
     tags = BinaryJSONField()
     natural_key = TextField(null=True)
     quiet_hours = TextField(null=True)
+    enrolment_id = BigIntegerField(null=True)
+    step = TextField(null=True)
     due_at = DateTimeField(null=True)
     status_changed_at = DateTimeField()
     attempts = IntegerField()
@@ -224,3 +226,31 @@ class Schedule(BaseModel):
 
     class Meta:
         table_name = "schedule"
+
+
+class Sequence(BaseModel):
+    id = AutoField()
+    workspace = ForeignKeyField(Workspace, column_name="workspace_id")
+    name = TextField()
+    steps = BinaryJSONField()
+    created_at = DateTimeField()
+
+    class Meta:
+        table_name = "sequence"
+
+
+class Enrolment(BaseModel):
+    id = AutoField()
+    sequence = ForeignKeyField(Sequence, column_name="sequence_id")
+    workspace_id = BigIntegerField()
+    channel = TextField()
+    to_addr = TextField()
+    anchors = BinaryJSONField()
+    variables = BinaryJSONField()
+    timezone = TextField()
+    status = TextField()
+    created_at = DateTimeField()
+    updated_at = DateTimeField()
+
+    class Meta:
+        table_name = "enrolment"

@@ -20,6 +20,9 @@ from services.ingest.api import api
 from services.ingest.contract import RETRY_AFTER_SECONDS
 from services.ingest.errors import ApiError, error, render
 from services.ingest.probes import probes
+from services.ingest.schedules_api import schedules_api
+from services.ingest.sequence_api import sequence_api
+from services.ingest.stats_api import stats_api
 from services.ingest.webhook_api import webhook_api
 from services.ingest.webhooks import webhooks
 
@@ -30,7 +33,10 @@ def create_app() -> Flask:
     app = Flask("postroom.ingest")
     app.register_blueprint(probes)
     app.register_blueprint(api)
+    app.register_blueprint(stats_api)
     app.register_blueprint(webhook_api)
+    app.register_blueprint(schedules_api)
+    app.register_blueprint(sequence_api)
     app.register_blueprint(webhooks)
 
     @app.before_request

@@ -8,38 +8,9 @@ from typing import Any
 
 from psycopg2.extras import Json
 
-from common import events, lifecycle, metrics
+from common import intake, lifecycle
 from common.db.connection import fetch, fetch_dicts
 from services.ingest.models import NewMessage
-
-# The natural key: the workspace's unique tag names with this message's values, as canonical JSON
-# (only when the tags are an object holding every one of those names).
-_NATURAL_KEY = """CASE WHEN jsonb_typeof(%(tags)s::jsonb) = 'object' AND cardinality(w.unique_tags) > 0
-                   AND %(tags)s::jsonb ?& w.unique_tags
-              THEN (SELECT jsonb_object_agg(k, %(tags)s::jsonb -> k) FROM unnest(w.unique_tags) k)::text END"""
-
-_ACCEPT = """
-WITH ins AS (
-    INSERT INTO message (workspace_id, channel, to_addr, from_addr, body, status, priority, idempotency_key, tags, due_at,
-                         quiet_hours, natural_key)
-    SELECT %(ws)s, %(channel)s, %(to)s, %(from)s, %(body)s, %(status)s, %(priority)s, %(key)s, %(tags)s::jsonb, %(due)s,
-           %(quiet)s, """ + _NATURAL_KEY + """
-    FROM workspace w WHERE w.id = %(ws)s
-    ON CONFLICT DO NOTHING  -- an earlier Idempotency-Key, or a pending message with the same natural key
-    RETURNING id, workspace_id, channel, to_addr, tags, status, priority, created_at, due_at
-), ev AS (
-    INSERT INTO message_event (message_id, status, detail)
-    SELECT id, status, CASE WHEN due_at IS NULL THEN '{}'::jsonb ELSE jsonb_build_object('send_at', due_at) END FROM ins
-), ob AS (
-    INSERT INTO outbox (workspace_id, event_type, message_id, payload, lane)
-    SELECT workspace_id, 'message.' || status, id,
-           jsonb_build_object('id', id, 'status', status, 'channel', channel, 'to', to_addr, 'tags', tags,
-                              'detail', '{}'::jsonb, 'send_at', due_at, 'at', created_at),
-           priority
-    FROM ins WHERE """ + events.subscribed_sql("ins.workspace_id", "'message.' || ins.status") + """
-)
-SELECT id, status, priority, created_at, due_at FROM ins
-"""
 
 
 @dataclass(frozen=True)
@@ -52,7 +23,7 @@ class Accepted:
     send_at: str | None = None
 
 
-SCHEDULED_CHANNEL = "postroom_scheduled"  # the scheduler LISTENs: a message due sooner than it planned for
+SCHEDULED_CHANNEL = intake.SCHEDULED_CHANNEL  # the scheduler LISTENs: a message due sooner than it planned for
 
 
 class IdempotencyConflict(Exception):
@@ -70,26 +41,21 @@ class Duplicate(Exception):
 
 def accept(workspace_id: int, new: NewMessage, idempotency_key: str | None, due: datetime | None = None) -> Accepted:
     """Store a new message as ``accepted``, or ``scheduled`` when ``due`` later (or find the
-    earlier one with the same key). A scheduled one wakes the scheduler when this commits."""
-    status = "scheduled" if due else "accepted"
-    rows = fetch_dicts(_ACCEPT, {
-        "ws": workspace_id, "channel": new.channel, "to": new.to, "from": new.from_, "body": new.body,
-        "priority": new.priority, "key": idempotency_key, "tags": Json(new.tags), "status": status, "due": due,
-        "quiet": new.quiet_hours,
-    }, prepared=True)
-    if rows:
-        metrics.count_transitions(status, [new.channel])
+    earlier one with the same key). A scheduled one wakes the scheduler when this commits. The
+    insert is shared with the scheduler's recurring occurrences (``common.intake``)."""
+    row = intake.insert(workspace_id, new.model_dump(by_alias=True), idempotency_key, due)
+    if row:
         if due:
-            fetch("SELECT pg_notify(%s, '')", (SCHEDULED_CHANNEL,))
-        return Accepted(rows[0]["id"], rows[0]["priority"], replayed=False, created_at=_iso(rows[0]["created_at"]),
-                        status=status, send_at=_iso(rows[0]["due_at"]))
+            intake.wake_scheduler()
+        return Accepted(row["id"], row["priority"], replayed=False, created_at=_iso(row["created_at"]),
+                        status=row["status"], send_at=_iso(row["due_at"]))
     found = fetch_dicts(
         "SELECT id, channel, to_addr, from_addr, body, priority FROM message WHERE workspace_id = %s AND idempotency_key = %s",
         (workspace_id, idempotency_key),
     ) if idempotency_key is not None else []
     if not found:  # not the key: the natural key of a pending message
         twin = fetch("SELECT m.id, m.natural_key FROM message m, workspace w WHERE w.id = %(ws)s AND m.workspace_id = %(ws)s"
-                     f" AND m.natural_key = {_NATURAL_KEY}"
+                     f" AND m.natural_key = {intake.NATURAL_KEY}"
                      " AND m.status NOT IN ('cancelled', 'failed', 'suppressed', 'undelivered')",
                      {"ws": workspace_id, "tags": Json(new.tags)})
         if not twin:  # it went away between the two statements: the caller may simply try again

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from common.config import settings
+from common.localtime import resolve
 from services.ingest.errors import ApiError
 
 # Closer than this to now is simply "now": not worth a trip through the scheduler.
@@ -57,26 +58,7 @@ def _parse(send_at: str, timezone: str | None) -> datetime:
             zone = ZoneInfo(timezone)
         except (ZoneInfoNotFoundError, ValueError):
             raise ApiError(422, "invalid_request", f"timezone {timezone[:64]!r} is not an IANA time zone", "timezone") from None
-        parsed = _local(parsed, zone)
+        parsed = resolve(parsed, zone)
     elif timezone is not None:
         raise ApiError(422, "invalid_request", "send_at has a UTC offset already; leave timezone out", "timezone")
     return parsed.astimezone(UTC)
-
-
-def _local(naive: datetime, zone: ZoneInfo) -> datetime:
-    """A wall-clock time in ``zone``. In a repeated hour it is the first of the two instants; in a
-    skipped hour (it does not exist) it is the first instant after the gap (02:30 → 03:00), as cron
-    does (``common.recurrence``)."""
-    first = naive.replace(tzinfo=zone, fold=0)
-    if first.astimezone(UTC).astimezone(zone).replace(tzinfo=None) == naive:
-        return first
-    # In a gap: the clock jumps between these two instants; find the jump to the second.
-    low, high = sorted((first.astimezone(UTC), naive.replace(tzinfo=zone, fold=1).astimezone(UTC)))
-    before = low.astimezone(zone).utcoffset()
-    while high - low > timedelta(seconds=1):
-        middle = low + (high - low) / 2
-        if middle.astimezone(zone).utcoffset() == before:
-            low = middle
-        else:
-            high = middle
-    return high.replace(microsecond=0)

@@ -6,7 +6,7 @@ field in a sentence a client developer can act on (422, or 400 when the body is 
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
@@ -54,7 +54,12 @@ def validate(model: type[Model], payload: Any) -> Model:
 
 
 def describe(model: type[BaseModel], err: ErrorDetails) -> tuple[str, str]:
-    """The field an error is about (its top-level name) and a sentence saying what is wrong."""
+    """The field an error is about (its top-level name, or its path inside an embedded object such
+    as ``message.to``) and a sentence saying what is wrong."""
+    embedded = _embedded_model(model, err["loc"])
+    if embedded is not None:  # a schedule's message: said as that model says it, under its path
+        field, message = describe(embedded, {**err, "loc": err["loc"][1:]})
+        return f"{err['loc'][0]}.{field}", f"{err['loc'][0]}: {message}"
     field = str(err["loc"][0])[:100] if err["loc"] else "body"  # a key can be any size
     kind, value = err["type"], err.get("input")
     if kind == "extra_forbidden":
@@ -72,6 +77,18 @@ def describe(model: type[BaseModel], err: ErrorDetails) -> tuple[str, str]:
     if field in EXPECTED:
         return field, f"{field} must be {EXPECTED[field]}"
     return field, f"{field}: {err['msg']}"
+
+
+def _embedded_model(model: type[BaseModel], loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The model of the object field an error inside it (``loc`` deeper than the field) is about."""
+    if len(loc) < 2 or not isinstance(loc[0], str):
+        return None
+    for name, info in model.model_fields.items():
+        if loc[0] in (name, info.alias):
+            for kind in (info.annotation, *get_args(info.annotation)):
+                if isinstance(kind, type) and issubclass(kind, BaseModel):
+                    return kind
+    return None
 
 
 def _short(value: Any) -> str:

@@ -16,7 +16,7 @@ from common import lifecycle, metrics
 from common.config import settings
 from common.db.connection import DatabaseUnavailable, release_connection
 from common.db.listen import Listener
-from services.scheduler import reconciler, webhooks
+from services.scheduler import backlog, reconciler, recurring, webhooks
 
 log = logging.getLogger("postroom.scheduler")
 METRICS_PORT_OFFSET = 9  # worker services take the ports before it in local runs
@@ -28,12 +28,14 @@ MIN_WAIT_SECONDS = 0.005
 
 def run_once() -> dict[str, int]:
     """One pass of every reconciler duty; returns what each did."""
-    done = {"scheduled": reconciler.promote_scheduled(settings.postroom_stage_deadline_seconds)}
+    done = {"occurrences": recurring.materialise(recurring.HORIZON_SECONDS),
+            "scheduled": reconciler.promote_scheduled(settings.postroom_stage_deadline_seconds)}
     done.update(reconciler.redrive_stuck(settings.postroom_stage_deadline_seconds, settings.postroom_max_redrives))
     done["promoted"] = reconciler.promote_parked(lifecycle.SHORT_WAIT_SECONDS)
     done.update(reconciler.resolve_unknown(settings.postroom_sending_timeout_seconds))
     done["receipts"] = reconciler.sweep_receipts()
     done.update(webhooks.maintain())
+    backlog.measure()  # gauges only, every few seconds: nothing to report
     return {k: v for k, v in done.items() if v}
 
 
@@ -55,7 +57,8 @@ def main() -> None:
                 next_pass = time.monotonic() + interval
                 done = run_once()
             else:
-                done = {"scheduled": reconciler.promote_scheduled(settings.postroom_stage_deadline_seconds)}
+                done = {"occurrences": recurring.materialise(recurring.HORIZON_SECONDS),
+                        "scheduled": reconciler.promote_scheduled(settings.postroom_stage_deadline_seconds)}
             if any(done.values()):
                 log.info("reconciled %s", {k: v for k, v in done.items() if v})
             due_in = reconciler.next_scheduled_in()

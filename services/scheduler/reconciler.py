@@ -35,6 +35,7 @@ from common.errors import ProviderError
 from common.providers.channels import CHANNELS, Channel
 from common.providers.sms import Accepted
 from common.receipts import apply_pending_receipts
+from services.scheduler import recurring
 
 log = logging.getLogger("postroom.reconciler")
 BATCH = 5000
@@ -145,7 +146,8 @@ def promote_scheduled(deadline_seconds: float) -> int:
     deadline after its hand-off, and held nowhere in the broker, is handed on again."""
     with transaction():
         due = fetch_dicts(
-            "SELECT id, status, channel, priority, due_at > status_changed_at AS fresh FROM message"
+            "SELECT id, status, channel, priority, due_at > status_changed_at AS fresh,"
+            " extract(epoch FROM clock_timestamp() - due_at)::float8 AS lag FROM message"
             " WHERE status = 'scheduled' AND due_at <= now()"
             " AND (due_at > status_changed_at OR status_changed_at < now() - make_interval(secs => %s))"
             " ORDER BY due_at LIMIT %s FOR UPDATE SKIP LOCKED", (deadline_seconds, BATCH), prepared=True)
@@ -156,14 +158,20 @@ def promote_scheduled(deadline_seconds: float) -> int:
         _touch([r["id"] for r in stale if r["id"] in held], count_redrive=False)  # late, not lost
         rows = _touch([r["id"] for r in due if r["id"] not in held], count_redrive=False)
     _enqueue(rows)
+    for r in due:  # the first hand-off is the schedule lag; a repeated one measures a lost one
+        if r["fresh"]:
+            metrics.SCHEDULE_LAG.labels(lane=r["priority"]).observe(max(0.0, r["lag"]))
     return len(rows)
 
 
-def next_scheduled_in() -> float | None:
-    """Seconds until the next scheduled message falls due (None: none is waiting)."""
+def next_scheduled_in(horizon_seconds: float = recurring.HORIZON_SECONDS) -> float | None:
+    """Seconds until the next scheduled message falls due, or the next recurring occurrence is to
+    be materialised (``horizon_seconds`` before its time); None: nothing is waiting."""
     with transaction():
-        rows = fetch("SELECT extract(epoch FROM min(due_at) - now()) FROM message"
-                     " WHERE status = 'scheduled' AND due_at > status_changed_at", prepared=True)
+        rows = fetch("SELECT extract(epoch FROM least("
+                     "(SELECT min(due_at) FROM message WHERE status = 'scheduled' AND due_at > status_changed_at),"
+                     " (SELECT min(next_run_at) FROM schedule WHERE NOT paused AND next_run_at IS NOT NULL)"
+                     " - make_interval(secs => %s)) - now())", (horizon_seconds,), prepared=True)
     return float(rows[0][0]) if rows and rows[0][0] is not None else None
 
 

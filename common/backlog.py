@@ -1,0 +1,253 @@
+"""The backlog of every stage and lane: what is ready and waiting, what is in progress, what waits
+for a later time, what each stage finished in the last hour, and how long the oldest has waited.
+
+The database figures come from rows still in flight, found through the partial indexes that
+already exist for the reconciler and the scheduler (``message_waiting``, ``message_scheduled``,
+``message_parked``, the webhook delivery indexes), and from the last hour of events (migration
+0007): nothing scans every message. ``GET /v1/stats`` reads them for one workspace, the
+scheduler's backlog duty for the whole deployment (the gauges). The broker's queue lengths are
+deployment-wide by nature: Redis holds no workspace.
+
+A message is ready for its stage from the later of its last status change (``updated_at``: the
+reconciler's re-drive clock ``status_changed_at`` is reset while a row waits behind a backlog, so
+it cannot say how long a row has waited) and its due time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import dramatiq
+import redis
+
+from common import dispatch, lifecycle
+from common.broker import LANES, queue_name
+from common.db.connection import fetch, fetch_dicts
+
+STAGES: tuple[str, ...] = tuple(dispatch.STAGES)  # processing, routing, a sender per channel, webhooks
+WEBHOOK_LANES = {0: "urgent", 1: "bulk"}  # webhook_delivery.rank
+BROKER_TIMEOUT_SECONDS = 1.0  # a frozen Redis must not hold a stats request for the broker's 5 s
+
+# Messages in flight, by status, lane and channel: those ready now, those due later (a parked
+# retry or throttled send) and the oldest ready one. Each branch is one partial index.
+_IN_FLIGHT = """
+SELECT status, priority, channel,
+       count(*) FILTER (WHERE status = 'sending' OR due_at IS NULL OR due_at <= now()) AS ready,
+       count(*) FILTER (WHERE status <> 'sending' AND due_at > now()) AS later,
+       greatest(0, extract(epoch FROM now() - min(greatest(updated_at, due_at))
+                FILTER (WHERE status <> 'sending' AND (due_at IS NULL OR due_at <= now())))) AS oldest
+FROM message
+WHERE status IN ('accepted', 'queued', 'routed', 'sending') AND (%(ws)s::bigint IS NULL OR workspace_id = %(ws)s)
+GROUP BY status, priority, channel
+UNION ALL
+SELECT status, priority, channel, count(*), 0, greatest(0, extract(epoch FROM now() - min(due_at)))
+FROM message
+WHERE status = 'scheduled' AND due_at <= now() AND (%(ws)s::bigint IS NULL OR workspace_id = %(ws)s)
+GROUP BY status, priority, channel
+"""
+
+_SCHEDULED_LATER = """
+SELECT priority, count(*) AS n FROM message
+WHERE status = 'scheduled' AND due_at > now() AND (%(ws)s::bigint IS NULL OR workspace_id = %(ws)s)
+GROUP BY priority
+"""
+
+# What the stages finished in the last hour, from the history: processing moves a message to
+# queued, routing to routed, a sender to sent. A routed event with an error_code is a sender's
+# retry or throttled send, not routing's work. A failure belongs to the stage of the status it
+# failed from (one index probe per failure); provider receipts (failed after sent) belong to none.
+_FINISHED = """
+SELECT e.status, m.priority, m.channel,
+       CASE WHEN e.status = 'failed' THEN (
+           SELECT p.status FROM message_event p WHERE p.message_id = e.message_id AND p.id < e.id
+           ORDER BY p.id DESC LIMIT 1) END AS failed_from,
+       count(*) AS n
+FROM message_event e JOIN message m ON m.id = e.message_id
+WHERE e.at > now() - interval '1 hour'
+  AND (e.status IN ('queued', 'sent', 'failed') OR (e.status = 'routed' AND NOT e.detail ? 'error_code'))
+  AND (%(ws)s::bigint IS NULL OR m.workspace_id = %(ws)s)
+GROUP BY 1, 2, 3, 4
+"""
+
+# Webhook deliveries: ready (due, to an enabled endpoint that is not paused by a 429), later (a
+# retry not yet due, or an endpoint's pause), delivering, and finished in the last hour.
+# Deliveries to a disabled endpoint wait for its owner, not for the stage: they are not counted.
+_WEBHOOKS = """
+SELECT d.rank, 'ready' AS kind, count(*) AS n, greatest(0, extract(epoch FROM now() - min(d.due_at))) AS oldest
+FROM webhook_delivery d JOIN webhook_endpoint e ON e.id = d.endpoint_id
+WHERE d.status = 'pending' AND d.due_at <= now() AND e.enabled AND (e.paused_until IS NULL OR e.paused_until <= now())
+  AND (%(ws)s::bigint IS NULL OR d.workspace_id = %(ws)s)
+GROUP BY d.rank
+UNION ALL
+SELECT d.rank, 'later', count(*), 0
+FROM webhook_delivery d JOIN webhook_endpoint e ON e.id = d.endpoint_id
+WHERE d.status = 'pending' AND e.enabled AND (d.due_at > now() OR e.paused_until > now())
+  AND (%(ws)s::bigint IS NULL OR d.workspace_id = %(ws)s)
+GROUP BY d.rank
+UNION ALL
+SELECT rank, 'active', count(*), 0 FROM webhook_delivery
+WHERE status = 'delivering' AND (%(ws)s::bigint IS NULL OR workspace_id = %(ws)s)
+GROUP BY rank
+"""
+
+_WEBHOOKS_FINISHED = """
+SELECT rank, status, count(*) AS n FROM webhook_delivery
+WHERE finished_at > now() - interval '1 hour' AND status IN ('succeeded', 'failed')
+  AND (%(ws)s::bigint IS NULL OR workspace_id = %(ws)s)
+GROUP BY rank, status
+"""
+
+
+@dataclass
+class Figures:
+    """One stage and lane. ``scheduled``: due later (scheduled sends, parked retries, webhook retries)."""
+
+    waiting: int = 0
+    active: int = 0
+    scheduled: int = 0
+    completed_last_hour: int = 0
+    failed_last_hour: int = 0
+    oldest_waiting_seconds: float = 0.0
+
+
+Key = tuple[str, str]  # (stage, lane)
+
+
+def stage_of(status: str, channel: str) -> str:
+    """The stage a message in ``status`` waits for (or is in, while ``sending``)."""
+    stage = lifecycle.WAITING_FOR.get(status, "sender")
+    return channel if stage == "sender" else stage
+
+
+def measure(workspace_id: int | None = None, *, scheduled: bool = True, finished: bool = True) -> dict[Key, Figures]:
+    """Every stage and lane's figures (zero where nothing is), inside the caller's transaction.
+
+    Parameters:
+      workspace_id: only this workspace's messages and deliveries; None: the deployment's.
+      scheduled: also count messages scheduled for later (every future one, not only the next hour).
+      finished: also count what each stage completed and failed in the last hour.
+    """
+    figures = {(stage, lane): Figures() for stage in STAGES for lane in LANES}
+    ws = {"ws": workspace_id}
+
+    def at(stage: str, lane: str) -> Figures | None:
+        return figures.get((stage, lane))  # None: a channel without a sender stage
+
+    for row in fetch_dicts(_IN_FLIGHT, ws):
+        f = at(stage_of(row["status"], row["channel"]), row["priority"])
+        if f is None:
+            continue
+        if row["status"] == "sending":
+            f.active += row["ready"]
+            continue
+        f.waiting += row["ready"]
+        f.scheduled += row["later"]
+        if row["ready"]:
+            f.oldest_waiting_seconds = max(f.oldest_waiting_seconds, float(row["oldest"] or 0))
+    if scheduled:
+        for priority, n in fetch(_SCHEDULED_LATER, ws):
+            if (f := at("processing", priority)) is not None:
+                f.scheduled += n
+    if finished:
+        for row in fetch_dicts(_FINISHED, ws):
+            _count_finished(at, row)
+    for rank, kind, n, oldest in fetch(_WEBHOOKS, ws):
+        if (f := at("webhooks", WEBHOOK_LANES.get(rank, "bulk"))) is None:
+            continue
+        if kind == "ready":
+            f.waiting += n
+            f.oldest_waiting_seconds = max(f.oldest_waiting_seconds, float(oldest or 0))
+        elif kind == "later":
+            f.scheduled += n
+        else:
+            f.active += n
+    if finished:
+        for rank, status, n in fetch(_WEBHOOKS_FINISHED, ws):
+            if (f := at("webhooks", WEBHOOK_LANES.get(rank, "bulk"))) is not None:
+                if status == "succeeded":
+                    f.completed_last_hour += n
+                else:
+                    f.failed_last_hour += n
+    return figures
+
+
+def _count_finished(at: Callable[[str, str], Figures | None], row: dict[str, Any]) -> None:
+    status, lane, channel = row["status"], row["priority"], row["channel"]
+    if status == "failed":
+        source = row["failed_from"]
+        if source not in lifecycle.WAITING_FOR and source != "sending":
+            return  # a provider receipt after the send, or a message failed at once: no stage's
+        if (f := at(stage_of(source, channel), lane)) is not None:
+            f.failed_last_hour += row["n"]
+        return
+    stage = {"queued": "processing", "routed": "routing"}.get(status, channel)
+    if (f := at(stage, lane)) is not None:
+        f.completed_last_hour += row["n"]
+
+
+def scheduled_due_within(seconds: float) -> int:
+    """Scheduled messages falling due in the next ``seconds`` (deployment-wide)."""
+    rows = fetch("SELECT count(*) FROM message WHERE status = 'scheduled'"
+                 " AND due_at > now() AND due_at <= now() + make_interval(secs => %s)", (seconds,))
+    return int(rows[0][0])
+
+
+@dataclass(frozen=True)
+class QueueLength:
+    """One broker queue, in broker messages (each carries a batch of ids, not one message)."""
+
+    stage: str
+    lane: str
+    queue: str
+    ready: int  # in the queue, for any worker to fetch
+    taken: int  # prefetched or in progress at a worker
+    delayed: int  # short retries and throttled sends waiting for their time (in the .DQ queue or at a worker)
+
+
+_quick_client: redis.Redis | None = None
+
+
+def queue_lengths() -> list[QueueLength]:
+    """Every stage queue's length in the broker, with one short-timeout round trip per step.
+
+    Dramatiq's Redis broker keeps a queue as the list ``<ns>:<queue>`` and its delayed messages as
+    the list ``<ns>:<queue>.DQ`` (not a sorted set: a worker fetches them and holds them until their
+    time); messages a worker took sit in its set ``<ns>:__acks__.<worker>.<queue>`` until acked.
+
+    Raises:
+      redis.RedisError: the broker cannot be reached.
+    """
+    broker = dramatiq.get_broker()
+    client, ns = _client(broker), broker.namespace  # type: ignore[attr-defined]
+    keys = [(stage, lane, queue_name(stage, lane)) for stage in STAGES for lane in LANES]
+    taken: dict[str, int] = {}
+    ack_sets = [k.decode() if isinstance(k, bytes) else k for k in client.scan_iter(match=f"{ns}:__acks__.*", count=1000)]
+    pipe = client.pipeline(transaction=False)
+    for _, _, queue in keys:
+        pipe.llen(f"{ns}:{queue}")
+        pipe.llen(f"{ns}:{queue}.DQ")
+    for key in ack_sets:
+        pipe.scard(key)
+    values = pipe.execute()
+    for key, n in zip(ack_sets, values[2 * len(keys):], strict=True):
+        queue = key.removeprefix(f"{ns}:__acks__.").partition(".")[2]  # after the worker id
+        taken[queue] = taken.get(queue, 0) + int(n)
+    return [
+        QueueLength(stage, lane, queue, ready=int(values[2 * i]), taken=taken.get(queue, 0),
+                    delayed=int(values[2 * i + 1]) + taken.get(f"{queue}.DQ", 0))
+        for i, (stage, lane, queue) in enumerate(keys)
+    ]
+
+
+def _client(broker: Any) -> redis.Redis:
+    """A client on the broker's Redis whose timeouts are short (the broker's own may be seconds)."""
+    global _quick_client
+    if _quick_client is None:
+        pool = broker.client.connection_pool
+        _quick_client = redis.Redis(connection_pool=redis.ConnectionPool(
+            connection_class=pool.connection_class,
+            **{**pool.connection_kwargs, "socket_timeout": BROKER_TIMEOUT_SECONDS,
+               "socket_connect_timeout": BROKER_TIMEOUT_SECONDS}))
+    return _quick_client
