@@ -1,5 +1,5 @@
 """Scheduled sends through real processes when things break: two scheduler replicas with one
-killed mid-run, and a Redis FLUSHALL with every worker restarted. Every due message (and
+killed mid-run (messages and a recurring occurrence), and a Redis FLUSHALL with every worker restarted. Every due message (and
 recurring occurrence) reaches the provider exactly once."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
+import psycopg2
 import pytest
 import redis
 import requests
@@ -53,15 +54,23 @@ def test_two_schedulers_one_killed_mid_run_send_each_due_message_once(stack):
                               "POSTROOM_METRICS_PORT_BASE": str(stack.cfg.postroom_metrics_port_base + 20)},
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        due = time.time() + 6.0
+        due = time.time() + 8.0
+        # A recurring schedule whose next occurrence falls at the same time as the batch below
+        made = call(stack, "POST", "/v1/schedules", json={
+            "cron": "* * * * *", "max_count": 1,
+            "message": {"channel": "sms", "to": "+15005550006", "body": "two schedulers recurring 0"}})
+        assert made.status_code == 201, made.text
+        with psycopg2.connect(stack.cfg.database_url) as conn, conn.cursor() as cur:
+            cur.execute("UPDATE schedule SET next_run_at = to_timestamp(%s) WHERE id = %s", (due, made.json()["id"]))
         schedule_many(stack, "two schedulers", 200, due)
         wait_for(lambda: time.time() >= due + 0.05, timeout=15, what="the due time")
         second.send_signal(signal.SIGKILL)  # one replica dies while the batch is being handed on
-        got = wait_for(lambda: (lambda c: c if len(c) == 200 else None)(received(stack, "two schedulers")),
-                       timeout=60, what="every due message")
+        got = wait_for(lambda: (lambda c: c if len(c) == 201 else None)(received(stack, "two schedulers")),
+                       timeout=60, what="every due message and the recurring occurrence")
         time.sleep(3.0)  # a second hand-off would show now
         got = received(stack, "two schedulers")
-        assert len(got) == 200 and set(got.values()) == {1}
+        assert len(got) == 201 and set(got.values()) == {1}
+        assert got["two schedulers recurring 0"] == 1
     finally:
         second.kill()
         second.wait(10)
