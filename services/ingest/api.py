@@ -6,6 +6,8 @@ scope and every status it answers with; the view is left with what is particular
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Blueprint, Response, g, jsonify, request
 
 from common import dispatch, phones
@@ -124,11 +126,16 @@ def get_message(message_id: int) -> tuple[Response, int]:
 def cancel_message(message_id: int) -> tuple[Response, int]:
     with transaction():
         outcome, view = messages.cancel(g.workspace_id, message_id)
+    return _acted(message_id, outcome, view, "cancelled", "not_cancellable")
+
+
+def _acted(message_id: int, outcome: str, view: dict[str, Any] | None, verb: str, refusal: str) -> tuple[Response, int]:
+    """The answer to an action on one message: the message, 404, or 409 once it is sending."""
     if outcome == "not_found":
         raise ApiError(404, "not_found", f"no message {message_id} in this workspace")
+    assert view is not None
     if outcome == "too_late":
-        assert view is not None
-        raise ApiError(409, "not_cancellable", f"message {message_id} is already {view['status']}; only messages not yet sending can be cancelled")
+        raise ApiError(409, refusal, f"message {message_id} is already {view['status']}; only messages not yet sending can be {verb}")
     return jsonify(view), 200
 
 
@@ -141,12 +148,7 @@ def reschedule_message(message_id: int, body: Reschedule) -> tuple[Response, int
     due = due_time(body.send_at, body.timezone, body.delay_seconds)
     with transaction():
         outcome, view = messages.reschedule(g.workspace_id, message_id, due.at)
-    if outcome == "not_found":
-        raise ApiError(404, "not_found", f"no message {message_id} in this workspace")
-    if outcome == "too_late":
-        assert view is not None
-        raise ApiError(409, "not_reschedulable", f"message {message_id} is already {view['status']}; only messages not yet sending can be rescheduled")
-    return jsonify(view), 200
+    return _acted(message_id, outcome, view, "rescheduled", "not_reschedulable")
 
 
 @operation(api, "POST", "/messages/cancel", summary="Cancel every message not yet sending whose tags match",

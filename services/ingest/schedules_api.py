@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from flask import Blueprint, Response, g, jsonify, request
+from flask import Blueprint, Response, g, jsonify
 
 from common import intake
 from common.config import settings
@@ -32,6 +32,7 @@ from services.ingest.schedule_models import (
     ScheduleList,
     ScheduleView,
 )
+from services.ingest.validation import query_int
 
 schedules_api = Blueprint("schedules", __name__, url_prefix="/v1")
 MAX_PAGE = 200
@@ -135,21 +136,12 @@ def create_schedule(body: NewSchedule) -> tuple[Response, int]:
                     query("after", "Only schedules after this id (the previous page's `next_after`).",
                           type="integer", minimum=1, maximum=2**63 - 1)])
 def list_schedules() -> tuple[Response, int]:
-    limit = _int_arg("limit", 50, 1, MAX_PAGE) or 50
-    after = _int_arg("after", None, 1, 2**63 - 1)
+    limit = query_int("limit", 50, 1, MAX_PAGE) or 50
+    after = query_int("after", None, 1, 2**63 - 1)
     with transaction():
         rows = schedules.listing(g.workspace_id, limit, after)
     return jsonify({"schedules": [_view(r, occurrences=False) for r in rows],
                     "next_after": rows[-1]["id"] if len(rows) == limit else None}), 200
-
-
-def _int_arg(name: str, default: int | None, low: int, high: int) -> int | None:
-    raw = request.args.get(name)
-    if raw is None:
-        return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
-        raise ApiError(422, "invalid_request", f"{name} must be a whole number from {low} to {high}", name)
-    return int(raw)
 
 
 @operation(schedules_api, "GET", "/schedules/{schedule_id}", summary="Read a schedule and its next occurrences",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, TypeVar, get_args
 
+from flask import request
 from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 from pydantic_core import ErrorDetails
@@ -95,3 +96,13 @@ def _short(value: Any) -> str:
     """A value quoted in a message, cut so that a huge input does not come back whole."""
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def query_int(name: str, default: int | None, low: int, high: int) -> int | None:
+    """A whole-number query parameter from ``low`` to ``high`` (``default`` when absent); 422 naming it otherwise."""
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise ApiError(422, "invalid_request", f"{name} must be a whole number from {low} to {high}", name)
+    return int(raw)

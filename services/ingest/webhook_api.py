@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from flask import Blueprint, Response, g, jsonify, request
+from flask import Blueprint, Response, g, jsonify
 
 from common import dispatch
 from common.config import settings
@@ -28,6 +28,7 @@ from services.ingest.models import (
     WebhookEndpointList,
     WebhookEndpointView,
 )
+from services.ingest.validation import query_int
 
 webhook_api = Blueprint("webhook_endpoints", __name__, url_prefix="/v1")
 MAX_PAGE = 200
@@ -143,22 +144,13 @@ def test_endpoint(endpoint_id: int) -> tuple[Response, int]:
                     query("before", "Only attempts older than this attempt id (the previous page's `next_before`).",
                           type="integer", minimum=1, maximum=2**63 - 1)])
 def list_deliveries(endpoint_id: int) -> tuple[Response, int]:
-    limit = _int_arg("limit", 50, 1, MAX_PAGE) or 50
-    before = _int_arg("before", None, 1, 2**63 - 1)
+    limit = query_int("limit", 50, 1, MAX_PAGE) or 50
+    before = query_int("before", None, 1, 2**63 - 1)
     with transaction():
         found = endpoints.attempts(g.workspace_id, endpoint_id, limit, before)
     if found is None:
         raise _missing(endpoint_id)
     return jsonify({"attempts": found, "next_before": found[-1]["attempt_id"] if len(found) == limit else None}), 200
-
-
-def _int_arg(name: str, default: int | None, low: int, high: int) -> int | None:
-    raw = request.args.get(name)
-    if raw is None:
-        return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
-        raise ApiError(422, "invalid_request", f"{name} must be a whole number from {low} to {high}", name)
-    return int(raw)
 
 
 @operation(webhook_api, "POST", "/webhook-endpoints/{endpoint_id}/replay", summary="Send an endpoint's events again since a time",
