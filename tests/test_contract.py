@@ -39,6 +39,8 @@ OPERATIONS = {
     ("post", "/v1/schedules/{schedule_id}/pause"), ("post", "/v1/schedules/{schedule_id}/resume"),
     ("post", "/v1/sequences"), ("get", "/v1/sequences/{sequence_id}"), ("post", "/v1/sequences/{sequence_id}/enrolments"),
     ("get", "/v1/enrolments/{enrolment_id}"), ("patch", "/v1/enrolments/{enrolment_id}"), ("delete", "/v1/enrolments/{enrolment_id}"),
+    ("post", "/v1/contacts"), ("get", "/v1/contacts/{contact_id}"), ("patch", "/v1/contacts/{contact_id}"),
+    ("delete", "/v1/contacts/{contact_id}"),
 }
 
 

@@ -5,6 +5,7 @@ passed step skipped by its rule, and unenrolment cancelling the rest."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, time, timedelta
+from zoneinfo import ZoneInfo
 
 from common.db.connection import fetch, transaction
 from common.sequences import StepTime, due, plan
@@ -111,3 +112,15 @@ def test_enrolment_refuses_what_the_steps_cannot_use(api, workspace):
     duplicate_steps = api.post("/v1/sequences", json={"name": "twice", "steps": [S3_STEPS[0], S3_STEPS[0]]}, headers=auth)
     assert duplicate_steps.status_code == 422 and duplicate_steps.get_json()["error"]["field"] == "steps"
     assert api.post("/v1/sequences/999/enrolments", json={"to": "+15005550006"}, headers=auth).status_code == 404
+
+
+def test_local_step_times_use_the_contacts_zone_when_the_enrolment_gives_none(api, workspace):
+    auth = workspace["auth"]
+    assert api.post("/v1/contacts", json={"addresses": {"sms": "+15005550006"}, "timezone": "Europe/London"},
+                    headers=auth).status_code == 201
+    sequence_id = api.post("/v1/sequences", json={"name": "zone", "steps": [S3_STEPS[1]]}, headers=auth).get_json()["id"]
+    start = (datetime.now(UTC) + timedelta(days=10)).replace(hour=12, minute=0, second=0, microsecond=0)
+    view = api.post(f"/v1/sequences/{sequence_id}/enrolments", json={"to": "+15005550006", "anchors": {"event_start": iso(start)}},
+                    headers=auth).get_json()
+    night_before = send_ats(view)["check_in_reminder_night_before"]
+    assert night_before.astimezone(ZoneInfo("Europe/London")).hour == 20  # the contact's zone, not the number's

@@ -11,6 +11,7 @@ from peewee import (
     BigIntegerField,
     BlobField,
     BooleanField,
+    CompositeKey,
     DateTimeField,
     FloatField,
     ForeignKeyField,
@@ -254,3 +255,29 @@ class Enrolment(BaseModel):
 
     class Meta:
         table_name = "enrolment"
+
+
+class Contact(BaseModel):
+    id = AutoField()
+    workspace = ForeignKeyField(Workspace, column_name="workspace_id")
+    name = TextField(null=True)
+    timezone = TextField(null=True)
+    locale = TextField(null=True)
+    quiet_hours = TextField(null=True)
+    attributes = BinaryJSONField()
+    created_at = DateTimeField()
+    updated_at = DateTimeField()
+
+    class Meta:
+        table_name = "contact"
+
+
+class ContactAddress(BaseModel):
+    workspace_id = BigIntegerField()
+    channel = TextField()
+    address = TextField()
+    contact = ForeignKeyField(Contact, column_name="contact_id", backref="addresses")
+
+    class Meta:
+        table_name = "contact_address"
+        primary_key = CompositeKey("workspace_id", "channel", "address")

@@ -17,6 +17,7 @@ from common import metrics
 from common.db.connection import DatabaseUnavailable, release_connection
 from services.ingest import bounds
 from services.ingest.api import api
+from services.ingest.contacts_api import contacts_api
 from services.ingest.contract import RETRY_AFTER_SECONDS
 from services.ingest.errors import ApiError, error, render
 from services.ingest.probes import probes
@@ -37,6 +38,7 @@ def create_app() -> Flask:
     app.register_blueprint(webhook_api)
     app.register_blueprint(schedules_api)
     app.register_blueprint(sequence_api)
+    app.register_blueprint(contacts_api)
     app.register_blueprint(webhooks)
 
     @app.before_request

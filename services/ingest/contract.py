@@ -36,8 +36,9 @@ ERROR_TEXT = {
     400: "The body is not JSON, nests too deep, is not an object, or a header is malformed.",
     401: "No valid API key.",
     403: "Not allowed: the API key lacks the operation's scope, or a webhook's signature is wrong.",
-    404: "No such message (or endpoint, delivery, schedule) in this workspace.",
-    409: "Conflicts with the current state: a message already sending, an Idempotency-Key used before, a disabled endpoint.",
+    404: "No such message (or endpoint, delivery, schedule, contact) in this workspace.",
+    409: ("Conflicts with the current state: a message already sending, an Idempotency-Key used before, a disabled endpoint, "
+          "an address of another contact."),
     413: "The body is larger than this endpoint's limit.",
     422: "A field is invalid; `error.field` names it.",
     503: "The database is unavailable; retry after `Retry-After` seconds.",

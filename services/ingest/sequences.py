@@ -13,7 +13,7 @@ from psycopg2.extras import Json
 
 from common import lifecycle, phones, sequences
 from common.db.connection import fetch, fetch_dicts
-from common.quiet_hours import parse_timezone
+from common.quiet_hours import parse_timezone, recipient_timezone
 from services.ingest.errors import ApiError
 from services.ingest.messages import RESCHEDULABLE, SCHEDULED_CHANNEL
 from services.ingest.sequence_models import EnrolmentChange, NewEnrolment, NewSequence
@@ -84,7 +84,7 @@ def enrol(workspace_id: int, sequence_id: int, body: NewEnrolment, now: datetime
         missing = set(_VARIABLE.findall(step["body"])) - set(body.variables)
         if missing:
             raise ApiError(422, "invalid_request", f"variables: step {step['name']} needs {', '.join(sorted(missing))}", "variables")
-    zone = _zone(workspace_id, body.timezone, to if seq["channel"] == "sms" else None)
+    zone = _zone(workspace_id, body.timezone, seq["channel"], to)
     enrolment_id = fetch(
         "INSERT INTO enrolment (sequence_id, workspace_id, channel, to_addr, anchors, variables, timezone, created_at)"
         " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
@@ -95,17 +95,20 @@ def enrol(workspace_id: int, sequence_id: int, body: NewEnrolment, now: datetime
     return view(workspace_id, enrolment_id)
 
 
-def _zone(workspace_id: int, given: str | None, phone: str | None) -> str:
+def _zone(workspace_id: int, given: str | None, channel: str, to: str) -> str:
+    """The recipient's zone for local step times: the one given, else the contact's, else the one
+    the phone number pins down, else the workspace's (as quiet hours choose it)."""
     if given is not None:
         try:
             parse_timezone(given)
         except ValueError as exc:
             raise ApiError(422, "invalid_request", f"timezone: {exc}", "timezone") from None
         return given
-    from_phone = phones.timezone_for(phone) if phone else None
-    if from_phone:
-        return from_phone
-    return str(fetch("SELECT timezone FROM workspace WHERE id = %s", (workspace_id,))[0][0])
+    row = fetch("SELECT (SELECT c.timezone FROM contact_address a JOIN contact c ON c.id = a.contact_id"
+                "        WHERE a.workspace_id = w.id AND a.channel = %s AND a.address = %s), w.timezone"
+                " FROM workspace w WHERE w.id = %s", (channel, to, workspace_id))[0]
+    zone, _ = recipient_timezone(row[0], to if channel == "sms" else None, row[1])
+    return zone
 
 
 _MAKE = """
