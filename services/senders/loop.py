@@ -122,36 +122,11 @@ def deliver(channel: Channel, ids: Sequence[int], lane: str = "urgent") -> Follo
         pending = candidates(channel, ids)
     followups = Followups()
     chunk = max(1, settings.postroom_sender_concurrency // 4)
-    # Each chunk goes out as soon as its slots are held, beside the chunks before it (not after
-    # them): a batch due at once leaves in one wave, as far as the lane's call slots allow.
-    running: list[tuple[threading.Thread, dict[str, Any]]] = []
     while pending:
         held = _slots[lane].acquire_up_to(min(len(pending), chunk))
         batch, pending = pending[:held], pending[held:]
-        if not pending and not running:
-            followups.add(deliver_held(channel, batch, lane))  # the common case: one chunk, no thread
-            break
-        outcome: dict[str, Any] = {}
-        thread = threading.Thread(target=_deliver_into, args=(channel, batch, lane, outcome), name=f"{channel.name}-chunk")
-        thread.start()
-        running.append((thread, outcome))
-    failure: BaseException | None = None
-    for thread, outcome in running:
-        thread.join()
-        if "error" in outcome:
-            failure = failure or outcome["error"]
-        else:
-            followups.add(outcome["followups"])
-    if failure is not None:  # as before: the broker retries the batch; what was recorded is not sent again
-        raise failure
+        followups.add(deliver_held(channel, batch, lane))
     return followups
-
-
-def _deliver_into(channel: Channel, batch: list[dict[str, Any]], lane: str, outcome: dict[str, Any]) -> None:
-    try:
-        outcome["followups"] = deliver_held(channel, batch, lane)
-    except BaseException as exc:  # handed to the caller, which raises it after the other chunks end
-        outcome["error"] = exc
 
 
 def candidates(channel: Channel, ids: Sequence[int]) -> list[dict[str, Any]]:
