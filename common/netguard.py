@@ -326,7 +326,8 @@ def guarded_pool(allowed: Sequence[Network] = (), *, maxsize: int = 10) -> PoolM
     """A urllib3 pool manager with the same guard as ``guarded_session``, for hot paths where
     requests' per-call overhead shows (webhook deliveries). Pass ``retries=False`` and
     ``redirect=False`` to its ``request``; a refused host raises ``BlockedAddress`` as is."""
-    return _GuardedPoolManager(allowed, num_pools=100, maxsize=maxsize, block=False, retries=False)
+    # A pool per customer host: keep many, or a process serving many endpoints reconnects for each.
+    return _GuardedPoolManager(allowed, num_pools=2000, maxsize=maxsize, block=False, retries=False)
 
 
 def guarded_session(allowed: Sequence[Network] = (), *, pool_maxsize: int = 10) -> requests.Session:

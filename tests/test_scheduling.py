@@ -115,3 +115,14 @@ def test_the_scheduler_pass_promotes_due_messages(api, workspace, broker):
         fetch("UPDATE message SET due_at = now() - interval '1 second', status_changed_at = now() - interval '2 seconds'"
               " WHERE id = %s", (message_id,))
     assert scheduler.run_once().get("scheduled") == 1
+
+
+def test_times_at_the_edge_of_the_calendar_are_refused_not_crashed(api, workspace):
+    for fields in ({"send_at": "9999-12-31T23:59:59-05:00"}, {"send_at": "0001-01-01T00:00:00+05:00"},
+                   {"send_at": "9999-12-31T23:59:59", "timezone": "Etc/GMT+12"}):
+        refused = post(api, workspace, **fields)
+        assert refused.status_code == 422 and refused.get_json()["error"]["field"] == "send_at", fields
+    listing = api.get("/v1/schedules?limit=\u00b2", headers=workspace["auth"])
+    assert listing.status_code == 422 and listing.get_json()["error"]["field"] == "limit"
+    cursor = api.get("/v1/messages/upcoming?cursor=\u00b2_1", headers=workspace["auth"])
+    assert cursor.status_code == 422

@@ -88,3 +88,12 @@ def test_a_workspace_unique_key_refuses_a_duplicate_or_returns_the_pending_one(a
     cleared = postroom("workspace", "set", "acme", "--unique-tags", "")
     assert cleared.returncode == 0 and "unique_tags=(none)" in cleared.stdout
     assert post(api, workspace, EVENT, delay_seconds=600).status_code == 202
+
+
+def test_a_natural_key_holds_only_while_its_message_is_pending(api, workspace):
+    assert postroom("workspace", "set", "acme", "--unique-tags", "event_id,message_type").returncode == 0
+    first = post(api, workspace, EVENT, delay_seconds=600).get_json()["id"]
+    assert post(api, workspace, EVENT).status_code == 409
+    with transaction():
+        fetch("UPDATE message SET status = 'sent' WHERE id = %s", (first,))
+    assert post(api, workspace, EVENT).status_code == 202  # the first went out: the next one is no duplicate

@@ -146,8 +146,9 @@ def replay_since(workspace_id: int, endpoint_id: int, since: datetime) -> int | 
     """Queue again every event this endpoint was sent (or tried) since ``since``, once each."""
     if not fetch("SELECT 1 FROM webhook_endpoint WHERE workspace_id = %s AND id = %s", (workspace_id, endpoint_id)):
         return None
-    rows = fetch_dicts(_COPY.format(where="""d.endpoint_id = %(e)s AND d.created_at >= %(since)s
-        AND d.id = (SELECT min(o.id) FROM webhook_delivery o WHERE o.endpoint_id = d.endpoint_id AND o.event_key = d.event_key)"""),
+    rows = fetch_dicts(_COPY.format(where="""d.id IN (SELECT DISTINCT ON (event_key) id FROM webhook_delivery
+                                             WHERE endpoint_id = %(e)s AND created_at >= %(since)s
+                                             ORDER BY event_key, id)"""),
         {"ws": workspace_id, "e": endpoint_id, "since": since})
     return len(rows)
 

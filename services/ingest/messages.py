@@ -56,7 +56,7 @@ def accept(workspace_id: int, new: NewMessage, idempotency_key: str | None, due:
     if not found:  # not the key: the natural key of a pending message
         twin = fetch("SELECT m.id, m.natural_key FROM message m, workspace w WHERE w.id = %(ws)s AND m.workspace_id = %(ws)s"
                      f" AND m.natural_key = {intake.NATURAL_KEY}"
-                     " AND m.status NOT IN ('cancelled', 'failed', 'suppressed', 'undelivered')",
+                     " AND m.status IN ('accepted', 'scheduled', 'queued', 'routed', 'sending')",
                      {"ws": workspace_id, "tags": Json(new.tags)})
         if not twin:  # it went away between the two statements: the caller may simply try again
             raise Duplicate(0, "")

@@ -6,12 +6,13 @@ cancelled). Every query is scoped by workspace; a step's message has the idempot
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, time
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 from psycopg2.extras import Json
 
 from common import lifecycle, phones, sequences
+from common.config import settings
 from common.db.connection import fetch, fetch_dicts
 from common.quiet_hours import parse_timezone, recipient_timezone
 from services.ingest.errors import ApiError
@@ -54,7 +55,13 @@ def _times(raw: dict[str, str], field: str = "anchors") -> dict[str, datetime]:
             raise ApiError(422, "invalid_request", f"{field}.{name} must be an RFC 3339 time with an offset", field) from None
         if parsed.tzinfo is None:
             raise ApiError(422, "invalid_request", f"{field}.{name} needs a UTC offset, e.g. 2026-12-03T09:00:00-05:00", field)
-        anchors[name] = parsed.astimezone(UTC)
+        try:
+            anchors[name] = parsed.astimezone(UTC)
+            if abs(anchors[name] - datetime.now(UTC)) > timedelta(days=settings.postroom_schedule_horizon_days):
+                raise OverflowError
+        except OverflowError:
+            raise ApiError(422, "invalid_request", f"{field}.{name} is more than "
+                           f"{settings.postroom_schedule_horizon_days:g} days away", field) from None
     return anchors
 
 

@@ -58,7 +58,13 @@ def _parse(send_at: str, timezone: str | None) -> datetime:
             zone = ZoneInfo(timezone)
         except (ZoneInfoNotFoundError, ValueError):
             raise ApiError(422, "invalid_request", f"timezone {timezone[:64]!r} is not an IANA time zone", "timezone") from None
-        parsed = resolve(parsed, zone)
+        try:
+            parsed = resolve(parsed, zone)
+        except OverflowError:
+            raise ApiError(422, "invalid_request", "send_at is out of range", "send_at") from None
     elif timezone is not None:
         raise ApiError(422, "invalid_request", "send_at has a UTC offset already; leave timezone out", "timezone")
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # a time at the very edge of the calendar
+        raise ApiError(422, "invalid_request", "send_at is out of range", "send_at") from None

@@ -60,11 +60,12 @@ def parse_cursor(cursor: str) -> tuple[datetime, int]:
     """Raises:
       BadCursor: not a cursor this API hands out."""
     micros, sep, message_id = cursor.partition("_")
-    if not (sep and micros.isdigit() and message_id.isdigit() and len(micros) <= 17 and int(message_id) < 2**63):
+    if not (sep and micros.isascii() and micros.isdigit() and message_id.isascii() and message_id.isdigit()
+            and len(micros) <= 17 and int(message_id) < 2**63):
         raise BadCursor(cursor)
     try:
         return _EPOCH + timedelta(microseconds=int(micros)), int(message_id)
-    except OverflowError:
+    except (OverflowError, ValueError):
         raise BadCursor(cursor) from None
 
 

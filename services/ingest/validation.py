@@ -103,6 +103,6 @@ def query_int(name: str, default: int | None, low: int, high: int) -> int | None
     raw = request.args.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
         raise ApiError(422, "invalid_request", f"{name} must be a whole number from {low} to {high}", name)
     return int(raw)

@@ -38,6 +38,8 @@ LOOP_BUDGET_SECONDS = 30.0  # a loop hands its endpoint back to the broker after
 CONFIG_CACHE_SECONDS = 2.0
 DEFAULT_RETRY_AFTER = 5.0
 MAX_RETRY_AFTER = 3600.0
+MIN_RETRY_AFTER = 1.0
+MAX_THROTTLED_ATTEMPTS = 100  # a delivery throttled this often fails: an endpoint that only ever says "later"
 THROTTLE_CODES = frozenset({429, 502, 504})
 RATE_PROVIDER = "webhook"
 
@@ -158,28 +160,37 @@ def work_endpoint(endpoint_id: int, lane: str, *, budget: float = LOOP_BUDGET_SE
         while True:
             claimed: list[dict[str, Any]] = []
             target = endpoint(endpoint_id)
-            if target is not None and in_flight < limit and time.monotonic() < deadline:
-                wanted = limit - in_flight
-                if target.rate_limit_per_second > 0:
-                    wanted, wait = ratelimit.take_tokens(RATE_PROVIDER, str(endpoint_id), target.rate_limit_per_second, wanted)
-                    if not wanted and not in_flight:
+            wanted = limit - in_flight
+            # Claim in batches: a few free slots wait for more unless nothing is in flight.
+            if target is not None and wanted and (not in_flight or wanted >= max(1, limit // 8)) \
+                    and time.monotonic() < deadline:
+                # The process's call slots first, then the endpoint's tokens for what is left, so
+                # a claimed row starts at once (its claimed_at is when its attempt starts).
+                held = _take_slots(wanted, wait=not in_flight)
+                if not held and not in_flight:
+                    continue  # every call slot of the process is busy: wait again (until the budget ends)
+                granted = held
+                if held and target.rate_limit_per_second > 0:
+                    granted, wait = ratelimit.take_tokens(RATE_PROVIDER, str(endpoint_id), target.rate_limit_per_second, held)
+                    if not granted and not in_flight:
+                        _release_slots(held)
                         time.sleep(min(wait, 1.0))
                         continue
-                # Claim in batches: a few free slots wait for more unless nothing is in flight.
-                if wanted and (not in_flight or wanted >= max(1, limit // 8)):
-                    claimed = claim(endpoint_id, wanted)
+                claimed = claim(endpoint_id, granted) if granted else []
+                _release_slots(held - len(claimed))
                 if claimed and claimed[0]["endpoint_updated_at"] != target.updated_at:
                     forget(endpoint_id)  # changed since cached: sign and send with what it is now
                     changed = endpoint(endpoint_id)
                     if changed is None:
+                        _release_slots(len(claimed))
                         claimed = []  # deleted meanwhile: its deliveries went with it
                     elif changed.rate_limit_per_second != target.rate_limit_per_second:
                         unclaim(claimed)  # taken at the old pace: take them again at the new one
+                        _release_slots(len(claimed))
                         target = changed
                         continue
                     target = changed
-            for row in claimed:
-                _calls.acquire()
+            for row in claimed:  # each holds a call slot already
                 in_flight += 1
                 assert target is not None
                 _attempts.submit(_attempt_into, target, row, done)
@@ -200,6 +211,20 @@ def work_endpoint(endpoint_id: int, lane: str, *, budget: float = LOOP_BUDGET_SE
         with state.lock:
             state.running = False
         raise
+
+
+def _take_slots(wanted: int, *, wait: bool) -> int:
+    """Up to ``wanted`` of the process's call slots: waits for the first only when ``wait``, then
+    takes whatever else is free (never holding part of a need while waiting for the rest)."""
+    held = 0
+    while held < wanted and _calls.acquire(blocking=wait and held == 0, timeout=1.0 if wait and held == 0 else None):
+        held += 1
+    return held
+
+
+def _release_slots(count: int) -> None:
+    for _ in range(count):
+        _calls.release()
 
 
 def _gather(done: queue.SimpleQueue[Outcome]) -> list[Outcome]:
@@ -267,7 +292,7 @@ def attempt(target: Endpoint, row: dict[str, Any]) -> Outcome:
         response = pool().request("POST", target.url, body=body, headers=headers, redirect=False, retries=False,
                                   preload_content=False, timeout=urllib3.Timeout(connect=min(5.0, timeout), read=timeout))
         try:
-            kept = _read_some(response)
+            kept = _read_some(response, time.monotonic() + timeout)
         finally:
             _finish(response)
     except BlockedAddress as exc:
@@ -285,6 +310,8 @@ def attempt(target: Endpoint, row: dict[str, Any]) -> Outcome:
     if code == 410:
         return Outcome(row, "failed", code, "410 Gone: the endpoint is disabled", latency, kept, gone=True)
     if code in THROTTLE_CODES:
+        if row["attempts"] >= MAX_THROTTLED_ATTEMPTS:
+            return Outcome(row, "failed", code, f"HTTP {code}: still throttled after {row['attempts']} attempts", latency, kept)
         wait = _retry_after(response.headers.get("Retry-After"))
         return Outcome(row, "throttled", code, f"HTTP {code}: throttled for {wait:g}s", latency, kept, delay=wait)
     reason = f"HTTP {code}" + (" (redirects are not followed)" if 300 <= code < 400 else "")
@@ -302,17 +329,22 @@ def _failure(row: dict[str, Any], code: int | None, error: str) -> Outcome:
     return Outcome(row, "failed", code, f"{error}; gave up after {failures} attempts")
 
 
-def _read_some(response: urllib3.BaseHTTPResponse) -> str:
-    return response.read(RESPONSE_KEPT).decode("utf-8", "replace")
+def _read_some(response: urllib3.BaseHTTPResponse, deadline: float) -> str:
+    """The first KiB of the answer, read in small pieces until ``deadline`` (a receiver that drips
+    its answer does not hold the call: the per-read timeout alone would let it)."""
+    data = b""
+    while len(data) < RESPONSE_KEPT and time.monotonic() < deadline:
+        chunk = response.read(min(256, RESPONSE_KEPT - len(data)))
+        if not chunk:
+            break
+        data += chunk
+    return data[:RESPONSE_KEPT].decode("utf-8", "replace")
 
 
 def _finish(response: urllib3.BaseHTTPResponse) -> None:
-    """Give the connection back for reuse when the answer was read whole, else close it (a large
-    or endless answer is not read to the end)."""
-    if response.length_remaining == 0 or (response.length_remaining is None and response.closed):
-        response.release_conn()
-    elif response.length_remaining is not None and response.length_remaining <= 65536:
-        response.drain_conn()
+    """Give the connection back for reuse when the answer was read whole, else close it (the rest
+    of a large or slow answer is not waited for)."""
+    if response.length_remaining == 0:
         response.release_conn()
     else:
         response.close()
@@ -324,7 +356,7 @@ def _retry_after(value: str | None) -> float:
         seconds = float(value) if value is not None else DEFAULT_RETRY_AFTER
     except ValueError:
         seconds = DEFAULT_RETRY_AFTER  # an HTTP date or junk: the default pause
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+    return min(max(seconds, MIN_RETRY_AFTER), MAX_RETRY_AFTER)  # never 0: that would be a hot loop
 
 
 def _describe(exc: Exception) -> str:
@@ -341,11 +373,14 @@ WITH v AS (
            unnest(%(delay)s::float8[]) AS delay, unnest(%(code)s::int[]) AS code, unnest(%(error)s::text[]) AS error,
            unnest(%(latency)s::float8[]) AS latency, unnest(%(response)s::text[]) AS response
 ), moved AS (
-    UPDATE webhook_delivery d SET status = v.status, failures = d.failures + v.fail, claimed_at = NULL,
+    -- a retry for an endpoint disabled meanwhile fails now: a disabled endpoint is sent nothing
+    UPDATE webhook_delivery d
+       SET status = CASE WHEN v.status = 'pending' AND NOT e.enabled THEN 'failed' ELSE v.status END,
+           failures = d.failures + v.fail, claimed_at = NULL,
            due_at = CASE WHEN v.status = 'pending' THEN now() + v.delay * interval '1 second' ELSE d.due_at END,
-           finished_at = CASE WHEN v.status <> 'pending' THEN now() END,
+           finished_at = CASE WHEN v.status <> 'pending' OR NOT e.enabled THEN now() END,
            last_status_code = v.code, last_error = v.error
-    FROM v WHERE d.id = v.id AND d.status = 'delivering'
+    FROM v, webhook_endpoint e WHERE d.id = v.id AND d.status = 'delivering' AND e.id = d.endpoint_id
     RETURNING d.id, d.endpoint_id, d.attempts, d.status, d.due_at, v.code, v.error, v.latency, v.response
 )
 INSERT INTO webhook_attempt (delivery_id, endpoint_id, attempt, status_code, latency_ms, response, error, next_attempt_at)
@@ -369,7 +404,8 @@ def record(endpoint_id: int, outcomes: Sequence[Outcome], lane: str, *, was_fail
     }
     pause = max((o.delay for o in outcomes if o.kind == "throttled"), default=0.0)
     succeeded = any(o.kind == "succeeded" for o in outcomes)
-    failed = any(o.kind in ("retried", "blocked", "failed") for o in outcomes)
+    # A throttle spends no retry, but an endpoint that only throttles is not succeeding either.
+    failed = any(o.kind in ("retried", "blocked", "failed", "throttled") for o in outcomes)
     gone = any(o.gone for o in outcomes)
     disabled: list[dict[str, Any]] = []
     with transaction():
