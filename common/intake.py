@@ -16,7 +16,7 @@ from typing import Any
 
 from psycopg2.extras import Json
 
-from common import events, metrics
+from common import events, lifecycle, metrics
 from common.db.connection import fetch, fetch_dicts
 
 # The scheduler LISTENs on it: a message or a schedule is due sooner than it planned for.
@@ -35,7 +35,7 @@ WITH ins AS (
     SELECT %(ws)s, %(channel)s, %(to)s, %(from)s, %(body)s, %(status)s, %(priority)s, %(key)s, %(tags)s::jsonb, %(due)s,
            %(quiet)s, """ + NATURAL_KEY + """,
            -- a scheduled message is stamped before its due time: not handed to processing yet
-           CASE WHEN %(due)s::timestamptz IS NULL THEN now() ELSE least(now(), %(due)s::timestamptz) - interval '1 millisecond' END
+           CASE WHEN %(due)s::timestamptz IS NULL THEN now() ELSE """ + lifecycle.stamped_before("%(due)s::timestamptz") + """ END
     FROM workspace w WHERE w.id = %(ws)s
     ON CONFLICT DO NOTHING  -- an earlier Idempotency-Key, or a pending message with the same natural key
     RETURNING id, workspace_id, channel, to_addr, tags, status, priority, created_at, due_at

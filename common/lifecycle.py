@@ -36,6 +36,13 @@ RANK: dict[str, int] = {
 # Statuses a message waits in for a stage, and the stage that moves it on.
 WAITING_FOR: dict[str, str] = {"accepted": "processing", "scheduled": "processing", "queued": "routing", "routed": "sender"}
 CANCELLABLE: tuple[str, ...] = ("accepted", "scheduled", "queued", "routed")
+
+
+def stamped_before(due_sql: str) -> str:
+    """SQL for the ``status_changed_at`` of a message (re)scheduled for ``due_sql``: just before its
+    due time (or now, if that is sooner). ``status_changed_at < due_at`` is what marks a scheduled
+    message as not yet handed to processing (the scheduler's ``promote_scheduled``)."""
+    return f"least(now(), {due_sql}) - interval '1 millisecond'"
 # Waits up to this long ride on a broker delay; longer ones are parked rows the scheduler promotes.
 SHORT_WAIT_SECONDS = 10.0
 

@@ -23,7 +23,6 @@ class Accepted:
     send_at: str | None = None
 
 
-SCHEDULED_CHANNEL = intake.SCHEDULED_CHANNEL  # the scheduler LISTENs: a message due sooner than it planned for
 
 
 class IdempotencyConflict(Exception):
@@ -120,7 +119,7 @@ def reschedule(workspace_id: int, message_id: int, due: datetime | None) -> tupl
         """WITH moved AS (
                -- stamped before its due time: not handed to processing yet (see promote_scheduled)
                UPDATE message SET status = 'scheduled', due_at = coalesce(%(due)s, now()),
-                      status_changed_at = least(now(), coalesce(%(due)s, now())) - interval '1 millisecond',
+                      status_changed_at = """ + lifecycle.stamped_before("coalesce(%(due)s, now())") + """,
                       updated_at = now(), redrives = 0
                WHERE id = %(id)s AND workspace_id = %(ws)s AND status = ANY(%(from)s)
                RETURNING id, due_at
@@ -131,7 +130,7 @@ def reschedule(workspace_id: int, message_id: int, due: datetime | None) -> tupl
            SELECT id FROM moved""",
         {"due": due, "id": message_id, "ws": workspace_id, "from": list(RESCHEDULABLE)})
     if moved:
-        fetch("SELECT pg_notify(%s, '')", (SCHEDULED_CHANNEL,))
+        intake.wake_scheduler()
         return "rescheduled", view(workspace_id, message_id)
     return "too_late", view(workspace_id, message_id)
 
@@ -164,7 +163,7 @@ def reschedule_by_tags(workspace_id: int, tags: dict[str, str], due: datetime | 
                FOR UPDATE
            ), moved AS (  -- stamped before its due time: not handed to processing yet
                UPDATE message m SET status = 'scheduled', updated_at = now(), redrives = 0, due_at = matched.due,
-                      status_changed_at = least(now(), matched.due) - interval '1 millisecond'
+                      status_changed_at = """ + lifecycle.stamped_before("matched.due") + """
                FROM matched WHERE m.id = matched.id
                RETURNING m.id, m.due_at
            ), ev AS (
@@ -176,5 +175,5 @@ def reschedule_by_tags(workspace_id: int, tags: dict[str, str], due: datetime | 
         {"ws": workspace_id, "tags": Json(tags), "due": due, "shift": shift_seconds})
     count = int(rows[0][0])
     if count:
-        fetch("SELECT pg_notify(%s, '')", (SCHEDULED_CHANNEL,))
+        intake.wake_scheduler()
     return count

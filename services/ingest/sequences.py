@@ -11,12 +11,12 @@ from typing import Any
 
 from psycopg2.extras import Json
 
-from common import lifecycle, phones, sequences
+from common import intake, lifecycle, phones, sequences
 from common.config import settings
 from common.db.connection import fetch, fetch_dicts
 from common.quiet_hours import parse_timezone, recipient_timezone
 from services.ingest.errors import ApiError
-from services.ingest.messages import RESCHEDULABLE, SCHEDULED_CHANNEL
+from services.ingest.messages import RESCHEDULABLE
 from services.ingest.sequence_models import EnrolmentChange, NewEnrolment, NewSequence
 
 _VARIABLE = re.compile(r"\{([a-z0-9_]+)\}")
@@ -126,7 +126,7 @@ WITH v AS (
     INSERT INTO message (workspace_id, channel, to_addr, body, status, priority, idempotency_key, tags, due_at,
                          status_changed_at, enrolment_id, step)
     SELECT %(ws)s, %(channel)s, %(to)s, v.body, 'scheduled', v.priority, 'enrol:' || %(enrolment)s || ':' || v.step, v.tags,
-           v.due, least(now(), v.due) - interval '1 millisecond', %(enrolment)s, v.step
+           v.due, """ + lifecycle.stamped_before("v.due") + """, %(enrolment)s, v.step
     FROM v
     ON CONFLICT DO NOTHING
     RETURNING id, due_at
@@ -149,7 +149,7 @@ def _make_steps(workspace_id: int, sequence_id: int, enrolment_id: int, channel:
         "tags": [Json({**s["tags"], "sequence_id": str(sequence_id), "enrolment_id": str(enrolment_id), "step": s["name"]})
                  for s, _ in planned],
     })
-    fetch("SELECT pg_notify(%s, '')", (SCHEDULED_CHANNEL,))
+    intake.wake_scheduler()
 
 
 def view(workspace_id: int, enrolment_id: int) -> dict[str, Any] | None:
@@ -205,13 +205,13 @@ def move(workspace_id: int, enrolment_id: int, body: EnrolmentChange, now: datet
     if moved:
         fetch("""WITH v AS (SELECT unnest(%s::bigint[]) AS id, unnest(%s::timestamptz[]) AS due),
                       m AS (UPDATE message SET status = 'scheduled', due_at = v.due, updated_at = now(), redrives = 0,
-                                   status_changed_at = least(now(), v.due) - interval '1 millisecond'
+                                   status_changed_at = """ + lifecycle.stamped_before("v.due") + """
                             FROM v WHERE message.id = v.id AND message.status = ANY(%s)
                             RETURNING message.id, message.due_at)
                  INSERT INTO message_event (message_id, status, detail)
                  SELECT id, 'scheduled', jsonb_build_object('rescheduled', true, 'send_at', due_at, 'anchor_moved', true) FROM m""",
               ([i for i, _ in moved], [at for _, at in moved], list(RESCHEDULABLE)))
-        fetch("SELECT pg_notify(%s, '')", (SCHEDULED_CHANNEL,))
+        intake.wake_scheduler()
     if skipped:
         lifecycle.advance(skipped, RESCHEDULABLE, "cancelled", detail={"by": "sequence", "reason": "its moved time had passed"})
     _make_steps(workspace_id, e["sequence_id"], enrolment_id, e["channel"], e["to_addr"], e["variables"], new)

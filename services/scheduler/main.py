@@ -12,7 +12,7 @@ import threading
 import time
 
 from common import broker as _broker  # noqa: F401  (installs the broker and database)
-from common import lifecycle, metrics
+from common import intake, lifecycle, metrics
 from common.config import settings
 from common.db.connection import DatabaseUnavailable, release_connection
 from common.db.listen import Listener
@@ -22,7 +22,6 @@ log = logging.getLogger("postroom.scheduler")
 METRICS_PORT_OFFSET = 9  # worker services take the ports before it in local runs
 
 
-SCHEDULED_CHANNEL = "postroom_scheduled"  # ingest NOTIFYs it when it stores a scheduled message
 MIN_WAIT_SECONDS = 0.005
 
 
@@ -48,7 +47,7 @@ def main() -> None:
     metrics.serve(settings.postroom_metrics_port_base + METRICS_PORT_OFFSET, settings.postroom_metrics_host)
     interval = settings.postroom_reconcile_interval_seconds
     log.info("scheduler started: reconciling every %.1fs, waking for scheduled sends", interval)
-    listener = Listener(SCHEDULED_CHANNEL, "postroom-scheduler-listen")
+    listener = Listener(intake.SCHEDULED_CHANNEL, "postroom-scheduler-listen")
     next_pass = 0.0
     while not stop.is_set():
         wait = interval
