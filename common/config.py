@@ -78,6 +78,30 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TWILIO_FROM", str, "+15005550006", "Default sender number for SMS."),
     Setting("TWILIO_API_BASE", str, "", "Twilio API base URL. Empty: the real https://api.twilio.com; local runs point it at the sandbox."),
     Setting("TWILIO_RATE_LIMIT_PER_SECOND", float, 0.0, "Messages per second per Twilio account; 0 means no limit of our own."),
+    Setting("POSTROOM_INBOUND_WORKSPACE", str, "dev", "The workspace that receives inbound messages and receipts arriving at the deployment's default accounts (the environment's Twilio number, SMTP mailbox, WhatsApp number and WAHA sessions); a workspace's own channel configuration takes its own."),
+    Setting("POSTROOM_SANDBOX_SMTP_PORT", int, 8125, "Port of the sandbox's SMTP server (local runs and tests send email to it)."),
+    Setting("SMTP_HOST", str, "127.0.0.1", "Default SMTP relay host for email (a workspace's channel config overrides it)."),
+    Setting("SMTP_PORT", int, 8125, "Default SMTP relay port (587 for STARTTLS, 465 for TLS on real relays; the sandbox's in local runs)."),
+    Setting("SMTP_SECURITY", str, "none", "`none`, `starttls` or `tls`: how the default SMTP session is secured."),
+    Setting("SMTP_USERNAME", str, "", "Default SMTP login; empty: no AUTH."),
+    Setting("SMTP_PASSWORD", str, "", "Default SMTP password."),
+    Setting("EMAIL_FROM", str, "postroom@example.com", "Default From address for email."),
+    Setting("SMTP_RATE_LIMIT_PER_SECOND", float, 0.0, "Messages per second through the default SMTP login; 0 means no limit of our own."),
+    Setting("SMTP_POOL_SIZE", int, 8, "SMTP sessions one email sender process keeps open and reuses per login."),
+    Setting("EMAIL_WEBHOOK_SECRET", str, "whsec_c2FuZGJveC1lbWFpbC13ZWJob29rLXNlY3JldA==", "Standard Webhooks secret the mail relay signs bounce and inbound-mail webhooks with (the default account's). Set your own in production."),
+    Setting("WHATSAPP_API_BASE", str, "", "Graph API base URL. Empty: the real https://graph.facebook.com; local runs point it at the sandbox."),
+    Setting("WHATSAPP_API_VERSION", str, "v25.0", "Graph API version in the URL; Meta changes it several times a year."),
+    Setting("WHATSAPP_ACCESS_TOKEN", str, "sandbox-whatsapp-token", "Default WhatsApp Cloud access token (a workspace's channel config overrides it)."),
+    Setting("WHATSAPP_PHONE_NUMBER_ID", str, "100000000000001", "Default WhatsApp Cloud phone-number id messages are sent from."),
+    Setting("WHATSAPP_APP_SECRET", str, "sandbox-app-secret", "App secret that signs WhatsApp Cloud webhooks (X-Hub-Signature-256)."),
+    Setting("WHATSAPP_VERIFY_TOKEN", str, "sandbox-verify-token", "Token the WhatsApp webhook verification handshake must present."),
+    Setting("WHATSAPP_RATE_LIMIT_PER_SECOND", float, 80.0, "Messages per second per WhatsApp Cloud phone number (Meta's default is 80)."),
+    Setting("WAHA_API_BASE", str, "", "Default WAHA gateway base URL. Empty: the sandbox's in local runs (no default in production)."),
+    Setting("WAHA_API_KEY", str, "sandbox-waha-key", "Default WAHA X-Api-Key."),
+    Setting("WAHA_SESSIONS", str, "default", "Comma-separated WAHA sessions of the default account; the first sends unless a message names another in `from`."),
+    Setting("WAHA_WEBHOOK_SECRET", str, "sandbox-waha-hmac-key", "HMAC key WAHA signs its webhooks with (X-Webhook-Hmac, SHA-512)."),
+    Setting("WAHA_PACE_SECONDS", float, 3.0, "Seconds between two messages of one WAHA session (QR accounts that blast get banned)."),
+    Setting("WAHA_PACE_JITTER_SECONDS", float, 2.0, "Up to this many random seconds added to each WAHA message's pace."),
     Setting("POSTROOM_LOG_LEVEL", str, "INFO", "Log level of every service."),
 )
 
@@ -136,6 +160,30 @@ class Settings:
     twilio_from: str
     twilio_api_base: str
     twilio_rate_limit_per_second: float
+    postroom_inbound_workspace: str
+    postroom_sandbox_smtp_port: int
+    smtp_host: str
+    smtp_port: int
+    smtp_security: str
+    smtp_username: str
+    smtp_password: str
+    email_from: str
+    smtp_rate_limit_per_second: float
+    smtp_pool_size: int
+    email_webhook_secret: str
+    whatsapp_api_base: str
+    whatsapp_api_version: str
+    whatsapp_access_token: str
+    whatsapp_phone_number_id: str
+    whatsapp_app_secret: str
+    whatsapp_verify_token: str
+    whatsapp_rate_limit_per_second: float
+    waha_api_base: str
+    waha_api_key: str
+    waha_sessions: str
+    waha_webhook_secret: str
+    waha_pace_seconds: float
+    waha_pace_jitter_seconds: float
     postroom_log_level: str
 
     @property

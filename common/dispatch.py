@@ -28,8 +28,13 @@ STAGES: dict[str, str] = {
     "routing": "route_messages",
     "sms": "send_sms",
     "http": "send_http",
+    "email": "send_email",
+    "whatsapp_cloud": "send_whatsapp_cloud",
+    "whatsapp_qr": "send_whatsapp_qr",
     "webhooks": "deliver_webhooks",
 }
+# The channels, each with its own sender stage (queues "<channel>_urgent" and "<channel>_bulk").
+SENDERS: tuple[str, ...] = ("sms", "http", "email", "whatsapp_cloud", "whatsapp_qr")
 
 
 def to_stage(stage: str, lane: str, ids: Sequence[int], *, delay_ms: int | None = None) -> None:

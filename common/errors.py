@@ -25,11 +25,15 @@ class ProviderError(Exception):
 
 
 class PermanentError(ProviderError):
-    """Retrying cannot help; ``suppress`` says the address should not be tried again."""
+    """Retrying cannot help. ``suppress`` names why the address should not be tried again on this
+    channel (a suppression reason such as ``provider_21610`` or ``bounce``), or is None.
+    ``fallback`` says the recipient is not reachable on this channel at all (not on WhatsApp, not
+    a mobile number): a message with a further channel in its route moves on to it."""
 
-    def __init__(self, message: str, *, code: str | None = None, suppress: bool = False):
+    def __init__(self, message: str, *, code: str | None = None, suppress: str | None = None, fallback: bool = False):
         super().__init__(message, code=code)
         self.suppress = suppress
+        self.fallback = fallback
 
 
 class TransientError(ProviderError):
@@ -37,7 +41,16 @@ class TransientError(ProviderError):
 
 
 class Throttled(ProviderError):
-    """Not now: wait ``retry_after`` seconds; this does not count against the retry budget."""
+    """Not now: wait ``retry_after`` seconds; this does not count against the retry budget.
+
+    ``pause_account`` (the default) pauses every sender's calls on the account for that long; a
+    limit on one recipient only (WhatsApp's pair limit) delays just this message.
+    """
+
+    def __init__(self, message: str, *, code: str | None = None, retry_after: float | None = None,
+                 pause_account: bool = True):
+        super().__init__(message, code=code, retry_after=retry_after)
+        self.pause_account = pause_account
 
 
 class UnknownOutcome(ProviderError):

@@ -56,6 +56,16 @@ RATE_LIMIT_WAITS = Counter(
     "Sends postponed because a provider account was out of tokens or paused by a 429.",
     ["provider"],
 )
+FALLBACKS = Counter(
+    "postroom_fallbacks_total",
+    "Messages moved on to the next channel of their route because the recipient was unreachable, by the channel moved to.",
+    ["channel"],
+)
+INBOUND = Counter(
+    "postroom_inbound_messages_total",
+    "Inbound messages stored in a conversation, by channel and outcome (stored, duplicate).",
+    ["channel", "outcome"],
+)
 PROVIDER_WEBHOOKS = Counter(
     "postroom_provider_webhooks_total",
     "Provider webhooks received, by provider, kind and verdict (applied, pending, ignored, bad_signature).",

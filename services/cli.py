@@ -99,7 +99,6 @@ def cmd_apikey_create(args: argparse.Namespace) -> None:
 def cmd_channel_sms(args: argparse.Namespace) -> None:
     """Give a workspace its own Twilio account for SMS (credentials encrypted at rest)."""
     from common import apikeys
-    from common.crypto import seal
     from common.db.connection import transaction
 
     _connect()
@@ -110,30 +109,22 @@ def cmd_channel_sms(args: argparse.Namespace) -> None:
         ws = apikeys.workspace_id_by_name(args.workspace)
         if ws is None:
             sys.exit(f"no workspace {args.workspace!r}")
-        _save_channel(ws, "sms", "twilio", args.account_sid, seal(creds), args.from_, args.rate_limit)
+        _save_channel(ws, "sms", "twilio", args.account_sid, creds, args.from_, args.rate_limit)
     print(f"workspace {args.workspace!r} sends SMS from {args.from_} through Twilio account {args.account_sid}"
           + (f" at most {args.rate_limit:g}/s" if args.rate_limit else ""))
 
 
-def _save_channel(workspace_id: int, channel: str, provider: str, account_ref: str, credentials: bytes,
+def _save_channel(workspace_id: int, channel: str, provider: str, account_ref: str, credentials: dict,
                   identity: str, rate_limit: float) -> None:
     """Create or replace the workspace's configuration of ``channel`` (inside a transaction)."""
-    from common.db.connection import fetch
+    from common.providers import config as channel_config
 
-    fetch(
-        "INSERT INTO channel_config (workspace_id, channel, provider, account_ref, credentials, sender_identity, rate_limit_per_second)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s)"
-        " ON CONFLICT (workspace_id, channel) DO UPDATE SET provider = excluded.provider, account_ref = excluded.account_ref,"
-        " credentials = excluded.credentials, sender_identity = excluded.sender_identity,"
-        " rate_limit_per_second = excluded.rate_limit_per_second",
-        (workspace_id, channel, provider, account_ref, credentials, identity, rate_limit),
-    )
+    channel_config.save(workspace_id, channel, provider, account_ref, credentials, identity, rate_limit)
 
 
 def cmd_channel_http(args: argparse.Namespace) -> None:
     """Deliver this workspace's ``http`` channel messages to URL, signed with a new secret (printed once)."""
     from common import apikeys, signing
-    from common.crypto import seal
     from common.db.connection import transaction
     from common.netguard import parse_networks, vet_url
 
@@ -147,7 +138,7 @@ def cmd_channel_http(args: argparse.Namespace) -> None:
         ws = apikeys.workspace_id_by_name(args.workspace)
         if ws is None:
             sys.exit(f"no workspace {args.workspace!r}")
-        _save_channel(ws, "http", "http", f"ws{ws}", seal({"secret": secret}), args.url, args.rate_limit)
+        _save_channel(ws, "http", "http", f"ws{ws}", {"secret": secret}, args.url, args.rate_limit)
     print(secret)
     print(f"workspace {args.workspace!r} delivers http channel messages to {args.url}, signed with the secret above"
           + (f", at most {args.rate_limit:g}/s" if args.rate_limit else ""), file=sys.stderr)

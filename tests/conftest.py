@@ -33,6 +33,7 @@ def pytest_configure(config: pytest.Config) -> None:
     pg = localinfra.start_postgres(base / "postgres", localinfra.free_port(), durable=False)  # a throw-away cluster
     rd = localinfra.start_redis(base / "redis", localinfra.free_port())
     sandbox_port = localinfra.free_port()
+    smtp_port = localinfra.free_port()
     api_port = localinfra.free_port()
     _state.update(base=base, pg=pg, redis=rd)
     os.environ.update(
@@ -43,6 +44,12 @@ def pytest_configure(config: pytest.Config) -> None:
         POSTROOM_API_PORT=str(api_port),
         POSTROOM_PUBLIC_URL=f"http://127.0.0.1:{api_port}",
         TWILIO_API_BASE=f"http://127.0.0.1:{sandbox_port}",
+        WHATSAPP_API_BASE=f"http://127.0.0.1:{sandbox_port}",
+        WAHA_API_BASE=f"http://127.0.0.1:{sandbox_port}",
+        POSTROOM_SANDBOX_SMTP_PORT=str(smtp_port),
+        SMTP_HOST="127.0.0.1",
+        SMTP_PORT=str(smtp_port),
+        POSTROOM_INBOUND_WORKSPACE="acme",  # the workspace fixture's: inbound to the default accounts lands there
         POSTROOM_RETRY_BASE_SECONDS="0.2",
         POSTROOM_RETRY_MAX_SECONDS="2",
         POSTROOM_STAGE_DEADLINE_SECONDS="2",
@@ -158,7 +165,7 @@ def clean_db(broker) -> Iterator[None]:
 
     with transaction():
         fetch("TRUNCATE message, message_event, provider_event, outbox, webhook_attempt, webhook_delivery, webhook_endpoint,"
-              " channel_config, api_key, workspace RESTART IDENTITY CASCADE")
+              " channel_config, conversation, suppression, channel_session, api_key, workspace RESTART IDENTITY CASCADE")
     broker.flush_all()
     broker.client.flushall()
     from common.providers.accounts import forget_cached_accounts

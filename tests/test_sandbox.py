@@ -30,7 +30,7 @@ from twilio.base.exceptions import TwilioRestException
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 
-from services.sandbox.segments import count_segments
+from common.segments import count_segments
 
 ROOT = Path(__file__).resolve().parent.parent
 ACCOUNT_SID = "AC" + "5a" * 16

@@ -12,8 +12,7 @@ import time
 from dataclasses import dataclass
 
 from common.config import settings
-from common.crypto import unseal
-from common.db.models import ChannelConfig
+from common.providers import config as channel_config
 from common.providers.http_channel import HttpAccount
 from common.providers.twilio_sms import TwilioSmsSender
 
@@ -34,7 +33,6 @@ class SmsAccount:
         return self.account_sid
 
 
-_accounts: dict[int, tuple[float, SmsAccount]] = {}
 _tokens: dict[str, tuple[float, str | None]] = {}
 _senders: dict[SmsAccount, TwilioSmsSender] = {}
 _lock = threading.Lock()
@@ -51,45 +49,34 @@ def default_sms_account() -> SmsAccount:
 
 
 def sms_account(workspace_id: int) -> SmsAccount:
-    """The Twilio account that sends this workspace's SMS (cached for 30 s)."""
-    cached = _accounts.get(workspace_id)
-    if cached and cached[0] > time.monotonic():
-        return cached[1]
-    config = ChannelConfig.get_or_none(
-        (ChannelConfig.workspace == workspace_id) & (ChannelConfig.channel == "sms") & (ChannelConfig.provider == "twilio")
-    )
-    if config:
-        creds = unseal(config.credentials)
-        account = SmsAccount(creds["account_sid"], creds["auth_token"], config.sender_identity,
-                             creds.get("api_base", settings.twilio_api_base), config.rate_limit_per_second)
-    else:
-        account = default_sms_account()
-    _accounts[workspace_id] = (time.monotonic() + _CACHE_SECONDS, account)
-    return account
-
-
-_http_accounts: dict[int, tuple[float, HttpAccount]] = {}
+    """The Twilio account that sends this workspace's SMS: its channel configuration's, else the
+    deployment's default (cached with the configuration)."""
+    config = channel_config.load(workspace_id, "sms")
+    if config is None or config.provider != "twilio":
+        return default_sms_account()
+    creds = config.credentials
+    return SmsAccount(creds["account_sid"], creds["auth_token"], config.sender_identity,
+                      config.settings.get("api_base") or creds.get("api_base") or settings.twilio_api_base,
+                      config.rate_limit_per_second)
 
 
 def http_account(workspace_id: int) -> HttpAccount:
-    """Where this workspace's ``http`` channel delivers (cached for 30 s); an empty URL when it has
-    none configured (its messages then fail as not configured)."""
-    cached = _http_accounts.get(workspace_id)
-    if cached and cached[0] > time.monotonic():
-        return cached[1]
-    config = ChannelConfig.get_or_none((ChannelConfig.workspace == workspace_id) & (ChannelConfig.channel == "http"))
-    if not config:  # not cached: a channel configured a moment later applies at once
+    """Where this workspace's ``http`` channel delivers; an empty URL when it has none configured
+    (its messages then fail as not configured)."""
+    config = channel_config.load(workspace_id, "http")
+    if config is None:
         return HttpAccount("", "", 0.0, workspace_id)
-    account = HttpAccount(config.sender_identity, unseal(config.credentials)["secret"], config.rate_limit_per_second, workspace_id)
-    _http_accounts[workspace_id] = (time.monotonic() + _CACHE_SECONDS, account)
-    return account
+    return HttpAccount(config.sender_identity, config.credentials["secret"], config.rate_limit_per_second, workspace_id)
 
 
 def forget_cached_accounts() -> None:
-    """Drop cached account and token lookups (a changed channel config otherwise applies within 30 s)."""
-    _accounts.clear()
+    """Drop cached configurations and token lookups (a changed channel config otherwise applies
+    within a few seconds)."""
+    from common.inbound import forget_default_workspace
+
+    channel_config.forget()
+    forget_default_workspace()
     _tokens.clear()
-    _http_accounts.clear()
 
 
 def twilio_auth_token(account_sid: str) -> str | None:
@@ -99,8 +86,8 @@ def twilio_auth_token(account_sid: str) -> str | None:
     cached = _tokens.get(account_sid)  # every status callback asks: cached like the accounts
     if cached and cached[0] > time.monotonic():
         return cached[1]
-    config = ChannelConfig.get_or_none((ChannelConfig.provider == "twilio") & (ChannelConfig.account_ref == account_sid))
-    token = unseal(config.credentials)["auth_token"] if config else None
+    configs = channel_config.by_account("twilio", account_sid)
+    token = configs[0].credentials["auth_token"] if configs else None
     _tokens[account_sid] = (time.monotonic() + _CACHE_SECONDS, token)
     return token
 

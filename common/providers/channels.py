@@ -1,48 +1,20 @@
-"""The channels a sender delivers on, each an adapter over its provider client.
+"""Every channel a sender delivers on, by name: each provider module's ``Channel`` adapter.
 
 The shared sender loop (``services/senders/loop.py``) and the reconciler's look-up of unknown
-outcomes reach a provider only through ``Channel``: which account sends for a workspace, how one
-claimed message is sent, and how it is found again at the provider. A new channel adds an
-adapter here over its client and error table (in ``common/providers``), not a copy of the loop.
+outcomes reach a provider only through ``common.providers.base.Channel``. A new channel adds its
+client, error table and adapter in its own module and one entry here, not a copy of the loop.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 from common.config import settings
 from common.providers import http_channel
 from common.providers.accounts import SmsAccount, http_account, sms_account, sms_sender
-from common.providers.sms import Accepted, OutboundSms
+from common.providers.base import Account, Channel
+from common.providers.sms import OutboundSms
 from common.providers.twilio_sms import PROVIDER as TWILIO
-
-
-class Account(Protocol):
-    """What the loop needs of a provider account: its id and its pace."""
-
-    @property
-    def key(self) -> str: ...
-
-    @property
-    def rate_limit_per_second(self) -> float: ...
-
-
-@dataclass(frozen=True)
-class Channel:
-    """One channel's adapter. ``row`` is a claimed message: a dict of its columns.
-
-    ``send`` raises the errors of ``common.errors``. ``find_sent`` returns the provider's
-    candidates for a message whose outcome is unknown (None: the provider offers no look-up).
-    """
-
-    name: str
-    provider: str
-    account_for: Callable[[int], Account]
-    send: Callable[[Any, dict[str, Any]], Accepted]
-    find_sent: Callable[[Any, dict[str, Any], datetime], list[Accepted]] | None
 
 
 def _sms(account: SmsAccount, row: dict[str, Any]) -> OutboundSms:
@@ -68,4 +40,6 @@ HTTP = Channel(
     find_sent=None,
 )
 
-CHANNELS: dict[str, Channel] = {SMS.name: SMS, HTTP.name: HTTP}
+CHANNELS: dict[str, Channel] = {c.name: c for c in (SMS, HTTP)}
+
+__all__ = ["CHANNELS", "HTTP", "SMS", "Account", "Channel"]

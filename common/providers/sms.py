@@ -10,6 +10,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+from common.providers.base import Accepted
+
+__all__ = ["Accepted", "OutboundSms", "SmsSender"]
+
 
 @dataclass(frozen=True)
 class OutboundSms:
@@ -18,15 +22,6 @@ class OutboundSms:
     from_: str
     body: str
     status_callback: str | None
-
-
-@dataclass(frozen=True)
-class Accepted:
-    """The provider took the message: its id for receipts, and what it reported."""
-
-    provider_message_id: str
-    segments: int | None
-    provider_status: str
 
 
 class SmsSender(Protocol):

@@ -28,18 +28,20 @@ from common.providers.sms import Accepted, OutboundSms
 PROVIDER = "twilio"
 logging.getLogger("twilio.http_client").setLevel(logging.WARNING)  # it logs every request at INFO
 
-# Twilio error code -> (is it permanent, should the address be suppressed). PROVIDERS.md.
-PERMANENT_CODES: dict[int, bool] = {
-    20003: False,  # authentication failed
-    21211: False,  # invalid To
-    21614: False,  # To is not a mobile number
-    21408: False,  # region not enabled
-    21606: False,  # From cannot send
-    21612: False,  # cannot route To-From
-    21610: True,   # recipient replied STOP
-    30004: False, 30005: False, 30006: False, 30007: False,  # blocked / unknown / landline / filtered
-    63016: False,  # WhatsApp outside the 24 h window
-}
+# Twilio's permanent error codes (PROVIDERS.md); retrying any of them cannot help.
+PERMANENT_CODES = frozenset({
+    20003,  # authentication failed
+    21211,  # invalid To
+    21614,  # To is not a mobile number: not reachable by SMS (a route may fall back)
+    21408,  # region not enabled
+    21606,  # From cannot send
+    21612,  # cannot route To-From
+    21610,  # recipient replied STOP: the address is suppressed
+    30004, 30005, 30006, 30007,  # blocked / unknown / landline / filtered
+    63016,  # WhatsApp outside the 24 h window
+})
+SUPPRESS_CODES = {21610: "provider_21610"}  # code -> suppression reason
+UNREACHABLE_CODES = frozenset({21614, 30006})  # this recipient cannot get SMS: try the next channel
 THROTTLE_CODES = {20429}
 LOOKUP_LIMIT = 50  # newest messages between one To and From looked at for an unknown outcome
 RECEIPT_STATUSES = {"sent": "sent", "delivered": "delivered", "undelivered": "undelivered", "failed": "failed", "read": "read"}
@@ -52,7 +54,7 @@ def classify(status: int | None, code: int | None, message: str, retry_after: fl
     if code in THROTTLE_CODES or status == 429:
         return Throttled(text, code=code_text, retry_after=retry_after)
     if code is not None and code in PERMANENT_CODES:
-        return PermanentError(text, code=code_text, suppress=PERMANENT_CODES[code])
+        return PermanentError(text, code=code_text, suppress=SUPPRESS_CODES.get(code), fallback=code in UNREACHABLE_CODES)
     if status is not None and 400 <= status < 500 and status not in (408, 409):
         return PermanentError(text, code=code_text)
     return TransientError(text, code=code_text, retry_after=retry_after)

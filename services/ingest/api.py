@@ -10,11 +10,9 @@ from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request
 
-from common import dispatch, phones
+from common import dispatch
 from common.db.connection import transaction
-from common.providers.accounts import http_account, sms_account
-from common.quiet_hours import QuietHours
-from services.ingest import messages
+from services.ingest import messages, outgoing
 from services.ingest.contract import Body, header, operation
 from services.ingest.errors import ApiError
 from services.ingest.models import (
@@ -27,7 +25,6 @@ from services.ingest.models import (
     TagReschedule,
 )
 from services.ingest.timing import due_time
-from services.ingest.validation import EXPECTED
 
 api = Blueprint("api_v1", __name__, url_prefix="/v1")
 MAX_IDEMPOTENCY_KEY = 255
@@ -48,12 +45,11 @@ def create_message(body: NewMessage) -> tuple[Response, int]:
     key = request.headers.get("Idempotency-Key")
     if key is not None and not (0 < len(key) <= MAX_IDEMPOTENCY_KEY and key.isprintable()):
         raise ApiError(400, "invalid_request", f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable characters", "Idempotency-Key")
-    body = _checked(body)
     due = due_time(body.send_at, body.timezone, body.delay_seconds)
     with transaction():
-        _check_sender(g.workspace_id, body.channel, body.from_)
+        new = outgoing.resolve(g.workspace_id, body)
         try:
-            accepted = messages.accept(g.workspace_id, body, key, due.at)
+            accepted = messages.accept(g.workspace_id, new, key, due.at)
         except messages.IdempotencyConflict:
             raise ApiError(409, "idempotency_conflict", "this Idempotency-Key was already used for a different message", "Idempotency-Key") from None
         except messages.Duplicate as twin:
@@ -64,8 +60,13 @@ def create_message(body: NewMessage) -> tuple[Response, int]:
     if not accepted.replayed:
         if accepted.status == "accepted":
             dispatch.handoff.submit("processing", accepted.priority, [accepted.id])  # after the commit
-        answer = {"id": accepted.id, "status": accepted.status, "channel": body.channel, "to": body.to,
+        answer = {"id": accepted.id, "status": accepted.status, "channel": new["channel"], "to": new["to"],
                   "priority": accepted.priority, "created_at": accepted.created_at, "send_at": accepted.send_at}
+        for extra in ("segments", "encoding"):
+            if new.get(extra) is not None:
+                answer[extra] = new[extra]
+        if new.get("routes"):
+            answer["channels"] = [r["channel"] for r in new["routes"]]
         if due.note:
             answer["note"] = due.note
         return jsonify(answer), 202
@@ -74,41 +75,6 @@ def create_message(body: NewMessage) -> tuple[Response, int]:
     response = jsonify(view)
     response.headers["Idempotent-Replayed"] = "true"
     return response, 200
-
-
-def _checked(body: NewMessage) -> NewMessage:
-    """The message with its number in E.164 (checked with libphonenumber's data) and its quiet
-    hours checked; 422 naming the field otherwise."""
-    if body.quiet_hours is not None and body.quiet_hours != "off":
-        try:
-            QuietHours.parse(body.quiet_hours)
-        except ValueError as exc:
-            raise ApiError(422, "invalid_request", f"quiet_hours: {exc} (or off)", "quiet_hours") from None
-    if body.channel != "sms":
-        return body
-    try:
-        return body.model_copy(update={"to": phones.normalize(body.to)})
-    except ValueError as exc:
-        raise ApiError(422, "invalid_request", f"to must be {EXPECTED['to']}: {exc}", "to") from None
-
-
-def _check_sender(workspace_id: int, channel: str, sender: str | None) -> None:
-    """A workspace sends only as its own identity: its channel configuration's, or the default account's.
-    An ``http`` message has no sender identity, and its workspace must have configured the channel's URL."""
-    if channel == "http":
-        if sender is not None:
-            raise ApiError(422, "invalid_request", "from applies to sms only; leave it out for http", "from")
-        with transaction():
-            if not http_account(workspace_id).url:
-                raise ApiError(422, "invalid_request", "this workspace has no http channel configured "
-                               "(postroom channel http --workspace NAME --url URL)", "channel")
-        return
-    if sender is None:
-        return
-    with transaction():  # a cache miss reads the channel configuration
-        own = sms_account(workspace_id).sender
-    if sender != own:
-        raise ApiError(422, "invalid_request", f"from must be this workspace's sender identity {own} (or left out)", "from")
 
 
 @operation(api, "GET", "/messages/{message_id}", summary="Read a message and its history", scope="messages:read",

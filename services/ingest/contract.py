@@ -86,12 +86,14 @@ def query(name: str, description: str, **schema: Any) -> dict[str, Any]:
 def operation(bp: Blueprint | Flask, method: str, path: str, *, summary: str, ok: dict[int, Body],
               errors: Iterable[int] = (), scope: str | None = None, request: type[BaseModel] | None = None,
               request_media: str = JSON, headers: Iterable[dict[str, Any]] = (),
-              uses_database: bool = True) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+              uses_database: bool = True, text_params: dict[str, dict[str, Any]] | None = None,
+              ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Declare an operation and route it.
 
     Parameters:
       bp: where the route lives; its ``url_prefix`` is part of the documented path.
-      path: relative to ``bp``, with ``{name}`` path parameters (all positive integers).
+      path: relative to ``bp``, with ``{name}`` path parameters: positive integers, except those
+        named in ``text_params`` (name -> JSON schema of the string, such as an ``enum``).
       ok: the success statuses and their bodies.
       errors: the error statuses the view itself answers with (others follow from the declaration).
       scope: the API key scope required; None for an unauthenticated endpoint.
@@ -112,8 +114,11 @@ def operation(bp: Blueprint | Flask, method: str, path: str, *, summary: str, ok
     responses = dict(ok) | {
         s: Body(ErrorResponse, ERROR_TEXT[s], headers=retry_after if s == 503 else {}) for s in sorted(statuses)
     }
+    text_params = text_params or {}
     path_params = tuple(
-        {"name": name, "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1, "maximum": BIGINT}}
+        {"name": name, "in": "path", "required": True,
+         "schema": {"type": "string", **text_params[name]} if name in text_params
+         else {"type": "integer", "minimum": 1, "maximum": BIGINT}}
         for name in _PATH_PARAM.findall(path)
     )
 
@@ -132,7 +137,8 @@ def operation(bp: Blueprint | Flask, method: str, path: str, *, summary: str, ok
                 kwargs["body"] = validate(request, bounds.read_json())
             return view(**kwargs)
 
-        bp.add_url_rule(_PATH_PARAM.sub(r"<int:\1>", path), endpoint=view.__name__, view_func=run, methods=[method])
+        rule = _PATH_PARAM.sub(lambda m: f"<{m.group(1)}>" if m.group(1) in text_params else f"<int:{m.group(1)}>", path)
+        bp.add_url_rule(rule, endpoint=view.__name__, view_func=run, methods=[method])
         return run
 
     return register

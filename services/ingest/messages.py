@@ -10,7 +10,6 @@ from psycopg2.extras import Json
 
 from common import intake, lifecycle
 from common.db.connection import fetch, fetch_dicts
-from services.ingest.models import NewMessage
 
 
 @dataclass(frozen=True)
@@ -38,31 +37,34 @@ class Duplicate(Exception):
         self.natural_key = natural_key
 
 
-def accept(workspace_id: int, new: NewMessage, idempotency_key: str | None, due: datetime | None = None) -> Accepted:
-    """Store a new message as ``accepted``, or ``scheduled`` when ``due`` later (or find the
-    earlier one with the same key). A scheduled one wakes the scheduler when this commits. The
-    insert is shared with the scheduler's recurring occurrences (``common.intake``)."""
-    row = intake.insert(workspace_id, new.model_dump(by_alias=True), idempotency_key, due)
+def accept(workspace_id: int, new: dict[str, Any], idempotency_key: str | None, due: datetime | None = None) -> Accepted:
+    """Store a new message (as ``outgoing.resolve`` made it) as ``accepted``, or ``scheduled`` when
+    ``due`` later (or find the earlier one with the same key). A scheduled one wakes the scheduler
+    when this commits. The insert is shared with the scheduler's recurring occurrences
+    (``common.intake``)."""
+    row = intake.insert(workspace_id, new, idempotency_key, due)
     if row:
         if due:
             intake.wake_scheduler()
         return Accepted(row["id"], row["priority"], replayed=False, created_at=_iso(row["created_at"]),
                         status=row["status"], send_at=_iso(row["due_at"]))
     found = fetch_dicts(
-        "SELECT id, channel, to_addr, from_addr, body, priority FROM message WHERE workspace_id = %s AND idempotency_key = %s",
+        "SELECT id, channel, to_addr, from_addr, body, priority, content, routes FROM message"
+        " WHERE workspace_id = %s AND idempotency_key = %s",
         (workspace_id, idempotency_key),
     ) if idempotency_key is not None else []
     if not found:  # not the key: the natural key of a pending message
         twin = fetch("SELECT m.id, m.natural_key FROM message m, workspace w WHERE w.id = %(ws)s AND m.workspace_id = %(ws)s"
                      f" AND m.natural_key = {intake.NATURAL_KEY}"
                      " AND m.status IN ('accepted', 'scheduled', 'queued', 'routed', 'sending')",
-                     {"ws": workspace_id, "tags": Json(new.tags)})
+                     {"ws": workspace_id, "tags": Json(new["tags"])})
         if not twin:  # it went away between the two statements: the caller may simply try again
             raise Duplicate(0, "")
         raise Duplicate(twin[0][0], twin[0][1])
     earlier = found[0]
-    if (earlier["channel"], earlier["to_addr"], earlier["from_addr"], earlier["body"], earlier["priority"]) != (
-        new.channel, new.to, new.from_, new.body, new.priority
+    if (earlier["channel"], earlier["to_addr"], earlier["from_addr"], earlier["body"], earlier["priority"],
+            earlier["content"], earlier["routes"]) != (
+        new["channel"], new["to"], new.get("from"), new["body"], new["priority"], new.get("content") or {}, new.get("routes")
     ):
         raise IdempotencyConflict(idempotency_key)
     return Accepted(earlier["id"], earlier["priority"], replayed=True)
@@ -85,6 +87,9 @@ def view(workspace_id: int, message_id: int, *, with_events: bool = True) -> dic
         "last_error": m["last_error"], "error_code": m["error_code"],
         "created_at": _iso(m["created_at"]), "updated_at": _iso(m["updated_at"]),
         "sent_at": _iso(m["sent_at"]), "delivered_at": _iso(m["delivered_at"]),
+        "content": m["content"] or {}, "encoding": m["encoding"], "conversation_id": m["conversation_id"],
+        "channels": [r["channel"] for r in m["routes"]] if m["routes"] else None,
+        "route": m["routes"], "route_step": m["route_step"],
         "next_attempt_at": _iso(m["due_at"]) if m["status"] == "routed" else None,
         "send_at": _iso(m["due_at"]) if m["status"] == "scheduled" else None,
     }

@@ -14,8 +14,11 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
 E164 = r"^\+[1-9]\d{6,14}$"
-CHANNELS = ("sms", "http")
-PLANNED_CHANNELS = ("email", "whatsapp", "whatsapp_qr")
+CHANNELS = ("sms", "http", "email", "whatsapp_cloud", "whatsapp_qr")
+PLANNED_CHANNELS = ("whatsapp",)
+ChannelName = Literal["sms", "http", "email", "whatsapp_cloud", "whatsapp_qr"]
+# Longest text per channel: Twilio's 1,600 characters, WhatsApp's 4,096, an email body's 100,000.
+MAX_BODY = {"sms": 1600, "http": 1600, "email": 100_000, "whatsapp_cloud": 4096, "whatsapp_qr": 4096}
 LANES = ("urgent", "bulk")
 MAX_SMS_BODY = 1600
 MAX_RECIPIENT = 320
@@ -60,20 +63,86 @@ TagMap = Annotated[dict[TagName, TagValue], Field(max_length=MAX_TAGS)]
 Tags = Annotated[list[Tag], Field(max_length=MAX_TAGS)] | TagMap
 
 
+Url = Annotated[str, Field(min_length=8, max_length=2048, pattern=r"^https?://\S+$", examples=["https://example.com/a.png"]),
+                SingleLine]
+ShortText = Annotated[str, Field(min_length=1, max_length=1024), SingleLine]
+Recipient = Annotated[str, Field(min_length=1, max_length=MAX_RECIPIENT, examples=["+15005550006"]), SingleLine]
+
+
+class Media(BaseModel):
+    """A file sent by link: an MMS picture, a WhatsApp image, document, audio or video."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    url: Url
+    type: Literal["image", "document", "audio", "video"] = Field("image", description="WhatsApp's media kind.")
+    filename: Annotated[str, Field(min_length=1, max_length=240), SingleLine] | None = Field(
+        None, description="The name a document is shown with.")
+    caption: Annotated[str, Field(min_length=1, max_length=1024), MultiLine] | None = None
+
+
+class Attachment(BaseModel):
+    """An email attachment, fetched from ``url`` when the message is sent."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    url: Url
+    filename: Annotated[str, Field(min_length=1, max_length=240), SingleLine] | None = None
+
+
+class Template(BaseModel):
+    """An approved WhatsApp template: its name, language and parameters."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    name: Annotated[str, Field(min_length=1, max_length=512, pattern=r"^[a-z0-9_]+$")] = Field(examples=["order_update"])
+    language: Annotated[str, Field(min_length=2, max_length=16, pattern=r"^[A-Za-z]{2,3}(_[A-Za-z0-9]{2,8})?$")] = Field(
+        "en_US", examples=["en_US"])
+    body_parameters: Annotated[list[Annotated[str, Field(max_length=1024), MultiLine]], Field(max_length=64)] = Field(
+        default_factory=list, description="Values of the body's {{1}}, {{2}}, ... in order.")
+    header_parameters: Annotated[list[ShortText], Field(max_length=8)] = Field(
+        default_factory=list, description="Values of a text header's parameters.")
+    header_media: Media | None = Field(None, description="A media header: an image, document or video by link.")
+
+
 class NewMessage(BaseModel):
     """``POST /v1/messages``: one outgoing message."""
 
     model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True, frozen=True)
 
-    channel: Literal["sms", "http"] = Field(description=(
-        "The channel to send through: `sms`, or `http` (a signed POST to the workspace's own URL)."))
-    to: Annotated[str, Field(min_length=1, max_length=MAX_RECIPIENT, examples=["+15005550006"]), SingleLine] = Field(
-        description="Recipient: E.164 for `sms`; for `http`, whatever the receiving system identifies a recipient by.")
-    body: Annotated[str, Field(min_length=1, max_length=MAX_SMS_BODY, pattern=r"\S"), MultiLine] = Field(
-        description=f"The text; at most {MAX_SMS_BODY} characters, not only whitespace.")
-    from_: PhoneNumber | None = Field(None, alias="from", description=(
-        "Sender identity (`sms` only); must be the workspace's own (its SMS channel configuration, or the "
-        "deployment's default number). Left out: that identity is used."))
+    channel: ChannelName | None = Field(None, description=(
+        "The channel to send through: `sms`, `email`, `whatsapp_cloud` (the Graph API), `whatsapp_qr` (a WAHA "
+        "session), or `http` (a signed POST to the workspace's own URL). Give `channel` or `channels`."))
+    channels: Annotated[list[ChannelName], Field(min_length=1, max_length=4)] | None = Field(None, description=(
+        "A fallback route: the channels to try in order (`[\"whatsapp_cloud\", \"sms\"]`). When the recipient is "
+        "not reachable on one (not on WhatsApp, outside the 24-hour window without a template, not a mobile "
+        "number) the message moves on to the next."))
+    to: Recipient | Annotated[dict[ChannelName, Recipient], Field(min_length=1, max_length=5)] | None = Field(None, description=(
+        "Recipient: E.164 for `sms` and WhatsApp, an email address for `email`; for `http`, whatever the receiving "
+        "system identifies a recipient by. With `channels`, one address for all or an object of channel to address. "
+        "Give `to` or `contact_id`."))
+    contact_id: Annotated[int, Field(ge=1, le=2**63 - 1)] | None = Field(None, description=(
+        "Send to this contact, at its address for each channel."))
+    body: Annotated[str, Field(min_length=1, max_length=MAX_BODY["email"], pattern=r"\S"), MultiLine] | None = Field(None, description=(
+        "The text; not only whitespace. At most 1,600 characters for `sms` and `http`, 4,096 for WhatsApp and "
+        "100,000 for `email`. It may be left out of a message with `media`, `template` or `html`."))
+    from_: Recipient | None = Field(None, alias="from", description=(
+        "Sender identity; must be the workspace's own (its channel configuration, or the deployment's default). "
+        "Left out: that identity is used."))
+    subject: Annotated[str, Field(min_length=1, max_length=998), SingleLine] | None = Field(None, description="`email`: the subject.")
+    html: Annotated[str, Field(min_length=1, max_length=500_000)] | None = Field(None, description=(
+        "`email`: an HTML part, sent with the text as multipart/alternative."))
+    reply_to: Recipient | None = Field(None, description="`email`: the Reply-To address.")
+    attachments: Annotated[list[Attachment], Field(max_length=10)] | None = Field(None, description="`email`: files by URL.")
+    media: Annotated[list[Media], Field(min_length=1, max_length=10)] | None = Field(None, description=(
+        "`sms`: up to 10 pictures (MMS); WhatsApp: one image, document, audio or video by link."))
+    template: Template | None = Field(None, description="`whatsapp_cloud`: send this approved template.")
+    fallback_template: Template | None = Field(None, description=(
+        "`whatsapp_cloud`: the template to send instead when the recipient's 24-hour window is closed."))
+    context_message_id: Annotated[str, Field(min_length=1, max_length=256), SingleLine] | None = Field(None, description=(
+        "WhatsApp: the provider id of the message this one replies to."))
+    messaging_service_sid: Annotated[str, Field(pattern=r"^MG[0-9a-fA-F]{32}$")] | None = Field(None, description=(
+        "`sms`: send through this Twilio Messaging Service instead of a `from` number."))
     priority: Literal["urgent", "bulk"] = Field("urgent", description="The lane: urgent (codes, alerts) or bulk (campaigns).")
     tags: Tags = Field(default_factory=list, description=(
         "Names and values for look-up, cancel and reschedule by tag "
@@ -102,6 +171,10 @@ class MessageAccepted(BaseModel):
     created_at: str | None
     send_at: str | None = Field(None, description="When it is due (UTC), for a scheduled message.")
     note: str | None = Field(None, description="Said when a requested time was already past: the message is sent now.")
+    segments: int | None = Field(None, description="`sms`: how many segments the body is sent as (each is billed).")
+    encoding: Literal["GSM-7", "UCS-2"] | None = Field(None, description=(
+        "`sms`: GSM-7, or UCS-2 when one character is outside GSM-7 (an emoji): 70 characters per segment instead of 160."))
+    channels: list[str] | None = Field(None, description="The fallback route, in order.")
 
 
 class Reschedule(BaseModel):
@@ -144,6 +217,14 @@ class MessageView(BaseModel):
     updated_at: str | None
     sent_at: str | None
     delivered_at: str | None
+    content: dict[str, Any] = Field(default_factory=dict, description=(
+        "What the channel carries beyond the text: subject, html, media, template, ...; for an inbound message the "
+        "sender's name, profile and media."))
+    encoding: str | None = Field(None, description="`sms`: GSM-7 or UCS-2.")
+    conversation_id: int | None = Field(None, description="The conversation of an inbound message.")
+    channels: list[str] | None = Field(None, description="The fallback route's channels, in order (null: `channel` only).")
+    route: list[dict[str, str]] | None = Field(None, description="The fallback route: each channel with its address.")
+    route_step: int = Field(0, description="Which entry of `route` the message is on (0 first); each move is in `events`.")
     next_attempt_at: str | None
     send_at: str | None = Field(None, description="When a scheduled message is due.")
     events: list[MessageEvent] | None = Field(None, description="Left out of an idempotent replay.")

@@ -19,8 +19,7 @@ from common.config import settings
 from common.db.connection import transaction
 from common.occurrences import Plan
 from common.recurrence import parse
-from services.ingest import schedules
-from services.ingest.api import _check_sender, _checked
+from services.ingest import outgoing, schedules
 from services.ingest.contract import Body, operation, query
 from services.ingest.errors import ApiError
 from services.ingest.models import NewMessage
@@ -51,11 +50,11 @@ def _content(message: NewMessage) -> dict[str, Any]:
             raise ApiError(422, "invalid_request", f"message.{name} does not apply to a schedule: its cron and timezone "
                            "decide when each occurrence is sent", f"message.{name}")
     try:
-        checked = _checked(message)
-        _check_sender(g.workspace_id, checked.channel, checked.from_)
+        with transaction():
+            checked = outgoing.resolve(g.workspace_id, message)
     except ApiError as exc:
         raise ApiError(exc.status, exc.code, f"message: {exc.message}", f"message.{exc.field}" if exc.field else "message") from None
-    return checked.model_dump(by_alias=True, exclude=set(NOT_FOR_SCHEDULES))
+    return {name: value for name, value in checked.items() if name not in NOT_FOR_SCHEDULES}
 
 
 def _instant(value: str | None, field: str) -> datetime | None:

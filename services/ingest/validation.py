@@ -17,6 +17,7 @@ from services.ingest.errors import ApiError
 from services.ingest.models import (
     CHANNELS,
     LANES,
+    MAX_BODY,
     MAX_SMS_BODY,
     MAX_TAG,
     MAX_TAGS,
@@ -74,7 +75,7 @@ def describe(model: type[BaseModel], err: ErrorDetails) -> tuple[str, str]:
         planned = " (not available yet)" if value in PLANNED_CHANNELS else ""
         return field, f"unknown channel {_short(value)}{planned}; supported: {', '.join(CHANNELS)}"
     if field == "body" and kind == "string_too_long":
-        return field, f"body is {len(value)} characters; an SMS body holds at most {MAX_SMS_BODY}"
+        return field, f"body is {len(value)} characters; at most {MAX_BODY['email']} (email), 4,096 (WhatsApp), {MAX_SMS_BODY} (sms, http)"
     if field in EXPECTED:
         return field, f"{field} must be {EXPECTED[field]}"
     return field, f"{field}: {err['msg']}"

@@ -103,12 +103,17 @@ def private_env(var_dir: Path | str, metrics_port_base: int, **overrides: str) -
         "DATABASE_URL": "",  # always private servers
         "REDIS_URL": "",
         "TWILIO_API_BASE": "",  # always this stack's own sandbox, never a real provider
+        "WHATSAPP_API_BASE": "",
+        "WAHA_API_BASE": "",
+        "SMTP_HOST": "127.0.0.1",
         "POSTROOM_API_PORT": str(localinfra.free_port()),
         "POSTROOM_SANDBOX_PORT": str(localinfra.free_port()),
+        "POSTROOM_SANDBOX_SMTP_PORT": str(localinfra.free_port()),
         "POSTROOM_METRICS_PORT_BASE": str(metrics_port_base),
         **overrides,
     }
     env.setdefault("POSTROOM_PUBLIC_URL", f"http://127.0.0.1:{env['POSTROOM_API_PORT']}")
+    env.setdefault("SMTP_PORT", env["POSTROOM_SANDBOX_SMTP_PORT"])
     return env
 
 
@@ -157,6 +162,11 @@ class Stack:
             self.infra.append(rd)
             self.env["REDIS_URL"] = rd.url
         self.env["TWILIO_API_BASE"] = self.cfg.twilio_api_base or self.cfg.sandbox_url
+        # Every other provider is the sandbox too, unless the environment names a real one.
+        self.env["WHATSAPP_API_BASE"] = self.cfg.whatsapp_api_base or self.cfg.sandbox_url
+        self.env["WAHA_API_BASE"] = self.cfg.waha_api_base or self.cfg.sandbox_url
+        if "SMTP_HOST" not in os.environ and "SMTP_HOST" not in self.env:
+            self.env["SMTP_PORT"] = str(self.cfg.postroom_sandbox_smtp_port)
         # A local run is development unless told otherwise: the built-in secret key is allowed.
         self.env["POSTROOM_ENV"] = os.environ.get("POSTROOM_ENV") or "development"
         # Webhook endpoints and the http channel may reach this machine's own receivers (the sandbox).

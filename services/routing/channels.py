@@ -7,7 +7,8 @@ inside the window is held as ``scheduled`` until the window opens (the hold is i
 not dropped. The window is the message's own, else its contact's, else the workspace's, and
 ``off`` at any level means none. Urgent messages go anyway, past a contact's window as past the
 workspace's, unless the workspace says otherwise or the message brings its own window. A message
-whose channel has no sender fails with that reason rather than waiting forever.
+whose channel has no sender fails with that reason rather than waiting forever, and a message to
+an address on the workspace's suppression list for its channel ends as ``suppressed``.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from common import lifecycle
+from common import lifecycle, suppression
 from common.db.connection import fetch_dicts
+from common.dispatch import SENDERS
 from common.quiet_hours import QuietHours, hold_until, recipient_timezone
 
-SENDER_CHANNELS = frozenset({"sms", "http"})
+SENDER_CHANNELS = frozenset(SENDERS)
 OFF = "off"
 
 # The recipient is the contact of the workspace with the message's address on its channel (at
@@ -36,9 +38,11 @@ WHERE m.id = ANY(%s) AND m.status = 'queued' AND coalesce(m.quiet_hours, c.quiet
 
 
 def route_batch(ids: Sequence[int]) -> list[dict[str, Any]]:
-    """Claim queued messages among ``ids``; hold those inside quiet hours; return those routed to a sender."""
-    held = hold_quiet(ids)
-    moved = lifecycle.advance([i for i in ids if i not in held], ["queued"], "routed")
+    """Claim queued messages among ``ids``: end those to a suppressed address as ``suppressed``,
+    hold those inside quiet hours; return those routed to a sender."""
+    done = suppression.suppress_messages(ids, "queued")
+    done |= hold_quiet([i for i in ids if i not in done])
+    moved = lifecycle.advance([i for i in ids if i not in done], ["queued"], "routed")
     unroutable = [m["id"] for m in moved if m["channel"] not in SENDER_CHANNELS]
     if unroutable:
         lifecycle.advance(unroutable, ["routed"], "failed", detail={"error": "no sender for this channel"})

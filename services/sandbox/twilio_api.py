@@ -20,9 +20,9 @@ from email.utils import format_datetime
 import gevent
 from flask import Blueprint, Response, jsonify, request
 
+from common.segments import count_segments
 from services.sandbox.faults import DROP, HANG
 from services.sandbox.records import ReceivedMessage
-from services.sandbox.segments import count_segments
 from services.sandbox.state import SandboxState, current_sandbox
 from services.sandbox.twilio_errors import twilio_error
 

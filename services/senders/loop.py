@@ -25,30 +25,32 @@ from typing import Any
 
 from peewee import DatabaseError
 
-from common import dispatch, lifecycle, metrics, ratelimit
+from common import dispatch, fallback, lifecycle, metrics, ratelimit, suppression
 from common.broker import LANES
 from common.config import settings
 from common.db.connection import fetch, fetch_dicts, release_connection, transaction
 from common.errors import PermanentError, ProviderError, Throttled, TransientError, UnknownOutcome
-from common.providers.channels import Channel
-from common.providers.sms import Accepted
+from common.providers.base import Accepted, Channel
 from common.receipts import apply_pending_receipts
 
 log = logging.getLogger("postroom.sender")
-CLAIM_COLUMNS = ("to_addr", "from_addr", "body", "tags", "attempts", "throttles", "created_at")
+CLAIM_COLUMNS = ("to_addr", "from_addr", "body", "tags", "attempts", "throttles", "created_at", "content", "route_step")
 Result = tuple[dict[str, Any], Accepted | ProviderError]
 
 
 @dataclass
 class Followups:
-    """Work to enqueue once the outcomes are committed: (lane, ids, delay in ms)."""
+    """Work to enqueue once the outcomes are committed: retries (lane, ids, delay in ms), and
+    messages moved on to their route's next channel (for routing)."""
 
     retries: list[tuple[str, list[int], int]] = field(default_factory=list)
     sent_provider_ids: list[str] = field(default_factory=list)
+    fallbacks: list[dict[str, Any]] = field(default_factory=list)
 
     def add(self, other: Followups) -> None:
         self.retries += other.retries
         self.sent_provider_ids += other.sent_provider_ids
+        self.fallbacks += other.fallbacks
 
 
 class CallSlots:
@@ -108,6 +110,7 @@ def run(channel: Channel, ids: Sequence[int], lane: str) -> None:
     followups = deliver(channel, ids, lane)
     for retry_lane, retry_ids, delay_ms in followups.retries:
         dispatch.to_stage(channel.name, retry_lane, retry_ids, delay_ms=delay_ms)
+    dispatch.hand_on("routing", followups.fallbacks)
 
 
 def deliver(channel: Channel, ids: Sequence[int], lane: str = "urgent") -> Followups:
@@ -138,6 +141,8 @@ def candidates(channel: Channel, ids: Sequence[int]) -> list[dict[str, Any]]:
     )
     for row in rows:
         row["account"] = channel.account_for(row["workspace_id"])
+    if rows and channel.prepare is not None:
+        channel.prepare(rows)
     return rows
 
 
@@ -229,14 +234,14 @@ def claim(channel: Channel, rows: list[dict[str, Any]], lane: str) -> list[dict[
     those this call won, with their content and account."""
     if not rows:
         return []
-    accounts = {row["id"]: row["account"] for row in rows}
+    prepared = {row["id"]: row for row in rows}
     with lane_transaction(lane):
         claimed = lifecycle.record_outcomes(
             "routed", "sending", [{"id": row["id"], "account": row["account"].key} for row in rows],
             columns={"provider_account": "v.account", "lookup_at": "NULL"},
             due_only=True, returning=CLAIM_COLUMNS)
-    for row in claimed:
-        row["account"] = accounts[row["id"]]
+    for row in claimed:  # the account, and whatever the channel's prepare added
+        row.update({k: v for k, v in prepared[row["id"]].items() if k not in row})
     return claimed
 
 
@@ -256,7 +261,7 @@ def call_provider(channel: Channel, claimed: list[dict[str, Any]], lane: str) ->
         finally:
             _slots[lane].release()
         metrics.PROVIDER_REQUESTS.labels(provider=channel.provider, outcome=_outcome(result)).observe(perf_counter() - started)
-        if isinstance(result, Throttled):
+        if isinstance(result, Throttled) and result.pause_account:
             try:  # a 429 pauses the account for every sender; losing the pause only costs more 429s
                 ratelimit.pause(channel.provider, row["account"].key, result.retry_after or 1.0)
             except Exception:
@@ -279,7 +284,7 @@ def _outcome(result: Accepted | ProviderError) -> str:
 
 def record_results(channel: Channel, results: Sequence[Result]) -> Followups:
     """Write every outcome (one statement per kind) and say what to enqueue after commit."""
-    sent, failed, retry, unknown = [], [], [], []
+    sent, failed, retry, unknown, unreachable, suppress = [], [], [], [], [], []
     for row, result in results:
         if isinstance(result, Accepted):
             sent.append({"id": row["id"], "pid": result.provider_message_id, "segments": result.segments,
@@ -293,6 +298,11 @@ def record_results(channel: Channel, results: Sequence[Result]) -> Followups:
         throttled = isinstance(result, Throttled)
         errors_so_far = row["attempts"] - row["throttles"] + (0 if throttled else 1)
         detail = {"error": result.detail, "error_code": result.code, "attempt": row["attempts"] + 1}
+        if isinstance(result, PermanentError) and result.suppress:
+            suppress.append({"workspace_id": row["workspace_id"], "channel": channel.name, "address": row["to_addr"],
+                             "reason": result.suppress, "source": f"{channel.provider} {result.code or ''}".strip()})
+        if isinstance(result, PermanentError) and result.fallback:
+            unreachable.append({"id": row["id"], "code": result.code, "error": result.detail, "detail": detail})
         if isinstance(result, PermanentError) or (isinstance(result, TransientError) and errors_so_far >= settings.postroom_max_attempts):
             failed.append({"id": row["id"], "code": result.code, "error": result.detail, "detail": detail})
             continue
@@ -302,6 +312,12 @@ def record_results(channel: Channel, results: Sequence[Result]) -> Followups:
                       "detail": {**detail, "retry_in_seconds": round(wait, 3)}})
 
     followups = Followups()
+    if unreachable:  # a further channel in the route: move on to it instead of failing
+        followups.fallbacks = fallback.move_on(unreachable, ["sending"])
+        moved_on = {row["id"] for row in followups.fallbacks}
+        failed = [f for f in failed if f["id"] not in moved_on]
+    if suppress:
+        suppression.add(suppress)
     if sent:
         lifecycle.record_sent(channel.provider, sent, {"attempts": "m.attempts + 1"})
         metrics_end_to_end(channel, [row for row, result in results if isinstance(result, Accepted)])

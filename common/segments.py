@@ -1,9 +1,11 @@
 """How many SMS segments a message body costs, the way carriers (and Twilio) count them.
 
-A body made only of GSM-7 characters costs septets (extension-table characters cost two); any
-other character makes the whole body UCS-2, counted in UTF-16 code units. A single-part message
-holds 160 septets or 70 units; a multi-part message loses room to its header (153 / 67 per part),
-and an escape pair or a surrogate pair is never split across parts.
+Ingest shows the count and encoding when it accepts a message (so an emoji that quadruples the
+cost is seen before sending), and the sandbox reports it as Twilio does. A body made only of
+GSM-7 characters costs septets (extension-table characters cost two); any other character makes
+the whole body UCS-2, counted in UTF-16 code units. A single-part message holds 160 septets or
+70 units; a multi-part message loses room to its header (153 / 67 per part), and an escape pair
+or a surrogate pair is never split across parts.
 """
 
 from __future__ import annotations
@@ -41,3 +43,8 @@ def count_segments(body: str) -> int:
             parts, used = parts + 1, 0
         used += cost
     return parts
+
+
+def encoding(body: str) -> str:
+    """``GSM-7`` or ``UCS-2``: how ``body`` is sent."""
+    return "GSM-7" if is_gsm7(body) else "UCS-2"

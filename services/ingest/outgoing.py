@@ -1,0 +1,180 @@
+"""A new outgoing message made ready to store: its route, addresses and channel content checked.
+
+``POST /v1/messages`` and a schedule's message both go through ``resolve``. It decides the
+route (``channel``, or the fallback list ``channels``), the address on each channel (``to``: one
+for all, one per channel, or a contact's), checks that each channel of the route can carry what
+the message holds (a body, media, a template, an email's subject and HTML), that the sender is
+the workspace's own, and counts an SMS body's segments and encoding, so a caller learns at once
+that an emoji made the message UCS-2. Every refusal is a 422 naming the field.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from common import phones, segments
+from common.config import settings
+from common.db.connection import fetch
+from common.providers import config as channel_config
+from common.quiet_hours import QuietHours
+from services.ingest.errors import ApiError
+from services.ingest.models import MAX_BODY, NewMessage
+from services.ingest.validation import EXPECTED
+
+EMAIL = re.compile(r"^[^@\s<>(),;:\"\[\]\\]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$")
+PHONE_CHANNELS = ("sms", "whatsapp_cloud", "whatsapp_qr")
+# Which channels carry each optional field; a field no channel of the route carries is refused.
+CARRIED_BY: dict[str, tuple[str, ...]] = {
+    "subject": ("email",), "html": ("email",), "reply_to": ("email",), "attachments": ("email",),
+    "media": ("sms", "whatsapp_cloud", "whatsapp_qr"), "template": ("whatsapp_cloud",),
+    "fallback_template": ("whatsapp_cloud",), "context_message_id": ("whatsapp_cloud", "whatsapp_qr"),
+    "messaging_service_sid": ("sms",),
+}
+CONTENT_FIELDS = tuple(CARRIED_BY)
+
+
+def _refuse(field: str, message: str) -> ApiError:
+    return ApiError(422, "invalid_request", message, field)
+
+
+def resolve(workspace_id: int, body: NewMessage) -> dict[str, Any]:
+    """The message as ``common.intake.insert`` stores it: the request's fields plus ``channel`` and
+    ``to`` (the route's first), ``routes`` (when there is more than one channel), ``content``,
+    and for SMS ``segments`` and ``encoding``. Reads the workspace's channel configurations and,
+    for ``contact_id``, the contact's addresses (call inside a transaction).
+
+    Raises:
+      ApiError: 422 naming the field at fault.
+    """
+    route = _route(body)
+    addresses = _addresses(workspace_id, body, route)
+    _check_quiet_hours(body)
+    _check_content(body, route)
+    if "http" in route and channel_config.load(workspace_id, "http") is None:
+        raise _refuse("channel", "this workspace has no http channel configured (postroom channel http --workspace NAME --url URL)")
+    sender = _check_sender(workspace_id, body, route)
+    fields = body.model_dump(by_alias=True, exclude={"channels", "contact_id", *CONTENT_FIELDS})
+    fields.update(channel=route[0], to=addresses[0], body=body.body or "", **{"from": sender})
+    fields["content"] = {name: value for name, value in body.model_dump(include=set(CONTENT_FIELDS)).items() if value is not None}
+    if len(route) > 1:
+        fields["routes"] = [{"channel": c, "to": a} for c, a in zip(route, addresses, strict=True)]
+    if "sms" in route and body.body:
+        fields["encoding"] = segments.encoding(body.body)
+        fields["segments"] = segments.count_segments(body.body)
+    return fields
+
+
+def _route(body: NewMessage) -> list[str]:
+    if (body.channel is None) == (body.channels is None):
+        raise _refuse("channel", "give channel (one channel) or channels (a fallback route), not both")
+    route = [str(c) for c in body.channels] if body.channels is not None else [str(body.channel)]
+    if len(set(route)) != len(route):
+        raise _refuse("channels", "channels must not repeat a channel")
+    return route
+
+
+def _addresses(workspace_id: int, body: NewMessage, route: list[str]) -> list[str]:
+    """The recipient's address on each channel of the route, normalised."""
+    if (body.to is None) == (body.contact_id is None):
+        raise _refuse("to", "give to (an address) or contact_id, not both")
+    if body.contact_id is not None:
+        rows = dict(fetch("SELECT channel, address FROM contact_address WHERE workspace_id = %s AND contact_id = %s",
+                          (workspace_id, body.contact_id)))
+        if not rows:
+            raise _refuse("contact_id", f"no contact {body.contact_id} with an address in this workspace")
+        raw: dict[str, str | None] = {channel: rows.get(channel) or (rows.get("sms") if channel in PHONE_CHANNELS else None) for channel in route}
+        missing = [c for c, a in raw.items() if a is None]
+        if missing:
+            raise _refuse("contact_id", f"contact {body.contact_id} has no address for {', '.join(missing)}")
+    elif isinstance(body.to, dict):
+        extra = sorted(set(body.to) - set(route))
+        if extra:
+            raise _refuse("to", f"to names {', '.join(extra)}, which is not in the route")
+        missing = [c for c in route if c not in body.to]
+        if missing:
+            raise _refuse("to", f"to has no address for {', '.join(missing)}")
+        raw = {str(channel): address for channel, address in body.to.items()}
+    else:
+        raw = {channel: body.to for channel in route}
+    return [_normalized(channel, str(raw[channel]), "contact_id" if body.contact_id else "to") for channel in route]
+
+
+def _normalized(channel: str, address: str, field: str) -> str:
+    if channel in PHONE_CHANNELS:
+        try:
+            return phones.normalize(address)
+        except ValueError as exc:
+            raise _refuse(field, f"{field} must be {EXPECTED['to']} for {channel}: {exc}") from None
+    if channel == "email":
+        if not EMAIL.match(address):
+            raise _refuse(field, f"{field} must be an email address such as someone@example.com for email")
+        local, _, domain = address.rpartition("@")
+        return f"{local}@{domain.lower()}"
+    return address
+
+
+def _check_quiet_hours(body: NewMessage) -> None:
+    if body.quiet_hours is not None and body.quiet_hours != "off":
+        try:
+            QuietHours.parse(body.quiet_hours)
+        except ValueError as exc:
+            raise _refuse("quiet_hours", f"quiet_hours: {exc} (or off)") from None
+
+
+def _check_content(body: NewMessage, route: list[str]) -> None:
+    """Each channel of the route can carry the message, and every field given is carried by one."""
+    for name, channels in CARRIED_BY.items():
+        if getattr(body, name) is not None and not set(channels) & set(route):
+            raise _refuse(name, f"{name} applies to {' and '.join(channels)} only")
+    for channel in route:
+        if body.body is not None and len(body.body) > MAX_BODY[channel]:
+            raise _refuse("body", f"body is {len(body.body)} characters; a {channel} body holds at most {MAX_BODY[channel]}")
+        if body.body is None and not _has_alternative(body, channel):
+            raise _refuse("body", f"body is required for {channel}" + {
+                "sms": " (or media)", "email": " (or html)", "whatsapp_cloud": " (or template or media)",
+                "whatsapp_qr": " (or media)"}.get(channel, ""))
+    if body.media is not None and any(c.startswith("whatsapp") for c in route) and len(body.media) > 1:
+        raise _refuse("media", "a WhatsApp message carries one media file")
+    if body.template is not None and body.media is not None:
+        raise _refuse("template", "send a template or media, not both (a template's media goes in template.header_media)")
+    if body.messaging_service_sid is not None and body.from_ is not None:
+        raise _refuse("messaging_service_sid", "give from or messaging_service_sid, not both")
+
+
+def _has_alternative(body: NewMessage, channel: str) -> bool:
+    if channel == "email":
+        return body.html is not None
+    if channel == "whatsapp_cloud":
+        return body.template is not None or body.media is not None
+    if channel in ("sms", "whatsapp_qr"):
+        return body.media is not None
+    return False
+
+
+def _check_sender(workspace_id: int, body: NewMessage, route: list[str]) -> str | None:
+    """``from`` is one of the workspace's identities on the route's first channel (its channel
+    configuration's, or the deployment's default); returns it normalised."""
+    if body.from_ is None:
+        return None
+    channel = route[0]
+    if channel == "http":
+        raise _refuse("from", "from does not apply to http; leave it out")
+    sender = _normalized(channel, body.from_, "from") if channel in ("sms", "email") else body.from_
+    own = identities(workspace_id, channel)
+    if sender not in own:
+        raise _refuse("from", f"from must be one of this workspace's {channel} identities: {', '.join(own)} (or left out)")
+    return sender
+
+
+def identities(workspace_id: int, channel: str) -> list[str]:
+    """The sender identities the workspace may use on ``channel``."""
+    config = channel_config.load(workspace_id, channel)
+    if config is not None:
+        return [config.sender_identity, *[s for s in config.settings.get("senders", []) if s != config.sender_identity],
+                *config.settings.get("sessions", [])]
+    return {
+        "sms": [settings.twilio_from], "email": [settings.email_from],
+        "whatsapp_cloud": [settings.whatsapp_phone_number_id],
+        "whatsapp_qr": [s.strip() for s in settings.waha_sessions.split(",") if s.strip()],
+    }.get(channel, [])
