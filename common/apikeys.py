@@ -20,8 +20,8 @@ from common.db.connection import fetch, transaction
 from common.db.models import ApiKey, Workspace
 
 CACHE_SECONDS = 30.0
-SCOPES = ("messages:write", "messages:read", "webhooks:write", "webhooks:read", "admin")
-DEFAULT_SCOPES = ("messages:write", "messages:read", "webhooks:write", "webhooks:read")
+SCOPES = ("messages:write", "messages:read", "webhooks:write", "webhooks:read", "channels:write", "channels:read", "admin")
+DEFAULT_SCOPES = ("messages:write", "messages:read", "webhooks:write", "webhooks:read", "channels:write", "channels:read")
 ADMIN = "admin"
 _PREFIX = re.compile(r"[0-9a-f]{8}")
 

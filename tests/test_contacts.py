@@ -75,7 +75,8 @@ def test_bad_fields_are_refused_naming_the_field_and_nothing_is_stored(api, work
         ({"addresses": {"sms": "12345"}}, "addresses.sms"),
         ({"addresses": {"sms": "+15551230001"}}, "addresses.sms"),  # a number no one is assigned
         ({"addresses": {}}, "addresses"),
-        ({"addresses": {"email": "ada@example.com"}}, "addresses"),
+        ({"addresses": {"fax": "+442079460000"}}, "addresses"),
+        ({"addresses": {"email": "not an address"}}, "addresses.email"),
         ({"addresses": {"sms": LONDON_NUMBER}, "timezone": "Mars/Olympus"}, "timezone"),
         ({"addresses": {"sms": LONDON_NUMBER}, "quiet_hours": "9pm-8am"}, "quiet_hours"),
         ({"addresses": {"sms": LONDON_NUMBER}, "quiet_hours": "25:00-08:00"}, "quiet_hours"),

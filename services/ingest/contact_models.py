@@ -7,13 +7,20 @@ so its time zone and quiet hours apply at routing.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
-from services.ingest.models import CHANNELS, MAX_RECIPIENT, MultiLine, SingleLine, TimeZone
+from services.ingest.models import (
+    CHANNELS,
+    MAX_RECIPIENT,
+    ChannelName,
+    MultiLine,
+    SingleLine,
+    TimeZone,
+)
 
-Channel = Literal["sms", "http"]  # the channels messages go out on (models.CHANNELS)
+Channel = ChannelName  # the channels messages go out on
 Address = Annotated[str, Field(min_length=1, max_length=MAX_RECIPIENT, examples=["+15005550006"]), SingleLine]
 Name = Annotated[str, Field(min_length=1, max_length=200), SingleLine]
 Locale = Annotated[str, Field(pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8}){0,4}$", max_length=35, examples=["en-GB"])]
@@ -24,8 +31,9 @@ AttributeValue = (Annotated[StrictStr, Field(max_length=1000), MultiLine] | Anno
 MAX_ATTRIBUTES = 50
 Attributes = Annotated[dict[AttributeName, AttributeValue], Field(max_length=MAX_ATTRIBUTES)]
 
-_ADDRESSES = ("Addresses by channel: `sms` (a phone number, normalised to E.164) and `http` (the id the receiving "
-              "system knows the recipient by).")
+_ADDRESSES = ("Addresses by channel: `sms`, `whatsapp_cloud` and `whatsapp_qr` (phone numbers, normalised to E.164), "
+              "`email`, and `http` (the id the receiving system knows the recipient by). A message to the contact on a "
+              "WhatsApp channel without its own address there uses the `sms` number.")
 _TIMEZONE = "The contact's IANA time zone (quiet hours are read in it); null: the number's, else the workspace's."
 _LOCALE = "BCP 47 language tag, e.g. en-GB."
 _QUIET = ("The contact's quiet hours (`21:00-08:00`, in their zone), or `off` for none; null: the workspace's. "

@@ -11,14 +11,12 @@ from typing import Any
 
 from flask import Blueprint, Response, g, jsonify
 
-from common import phones
 from common.db.connection import transaction
 from common.quiet_hours import QuietHours, parse_timezone
-from services.ingest import contacts
+from services.ingest import contacts, outgoing
 from services.ingest.contact_models import ContactChange, ContactView, NewContact
 from services.ingest.contract import Body, operation
 from services.ingest.errors import ApiError
-from services.ingest.validation import EXPECTED
 
 contacts_api = Blueprint("contacts", __name__, url_prefix="/v1")
 OFF = "off"
@@ -35,13 +33,9 @@ def _taken(exc: contacts.AddressTaken, said: str) -> ApiError:
 
 
 def _address(channel: str, address: str) -> str:
-    """The address as messages store it: a number in E.164; 422 naming ``addresses.sms`` otherwise."""
-    if channel != "sms":
-        return address
-    try:
-        return phones.normalize(address)
-    except ValueError as exc:
-        raise ApiError(422, "invalid_request", f"addresses.sms must be {EXPECTED['to']}: {exc}", "addresses.sms") from None
+    """The address as messages store it (a number in E.164, an email address with its domain in
+    lower case); 422 naming ``addresses.<channel>`` otherwise."""
+    return outgoing.normalized_identity(channel, address, f"addresses.{channel}")
 
 
 def _fields(body: NewContact | ContactChange) -> dict[str, Any]:

@@ -412,3 +412,28 @@ class TagReschedule(BaseModel):
     timezone: TimeZone | None = None
     shift_seconds: Annotated[int, Field(ge=-366 * 86400, le=366 * 86400)] | None = Field(
         None, description="Move each by this many seconds (negative: earlier), from its own due time.")
+
+
+class ConversationView(BaseModel):
+    """One customer on one channel of the workspace."""
+
+    id: int
+    channel: str
+    address: str = Field(description="The customer's address on the channel.")
+    contact_id: int | None
+    name: str | None = Field(description="The sender's name as the provider reported it.")
+    profile: dict[str, Any]
+    status: Literal["bot", "open", "resolved"]
+    last_inbound_at: str | None = Field(description="The customer's last message (WhatsApp's 24-hour window runs from it).")
+    last_message_at: str | None
+    created_at: str | None
+
+
+class ConversationList(BaseModel):
+    conversations: list[ConversationView]
+    next_before: int | None = Field(description="Pass as `before` for the next page; null on the last page.")
+
+
+class ConversationMessages(BaseModel):
+    messages: list[MessageView]
+    next_after: int | None = Field(description="Pass as `after` for the next page; null on the last page.")

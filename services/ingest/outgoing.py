@@ -100,6 +100,11 @@ def _addresses(workspace_id: int, body: NewMessage, route: list[str]) -> list[st
     return [_normalized(channel, str(raw[channel]), "contact_id" if body.contact_id else "to") for channel in route]
 
 
+def normalized_identity(channel: str, address: str, field: str) -> str:
+    """An address or sender identity on ``channel`` in the form messages store it; 422 naming ``field``."""
+    return _normalized(channel, address, field)
+
+
 def _normalized(channel: str, address: str, field: str) -> str:
     if channel in PHONE_CHANNELS:
         try:
