@@ -88,18 +88,18 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("EMAIL_FROM", str, "postroom@example.com", "Default From address for email."),
     Setting("SMTP_RATE_LIMIT_PER_SECOND", float, 0.0, "Messages per second through the default SMTP login; 0 means no limit of our own."),
     Setting("SMTP_POOL_SIZE", int, 8, "SMTP sessions one email sender process keeps open and reuses per login."),
-    Setting("EMAIL_WEBHOOK_SECRET", str, "whsec_c2FuZGJveC1lbWFpbC13ZWJob29rLXNlY3JldA==", "Standard Webhooks secret the mail relay signs bounce and inbound-mail webhooks with (the default account's). Set your own in production."),
+    Setting("EMAIL_WEBHOOK_SECRET", str, "", "Standard Webhooks secret (`whsec_...`) the mail relay signs delivery, bounce and inbound-mail webhooks with, for the default account. Empty: none are accepted for it. Local runs use the sandbox's."),
     Setting("WHATSAPP_API_BASE", str, "", "Graph API base URL. Empty: the real https://graph.facebook.com; local runs point it at the sandbox."),
     Setting("WHATSAPP_API_VERSION", str, "v25.0", "Graph API version in the URL; Meta changes it several times a year."),
     Setting("WHATSAPP_ACCESS_TOKEN", str, "sandbox-whatsapp-token", "Default WhatsApp Cloud access token (a workspace's channel config overrides it)."),
     Setting("WHATSAPP_PHONE_NUMBER_ID", str, "100000000000001", "Default WhatsApp Cloud phone-number id messages are sent from."),
-    Setting("WHATSAPP_APP_SECRET", str, "sandbox-app-secret", "App secret that signs WhatsApp Cloud webhooks (X-Hub-Signature-256)."),
-    Setting("WHATSAPP_VERIFY_TOKEN", str, "sandbox-verify-token", "Token the WhatsApp webhook verification handshake must present."),
+    Setting("WHATSAPP_APP_SECRET", str, "", "App secret that signs the default number's WhatsApp Cloud webhooks (X-Hub-Signature-256). Empty: none are accepted for it. Local runs use the sandbox's."),
+    Setting("WHATSAPP_VERIFY_TOKEN", str, "", "Token the WhatsApp webhook verification handshake must present. Empty: only workspaces' own tokens. Local runs use the sandbox's."),
     Setting("WHATSAPP_RATE_LIMIT_PER_SECOND", float, 80.0, "Messages per second per WhatsApp Cloud phone number (Meta's default is 80)."),
     Setting("WAHA_API_BASE", str, "", "Default WAHA gateway base URL. Empty: the sandbox's in local runs (no default in production)."),
     Setting("WAHA_API_KEY", str, "sandbox-waha-key", "Default WAHA X-Api-Key."),
     Setting("WAHA_SESSIONS", str, "default", "Comma-separated WAHA sessions of the default account; the first sends unless a message names another in `from`."),
-    Setting("WAHA_WEBHOOK_SECRET", str, "sandbox-waha-hmac-key", "HMAC key WAHA signs its webhooks with (X-Webhook-Hmac, SHA-512)."),
+    Setting("WAHA_WEBHOOK_SECRET", str, "", "HMAC key WAHA signs the default sessions' webhooks with (X-Webhook-Hmac, SHA-512). Empty: none are accepted for them. Local runs use the sandbox's."),
     Setting("WAHA_PACE_SECONDS", float, 3.0, "Seconds between two messages of one WAHA session (QR accounts that blast get banned)."),
     Setting("WAHA_PACE_JITTER_SECONDS", float, 2.0, "Up to this many random seconds added to each WAHA message's pace."),
     Setting("POSTROOM_LOG_LEVEL", str, "INFO", "Log level of every service."),
@@ -208,6 +208,14 @@ class Settings:
 
 
 DEVELOPMENT_SECRET_KEY = "dev-only-secret-change-me"
+# The webhook secrets of the sandbox's default accounts: what local runs and the tests set (an
+# empty setting accepts no webhook for the default account, so production never trusts these).
+SANDBOX_WEBHOOK_SECRETS = {
+    "EMAIL_WEBHOOK_SECRET": "whsec_c2FuZGJveC1lbWFpbC13ZWJob29rLXNlY3JldA==",
+    "WHATSAPP_APP_SECRET": "sandbox-app-secret",
+    "WHATSAPP_VERIFY_TOKEN": "sandbox-verify-token",
+    "WAHA_WEBHOOK_SECRET": "sandbox-waha-hmac-key",
+}
 
 
 def require_production_secret(cfg: Settings | None = None) -> None:

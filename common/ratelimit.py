@@ -91,3 +91,23 @@ def pause(provider: str, account: str, seconds: float) -> None:
     """A provider said 429: nobody calls it for this account for ``seconds``."""
     ms = max(1, int(seconds * 1000))
     _redis().set(f"postroom:pause:{provider}:{account}", 1, px=ms)
+
+
+def resume(provider: str, account: str) -> None:
+    """End a pause of this account now (a WAHA session that is WORKING again sends at once)."""
+    _redis().delete(f"postroom:pause:{provider}:{account}")
+
+
+def claim_pause(provider: str, account: str, seconds: float) -> float:
+    """Pause this account for ``seconds`` unless it is paused already, in one Redis command.
+
+    Returns 0.0 when this caller set the pause (its call may go, and nobody else's for
+    ``seconds``), else the seconds left of the pause someone else set. A WAHA session's pace and
+    jitter are kept this way: each message claims the gap after itself.
+    """
+    if seconds <= 0:
+        return 0.0
+    key = f"postroom:pause:{provider}:{account}"
+    if _redis().set(key, 1, px=max(1, int(seconds * 1000)), nx=True):
+        return 0.0
+    return max(1, int(_redis().pttl(key))) / 1000.0

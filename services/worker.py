@@ -32,10 +32,13 @@ STAGE_MODULES = {
     "routing": "services.routing.actors",
     "sms": "services.senders.sms.actors",
     "http": "services.senders.http.actors",
+    "email": "services.senders.email.actors",
+    "whatsapp_cloud": "services.senders.whatsapp_cloud.actors",
+    "whatsapp_qr": "services.senders.whatsapp_qr.actors",
     "webhooks": "services.webhooks.actors",
 }
 # Latency-bound stages: greenlets, not threads (invariant 12).
-SENDER_STAGES = {"sms", "http", "webhooks"}
+SENDER_STAGES = {"sms", "http", "email", "whatsapp_cloud", "whatsapp_qr", "webhooks"}
 SHUTDOWN_TIMEOUT_MS = 10_000  # running actors get this long to finish; the rest is requeued
 LOG_FORMAT = "%(asctime)s %(levelname)s %(process)d %(threadName)s %(name)s %(message)s"
 

@@ -49,7 +49,11 @@ def pytest_configure(config: pytest.Config) -> None:
         POSTROOM_SANDBOX_SMTP_PORT=str(smtp_port),
         SMTP_HOST="127.0.0.1",
         SMTP_PORT=str(smtp_port),
-        POSTROOM_INBOUND_WORKSPACE="acme",  # the workspace fixture's: inbound to the default accounts lands there
+        POSTROOM_INBOUND_WORKSPACE="acme",
+        EMAIL_WEBHOOK_SECRET="whsec_c2FuZGJveC1lbWFpbC13ZWJob29rLXNlY3JldA==",  # the sandbox's (common.config)
+        WHATSAPP_APP_SECRET="sandbox-app-secret",
+        WHATSAPP_VERIFY_TOKEN="sandbox-verify-token",
+        WAHA_WEBHOOK_SECRET="sandbox-waha-hmac-key",  # the workspace fixture's: inbound to the default accounts lands there
         POSTROOM_RETRY_BASE_SECONDS="0.2",
         POSTROOM_RETRY_MAX_SECONDS="2",
         POSTROOM_STAGE_DEADLINE_SECONDS="2",
@@ -148,8 +152,11 @@ def broker():
     import common.broker as broker_module
     import services.processing.actors  # noqa: F401
     import services.routing.actors  # noqa: F401
+    import services.senders.email.actors  # noqa: F401
     import services.senders.http.actors  # noqa: F401
     import services.senders.sms.actors  # noqa: F401
+    import services.senders.whatsapp_cloud.actors  # noqa: F401
+    import services.senders.whatsapp_qr.actors  # noqa: F401
     import services.webhooks.actors  # noqa: F401
 
     broker_module.broker.emit_after("process_boot")

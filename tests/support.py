@@ -49,6 +49,9 @@ def status_of(message_id: int) -> str:
     return message(message_id)["status"]
 
 
+FAULT_CHANNELS = ("sms", "email", "whatsapp_cloud", "whatsapp_qr")  # each provider imitation's fault plan
+
+
 class Sandbox:
     """The sandbox's control API."""
 
@@ -58,8 +61,11 @@ class Sandbox:
     def reset(self) -> None:
         wait_for(lambda: requests.get(f"{self.url}/sandbox/stats", timeout=5).json()["deliveries_in_flight"] == 0,
                  timeout=10, what="sandbox callbacks to finish")
-        requests.delete(f"{self.url}/sandbox/faults", timeout=5).raise_for_status()
+        for channel in FAULT_CHANNELS:
+            requests.delete(f"{self.url}/sandbox/faults", params={"channel": channel}, timeout=5).raise_for_status()
         requests.delete(f"{self.url}/sandbox/messages", timeout=5).raise_for_status()
+        requests.delete(f"{self.url}/sandbox/whatsapp_cloud", timeout=5).raise_for_status()  # numbers, marks, bodies
+        requests.delete(f"{self.url}/sandbox/waha", timeout=5).raise_for_status()  # sessions, numbers, bodies
         requests.delete(f"{self.url}/sandbox/receivers", timeout=5).raise_for_status()
 
     def fault(self, **spec: Any) -> None:

@@ -34,7 +34,11 @@ DEPLOY = ROOT / "deploy"
 K8S = ROOT / "k8s"
 BASE = K8S / "base"
 SETTING_NAMES = {s.env for s in SETTINGS}
-SECRET_SETTINGS = {"DATABASE_URL", "REDIS_URL", "TWILIO_AUTH_TOKEN", "POSTROOM_SECRET_KEY"}
+SECRET_SETTINGS = {"DATABASE_URL", "REDIS_URL", "TWILIO_AUTH_TOKEN", "POSTROOM_SECRET_KEY", "SMTP_PASSWORD",
+                   "EMAIL_WEBHOOK_SECRET", "WHATSAPP_ACCESS_TOKEN", "WHATSAPP_APP_SECRET", "WHATSAPP_VERIFY_TOKEN",
+                   "WAHA_API_KEY", "WAHA_WEBHOOK_SECRET"}
+# Prefixes of postroom's own settings (a variable with one of them that is not a setting is a typo).
+SETTING_PREFIXES = ("POSTROOM_", "TWILIO_", "SMTP_", "EMAIL_", "WHATSAPP_", "WAHA_")
 LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/component")
 # Options a Deployment may add to the local command line, with their value.
 DEPLOYMENT_ONLY_OPTIONS = {"--bind"}  # gunicorn_conf binds POSTROOM_API_HOST; a pod binds 0.0.0.0
@@ -42,7 +46,9 @@ DEPLOYMENT_ONLY_OPTIONS = {"--bind"}  # gunicorn_conf binds POSTROOM_API_HOST; a
 # per lane (campaign backlogs share a provider account's rate); the others serve both lanes from
 # one, each lane on its own threads or greenlets.
 WORKER_DEPLOYMENTS = {"processing": "processing", "routing": "routing", "sender-sms-urgent": "sms",
-                      "sender-sms-bulk": "sms", "sender-http": "http", "webhooks": "webhooks"}
+                      "sender-sms-bulk": "sms", "sender-http": "http", "sender-email": "email",
+                      "sender-whatsapp-cloud": "whatsapp_cloud", "sender-whatsapp-qr": "whatsapp_qr",
+                      "webhooks": "webhooks"}
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -338,7 +344,7 @@ def test_every_postroom_variable_the_manifests_set_is_a_setting():
     names = manifest_env_names()
     assert "POSTROOM_BROKER_POLL_MS" in names and "DATABASE_URL" in names  # the walk finds them
     ours = {n: where for n, where in names.items()
-            if n.startswith(("POSTROOM_", "TWILIO_")) or n in ("DATABASE_URL", "REDIS_URL")}
+            if n.startswith(SETTING_PREFIXES) or n in ("DATABASE_URL", "REDIS_URL")}
     unknown = {n: where for n, where in ours.items() if n not in SETTING_NAMES}
     assert not unknown, f"not settings in common/config.py: {unknown}"
 
@@ -356,7 +362,14 @@ def test_the_cluster_dials_only_public_addresses_for_customers_urls():
 def test_secrets_stay_out_of_the_configmap_and_every_container_reads_both():
     config = base_config()
     assert not SECRET_SETTINGS & set(config), "secrets belong in postroom-secrets"
-    assert SECRET_SETTINGS <= set(env_file(BASE / "secrets.env.example"))
+    secrets = env_file(BASE / "secrets.env.example")
+    assert SECRET_SETTINGS <= set(secrets)
+    assert set(secrets) <= SETTING_NAMES, f"not settings: {set(secrets) - SETTING_NAMES}"
+    assert not set(secrets) & set(config), "a setting both in config.env and in the Secret"
+    load({**config, **secrets})  # every value parses as its setting's type
+    # Nowhere else under k8s/ (an overlay's literals, a container's env) gives a secret a value.
+    given = {(name, where) for name, _, where in manifest_env_values() if name in SECRET_SETTINGS}
+    assert given == {(name, "k8s/base/secrets.env.example") for name in SECRET_SETTINGS}, given
     for path in K8S.rglob("*.yaml"):
         for doc in yaml_docs(path):
             assert doc.get("kind") != "Secret", f"{path}: do not commit Secrets"
@@ -366,6 +379,15 @@ def test_secrets_stay_out_of_the_configmap_and_every_container_reads_both():
         container = main_container(obj) if obj["kind"] == "Deployment" else pod_spec(obj)["containers"][0]
         sources = {(k, v["name"]) for ref in container["envFrom"] for k, v in ref.items()}
         assert sources == {("configMapRef", "postroom-config"), ("secretRef", "postroom-secrets")}, obj["metadata"]["name"]
+
+
+def test_every_credential_setting_is_kept_as_a_secret():
+    """A setting named like a password, token, key or secret goes to postroom-secrets (and its
+    placeholder to secrets.env.example), never to the ConfigMap."""
+    credentials = {name for name in SETTING_NAMES if re.search(r"PASSWORD|TOKEN|SECRET|_KEY$", name)}
+    assert {"TWILIO_AUTH_TOKEN", "SMTP_PASSWORD", "WHATSAPP_APP_SECRET", "WAHA_API_KEY"} <= credentials
+    assert credentials <= SECRET_SETTINGS, f"list them in SECRET_SETTINGS: {credentials - SECRET_SETTINGS}"
+    assert SECRET_SETTINGS <= SETTING_NAMES, f"not settings: {SECRET_SETTINGS - SETTING_NAMES}"
 
 
 # -- metrics: alert rules and dashboard ---------------------------------------------------------
@@ -650,7 +672,8 @@ def test_keda_scales_each_worker_on_the_queues_it_consumes(broker):
 def test_a_worker_of_an_urgent_lane_never_has_zero_replicas():
     """An urgent queue's only consumers must always run: in the base, the overlay and under KEDA."""
     urgent = {name for name, queues in workers_and_queues().items() if any(q.endswith("_urgent") for q in queues)}
-    assert {"sender-sms-urgent", "sender-http", "webhooks"} <= urgent
+    assert {"sender-sms-urgent", "sender-http", "sender-email", "sender-whatsapp-cloud", "sender-whatsapp-qr",
+            "webhooks"} <= urgent
     found = deployments()
     overlay = yaml.safe_load((K8S / "overlays" / "production" / "kustomization.yaml").read_text())
     overlay_replicas = {r["name"]: r["count"] for r in overlay.get("replicas", [])}

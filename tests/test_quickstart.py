@@ -20,9 +20,10 @@ from tests.support import wait_for
 
 def test_make_run_quick_start_sends_an_sms_survives_a_killed_sender_and_ctrl_c_stops_everything(tmp_path: Path):
     api_port, sandbox_port = localinfra.free_port(), localinfra.free_port()
-    env = {**os.environ, "POSTROOM_VAR_DIR": str(tmp_path / "var"), "DATABASE_URL": "", "REDIS_URL": "",
+    env = {**{k: v for k, v in os.environ.items() if k not in ("SMTP_HOST", "SMTP_PORT")}, "POSTROOM_VAR_DIR": str(tmp_path / "var"), "DATABASE_URL": "", "REDIS_URL": "",
            "TWILIO_API_BASE": "", "POSTROOM_PUBLIC_URL": "", "POSTROOM_API_PORT": str(api_port),
            "POSTROOM_SANDBOX_PORT": str(sandbox_port), "POSTROOM_METRICS_PORT_BASE": str(24000 + os.getpid() % 1000),
+           "POSTROOM_SANDBOX_SMTP_PORT": str(localinfra.free_port()), "WHATSAPP_API_BASE": "", "WAHA_API_BASE": "",
            "POSTROOM_API_WORKERS": "1"}
     log = open(tmp_path / "run.log", "w+")
     run = subprocess.Popen([str(Path(sys.executable).parent / "postroom"), "run"], cwd=ROOT, env=env,

@@ -132,6 +132,7 @@ def sandbox_url() -> Iterator[str]:
         TWILIO_FROM=SENDER,
         POSTROOM_SANDBOX_HOST="127.0.0.1",
         POSTROOM_SANDBOX_PORT=str(port),
+        POSTROOM_SANDBOX_SMTP_PORT=str(free_port()),  # its own SMTP server, beside the session sandbox's
         POSTROOM_SANDBOX_LATENCY_MS="0",
     )
     process = subprocess.Popen([sys.executable, "-m", "services.sandbox"], cwd=ROOT, env=env)

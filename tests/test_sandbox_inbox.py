@@ -60,6 +60,17 @@ def test_inbox_shows_received_sms_and_each_receivers_requests(sandbox_url: str) 
     assert f"{sandbox_url}/receiver/&lt;name&gt;" in page.text
 
 
+def test_the_sandbox_page_has_a_section_per_channel(sandbox_url: str) -> None:
+    send_sms(sandbox_url, "on the SMS channel")
+    page = requests.get(f"{sandbox_url}/sandbox", timeout=10)
+    assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
+    for heading in ("SMS received", "Email received", "WhatsApp Cloud received", "WhatsApp QR (WAHA) received"):
+        assert heading in page.text
+    sms_section = page.text.split("SMS received", 1)[1].split("Email received", 1)[0]
+    assert "on the SMS channel" in sms_section  # each message under its own channel
+    assert "No Email message received yet." in page.text
+
+
 def test_recorded_values_are_escaped(sandbox_url: str) -> None:
     # Given an SMS and a webhook whose bodies and headers carry markup
     send_sms(sandbox_url, "<script>alert('sms')</script>")

@@ -14,12 +14,21 @@ from common.providers import http_channel
 from common.providers.accounts import SmsAccount, http_account, sms_account, sms_sender
 from common.providers.base import Account, Channel
 from common.providers.sms import OutboundSms
+from common.providers.smtp_email import EMAIL
 from common.providers.twilio_sms import PROVIDER as TWILIO
+from common.providers.waha import WHATSAPP_QR
+from common.providers.whatsapp_cloud import WHATSAPP_CLOUD
 
 
 def _sms(account: SmsAccount, row: dict[str, Any]) -> OutboundSms:
+    """The message as Twilio takes it: an MMS when its content has media, sent through a
+    Messaging Service (which picks the From number) when its content names one."""
     callback = f"{settings.public_url}/webhooks/twilio/status"
-    return OutboundSms(row["id"], row["to_addr"], row["from_addr"] or account.sender, row["body"], callback)
+    content = row.get("content") or {}
+    service = content.get("messaging_service_sid")
+    media = tuple(item["url"] for item in content.get("media") or ())
+    from_ = "" if service else row["from_addr"] or account.sender
+    return OutboundSms(row["id"], row["to_addr"], from_, row["body"], callback, media, service)
 
 
 SMS = Channel(
@@ -40,6 +49,6 @@ HTTP = Channel(
     find_sent=None,
 )
 
-CHANNELS: dict[str, Channel] = {c.name: c for c in (SMS, HTTP)}
+CHANNELS: dict[str, Channel] = {c.name: c for c in (SMS, HTTP, WHATSAPP_CLOUD, EMAIL, WHATSAPP_QR)}
 
 __all__ = ["CHANNELS", "HTTP", "SMS", "Account", "Channel"]

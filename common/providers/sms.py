@@ -17,11 +17,15 @@ __all__ = ["Accepted", "OutboundSms", "SmsSender"]
 
 @dataclass(frozen=True)
 class OutboundSms:
+    """One SMS or MMS to hand over. ``from_`` is empty when a Messaging Service picks the sender."""
+
     message_id: int
     to: str
     from_: str
     body: str
     status_callback: str | None
+    media_urls: tuple[str, ...] = ()  # an MMS: publicly reachable URLs, at most 10 (Twilio refuses more with 21623)
+    messaging_service_sid: str | None = None  # sent instead of From
 
 
 class SmsSender(Protocol):
@@ -37,7 +41,7 @@ class SmsSender(Protocol):
         ...
 
     def find_sent(self, sms: OutboundSms, since: datetime) -> list[Accepted]:
-        """Messages the provider holds that match ``sms`` (to, from, body) created since ``since``,
+        """Messages the provider holds that match ``sms`` (to, from if any, body) created since ``since``,
         newest first: the candidates for a send whose outcome is unknown.
 
         Raises:

@@ -16,6 +16,7 @@ from urllib.request import getproxies
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
+from twilio.base import values
 from twilio.base.exceptions import TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.http.response import Response
@@ -32,13 +33,23 @@ logging.getLogger("twilio.http_client").setLevel(logging.WARNING)  # it logs eve
 PERMANENT_CODES = frozenset({
     20003,  # authentication failed
     21211,  # invalid To
+    21212,  # invalid From
     21614,  # To is not a mobile number: not reachable by SMS (a route may fall back)
     21408,  # region not enabled
     21606,  # From cannot send
     21612,  # cannot route To-From
     21610,  # recipient replied STOP: the address is suppressed
+    21623,  # more than 10 media
+    21705,  # not a Messaging Service sid
     30004, 30005, 30006, 30007,  # blocked / unknown / landline / filtered
     63016,  # WhatsApp outside the 24 h window
+})
+# Codes that come with a 4xx status but clear by themselves: Twilio did not take the message.
+TRANSIENT_CODES = frozenset({
+    21611,  # the From number's queue is full
+    30001,  # queue overflow
+    30003,  # unreachable handset: may be reachable later
+    30008,  # unknown error
 })
 SUPPRESS_CODES = {21610: "provider_21610"}  # code -> suppression reason
 UNREACHABLE_CODES = frozenset({21614, 30006})  # this recipient cannot get SMS: try the next channel
@@ -55,6 +66,8 @@ def classify(status: int | None, code: int | None, message: str, retry_after: fl
         return Throttled(text, code=code_text, retry_after=retry_after)
     if code is not None and code in PERMANENT_CODES:
         return PermanentError(text, code=code_text, suppress=SUPPRESS_CODES.get(code), fallback=code in UNREACHABLE_CODES)
+    if code is not None and code in TRANSIENT_CODES:
+        return TransientError(text, code=code_text, retry_after=retry_after)
     if status is not None and 400 <= status < 500 and status not in (408, 409):
         return PermanentError(text, code=code_text)
     return TransientError(text, code=code_text, retry_after=retry_after)
@@ -95,9 +108,7 @@ class TwilioSmsSender:
     def send(self, sms: OutboundSms) -> Accepted:
         self._http.last.retry_after = None
         try:
-            created = self._client.messages.create(
-                to=sms.to, from_=sms.from_, body=sms.body, status_callback=sms.status_callback
-            )
+            created = self._client.messages.create(**_create_fields(sms))
         except TwilioRestException as exc:
             raise classify(exc.status, exc.code, exc.msg, _seconds(self._http.last.retry_after)) from exc
         except Exception as exc:
@@ -108,16 +119,30 @@ class TwilioSmsSender:
         """Twilio's message list filtered by To and From, matched on body and creation time.
 
         No date filter is sent: Twilio's ``DateSent`` leaves out messages still queued, which are
-        exactly the ones a lost answer may hide.
+        exactly the ones a lost answer may hide. A Messaging Service send has no From of ours (the
+        service picks one of its numbers), so it is filtered by To alone.
         """
         try:
-            found = self._client.messages.list(to=sms.to, from_=sms.from_, limit=LOOKUP_LIMIT)
+            found = self._client.messages.list(to=sms.to, from_=sms.from_ or values.unset, limit=LOOKUP_LIMIT)
         except TwilioRestException as exc:
             raise classify(exc.status, exc.code, exc.msg, _seconds(self._http.last.retry_after)) from exc
         except Exception as exc:
             raise TransientError(f"message lookup failed: {exc!r}", code="lookup") from exc
         return [_accepted(m) for m in found
                 if m.body == sms.body and (m.date_created is None or m.date_created >= since)]
+
+
+def _create_fields(sms: OutboundSms) -> dict[str, Any]:
+    """The SDK's ``messages.create`` arguments: ``MessagingServiceSid`` instead of ``From`` when
+    the message names a service, and one ``MediaUrl`` per media item for an MMS."""
+    fields: dict[str, Any] = {"to": sms.to, "body": sms.body or values.unset, "status_callback": sms.status_callback}
+    if sms.messaging_service_sid:
+        fields["messaging_service_sid"] = sms.messaging_service_sid
+    else:
+        fields["from_"] = sms.from_
+    if sms.media_urls:
+        fields["media_url"] = list(sms.media_urls)
+    return fields
 
 
 def _accepted(resource: Any) -> Accepted:

@@ -17,15 +17,21 @@ from common import metrics
 from common.db.connection import DatabaseUnavailable, release_connection
 from services.ingest import bounds
 from services.ingest.api import api
+from services.ingest.channels_api import channels_api
 from services.ingest.contacts_api import contacts_api
 from services.ingest.contract import RETRY_AFTER_SECONDS
+from services.ingest.conversations_api import conversations_api
+from services.ingest.email_hooks import email_hooks
 from services.ingest.errors import ApiError, error, render
 from services.ingest.probes import probes
 from services.ingest.schedules_api import schedules_api
 from services.ingest.sequence_api import sequence_api
 from services.ingest.stats_api import stats_api
+from services.ingest.twilio_inbound import twilio_inbound
+from services.ingest.waha_hooks import waha_hooks
 from services.ingest.webhook_api import webhook_api
 from services.ingest.webhooks import webhooks
+from services.ingest.whatsapp_hooks import whatsapp_hooks
 
 log = logging.getLogger("postroom.ingest")
 
@@ -39,7 +45,13 @@ def create_app() -> Flask:
     app.register_blueprint(schedules_api)
     app.register_blueprint(sequence_api)
     app.register_blueprint(contacts_api)
+    app.register_blueprint(channels_api)
+    app.register_blueprint(conversations_api)
     app.register_blueprint(webhooks)
+    app.register_blueprint(email_hooks)
+    app.register_blueprint(waha_hooks)
+    app.register_blueprint(whatsapp_hooks)
+    app.register_blueprint(twilio_inbound)
 
     @app.before_request
     def start() -> None:

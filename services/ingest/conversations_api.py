@@ -42,7 +42,7 @@ def _view(row: dict[str, Any]) -> dict[str, Any]:
 
 
 @operation(conversations_api, "GET", "/conversations", summary="List conversations, newest first", scope="messages:read",
-           ok={200: Body(ConversationList, "A page of conversations; `next_before` continues it.")},
+           ok={200: Body(ConversationList, "A page of conversations; `next_before` continues it.")}, errors=(422,),
            headers=[query("channel", "Only this channel.", enum=list(CHANNELS)),
                     query("status", "Only this status.", enum=list(STATUSES)),
                     query("before", "Continue a listing: conversations with an id below this.", pattern="^[0-9]+$"),
@@ -82,7 +82,7 @@ def get_conversation(conversation_id: int) -> tuple[Response, int]:
 
 @operation(conversations_api, "GET", "/conversations/{conversation_id}/messages",
            summary="A conversation's messages, oldest first", scope="messages:read",
-           ok={200: Body(ConversationMessages, "A page of messages; `next_after` continues it.")}, errors=(404,),
+           ok={200: Body(ConversationMessages, "A page of messages; `next_after` continues it.")}, errors=(404, 422),
            headers=[query("after", "Continue a listing: messages with an id above this.", pattern="^[0-9]+$"),
                     query("limit", f"Page size, 1 to {MAX_PAGE} (default 50).", pattern="^[0-9]+$")])
 def conversation_messages(conversation_id: int) -> tuple[Response, int]:

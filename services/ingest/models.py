@@ -141,7 +141,7 @@ class NewMessage(BaseModel):
         "`whatsapp_cloud`: the template to send instead when the recipient's 24-hour window is closed."))
     context_message_id: Annotated[str, Field(min_length=1, max_length=256), SingleLine] | None = Field(None, description=(
         "WhatsApp: the provider id of the message this one replies to."))
-    messaging_service_sid: Annotated[str, Field(pattern=r"^MG[0-9a-fA-F]{32}$")] | None = Field(None, description=(
+    messaging_service_sid: Annotated[str, Field(pattern=r"^MG[0-9a-f]{32}$")] | None = Field(None, description=(
         "`sms`: send through this Twilio Messaging Service instead of a `from` number."))
     priority: Literal["urgent", "bulk"] = Field("urgent", description="The lane: urgent (codes, alerts) or bulk (campaigns).")
     tags: Tags = Field(default_factory=list, description=(

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import requests
 
-from common.config import ROOT, Settings, load
+from common.config import ROOT, SANDBOX_WEBHOOK_SECRETS, Settings, load
 
 BIN = Path(sys.executable).parent
 log = logging.getLogger(__name__)
@@ -64,6 +64,9 @@ def services_for(cfg: Settings) -> list[Service]:
         worker("sender-sms", "sms", base + 2),
         worker("sender-http", "http", base + 3),
         worker("webhooks", "webhooks", base + 4),
+        worker("sender-email", "email", base + 5),
+        worker("sender-whatsapp-cloud", "whatsapp_cloud", base + 6),
+        worker("sender-whatsapp-qr", "whatsapp_qr", base + 7),
         Service("scheduler", [str(BIN / "postroom"), "scheduler"], base + 9),
         Service("ingest", [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "services/ingest/gunicorn_conf.py"),
                            "--no-control-socket", "services.ingest.wsgi:app"]),
@@ -167,6 +170,8 @@ class Stack:
         self.env["WAHA_API_BASE"] = self.cfg.waha_api_base or self.cfg.sandbox_url
         if "SMTP_HOST" not in os.environ and "SMTP_HOST" not in self.env:
             self.env["SMTP_PORT"] = str(self.cfg.postroom_sandbox_smtp_port)
+        for name, value in SANDBOX_WEBHOOK_SECRETS.items():  # the sandbox signs with these
+            self.env.setdefault(name, os.environ.get(name) or value)
         # A local run is development unless told otherwise: the built-in secret key is allowed.
         self.env["POSTROOM_ENV"] = os.environ.get("POSTROOM_ENV") or "development"
         # Webhook endpoints and the http channel may reach this machine's own receivers (the sandbox).

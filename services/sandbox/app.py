@@ -16,13 +16,27 @@ from flask import Flask
 from gevent import monkey
 
 from common.config import Settings, settings
-from services.sandbox import control, inbox, receiver_api, twilio_api, twilio_errors, twilio_list
+from services.sandbox import (
+    control,
+    email_api,
+    graph_api,
+    graph_errors,
+    inbox,
+    receiver_api,
+    twilio_api,
+    twilio_errors,
+    twilio_inbound,
+    twilio_list,
+    waha_api,
+)
 from services.sandbox.accounts import Accounts
 from services.sandbox.callbacks import StatusCallbackSender
 from services.sandbox.faults import FaultPlan
+from services.sandbox.graph_webhooks import GraphState, Number
 from services.sandbox.receivers import Receivers
 from services.sandbox.records import ReceivedMessages
 from services.sandbox.state import EXTENSION_KEY, SandboxState
+from services.sandbox.waha_gateway import WahaGateway
 
 logger = logging.getLogger(__name__)
 
@@ -39,19 +53,38 @@ def create_app(config: Settings = settings) -> Flask:
     app.extensions[EXTENSION_KEY] = SandboxState(
         records=records,
         faults={
+            email_api.CHANNEL: email_api.email_fault_plan(config.postroom_sandbox_latency_ms),
             twilio_api.CHANNEL: FaultPlan(
                 config.postroom_sandbox_latency_ms,
                 twilio_errors.http_status_for_code,
                 twilio_errors.error_code_for_http_status,
             ),
+            graph_api.CHANNEL: FaultPlan(
+                config.postroom_sandbox_latency_ms,
+                graph_errors.http_status_for_code,
+                graph_errors.error_code_for_http_status,
+            ),
+            waha_api.CHANNEL: FaultPlan(
+                config.postroom_sandbox_latency_ms,
+                waha_api.http_status_for_code,
+                waha_api.error_code_for_http_status,
+            ),
         },
         twilio_callbacks=StatusCallbackSender(records, accounts, config.twilio_from),
         twilio_accounts=accounts,
         receivers=Receivers(),
+        whatsapp=GraphState(records, Number(config.whatsapp_phone_number_id, config.whatsapp_access_token,
+                                            config.whatsapp_app_secret, "15550000000"),
+                            f"{config.public_url}/webhooks/whatsapp_cloud"),
+        waha=WahaGateway(records, f"{config.public_url}/webhooks/waha", config.waha_webhook_secret),
     )
     app.register_blueprint(control.blueprint)
+    app.register_blueprint(email_api.blueprint)
     app.register_blueprint(twilio_api.blueprint)
+    app.register_blueprint(graph_api.blueprint)
+    app.register_blueprint(waha_api.blueprint)
     app.register_blueprint(twilio_list.blueprint)
+    app.register_blueprint(twilio_inbound.blueprint)
     app.register_blueprint(receiver_api.blueprint)
     app.register_blueprint(inbox.blueprint)
     return app

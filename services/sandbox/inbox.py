@@ -1,8 +1,9 @@
 """The sandbox's inbox page: what it received, newest first, for a person with a browser.
 
-``GET /sandbox/inbox`` is one plain HTML page (no script, no external asset) that shows, during
-``make run``, the latest SMS the Twilio imitation accepted and every webhook receiver with its
-behaviour and latest requests — the answer each got, the headers that identify a postroom webhook
+``GET /sandbox`` (also ``/sandbox/inbox``) is one plain HTML page (no script, no external asset)
+that shows, during ``make run``, per channel the latest messages each provider imitation accepted
+(SMS, email, WhatsApp Cloud, WhatsApp through WAHA) with their status, and every webhook receiver
+with its behaviour and latest requests — the answer each got, the headers that identify a postroom webhook
 and the start of its body. ``?receiver=<name>`` shows that receiver alone. Everything recorded
 came from a client, so the page is a Jinja template with autoescaping on and no ``|safe``; the
 Content-Security-Policy forbids scripts besides. The JSON control API has the full records.
@@ -21,9 +22,10 @@ from services.sandbox.receiver_api import RECEIVER_NAME
 from services.sandbox.receivers import ReceivedRequest, ReceiverBehaviour, ReceiverSnapshot
 from services.sandbox.records import ReceivedMessage
 from services.sandbox.state import current_sandbox
-from services.sandbox.twilio_api import CHANNEL as SMS_CHANNEL
 
-MAX_MESSAGES = 200
+MAX_MESSAGES = 200  # per channel
+# The channels a provider imitation records, in page order, with their headings.
+CHANNEL_TITLES = {"sms": "SMS", "email": "Email", "whatsapp_cloud": "WhatsApp Cloud", "whatsapp_qr": "WhatsApp QR (WAHA)"}
 MAX_REQUESTS_PER_RECEIVER = 20
 BODY_PREVIEW_CHARS = 300
 WEBHOOK_HEADERS = ("webhook-id", "X-Webhook-Event", "X-Webhook-Attempt")  # see common.signing
@@ -145,6 +147,14 @@ def _not_a_receiver(exc: NotFound) -> Response:
     return _html(render_template_string(NOT_FOUND_PAGE, message=exc.description), 404)
 
 
+@dataclass(frozen=True)
+class ChannelSection:
+    channel: str
+    title: str
+    messages: list[MessageRow]
+
+
+@blueprint.get("/sandbox")
 @blueprint.get("/sandbox/inbox")
 def inbox() -> Response:
     sandbox = current_sandbox()
@@ -154,12 +164,14 @@ def inbox() -> Response:
     snapshots = sandbox.receivers.snapshots(MAX_REQUESTS_PER_RECEIVER, only=only)
     if only is not None and not snapshots:
         snapshots = [_unused_receiver(only)]  # any name is a receiver from its first request on
-    messages: list[ReceivedMessage] = [] if only else sandbox.records.latest(SMS_CHANNEL, MAX_MESSAGES)
+    sections = [] if only else [
+        ChannelSection(channel, title, [message_row(m) for m in sandbox.records.latest(channel, MAX_MESSAGES)])
+        for channel, title in CHANNEL_TITLES.items()]
     page = render_template_string(
         INBOX_PAGE,
         only=only,
         host_url=request.host_url,
-        messages=[message_row(m) for m in messages],
+        sections=sections,
         messages_total=sandbox.records.stats()["messages"],
         max_messages=MAX_MESSAGES,
         receivers=[receiver_section(s, request.host_url) for s in snapshots],
@@ -191,23 +203,27 @@ INBOX_PAGE = (
     + """</style></head>
 <body>
 <h1>postroom sandbox inbox</h1>
-<nav><a href="/sandbox/inbox">everything</a><a href="/sandbox/messages">SMS as JSON</a>
+<nav><a href="/sandbox">everything</a><a href="/sandbox/messages">messages as JSON</a>
 <a href="/sandbox/receivers">receivers as JSON</a><a href="/sandbox/stats">counters</a></nav>
 <p class="muted">Newest first; reload the page to see what arrived since.</p>
 {% if not only %}
-<h2 id="sms">SMS received</h2>
-{% if messages %}
-<p class="muted">{{ messages | length }} shown of {{ messages_total }} recorded (at most {{ max_messages }}).</p>
+<p class="muted">{{ messages_total }} messages recorded on every channel; at most {{ max_messages }} shown per channel.</p>
+{% for section in sections %}
+<h2 id="{{ section.channel }}">{{ section.title }} received</h2>
+{% if section.messages %}
+<p class="muted">{{ section.messages | length }} shown ·
+<a href="/sandbox/messages?channel={{ section.channel }}">as JSON</a></p>
 <table>
-<tr><th>Received</th><th>To</th><th>From</th><th>Body</th><th>Status</th><th>SID</th></tr>
-{% for m in messages %}
+<tr><th>Received</th><th>To</th><th>From</th><th>Body</th><th>Status</th><th>Provider id</th></tr>
+{% for m in section.messages %}
 <tr><td class="when">{{ m.at }}</td><td>{{ m.to }}</td><td>{{ m.sender }}</td>
 <td><pre>{{ m.body }}</pre></td><td>{{ m.status }}</td><td class="sid">{{ m.sid }}</td></tr>
 {% endfor %}
 </table>
 {% else %}
-<p>No SMS received yet.</p>
+<p>No {{ section.title }} message received yet.</p>
 {% endif %}
+{% endfor %}
 {% endif %}
 <h2 id="receivers">Webhook receivers</h2>
 <p>Point a webhook endpoint at <code>{{ host_url }}receiver/&lt;name&gt;</code>: any name of 1-64
@@ -242,5 +258,5 @@ through <code>PUT /sandbox/receivers/&lt;name&gt;</code>.</p>
 
 NOT_FOUND_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>not found · postroom sandbox inbox</title></head>
-<body><p>{{ message }}</p><p><a href="/sandbox/inbox">the whole inbox</a></p></body></html>
+<body><p>{{ message }}</p><p><a href="/sandbox">the whole inbox</a></p></body></html>
 """

@@ -15,8 +15,10 @@ from flask import current_app
 from services.sandbox.accounts import Accounts
 from services.sandbox.callbacks import StatusCallbackSender
 from services.sandbox.faults import FaultPlan
+from services.sandbox.graph_webhooks import GraphState
 from services.sandbox.receivers import Receivers
 from services.sandbox.records import ReceivedMessages
+from services.sandbox.waha_gateway import WahaGateway
 
 EXTENSION_KEY = "postroom_sandbox"
 
@@ -28,6 +30,8 @@ class SandboxState:
     twilio_callbacks: StatusCallbackSender
     twilio_accounts: Accounts
     receivers: Receivers  # the customer endpoints postroom's webhooks and http channel POST to
+    whatsapp: GraphState  # WhatsApp Cloud numbers, unreachable recipients, received bodies, webhooks
+    waha: WahaGateway  # WAHA sessions and their states, numbers not on WhatsApp, sent bodies, webhooks
 
 
 def current_sandbox() -> SandboxState:

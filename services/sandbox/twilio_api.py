@@ -7,18 +7,25 @@ call: injected latency, authentication, injected error (consumed only by authent
 Twilio's own validation; then the message is recorded, and only then may its answer be lost
 (connection cut, or held past the client's timeout), as when a real provider took the message
 but the network lost the reply. The list of messages is in ``twilio_list``.
+
+Besides its accounts, the sandbox takes Twilio's test credentials (``TEST_ACCOUNT_SID`` /
+``TEST_AUTH_TOKEN``): with them, as at Twilio, the magic numbers +1500555xxxx answer fixed
+errors and a passing call is answered but nothing is sent, recorded or called back. Live
+accounts never see magic outcomes, so tests and benchmarks may use any +1500555 number.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 import re
 import socket
 import uuid
+from collections import OrderedDict
 from email.utils import format_datetime
 
 import gevent
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request
 
 from common.segments import count_segments
 from services.sandbox.faults import DROP, HANG
@@ -30,6 +37,19 @@ API_VERSION = "2010-04-01"
 CHANNEL = "sms"
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 MAX_BODY_CHARS = 1600
+MAX_MEDIA = 10
+MESSAGING_SERVICE_SID = re.compile(r"^MG[0-9a-f]{32}$")
+
+# Twilio's test credentials and their magic numbers (PROVIDERS.md, "Twilio: test credentials").
+TEST_ACCOUNT_SID = "AC" + "7e57" * 8
+TEST_AUTH_TOKEN = "sandbox-test-auth-token"
+MAGIC_FROM_PASSES = "+15005550006"
+MAGIC_FROM = {"+15005550001": 21212, "+15005550007": 21606, "+15005550008": 21611}  # else 21606
+MAGIC_TO = {"+15005550001": 21211, "+15005550002": 21612, "+15005550003": 21408, "+15005550004": 21610,
+            "+15005550009": 21614}
+
+FORMS_KEY = "postroom_sandbox_twilio_forms"
+FORMS_KEPT = 10_000  # newest send forms kept for ``sent_form``; older ones are forgotten
 
 blueprint = Blueprint("twilio", __name__, url_prefix=f"/{API_VERSION}")
 logger = logging.getLogger(__name__)
@@ -40,11 +60,19 @@ class ConnectionCut(Exception):
 
 
 def authenticated(sandbox: SandboxState, account_sid: str) -> bool:
-    """The request's Basic credentials are those of ``account_sid``, one of the sandbox's accounts."""
+    """The request's Basic credentials are those of ``account_sid``: one of the sandbox's
+    accounts, or the test credentials."""
     auth = request.authorization
     if auth is None or auth.type != "basic":
         return False
-    return sandbox.twilio_accounts.authenticate(account_sid, auth.username, auth.password)
+    return test_credentials(account_sid) or sandbox.twilio_accounts.authenticate(account_sid, auth.username, auth.password)
+
+
+def test_credentials(account_sid: str) -> bool:
+    """The request authenticates with Twilio's test credentials (which send nothing)."""
+    auth = request.authorization
+    return (auth is not None and account_sid == TEST_ACCOUNT_SID and auth.username == TEST_ACCOUNT_SID
+            and hmac.compare_digest(auth.password or "", TEST_AUTH_TOKEN))
 
 
 def _cut_connection() -> None:
@@ -69,7 +97,7 @@ def _connection_cut(exc: ConnectionCut) -> Response:
 
 
 def _validation_error(
-    to: str, from_: str, service_sid: str, body: str, has_media_or_content: bool
+    to: str, from_: str, service_sid: str, body: str, media_count: int, has_content: bool
 ) -> int | None:
     """The error code Twilio would refuse this send with, or None."""
     if not to:
@@ -78,11 +106,37 @@ def _validation_error(
         return 21211
     if not from_ and not service_sid:
         return 21603
-    if not body and not has_media_or_content:
+    if service_sid and not MESSAGING_SERVICE_SID.match(service_sid):
+        return 21705
+    if not body and not media_count and not has_content:
         return 21602
     if len(body) > MAX_BODY_CHARS:
         return 21617
+    if media_count > MAX_MEDIA:
+        return 21623
     return None
+
+
+def _magic_error(to: str, from_: str) -> int | None:
+    """What Twilio's test credentials answer for these numbers: a From other than the one magic
+    number that passes cannot send; magic To numbers fail their own way; others pass."""
+    if from_ and from_ != MAGIC_FROM_PASSES:
+        return MAGIC_FROM.get(from_, 21606)
+    return MAGIC_TO.get(to)
+
+
+def _keep_form(sid: str) -> None:
+    """Remember a send call's form as it arrived, repeated fields in their order (``sent_form``)."""
+    forms: OrderedDict[str, list[tuple[str, str]]] = current_app.extensions.setdefault(FORMS_KEY, OrderedDict())
+    forms[sid] = list(request.form.items(multi=True))
+    while len(forms) > FORMS_KEPT:
+        forms.popitem(last=False)
+
+
+def sent_form(sid: str) -> list[tuple[str, str]] | None:
+    """The form fields of the send call that created message ``sid``, if still kept."""
+    forms: OrderedDict[str, list[tuple[str, str]]] = current_app.extensions.get(FORMS_KEY, OrderedDict())
+    return forms.get(sid)
 
 
 def message_resource(message: ReceivedMessage, account_sid: str) -> dict[str, object]:
@@ -133,12 +187,13 @@ def create_message(account_sid: str) -> Response | tuple[Response, int]:
             injected.error_code, injected.http_status, injected.retry_after, to=to, from_=from_
         )
 
-    problem = _validation_error(
-        to, from_, service_sid, body, bool(media_urls or form.get("ContentSid"))
-    )
+    problem = _validation_error(to, from_, service_sid, body, len(media_urls), bool(form.get("ContentSid")))
+    testing = test_credentials(account_sid)
+    if problem is None and testing:
+        problem = _magic_error(to, from_)
     if problem is not None:
         sandbox.records.count("invalid")
-        return twilio_error(problem, to=to, from_=from_)
+        return twilio_error(problem, to=to, from_=from_, value=service_sid)
 
     message = ReceivedMessage(
         channel=CHANNEL,
@@ -153,7 +208,10 @@ def create_message(account_sid: str) -> Response | tuple[Response, int]:
         num_media=len(media_urls),
         account_sid=account_sid,
     )
+    if testing:  # answered as accepted; test credentials send nothing and call nothing back
+        return jsonify(message_resource(message, account_sid)), 201
     sandbox.records.add(message)
+    _keep_form(message.sid)
     sandbox.twilio_callbacks.start(
         message, faults.take_callback_outcome(), faults.callback_behaviour()
     )

@@ -20,6 +20,7 @@ ERRORS: dict[int, tuple[int, str]] = {
     20500: (500, "An internal server error has occurred"),
     20503: (503, "Service is unavailable. Please try again"),
     21211: (400, "The 'To' number {to} is not a valid phone number."),
+    21212: (400, "The 'From' number {from_} is not a valid phone number, shortcode, or alphanumeric sender ID."),
     21408: (
         400,
         "Permission to send an SMS has not been enabled for the region indicated by the 'To' number: {to}.",
@@ -32,12 +33,15 @@ ERRORS: dict[int, tuple[int, str]] = {
         "The 'From' phone number provided ({from_}) is not a valid message-capable Twilio phone number for this destination.",
     ),
     21610: (400, "Attempt to send to unsubscribed recipient"),
+    21611: (400, "This 'From' number {from_} has exceeded the maximum number of queued messages"),
     21612: (
         400,
         "The 'To' phone number: {to}, is not currently reachable using the 'From' phone number: {from_} via SMS.",
     ),
     21614: (400, "'To' number {to} is not a valid mobile number"),
     21617: (400, "The concatenated message body exceeds the 1600 character limit."),
+    21623: (400, "Number of media files exceeds allowed limit"),
+    21705: (400, "The Messaging Service Sid {value} is invalid."),
 }
 
 # What a status callback says in ErrorMessage next to an asynchronous ErrorCode.

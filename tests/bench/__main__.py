@@ -2,7 +2,7 @@
 
 Starts a fresh private stack under the output's directory (as ``make run`` does, with its own
 PostgreSQL, Redis and sandbox), measures its idle cost (``tests.bench.idle``), runs the API
-scenarios (``tests.bench.api_sms``), the webhook campaign (``tests.bench.webhooks``) and a batch of
+scenarios (``tests.bench.api_sms``), a bulk batch on every channel (``tests.bench.channels``), the webhook campaign (``tests.bench.webhooks``) and a batch of
 messages due in the same second (``tests.bench.scheduling``), prints a table for each and writes
 them all as one JSON document. ``--only`` picks some of them.
 """
@@ -20,15 +20,16 @@ import psutil
 
 from common.config import ROOT
 from services.local.stack import Stack, private_env
-from tests.bench import api_sms, scheduling, webhooks
+from tests.bench import api_sms, channels, scheduling, webhooks
 from tests.bench.idle import idle_table, measure_idle, settle
 from tests.bench.load import CLIENT_THREADS
 
-SECTIONS = ("idle", "sms", "lanes", "webhooks", "scheduling")
+SECTIONS = ("idle", "sms", "lanes", "channels", "webhooks", "scheduling")
 
 parser = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--count", type=int, default=2000, help="messages per API scenario (sms, lanes)")
+parser.add_argument("--channel-count", type=int, default=2000, help="bulk messages per channel of the channels scenario")
 parser.add_argument("--webhook-count", type=int, default=10_000,
                     help="messages of the webhook campaign (run twice: without and with the endpoint)")
 parser.add_argument("--scheduling-count", type=int, default=5000,
@@ -47,7 +48,7 @@ shutil.rmtree(stack_dir, ignore_errors=True)  # a fresh private stack: nothing l
 report: dict[str, Any] = {"benchmark": "api_single_sms", "cores": psutil.cpu_count(), "client_threads": CLIENT_THREADS,
                           "settings": {k: v for k, v in os.environ.items() if k.startswith("POSTROOM_")}}
 tables = []
-with Stack(env=private_env(stack_dir, 28000 + os.getpid() % 4000, POSTROOM_LOG_LEVEL="WARNING")) as stack:
+with Stack(env=private_env(stack_dir, 28000 + os.getpid() % 4000, POSTROOM_LOG_LEVEL="WARNING", **channels.UNPACED)) as stack:
     key = stack.start()
     settle()
     if "idle" in only:
@@ -60,6 +61,9 @@ with Stack(env=private_env(stack_dir, 28000 + os.getpid() % 4000, POSTROOM_LOG_L
     if "lanes" in only:
         report["lanes"] = api_sms.run_lanes_scenario(stack, key, args.count)
         tables.append(api_sms.lanes_table(report["lanes"]))
+    if "channels" in only:
+        report["channels"] = channels.run(stack, key, args.channel_count)
+        tables.append(channels.table(report["channels"]))
     if "webhooks" in only:
         report["webhooks"] = webhooks.run(stack, key, args.webhook_count)
         tables.append(webhooks.table(report["webhooks"]))

@@ -72,17 +72,19 @@ def wait_for_progress(read: Callable[[], int], target: int, stall: float = STALL
 
 
 def post_all(api: str, key: str, count: int, tag: str, priority: str = "urgent", threads: int = CLIENT_THREADS,
-             pause: float = 0.0, fields: dict[str, Any] | None = None) -> tuple[list[int], float, float]:
+             pause: float = 0.0, fields: dict[str, Any] | None = None,
+             payload: Callable[[int], dict[str, Any]] | None = None) -> tuple[list[int], float, float]:
     """POST ``count`` messages from ``threads`` threads, each with ``fields`` added (``send_at``,
-    say); return ids, start and end times."""
+    say) and, for message ``n``, ``payload(n)`` (another channel and address); return ids, start
+    and end times."""
     local = threading.local()
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
 
     def one(n: int) -> int:
         session = getattr(local, "session", None) or requests.Session()
         local.session = session
-        body = json.dumps({"channel": "sms", "to": f"+1500555{n % 10000:04d}", "body": f"{tag} #{n}", "priority": priority,
-                           **(fields or {})})
+        body = json.dumps({"channel": "sms", "to": f"+15005551{n % 1000:03d}", "body": f"{tag} #{n}", "priority": priority,
+                           **(fields or {}), **(payload(n) if payload else {})})
         if pause:
             time.sleep(pause)
         response = session.post(f"{api}/v1/messages", data=body, headers=headers, timeout=30)

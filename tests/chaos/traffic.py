@@ -92,7 +92,7 @@ class Poster:
     def _post_one(self, n: int, not_before: float) -> None:
         time.sleep(max(0.0, not_before - time.monotonic()))
         body = self.body(n)
-        payload = json.dumps({"channel": "sms", "to": f"+1500555{n % 10000:04d}", "body": body,
+        payload = json.dumps({"channel": "sms", "to": f"+15005551{n % 1000:03d}", "body": body,
                               "priority": self.priority})
         headers = {**self.headers, "Idempotency-Key": f"{self.tag} {n}".replace(" ", "-")}
         deadline = time.monotonic() + GIVE_UP_AFTER_SECONDS

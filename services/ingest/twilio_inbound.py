@@ -1,0 +1,106 @@
+"""Twilio's inbound SMS/MMS webhook: a customer's message, stored once in its conversation.
+
+Verified like the status callback (``X-Twilio-Signature`` with the auth token of the AccountSid
+it names) and kept in ``provider_event`` with its verdict, in one transaction per webhook. A bad
+signature gets 403 and a bounded record, and changes nothing else. A signed message is stored in
+the workspace whose SMS channel uses that Twilio account, else — for the deployment's own
+account — in the default inbound workspace; a second delivery of the same MessageSid stores
+nothing. Twilio is answered with empty TwiML: no automatic reply.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, Response, request
+from pydantic import BaseModel, ConfigDict
+
+from common import metrics
+from common.config import settings
+from common.db.connection import transaction
+from common.inbound import Inbound, default_workspace_id, store
+from common.providers import config as channel_config
+from common.providers.accounts import twilio_auth_token
+from common.providers.twilio_sms import PROVIDER, signature_valid
+from common.receipts import store_event
+from services.ingest.contract import FORM, Body, header, operation
+from services.ingest.errors import ApiError
+from services.ingest.webhooks import _SID, EMPTY_TWIML, public_url
+
+log = logging.getLogger("postroom.ingest.twilio_inbound")
+twilio_inbound = Blueprint("twilio_inbound", __name__, url_prefix="/webhooks")
+KIND = "inbound"
+
+
+class TwilioInboundMessage(BaseModel):
+    """A message a customer sent to one of our Twilio numbers (form-encoded)."""
+
+    # Twilio adds fields over time (and MediaUrl{N}/MediaContentType{N} per item): all strings.
+    model_config = ConfigDict(extra="allow", json_schema_extra={"additionalProperties": {"type": "string"}})
+
+    AccountSid: str = ""
+    MessageSid: str = ""
+    From: str = ""
+    To: str = ""
+    Body: str = ""
+    NumMedia: str = ""
+    NumSegments: str = ""
+
+
+@operation(twilio_inbound, "POST", "/twilio/inbound", summary="Twilio inbound SMS/MMS", request=TwilioInboundMessage,
+           request_media=FORM, errors=(403, 422),
+           headers=[header("X-Twilio-Signature", "HMAC-SHA1 of the URL and parameters with the account's auth token.")],
+           ok={200: Body(None, "Stored once per MessageSid; empty TwiML (no reply).", media_type="application/xml")})
+def twilio_inbound_message() -> tuple[Response, int]:
+    params = request.form.to_dict(flat=True)
+    account_sid = params.get("AccountSid", "")
+    sid = params.get("MessageSid") or params.get("SmsMessageSid") or params.get("SmsSid")
+    odd = next((name for name, value in params.items() if "\x00" in name or "\x00" in value), None)
+    with transaction():  # one transaction per webhook, whatever its verdict
+        token = twilio_auth_token(account_sid) if _SID.fullmatch(account_sid) else None
+        valid = token is not None and signature_valid(token, public_url(), params, request.headers.get("X-Twilio-Signature", ""))
+        if not valid:
+            event_id = store_event(PROVIDER, KIND, params, signature_valid=False, provider_message_id=sid, status="received")
+            verdict = "bad_signature"
+        else:
+            verdict = _store(params, sid, account_sid) if odd is None and sid and params.get("From") else "ignored"
+            store_event(PROVIDER, KIND, params, signature_valid=True, provider_message_id=sid, status="received",
+                        detail={"verdict": verdict}, handled=True)
+    metrics.PROVIDER_WEBHOOKS.labels(provider=PROVIDER, kind=KIND, verdict=verdict).inc()
+    if not valid:
+        log.warning("twilio inbound webhook with a bad signature: provider_event %s, %d bytes from %s",
+                    event_id, request.content_length or 0, request.remote_addr)
+        raise ApiError(403, "bad_signature", "X-Twilio-Signature does not match")
+    if odd is not None:  # signed, but nothing Twilio sends holds a NUL (nor can PostgreSQL text)
+        raise ApiError(422, "invalid_request", f"{odd[:100]} contains a NUL character", odd[:100])
+    return Response(EMPTY_TWIML, mimetype="application/xml"), 200
+
+
+def _store(params: dict[str, str], sid: str, account_sid: str) -> str:
+    """Store the message in its workspace's conversation; the verdict for its provider event."""
+    workspace_id = _workspace(account_sid, params.get("To", ""))
+    if workspace_id is None:
+        log.warning("twilio inbound %s for account %s: no workspace takes it", sid, account_sid)
+        return "no_workspace"
+    stored = store(Inbound(
+        workspace_id=workspace_id, channel="sms", provider=PROVIDER, provider_message_id=sid,
+        from_addr=params["From"], to_addr=params.get("To", ""), body=params.get("Body", ""),
+        media=_media(params), extra={"num_segments": params.get("NumSegments")}, provider_account=account_sid,
+    ))
+    return "stored" if stored is not None else "duplicate"
+
+
+def _workspace(account_sid: str, to: str) -> int | None:
+    """The workspace whose SMS channel uses this Twilio account (the one sending as ``to`` if
+    several do), else the default inbound workspace for the deployment's own account."""
+    configs = [c for c in channel_config.by_account(PROVIDER, account_sid) if c.channel == "sms"]
+    if configs:
+        return next((c for c in configs if c.sender_identity == to), configs[0]).workspace_id
+    return default_workspace_id() if account_sid == settings.twilio_account_sid else None
+
+
+def _media(params: dict[str, str]) -> list[dict[str, str]]:
+    """The message's media as Twilio lists them: ``NumMedia`` pairs of MediaUrl{N}/MediaContentType{N}."""
+    count = int(params["NumMedia"]) if params.get("NumMedia", "").isdigit() else 0
+    return [{"url": params[f"MediaUrl{n}"], "content_type": params.get(f"MediaContentType{n}", "")}
+            for n in range(min(count, 10)) if params.get(f"MediaUrl{n}")]

@@ -1,0 +1,1 @@
+"""The WhatsApp Cloud sender: the shared sender loop over the Graph API client."""
