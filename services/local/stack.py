@@ -109,6 +109,7 @@ def private_env(var_dir: Path | str, metrics_port_base: int, **overrides: str) -
         "WHATSAPP_API_BASE": "",
         "WAHA_API_BASE": "",
         "SMTP_HOST": "127.0.0.1",
+        "POSTROOM_INBOUND_WORKSPACE": "dev",  # the workspace of the stack's dev key
         "POSTROOM_API_PORT": str(localinfra.free_port()),
         "POSTROOM_SANDBOX_PORT": str(localinfra.free_port()),
         "POSTROOM_SANDBOX_SMTP_PORT": str(localinfra.free_port()),
