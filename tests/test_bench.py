@@ -14,10 +14,10 @@ from common.config import ROOT
 def test_bench_reports_measured_figures_for_every_scenario(tmp_path: Path):
     output = tmp_path / "bench.json"
     # As on a fresh machine: none of this test session's servers or settings.
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("POSTROOM_", "TWILIO_", "DATABASE_", "REDIS_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("POSTROOM_", "TWILIO_", "DATABASE_", "REDIS_", "WHATSAPP_", "WAHA_", "SMTP_", "EMAIL_"))}
     env["POSTROOM_VAR_DIR"] = str(tmp_path / "var")
     result = subprocess.run([sys.executable, "-m", "tests.bench", "--count", "60", "--webhook-count", "60",
-                             "--scheduling-count", "60", "--idle-seconds", "2", "--output", str(output)],
+                             "--scheduling-count", "60", "--channel-count", "40", "--idle-seconds", "2", "--output", str(output)],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     report = json.loads(output.read_text())
@@ -33,6 +33,16 @@ def test_bench_reports_measured_figures_for_every_scenario(tmp_path: Path):
         assert {"ingest", "processing", "routing", "sender-sms", "postgres", "redis", "sandbox"} <= set(r["cpu_ms_per_message"])
     assert r["accepted_to_sent_ms"]["p50"] >= 150  # the provider's latency is inside accepted → sent
     assert "end-to-end messages/s" in result.stdout
+
+    # One bulk batch per channel at 150 ms provider latency: every message sent once, CPU by process group.
+    assert [r["channel"] for r in report["channels"]] == ["sms", "email", "whatsapp_cloud", "whatsapp_qr"]
+    for r in report["channels"]:
+        assert r["sent"] == r["sandbox_received"] == 40 and r["provider_latency_ms"] == 150, r
+        assert r["end_to_end_messages_per_s"] > 0 and r["accepted_to_sent_ms"]["p50"] >= 150
+        sender = {"sms": "sender-sms", "email": "sender-email", "whatsapp_cloud": "sender-whatsapp-cloud",
+                  "whatsapp_qr": "sender-whatsapp-qr"}[r["channel"]]
+        assert r["cpu_ms_per_message"][sender] > 0  # the channel's own sender did the work
+    assert "bulk messages per channel" in result.stdout
 
     # The webhook campaign: 60 bulk messages without an endpoint, then with one subscribed to `*`.
     campaign = report["webhooks"]
