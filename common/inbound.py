@@ -10,7 +10,7 @@ the second time.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -18,6 +18,7 @@ from psycopg2.extras import Json
 
 from common import events, metrics
 from common.db.connection import fetch, fetch_dicts
+from common.receipts import storable
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,11 @@ def store(message: Inbound) -> int | None:
     Returns:
       The new message's id, or None when this provider message id was stored before.
     """
+    # What a customer wrote reaches PostgreSQL as it can be stored (no NUL, no lone surrogate):
+    # the provider signed it as it was, and refusing it would lose the message on every retry.
+    message = replace(message, **{name: storable(getattr(message, name)) for name in
+                                  ("from_addr", "to_addr", "body", "sender_name", "profile", "media", "extra",
+                                   "provider_message_id")})
     content = {"media": message.media, **({"sender_name": message.sender_name} if message.sender_name else {}),
                **({"profile": message.profile} if message.profile else {}), **message.extra}
     rows = fetch_dicts(_STORE, {

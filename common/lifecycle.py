@@ -193,6 +193,7 @@ def apply_receipt(
     *,
     account: str,
     keep_event: dict[str, Any] | None = None,
+    workspaces: Sequence[int] | None = None,
 ) -> int | None:
     """Move the message the provider knows as ``provider_message_id`` forward to ``status``.
 
@@ -202,6 +203,8 @@ def apply_receipt(
       status: our status the receipt reports, or None for a receipt with nothing to apply.
       keep_event: if given (``kind`` and ``payload``), the receipt is also stored in
         ``provider_event`` by the same statement — applied if its message exists, else pending.
+      workspaces: if given, only a message of one of these workspaces is moved: those whose
+        secret verified the webhook, so one tenant's secret never vouches for another's message.
 
     Returns:
       The message id if a message carries that provider id (whether or not the status moved:
@@ -221,13 +224,17 @@ def apply_receipt(
         WITH target AS (
             SELECT id FROM message
             WHERE provider = %(provider)s AND provider_message_id = %(pid)s AND provider_account = %(account)s
+              AND (%(workspaces)s::bigint[] IS NULL OR workspace_id = ANY(%(workspaces)s::bigint[]))
         ), moved AS (
             UPDATE message SET status = %(to)s, status_changed_at = now(), updated_at = now(), redrives = 0,
                    delivered_at = CASE WHEN %(to)s IN ('delivered', 'read')
                                        THEN coalesce(delivered_at, now()) ELSE delivered_at END,
                    error_code = coalesce(%(error_code)s, error_code),
                    last_error = coalesce(%(error)s, last_error)
+            -- the provider id is checked again: PostgreSQL re-evaluates only this clause on a row a
+            -- concurrent transaction changed, and a fallback (common.fallback) clears the id
             WHERE id = (SELECT id FROM target) AND {_RANK_SQL} < %(rank)s
+              AND provider = %(provider)s AND provider_message_id = %(pid)s AND provider_account = %(account)s
             RETURNING id, workspace_id, status, priority, channel, to_addr, tags, %(detail)s::jsonb AS detail
         ){_RECORD}{keep}
         SELECT id, channel FROM moved UNION ALL SELECT id, NULL FROM target
@@ -243,6 +250,7 @@ def apply_receipt(
             "error": detail.get("error"),
             "kind": (keep_event or {}).get("kind"),
             "payload": _jsonb((keep_event or {}).get("payload")),
+            "workspaces": list(workspaces) if workspaces is not None else None,
         },
         prepared=True,
     )

@@ -33,31 +33,33 @@ def store_event(provider: str, kind: str, payload: dict[str, Any], *, signature_
     """
     if not signature_valid:
         payload, detail, handled = bounded_payload(payload), None, False
-        provider_message_id = _storable(provider_message_id[:MAX_UNVERIFIED_ID]) if provider_message_id else None
-        status = _storable(status[:MAX_UNVERIFIED_ID]) if status else None
+        provider_message_id = storable(provider_message_id[:MAX_UNVERIFIED_ID]) if provider_message_id else None
+        status = storable(status[:MAX_UNVERIFIED_ID]) if status else None
     rows = fetch(
         "INSERT INTO provider_event (provider, kind, provider_message_id, status, detail, payload, signature_valid, applied_at)"
         " VALUES (%s, %s, %s, %s, %s::jsonb, %s::jsonb, %s, CASE WHEN %s THEN now() END) RETURNING id",
-        (provider, kind, provider_message_id, status, json.dumps(detail or {}), json.dumps(_storable(payload)), signature_valid, handled),
+        (provider, kind, provider_message_id, status, json.dumps(detail or {}), json.dumps(storable(payload)), signature_valid, handled),
     )
     return rows[0][0]
 
 
 def bounded_payload(payload: dict[str, Any]) -> dict[str, Any]:
     """``payload`` if it is small; else its first MAX_UNVERIFIED_PAYLOAD characters as JSON text."""
-    text = json.dumps(_storable(payload), ensure_ascii=False)
+    text = json.dumps(storable(payload), ensure_ascii=False)
     if len(text) <= MAX_UNVERIFIED_PAYLOAD:
         return payload
     return {"truncated": True, "size": len(text), "head": text[:MAX_UNVERIFIED_PAYLOAD]}
 
 
-def _storable(value: Any) -> Any:
+def storable(value: Any) -> Any:
+    """``value`` with every string made storable in PostgreSQL text and jsonb (NUL and lone
+    surrogates replaced), keys included."""
     if isinstance(value, str):
         return _UNSTORABLE.sub("\ufffd", value)
     if isinstance(value, dict):
-        return {_storable(str(k)): _storable(v) for k, v in value.items()}
+        return {storable(str(k)): storable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_storable(v) for v in value]
+        return [storable(v) for v in value]
     return value
 
 

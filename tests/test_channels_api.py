@@ -29,7 +29,7 @@ def test_credentials_cannot_be_read_back_nor_found_in_clear_text(api, workspace)
                                                "sender": "sales", "senders": ["support"],
                                                "settings": {"api_base": "http://127.0.0.1:9", "pace_seconds": 4}}).status_code == 200
     assert put(api, workspace, "email", {"credentials": {"username": "mailer", "password": "smtp-password-6610"},
-                                         "sender": "News@Example.COM", "settings": {"host": "smtp.example.com", "port": 587,
+                                         "sender": "News@Example.COM", "settings": {"host": "127.0.0.1", "port": 587,
                                                                                     "security": "starttls"}}).status_code == 200
     # The API names which secrets are set, never their values
     for channel, values in secrets.items():
@@ -43,12 +43,12 @@ def test_credentials_cannot_be_read_back_nor_found_in_clear_text(api, workspace)
     assert qr["credentials_set"] == ["api_key"] and qr["webhook_secret_set"] is True
     assert qr["sender"] == "sales" and qr["senders"] == ["support"] and qr["rate_limit_per_second"] == 0.25
     email = api.get("/v1/channels/email", headers=workspace["auth"]).get_json()
-    assert email["sender"] == "News@example.com" and email["settings"] == {"host": "smtp.example.com", "port": 587, "security": "starttls"}
+    assert email["sender"] == "News@example.com" and email["settings"] == {"host": "127.0.0.1", "port": 587, "security": "starttls"}
     assert api.get("/v1/channels/sms", headers=workspace["auth"]).get_json()["rate_limit_per_second"] == 1.0  # a long code's pace
     # Nor are they anywhere in the database in clear text
     with transaction():
         dump = " ".join(str(row) for row in fetch("SELECT c::text, convert_from(c.credentials, 'LATIN1') FROM channel_config c"))
-    assert "smtp.example.com" in dump  # the dump is readable: settings are not secret
+    assert "starttls" in dump  # the dump is readable: settings are not secret
     assert not any(value in dump for values in secrets.values() for value in values)
 
 
@@ -79,9 +79,14 @@ def test_bad_channel_configurations_are_refused_naming_the_field(api, workspace)
         ("email", {"sender": "a@example.com", "settings": {"host": "smtp.example.com", "port": 70000}}, "settings"),
         ("email", {"sender": "a@example.com", "settings": {"host": "h", "port": 25, "tls": True}}, "settings"),
         ("whatsapp_cloud", {"credentials": {"access_token": "t"}, "sender": "100"}, "credentials"),
-        ("whatsapp_qr", {"credentials": {"api_key": "k"}, "sender": "bad session!", "settings": {"api_base": "http://x"}}, "sender"),
+        ("whatsapp_qr", {"credentials": {"api_key": "k"}, "sender": "bad session!", "settings": {"api_base": "http://127.0.0.1:9"}}, "sender"),
         ("whatsapp_qr", {"credentials": {"api_key": "k"}, "sender": "s", "settings": {"api_base": "ftp://x"}}, "settings"),
         ("http", {"sender": "http://169.254.169.254/latest"}, "sender"),
+        ("whatsapp_qr", {"credentials": {"api_key": "k"}, "sender": "s",
+                         "settings": {"api_base": "http://169.254.169.254/latest/meta-data"}}, "settings"),  # cloud metadata
+        ("whatsapp_cloud", {"credentials": {"access_token": "t", "app_secret": "a", "verify_token": "v"}, "sender": "100",
+                            "settings": {"api_base": "http://10.0.0.7"}}, "settings"),
+        ("email", {"sender": "a@example.com", "settings": {"host": "169.254.169.254", "port": 25}}, "settings"),
     ]
     for channel, payload, field in cases:
         refused = put(api, workspace, channel, payload)
@@ -151,3 +156,17 @@ def test_messages_a_channel_cannot_carry_are_refused_naming_the_field(api, works
         assert refused.get_json()["error"]["field"] == field, (payload, refused.get_json())
     with transaction():
         assert fetch("SELECT count(*) FROM message")[0][0] == 0
+
+
+def test_an_account_belongs_to_one_workspace(api, workspace):
+    from common import apikeys
+
+    assert put(api, workspace, "sms", TWILIO).status_code == 200
+    with transaction():
+        other = {"Authorization": f"Bearer {apikeys.issue(apikeys.create_workspace('other'))}"}
+    # Another workspace cannot configure the same Twilio account: its webhooks are checked with one owner's token
+    taken = api.put("/v1/channels/sms", data=json.dumps(TWILIO), content_type="application/json", headers=other)
+    assert taken.status_code == 409 and taken.get_json()["error"]["code"] == "account_taken"
+    assert api.get("/v1/channels/sms", headers=other).status_code == 404
+    # The owner may change its own configuration
+    assert put(api, workspace, "sms", {**TWILIO, "rate_limit_per_second": 3}).status_code == 200

@@ -13,10 +13,11 @@ import re
 from typing import Any
 
 from flask import Blueprint, Response, g, jsonify
+from peewee import IntegrityError
 
 from common import signing
 from common.config import settings
-from common.db.connection import transaction
+from common.db.connection import fetch, transaction
 from common.netguard import BlockedAddress, parse_networks, vet_url
 from common.providers import config as channel_config
 from services.ingest import outgoing
@@ -55,7 +56,7 @@ def _unknown_channel(channel: str) -> ApiError:
 
 @operation(channels_api, "PUT", "/channels/{channel}", summary="Set the workspace's provider account for a channel",
            scope="channels:write", request=ChannelSetup, text_params=CHANNEL_PARAM,
-           ok={200: Body(ChannelView, "Stored; credentials are encrypted and not shown.")}, errors=(404,))
+           ok={200: Body(ChannelView, "Stored; credentials are encrypted and not shown.")}, errors=(404, 409))
 def put_channel(channel: str, body: ChannelSetup) -> tuple[Response, int]:
     if channel not in CHANNELS:
         raise _unknown_channel(channel)
@@ -78,11 +79,32 @@ def put_channel(channel: str, body: ChannelSetup) -> tuple[Response, int]:
         pace = float(options.get("pace_seconds", settings.waha_pace_seconds))
         rate = 1 / pace if provider == "waha" and pace > 0 else DEFAULT_RATE.get(provider, 0.0)
     with transaction():
-        channel_config.save(g.workspace_id, channel, provider, account, credentials, sender, rate, options)
+        if fetch("SELECT 1 FROM channel_config WHERE provider = %s AND account_ref = %s AND workspace_id <> %s",
+                 (provider, account, g.workspace_id)):
+            raise _taken(provider, account)
+        try:
+            channel_config.save(g.workspace_id, channel, provider, account, credentials, sender, rate, options)
+        except IntegrityError:  # another workspace took it meanwhile
+            raise _taken(provider, account) from None
         view = _view(channel_config.load(g.workspace_id, channel))
     if generated:
         view["secret"] = generated
     return jsonify(view), 200
+
+
+def _taken(provider: str, account: str) -> ApiError:
+    return ApiError(409, "account_taken", f"this {provider} account ({account[:100]}) is configured by another workspace; "
+                    "an account belongs to one workspace, whose secret alone vouches for its webhooks", "sender")
+
+
+def _vet(url: str, field: str) -> None:
+    """A provider address a workspace sets is checked like a webhook URL: public addresses only
+    (unless POSTROOM_WEBHOOK_ALLOWED_NETWORKS allows more), so it cannot reach cloud metadata or
+    the deployment's own services."""
+    try:
+        vet_url(url, parse_networks(settings.postroom_webhook_allowed_networks))
+    except (BlockedAddress, ValueError) as exc:
+        raise _refuse(field, f"{field} is refused: {exc}") from None
 
 
 def _credentials(provider: str, body: ChannelSetup) -> tuple[dict[str, Any], str | None]:
@@ -134,6 +156,10 @@ def _settings(provider: str, body: ChannelSetup) -> dict[str, Any]:
         raise _refuse("settings", "settings.host must be a host name or address")
     if not isinstance(version, str) or not re.match(r"^v\d+\.\d+$", version):
         raise _refuse("settings", "settings.api_version must look like v25.0")
+    if "api_base" in options:
+        _vet(str(api_base), "settings")
+    if "host" in options:
+        _vet(f"http://{host}:{port}/", "settings")
     return options
 
 
@@ -152,7 +178,7 @@ def _identity(channel: str, provider: str, body: ChannelSetup, credentials: dict
     if provider == "waha":
         if not SESSION.match(body.sender):
             raise _refuse("sender", "sender must be a WAHA session name (letters, digits, _ . -)")
-        return body.sender, str(body.settings["api_base"])
+        return body.sender, f"{body.settings['api_base']}|{body.sender}"
     sender = outgoing.normalized_identity(channel, body.sender, "sender")
     return sender, credentials["account_sid"] if provider == "twilio" else sender
 

@@ -93,5 +93,5 @@ def conversation_messages(conversation_id: int) -> tuple[Response, int]:
         ids = [r["id"] for r in fetch_dicts(
             "SELECT id FROM message WHERE conversation_id = %s AND workspace_id = %s AND id > %s ORDER BY id LIMIT %s",
             (conversation_id, g.workspace_id, after, limit))]
-        found = [messages.view(g.workspace_id, message_id, with_events=False) for message_id in ids]
+        found = messages.views(g.workspace_id, ids)
     return jsonify({"messages": found, "next_after": ids[-1] if len(ids) == limit else None}), 200

@@ -130,7 +130,7 @@ class NewMessage(BaseModel):
         "Sender identity; must be the workspace's own (its channel configuration, or the deployment's default). "
         "Left out: that identity is used."))
     subject: Annotated[str, Field(min_length=1, max_length=998), SingleLine] | None = Field(None, description="`email`: the subject.")
-    html: Annotated[str, Field(min_length=1, max_length=500_000)] | None = Field(None, description=(
+    html: Annotated[str, Field(min_length=1, max_length=500_000), MultiLine] | None = Field(None, description=(
         "`email`: an HTML part, sent with the text as multipart/alternative."))
     reply_to: Recipient | None = Field(None, description="`email`: the Reply-To address.")
     attachments: Annotated[list[Attachment], Field(max_length=10)] | None = Field(None, description="`email`: files by URL.")
