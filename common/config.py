@@ -87,7 +87,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SMTP_PASSWORD", str, "", "Default SMTP password."),
     Setting("EMAIL_FROM", str, "postroom@example.com", "Default From address for email."),
     Setting("SMTP_RATE_LIMIT_PER_SECOND", float, 0.0, "Messages per second through the default SMTP login; 0 means no limit of our own."),
-    Setting("SMTP_POOL_SIZE", int, 8, "SMTP sessions one email sender process keeps open and reuses per login."),
+    Setting("SMTP_POOL_SIZE", int, 8, "Least number of SMTP sessions one email sender process may keep open and reuse per login; it opens up to twice POSTROOM_SENDER_CONCURRENCY (one per call its two lanes can have in flight) when sends need them, and closes a login's sessions after 10 idle minutes."),
     Setting("EMAIL_WEBHOOK_SECRET", str, "", "Standard Webhooks secret (`whsec_...`) the mail relay signs delivery, bounce and inbound-mail webhooks with, for the default account. Empty: none are accepted for it. Local runs use the sandbox's."),
     Setting("WHATSAPP_API_BASE", str, "", "Graph API base URL. Empty: the real https://graph.facebook.com; local runs point it at the sandbox."),
     Setting("WHATSAPP_API_VERSION", str, "v25.0", "Graph API version in the URL; Meta changes it several times a year."),

@@ -60,7 +60,7 @@ def verify(secrets_: Sequence[str], msg_id: str, timestamp: str, body: bytes, si
     """Whether ``signatures`` (the ``webhook-signature`` header) holds a ``v1`` signature of
     ``{id}.{timestamp}.{body}`` by one of ``secrets_``, with the timestamp within
     TOLERANCE_SECONDS of ``now``. Missing headers, a malformed secret or timestamp: False."""
-    if not (msg_id and timestamp.isdigit() and signatures):
+    if not (msg_id and timestamp.isascii() and timestamp.isdigit() and signatures):  # "²" is a digit to isdigit()
         return False
     if abs((time.time() if now is None else now) - int(timestamp)) > TOLERANCE_SECONDS:
         return False

@@ -12,13 +12,25 @@ from tests.support import history, running_workers, status_of, wait_for
 STATUS_PATH = "/webhooks/twilio/status"
 
 
-def sent_message(workspace, sid: str, status: str = "sent") -> int:
+def sent_message(workspace, sid: str, status: str = "sent", account: str | None = None) -> int:
     with transaction():
         return fetch(
             "INSERT INTO message (workspace_id, channel, to_addr, body, status, provider, provider_message_id, provider_account)"
             " VALUES (%s, 'sms', '+15005550006', 'hi', %s, 'twilio', %s, %s) RETURNING id",
-            (workspace["id"], status, sid, settings.twilio_account_sid),
+            (workspace["id"], status, sid, account or settings.twilio_account_sid),
         )[0][0]
+
+
+def configured_account(account_sid: str, token: str, sender: str) -> int:
+    """A second workspace whose SMS channel uses this Twilio account; its id."""
+    from common.crypto import seal
+
+    with transaction():
+        other = fetch("INSERT INTO workspace (name) VALUES ('other') RETURNING id")[0][0]
+        fetch("INSERT INTO channel_config (workspace_id, channel, provider, account_ref, credentials, sender_identity)"
+              " VALUES (%s, 'sms', 'twilio', %s, %s, %s)",
+              (other, account_sid, seal({"account_sid": account_sid, "auth_token": token}), sender))
+    return other
 
 
 def callback(api, sid: str, status: str, *, token: str | None = None, **extra: str):
@@ -136,3 +148,42 @@ def test_receipt_signed_by_another_tenants_account_moves_nothing(api, workspace)
     # while acme's own account still can
     assert callback(api, sid, "delivered").status_code == 200
     assert status_of(message_id) == "delivered"
+
+
+def test_a_configured_accounts_receipts_move_only_its_own_workspaces_messages(api, workspace):
+    # Given an account a second workspace configured, and messages sent through it by acme (before
+    # the account changed hands) and by that workspace
+    account, token = "AC" + "1" * 32, "configured-token"
+    other = configured_account(account, token, "+15005550011")
+    acme = sent_message(workspace, "SM" + "1" * 32, account=account)
+    own = sent_message({"id": other}, "SM" + "2" * 32, account=account)
+    # When the account's token signs a receipt for each
+    for sid in ("SM" + "1" * 32, "SM" + "2" * 32):
+        assert callback(api, sid, "delivered", token=token, AccountSid=account).status_code == 200
+    # Then only the configuring workspace's own message moved
+    assert [status_of(acme), status_of(own)] == ["sent", "delivered"]
+
+
+def test_a_tenant_configuring_the_deployments_account_cannot_sign_for_it(api, workspace):
+    # Given acme's message through the deployment's account, which another workspace configured with its own token
+    configured_account(settings.twilio_account_sid, "tenant-token", "+15005550012")
+    message_id = sent_message(workspace, "SM" + "3" * 32)
+    # Then that token's receipts are refused; the environment's token alone speaks for the account
+    assert callback(api, "SM" + "3" * 32, "failed", token="tenant-token", ErrorCode="30008").status_code == 403
+    assert status_of(message_id) == "sent"
+    assert callback(api, "SM" + "3" * 32, "delivered").status_code == 200
+    assert status_of(message_id) == "delivered"
+
+
+def test_account_sids_anyone_names_are_cached_within_a_bound(api, workspace, monkeypatch):
+    from common.providers import accounts
+
+    monkeypatch.setattr(accounts, "MAX_CACHED_ACCOUNTS", 3)
+    # When callers name many AccountSids that are nobody's
+    strangers = [f"AC{n:032d}" for n in range(1, 7)]
+    assert [callback(api, "SM" + "4" * 32, "delivered", AccountSid=sid).status_code for sid in strangers] == [403] * 6
+    # Then the cache holds the newest few, and the deployment's account still verifies
+    assert list(accounts._tokens) == strangers[-3:]
+    message_id = sent_message(workspace, "SM" + "5" * 32)
+    assert callback(api, "SM" + "5" * 32, "delivered").status_code == 200
+    assert status_of(message_id) == "delivered" and len(accounts._tokens) == 3

@@ -5,6 +5,8 @@ Against the real sandbox process, PostgreSQL, Redis, ingest over HTTP and in-pro
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 import requests
 from twilio.base.exceptions import TwilioRestException
@@ -253,3 +255,38 @@ def test_inbound_with_a_bad_or_missing_signature_is_refused_and_stores_nothing(w
         assert fetch("SELECT count(*) FROM conversation")[0][0] == 0
         kept = fetch("SELECT kind, signature_valid, applied_at FROM provider_event")
     assert kept == [("inbound", False, None)]
+
+
+def test_inbound_lands_only_in_a_workspace_whose_token_signed_it(workspace, sandbox, ingest_url):
+    from common.crypto import seal
+
+    # Given a workspace that configured the deployment's account with a token of its own, and one of its numbers
+    with transaction():
+        other = fetch("INSERT INTO workspace (name) VALUES ('other') RETURNING id")[0][0]
+        fetch("INSERT INTO channel_config (workspace_id, channel, provider, account_ref, credentials, sender_identity)"
+              " VALUES (%s, 'sms', 'twilio', %s, %s, '+15551239998')",
+              (other, settings.twilio_account_sid, seal({"account_sid": settings.twilio_account_sid, "auth_token": "tenant-token"})))
+    # When Twilio (the environment's token) delivers a message to that number
+    assert inbound(sandbox, to="+15551239998", body="to the deployment", **{"from": "+15551230111"})["status"] == 200
+    # Then it is the deployment's: it lands in the default inbound workspace, not the one whose token did not sign it
+    assert [(r["workspace_id"], r["body"]) for r in stored_inbound()] == [(workspace["id"], "to the deployment")]
+    # And the other workspace's token cannot sign for the deployment's account at all
+    url = f"{ingest_url}/webhooks/twilio/inbound"
+    params = {"MessageSid": "SM" + "8" * 32, "AccountSid": settings.twilio_account_sid, "From": "+15551230112",
+              "To": "+15551239998", "Body": "forged", "NumMedia": "0", "NumSegments": "1"}
+    signature = RequestValidator("tenant-token").compute_signature(url, params)
+    assert requests.post(url, data=params, headers={"X-Twilio-Signature": signature}, timeout=5).status_code == 403
+    assert len(stored_inbound()) == 1
+
+
+def test_sandbox_answers_malformed_control_requests_and_odd_credentials_without_a_500(sandbox):
+    malformed = [{"account_sid": ["AC1"], "from": "+15551230113", "body": "x"},
+                 {"from": "+15551230113", "body": "x", "media": [{"url": "https://m.example.com/a.jpg", "content_type": 5}]}]
+    answers = [requests.post(f"{sandbox.url}/sandbox/twilio/inbound", json=payload, timeout=5) for payload in malformed]
+    assert [a.status_code for a in answers] == [400, 400]
+    credentials = base64.b64encode(f"{TEST_ACCOUNT_SID}:p\u00e4ssw\u00f6rd".encode()).decode()
+    answer = requests.post(f"{sandbox.url}/2010-04-01/Accounts/{TEST_ACCOUNT_SID}/Messages.json",
+                           data={"To": "+15551230113", "From": "+15005550006", "Body": "x"},
+                           headers={"Authorization": f"Basic {credentials}"}, timeout=5)
+    assert (answer.status_code, answer.json()["code"]) == (401, 20003)
+    assert sandbox.messages() == []

@@ -346,3 +346,142 @@ def test_spam_and_engagement_limits_retry_much_later(ingest_url, workspace, grap
         [(status, wait)] = fetch("SELECT status, extract(epoch FROM due_at - now()) FROM message WHERE id = %s", (message_id,))
     assert status == "routed"
     assert at_least - 60 < wait <= at_least
+
+
+# --- tenancy: whose secret vouches for what ---------------------------------------------------
+
+
+def other_workspace() -> int:
+    with transaction():
+        return fetch("INSERT INTO workspace (name) VALUES ('other') RETURNING id")[0][0]
+
+
+def whatsapp_message(workspace_id: int, number: str, status: str, wamid: str | None) -> int:
+    """A message of ``workspace_id`` sent (or being sent) from ``number``, with SMS next on its route."""
+    routes = json.dumps([{"channel": "whatsapp_cloud", "to": "+16502530020"}, {"channel": "sms", "to": SMS_TO}])
+    with transaction():
+        return fetch("INSERT INTO message (workspace_id, channel, to_addr, body, status, provider, provider_message_id,"
+                     " provider_account, routes, route_step) VALUES (%s, 'whatsapp_cloud', '+16502530020', 'x', %s,"
+                     " 'whatsapp_cloud', %s, %s, %s::jsonb, 0) RETURNING id",
+                     (workspace_id, status, wamid, number, routes))[0][0]
+
+
+def failed_131026(wamid: str, opaque: int) -> dict[str, Any]:
+    return {"id": wamid, "status": "failed", "timestamp": "1", "recipient_id": "16502530020",
+            "biz_opaque_callback_data": str(opaque), "errors": [{"code": 131026, "title": "Message undeliverable"}]}
+
+
+def read_status(wamid: str) -> dict[str, Any]:
+    return {"id": wamid, "status": "read", "timestamp": "1", "recipient_id": "16502530020"}
+
+
+def test_a_tenants_secret_moves_only_that_tenants_messages_from_its_number(ingest_url, workspace):
+    # Given a number another workspace configured, and messages sent from it by acme (before the
+    # number changed hands) and by the other workspace
+    number = "200000000000003"
+    other = other_workspace()
+    with transaction():
+        channel_config.save(other, "whatsapp_cloud", "meta", number,
+                            {"access_token": "t", "app_secret": "other-secret", "verify_token": "v"}, number, 80.0)
+    acme_sending = whatsapp_message(workspace["id"], number, "sending", None)
+    acme_sent = whatsapp_message(workspace["id"], number, "sent", "wamid.ACME")
+    own = whatsapp_message(other, number, "sent", "wamid.OWN")
+    # When the other workspace's secret signs a 131026 failure sprayed with acme's id, and read statuses
+    raw = envelope({"statuses": [failed_131026("wamid.SPRAYED", acme_sending), read_status("wamid.ACME"),
+                                 read_status("wamid.OWN")]}, number)
+    assert webhook(ingest_url, raw, sign(raw, "other-secret")).status_code == 200
+    # Then only the other workspace's own message moved; acme's stayed where they were, on WhatsApp
+    assert [status_of(i) for i in (acme_sending, acme_sent, own)] == ["sending", "sent", "read"]
+    assert message(acme_sending)["channel"] == "whatsapp_cloud" and history(acme_sending) == []
+
+
+def test_a_tenant_configuring_the_deployments_number_cannot_sign_for_it(ingest_url, workspace):
+    # Given acme's messages from the deployment's number, and a workspace that configured that
+    # number with a secret of its own
+    other = other_workspace()
+    with transaction():
+        channel_config.save(other, "whatsapp_cloud", "meta", NUMBER,
+                            {"access_token": "t", "app_secret": "tenant-secret", "verify_token": "v"}, NUMBER, 80.0)
+    sending = whatsapp_message(workspace["id"], NUMBER, "sending", None)
+    sent_one = whatsapp_message(workspace["id"], NUMBER, "sent", "wamid.DEPLOYMENT")
+    hello = {"contacts": [{"profile": {"name": "Eve"}, "wa_id": "16502530021"}],
+             "messages": [{"from": "16502530021", "id": "wamid.EVE", "timestamp": "1", "type": "text", "text": {"body": "x"}}]}
+    # When that workspace's secret signs statuses and a customer message for the deployment's number
+    forged = [envelope({"statuses": [failed_131026("wamid.SPRAYED", sending), read_status("wamid.DEPLOYMENT")]}), envelope(hello)]
+    # Then they are refused: only the environment's secret speaks for that number
+    assert [webhook(ingest_url, raw, sign(raw, "tenant-secret")).status_code for raw in forged] == [403, 403]
+    assert [status_of(i) for i in (sending, sent_one)] == ["sending", "sent"]
+    with transaction():
+        assert fetch("SELECT count(*) FROM conversation")[0][0] == 0
+    # While the environment's secret still moves any workspace's message from it
+    raw = envelope({"statuses": [read_status("wamid.DEPLOYMENT")]})
+    assert webhook(ingest_url, raw, sign(raw)).status_code == 200
+    assert status_of(sent_one) == "read"
+
+
+def test_a_workspaces_api_base_is_called_through_the_ssrf_guard(ingest_url, workspace, graph, broker):
+    # Given a workspace whose configured Graph API base is the cloud metadata address
+    with transaction():
+        channel_config.save(workspace["id"], "whatsapp_cloud", "meta", "200000000000004",
+                            {"access_token": "t", "app_secret": "s", "verify_token": "v"}, "200000000000004", 80.0,
+                            {"api_base": "http://169.254.169.254"})
+    with running_workers(broker):
+        message_id = post(ingest_url, workspace, to="+16502530022", template={"name": "hello_world"})
+        wait_for(lambda: status_of(message_id) == "failed", what="failed")
+    # Then nothing was called: the message failed at once as a refused address
+    row = message(message_id)
+    assert (row["error_code"], row["attempts"]) == ("blocked_address", 1)
+    assert "169.254.169.254" in row["last_error"] and "link-local" in row["last_error"]
+
+
+def test_status_text_postgresql_cannot_store_is_kept_cleaned(ingest_url, workspace):
+    # Given a sent message, and a signed failure whose title holds a NUL and a lone surrogate
+    message_id = whatsapp_message(workspace["id"], NUMBER, "sent", "wamid.ODD")
+    raw = json.dumps({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages", "value": {
+        "metadata": {"phone_number_id": NUMBER}, "statuses": [{"id": "wamid.ODD", "status": "failed", "timestamp": "1",
+                                                               "errors": [{"code": 131000, "title": "bad\x00title\ud800"}]}]}}]}]}).encode()
+    # Then it is applied, with those characters replaced, and kept
+    assert webhook(ingest_url, raw, sign(raw)).status_code == 200
+    row = message(message_id)
+    assert (row["status"], row["last_error"]) == ("failed", "131000: bad\ufffdtitle\ufffd")
+    with transaction():
+        [(title,)] = fetch("SELECT payload->'errors'->0->>'title' FROM provider_event WHERE provider_message_id = 'wamid.ODD'")
+    assert title == "bad\ufffdtitle\ufffd"
+    # And a number id PostgreSQL could not even look up is refused like any unsigned webhook
+    odd = envelope({"statuses": [read_status("wamid.ODD")]}, "1000\x00")
+    assert webhook(ingest_url, odd, sign(odd)).status_code == 403
+
+
+def test_verify_tokens_are_unsealed_once_per_configuration_change(ingest_url, workspace, monkeypatch):
+    # Given a workspace's verify token, and a count of how often configurations are unsealed for it
+    with transaction():
+        channel_config.save(workspace["id"], "whatsapp_cloud", "meta", "200000000000005",
+                            {"access_token": "t", "app_secret": "s", "verify_token": "first-token"}, "200000000000005", 80.0)
+    unsealed: list[int] = []
+    matching = channel_config.matching
+    monkeypatch.setattr(channel_config, "matching", lambda *args: unsealed.append(1) or matching(*args))
+
+    def handshake(token: str) -> int:
+        params = {"hub.mode": "subscribe", "hub.verify_token": token, "hub.challenge": "42"}
+        return requests.get(f"{ingest_url}/webhooks/whatsapp_cloud", params=params, timeout=5).status_code
+
+    # When unauthenticated callers guess many times
+    assert [handshake(f"guess-{n}") for n in range(5)] + [handshake("first-token")] == [403] * 5 + [200]
+    assert len(unsealed) <= 1
+    # Then a new configuration's token is known at once, at the cost of one more unsealing
+    other = other_workspace()
+    with transaction():
+        channel_config.save(other, "whatsapp_cloud", "meta", "200000000000006",
+                            {"access_token": "t", "app_secret": "s", "verify_token": "second-token"}, "200000000000006", 80.0)
+    assert [handshake("second-token"), handshake("first-token"), handshake("guess")] == [200, 200, 403]
+    assert len(unsealed) <= 2
+
+
+def test_sandbox_graph_api_answers_malformed_calls_with_metas_errors(graph):
+    url = f"{graph.url}/v21.0/{NUMBER}/messages"
+    good = {"Authorization": f"Bearer {settings.whatsapp_access_token}"}
+    odd_type = requests.post(url, json={"messaging_product": "whatsapp", "to": "16502530023", "type": ["text"]},
+                             headers=good, timeout=5)
+    odd_token = requests.post(url, json={"messaging_product": "whatsapp", "to": "16502530023", "type": "text",
+                                         "text": {"body": "x"}}, headers={"Authorization": "Bearer t\u00f6k\u00e9n"}, timeout=5)
+    assert [(a.status_code, a.json()["error"]["code"]) for a in (odd_type, odd_token)] == [(400, 100), (401, 190)]

@@ -14,14 +14,23 @@ gateway pauses the session for every sender without spending a retry, its state 
 messages at once (``services/ingest/waha_hooks.py``). A number that is not on WhatsApp is found
 by ``check-exists`` before the first send to it and moves the message on to its route's next
 channel.
+
+A workspace's session is its own: its account key names the workspace, so nothing another
+tenant signs (a receipt, a state, a release of held messages, the end of a pause) reaches it,
+even when two configurations name the same gateway and session. A workspace's gateway is an
+address the tenant chose, so it is called only through the SSRF guard (``common.netguard``);
+the operator's (WAHA_API_BASE, maybe the local sandbox or an in-cluster service) is called
+directly.
 """
 
 from __future__ import annotations
 
 import mimetypes
 import random
+import re
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -33,6 +42,7 @@ from common import ratelimit
 from common.config import settings
 from common.db.connection import fetch
 from common.errors import PermanentError, ProviderError, Throttled, TransientError
+from common.netguard import BlockedAddress, shared_session
 from common.providers import config as channel_config
 from common.providers import waha_sessions
 from common.providers.base import Accepted, Channel
@@ -43,24 +53,34 @@ CHANNEL = "whatsapp_qr"
 WORKING = "WORKING"
 HELD_SECONDS = 6.0  # a session not WORKING is asked again after this long (or released by its webhook)
 NUMBER_CACHE_SECONDS = 3600.0  # how long a check-exists answer is trusted
+NUMBER_CACHE_SIZE = 50_000  # check-exists answers kept per process, least recently used out
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# What PostgreSQL cannot store in text (NUL) or encode (a lone surrogate): never one of our ids.
+_UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
 # message.ack's ack -> our status: -1 ERROR, 0 PENDING (nothing to apply), 1 SERVER, 2 DEVICE, 3 READ, 4 PLAYED
 ACK_STATUSES = {-1: "failed", 1: "sent", 2: "delivered", 3: "read", 4: "read"}
 
 
 @dataclass(frozen=True)
 class WahaAccount:
-    """One session on one gateway, with its pace."""
+    """One session on one gateway, with its pace; a workspace's (``workspace_id``) or the
+    environment's (None), which sends for every workspace without a configuration of its own."""
 
     api_base: str
     api_key: str = field(repr=False)
     session: str
     pace_seconds: float
     jitter_seconds: float
+    workspace_id: int | None = None
 
     @property
     def key(self) -> str:
-        """Unique per gateway and session (every gateway has a session called ``default``)."""
-        return f"{self.api_base}|{self.session}"
+        """Unique per gateway and session (every gateway has a session called ``default``), and
+        per workspace: two configurations naming one gateway and session never share pauses,
+        recorded states or receipts."""
+        if self.workspace_id is None:
+            return f"{self.api_base}|{self.session}"
+        return f"ws{self.workspace_id}|{self.api_base}|{self.session}"
 
     @property
     def rate_limit_per_second(self) -> float:
@@ -75,6 +95,12 @@ class SessionOwner:
     workspace_id: int | None
     account: WahaAccount
     webhook_secret: str = field(repr=False)
+
+    @property
+    def scope(self) -> list[int] | None:
+        """The workspaces whose messages its webhooks may move: its own for a workspace's
+        session; any (None) for the environment's, which sends for every workspace without one."""
+        return None if self.account.workspace_id is None else [self.account.workspace_id]
 
 
 def _number(value: Any, default: float) -> float:
@@ -99,7 +125,8 @@ def _configured(config: channel_config.ChannelConfig) -> list[WahaAccount]:
     return [WahaAccount(str(values.get("api_base") or settings.waha_api_base).rstrip("/"),
                         str(config.credentials.get("api_key", "")), name,
                         _number(values.get("pace_seconds"), settings.waha_pace_seconds),
-                        _number(values.get("jitter_seconds"), settings.waha_pace_jitter_seconds)) for name in names]
+                        _number(values.get("jitter_seconds"), settings.waha_pace_jitter_seconds), config.workspace_id)
+            for name in names]
 
 
 def accounts(workspace_id: int) -> list[WahaAccount]:
@@ -151,31 +178,37 @@ def owners(name: str) -> list[SessionOwner]:
 
 # --- the gateway's HTTP API ----------------------------------------------------------------------
 
-_sessions: dict[tuple[str, str], requests.Session] = {}
+_operator: dict[str, requests.Session] = {}
 _lock = threading.Lock()
 
 
 def _http(account: WahaAccount) -> requests.Session:
-    """One pooled HTTP session per gateway and key, shared by every call on it."""
+    """The pooled HTTP session for the account's gateway, shared by every call on it (the key
+    goes with each request, so sessions hold no credentials). The operator's gateway is called
+    directly; any other through the SSRF guard, which refuses loopback, private and metadata
+    addresses (unless POSTROOM_WEBHOOK_ALLOWED_NETWORKS allows them) on every new connection."""
+    size = max(10, settings.postroom_sender_concurrency)
+    if account.api_base != settings.waha_api_base.rstrip("/"):
+        return shared_session(settings.postroom_webhook_allowed_networks, size)
     with _lock:
-        http = _sessions.get((account.api_base, account.api_key))
+        http = _operator.get(account.api_base)
         if http is None:
             http = requests.Session()
             http.trust_env = False  # proxies are not read from the environment on every call
-            adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max(10, settings.postroom_sender_concurrency))
+            adapter = HTTPAdapter(pool_connections=4, pool_maxsize=size)
             http.mount("http://", adapter)
             http.mount("https://", adapter)
-            http.headers.update({"X-Api-Key": account.api_key, "Accept": "application/json"})
-            _sessions[(account.api_base, account.api_key)] = http
+            _operator[account.api_base] = http
         return http
 
 
 def call(account: WahaAccount, method: str, path: str, *, body: dict[str, Any] | None = None,
-         params: dict[str, str] | None = None, expect_json: bool = True) -> requests.Response:
+         params: dict[str, str] | None = None, accept: str = "application/json") -> requests.Response:
     """One gateway call; a non-2xx answer raises its error (``classify``).
 
     Raises:
-      PermanentError, TransientError, Throttled: as ``classify`` says.
+      PermanentError: as ``classify`` says, or the gateway's address is refused (``blocked_address``).
+      TransientError, Throttled: as ``classify`` says.
       UnknownOutcome: the request may have been written and its answer was lost.
     """
     if not account.api_base:
@@ -184,7 +217,10 @@ def call(account: WahaAccount, method: str, path: str, *, body: dict[str, Any] |
     timeout = settings.postroom_provider_timeout_seconds
     try:
         response = _http(account).request(method, f"{account.api_base}{path}", json=body, params=params,
+                                          headers={"X-Api-Key": account.api_key, "Accept": accept},
                                           timeout=(min(5.0, timeout), timeout), allow_redirects=False)
+    except BlockedAddress as exc:  # before any byte was written
+        raise PermanentError(f"the gateway's address is refused: {exc}", code="blocked_address") from None
     except requests.RequestException as exc:
         raise connection_failure(exc, timeout) from None
     if not 200 <= response.status_code < 300:
@@ -230,29 +266,54 @@ def chat_id(address: str) -> str:
 
 
 def provider_id(message: dict[str, Any]) -> str | None:
-    """The engine's message id: ``id`` as a string or ``{"_serialized"}``, or ``key.id``."""
+    """The engine's message id: ``id`` as a string or ``{"_serialized"}``, or ``key.id``; None
+    for one the database cannot hold (a NUL or a lone surrogate), which no message of ours has."""
     value = message.get("id")
     if isinstance(value, dict):
         value = value.get("_serialized") or value.get("id")
     if not value and isinstance(message.get("key"), dict):
         value = message["key"].get("id")
-    return str(value) if value else None
+    return str(value) if value and not _UNSTORABLE.search(str(value)) else None
 
 
 # --- sending -------------------------------------------------------------------------------------
 
-_numbers: dict[tuple[str, str], tuple[float, str | None]] = {}
+# (account key, phone) -> (trusted until, chat id or None): a campaign asks about a million
+# numbers, so only the NUMBER_CACHE_SIZE most recently used answers are kept.
+_numbers: OrderedDict[tuple[str, str], tuple[float, str | None]] = OrderedDict()
+_numbers_lock = threading.Lock()
+
+
+def _known_number(key: tuple[str, str]) -> tuple[float, str | None] | None:
+    """The cached answer for ``key`` while it is trusted (and it becomes the most recent)."""
+    with _numbers_lock:
+        cached = _numbers.get(key)
+        if cached is None:
+            return None
+        if cached[0] <= time.monotonic():
+            del _numbers[key]
+            return None
+        _numbers.move_to_end(key)
+        return cached
+
+
+def _remember_number(key: tuple[str, str], found: str | None) -> None:
+    with _numbers_lock:
+        _numbers[key] = (time.monotonic() + NUMBER_CACHE_SECONDS, found)
+        _numbers.move_to_end(key)
+        while len(_numbers) > NUMBER_CACHE_SIZE:
+            _numbers.popitem(last=False)
 
 
 def reachable_chat(account: WahaAccount, address: str) -> str | None:
     """The chat id to send to, or None when the number is not on WhatsApp (asked once per
-    number and session for NUMBER_CACHE_SECONDS)."""
+    number and session for NUMBER_CACHE_SECONDS, while the answer stays among the cached)."""
     chat = chat_id(address)
     if not chat.endswith("@c.us"):
         return chat  # a group or an engine id: nothing to check
     phone = chat.removesuffix("@c.us")
-    cached = _numbers.get((account.key, phone))
-    if cached and cached[0] > time.monotonic():
+    cached = _known_number((account.key, phone))
+    if cached is not None:
         return cached[1]
     try:
         answer = _json(call(account, "GET", "/api/contacts/check-exists", params={"session": account.session, "phone": phone}))
@@ -261,7 +322,7 @@ def reachable_chat(account: WahaAccount, address: str) -> str | None:
             raise TransientError(f"number check failed: {exc}", code="check_exists") from None
         raise
     found = str(answer.get("chatId") or chat) if answer.get("numberExists") else None
-    _numbers[(account.key, phone)] = (time.monotonic() + NUMBER_CACHE_SECONDS, found)
+    _remember_number((account.key, phone), found)
     return found
 
 
@@ -331,8 +392,19 @@ def session_info(account: WahaAccount) -> dict[str, Any]:
 
 
 def session_qr(account: WahaAccount) -> bytes:
-    """The QR code to scan, as the PNG the gateway serves."""
-    return call(account, "GET", f"/api/{account.session}/auth/qr", params={"format": "image"}).content
+    """The QR code to scan, as the PNG the gateway serves. Only a PNG is passed on: the API
+    answers it as ``image/png`` to whoever asks, whatever the gateway answered.
+
+    Raises:
+      PermanentError: the answer is not a PNG image (``not_png``), or as ``call``.
+      Throttled, TransientError, UnknownOutcome: as ``call``.
+    """
+    answer = call(account, "GET", f"/api/{account.session}/auth/qr", params={"format": "image"}, accept="image/png")
+    kind = answer.headers.get("Content-Type", "").split(";")[0].strip().lower()[:100]
+    if kind != "image/png" or not answer.content.startswith(PNG_SIGNATURE):
+        raise PermanentError(f"the gateway answered the QR code with {kind or 'no type'}, not a PNG image",
+                             code="not_png")
+    return answer.content
 
 
 WHATSAPP_QR = Channel(name=CHANNEL, provider=PROVIDER, account_for=account_for, send=send, find_sent=None, prepare=prepare)

@@ -3,7 +3,10 @@ table, the 24-hour window, and the ``Channel`` the sender loop drives.
 
 One JSON ``POST {api_base}/{version}/{phone_number_id}/messages`` per message, Bearer token, on a
 pooled HTTP session shared by every account of the process. The version is a setting because
-Meta moves it several times a year. A free-form message (no template) may only go to a contact
+Meta moves it several times a year. An API base a workspace configured is a customer-supplied
+URL: it is called through the SSRF guard (``common.netguard``), so it cannot reach our own
+network (and what answers there cannot end up in a message's ``last_error``); the environment's,
+set by the operator, may be the local sandbox. A free-form message (no template) may only go to a contact
 who wrote within 24 hours: ``prepare`` looks the windows up once per batch, and ``send`` swaps in
 the message's fallback template or refuses with 131047 *before* calling, so the loop falls back
 to the route's next channel (or fails) without a call Meta would only reject asynchronously.
@@ -25,6 +28,7 @@ from common.config import settings
 from common.db.connection import fetch
 from common.errors import PermanentError, ProviderError, Throttled, TransientError, UnknownOutcome
 from common.inbound import window_open_since
+from common.netguard import BlockedAddress, shared_session
 from common.providers import config as channel_config
 from common.providers.base import Accepted, Channel
 from common.providers.twilio_sms import connection_failure
@@ -60,6 +64,7 @@ class WhatsAppAccount:
     api_base: str
     api_version: str
     rate_limit_per_second: float
+    guarded: bool = False  # api_base is the workspace's own: connect through the SSRF guard
 
     @property
     def key(self) -> str:
@@ -82,10 +87,11 @@ def account_for(workspace_id: int) -> WhatsAppAccount:
     config = channel_config.load(workspace_id, PROVIDER)
     if config is None or config.provider != CONFIG_PROVIDER:
         return default_account()
+    api_base = config.settings.get("api_base")
     return WhatsAppAccount(config.sender_identity or config.account_ref, config.credentials["access_token"],
-                           config.settings.get("api_base") or settings.whatsapp_api_base or GRAPH_API_BASE,
+                           api_base or settings.whatsapp_api_base or GRAPH_API_BASE,
                            config.settings.get("api_version") or settings.whatsapp_api_version,
-                           config.rate_limit_per_second)
+                           config.rate_limit_per_second, guarded=bool(api_base))
 
 
 def classify(status: int, code: int | None, message: str, retry_after: float | None) -> ProviderError:
@@ -199,8 +205,12 @@ _shared: list[requests.Session] = []
 _lock = threading.Lock()
 
 
-def _session() -> requests.Session:
-    """The process's one pooled session: every account and thread shares its connections."""
+def _session(account: WhatsAppAccount) -> requests.Session:
+    """The process's pooled session for the account's API base: every account and thread shares
+    its connections. A workspace's own API base gets the guarded one (``common.netguard``)."""
+    pool_size = max(10, settings.postroom_sender_concurrency)
+    if account.guarded:
+        return shared_session(settings.postroom_webhook_allowed_networks, pool_size)
     if _shared:
         return _shared[0]
     with _lock:
@@ -208,7 +218,7 @@ def _session() -> requests.Session:
             session = requests.Session()
             session.trust_env = False  # proxies are read once here, not scanned from the environment per call
             session.proxies = {scheme: url for scheme, url in getproxies().items() if scheme in ("http", "https")}
-            adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max(10, settings.postroom_sender_concurrency))
+            adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
             session.mount("https://", adapter)
             session.mount("http://", adapter)
             _shared.append(session)
@@ -221,8 +231,10 @@ def send(account: WhatsAppAccount, row: dict[str, Any]) -> Accepted:
     timeout = settings.postroom_provider_timeout_seconds
     headers = {"Authorization": f"Bearer {account.access_token}", "Content-Type": "application/json"}
     try:
-        response = _session().post(account.messages_url, data=body, headers=headers,
-                                   timeout=(min(5.0, timeout), timeout), allow_redirects=False)
+        response = _session(account).post(account.messages_url, data=body, headers=headers,
+                                          timeout=(min(5.0, timeout), timeout), allow_redirects=False)
+    except BlockedAddress as exc:
+        raise PermanentError(f"the configured API base is refused: {exc}", code="blocked_address") from None
     except requests.RequestException as exc:
         raise connection_failure(exc, timeout) from exc
     try:

@@ -41,6 +41,7 @@ ERROR_TEXT = {
           "an address of another contact."),
     413: "The body is larger than this endpoint's limit.",
     422: "A field is invalid; `error.field` names it.",
+    502: "The provider's gateway answered with something that is not passed on (not the kind asked for, or from a refused address).",
     503: "The database is unavailable; retry after `Retry-After` seconds.",
 }
 

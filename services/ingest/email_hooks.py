@@ -5,9 +5,15 @@ The relay POSTs JSON signed as Standard Webhooks (``webhook-id``, ``webhook-time
 ``EMAIL_WEBHOOK_SECRET`` for the default account, or the ``webhook_secret`` credential of the
 workspace configuration the payload's ``account`` names. Every webhook is kept with its verdict;
 a bad or missing signature gets 403 and changes nothing else. ``/webhooks/email/events``:
-``delivered`` moves the message forward; ``bounced`` (a DSN) fails it and suppresses the address
-(a 5.1.x bounce first tries the route's next channel); ``complained`` suppresses it.
-``/webhooks/email/inbound`` stores a customer's email once in its conversation.
+``delivered`` moves the message forward; ``bounced`` (a DSN) fails it, and a bounce saying the
+address does not exist (5.1.x, as ``smtp_email.recipient_unknown`` decides for a refusal at RCPT)
+first tries the route's next channel and suppresses the address; ``complained`` suppresses it.
+A workspace's secret vouches only for its own messages: events signed with it touch messages of
+that workspace alone. The environment's secret vouches for every message sent through the default
+account, whichever workspace sent it; an address is suppressed in the workspace of the message the
+event is about, and never in a guessed one. ``/webhooks/email/inbound`` stores a customer's email
+once in its conversation. Text that PostgreSQL cannot store (NUL, lone surrogates) is replaced
+before anything reaches SQL.
 
 ``/u/<token>`` is the RFC 8058 target of ``List-Unsubscribe``: POST suppresses the address the
 signed token names, without authentication and without a redirect; GET only shows a page with a
@@ -19,7 +25,7 @@ from __future__ import annotations
 import html
 import logging
 from email.utils import parseaddr
-from typing import Any
+from typing import Any, TypeVar
 
 from flask import Blueprint, Response, request
 from pydantic import BaseModel, ConfigDict, Field
@@ -32,12 +38,12 @@ from common.lifecycle import apply_receipt
 from common.providers import config as channel_config
 from common.providers.smtp_email import (
     PROVIDER,
-    SENDER_STATUSES,
     account_of,
     default_account,
+    recipient_unknown,
     unsubscribe_target,
 )
-from common.receipts import store_event
+from common.receipts import storable, store_event
 from services.ingest.contract import Body, header, operation
 from services.ingest.errors import ApiError
 
@@ -78,8 +84,18 @@ class EmailInbound(BaseModel):
     account: str | None = Field(None, description="The configured account it concerns; absent: the default account.")
 
 
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def _storable(body: Model) -> Model:
+    """``body`` with every string storable in PostgreSQL (NUL and lone surrogates replaced): its
+    fields reach SQL as parameters, and a value the server refuses would fail every retry."""
+    return type(body).model_validate(storable(body.model_dump(by_alias=True)))
+
+
 def _signer(account: str | None) -> tuple[str, int | None] | None:
-    """The (account key, workspace) whose webhook secret signed this request, or None."""
+    """The (account key, workspace) whose webhook secret signed this request, or None (the
+    workspace is None for the environment's secret)."""
     raw = request.get_data(cache=True)
     msg_id, timestamp = request.headers.get("webhook-id", ""), request.headers.get("webhook-timestamp", "")
     signatures = request.headers.get("webhook-signature", "")
@@ -105,6 +121,7 @@ def _refuse(kind: str, event_id: int) -> ApiError:
            request=EmailEvent, errors=(403,), headers=SIGNATURE_HEADERS,
            ok={200: Body(None, "Recorded and applied.", media_type="text/plain")})
 def email_events(body: EmailEvent) -> Response:
+    body = _storable(body)
     payload = body.model_dump(by_alias=True, exclude_none=True)
     moved: list[dict[str, Any]] = []
     with transaction():  # one transaction per webhook, whatever its verdict
@@ -116,7 +133,7 @@ def email_events(body: EmailEvent) -> Response:
             moved = _apply(body, payload, *signer)
         else:
             if body.type == "complained" and body.recipient:
-                _suppress(body, "complaint", *signer)
+                _complaint(body, *signer)
             store_event(PROVIDER, "status", payload, signature_valid=True, provider_message_id=body.message_id or None,
                         status=None, handled=True)
     if signer is None:
@@ -127,41 +144,49 @@ def email_events(body: EmailEvent) -> Response:
 
 
 def _apply(event: EmailEvent, payload: dict[str, Any], account: str, workspace_id: int | None) -> list[dict[str, Any]]:
-    """Apply a delivery or a bounce; a bounce of an address that does not exist tries the route's
-    next channel first. Returns the messages moved on (for routing, after the commit)."""
+    """Apply a delivery or a bounce to a message of the signer's workspace (any workspace's, for
+    the default account); a bounce of an address that does not exist tries the route's next
+    channel first. Returns the messages moved on (for routing, after the commit)."""
+    workspaces = None if workspace_id is None else [workspace_id]
     if event.type == "delivered":
         apply_receipt(PROVIDER, event.message_id, "delivered", {"provider_status": "delivered"}, account=account,
-                      keep_event={"kind": "status", "payload": payload})
+                      keep_event={"kind": "status", "payload": payload}, workspaces=workspaces)
         return []
     status = event.status or "5.0.0"
     detail = {"provider_status": "bounced", "error_code": status, "error": event.diagnostic or f"bounced ({status})"}
     moved: list[dict[str, Any]] = []
-    if status.startswith("5.1.") and status not in SENDER_STATUSES:
-        sent = _message(event.message_id, account)
-        if sent is not None:
-            moved = fallback.move_on([{"id": sent["id"], "code": status, "error": detail["error"]}], ["sent"])
+    # Only an address that does not exist is suppressed (a full mailbox or a policy refusal fails
+    # this message, not the address), and only for a message of a workspace the signer vouches for.
+    sent = _message(event.message_id, account, workspaces) if recipient_unknown(status) else None
+    if sent is not None:
+        moved = fallback.move_on([{"id": sent["id"], "code": status, "error": detail["error"]}], ["sent"])
+        _suppress(event, "bounce", sent["workspace_id"])
     if not moved:
         apply_receipt(PROVIDER, event.message_id, "failed", detail, account=account,
-                      keep_event={"kind": "status", "payload": payload})
+                      keep_event={"kind": "status", "payload": payload}, workspaces=workspaces)
     else:
         store_event(PROVIDER, "status", payload, signature_valid=True, provider_message_id=event.message_id,
                     status="failed", detail=detail, handled=True)
-    if status not in SENDER_STATUSES:
-        _suppress(event, "bounce", account, workspace_id)
     return moved
 
 
-def _message(message_id: str, account: str) -> dict[str, Any] | None:
+def _message(message_id: str, account: str, workspaces: list[int] | None) -> dict[str, Any] | None:
     rows = fetch_dicts("SELECT id, workspace_id, to_addr FROM message WHERE provider = %s AND provider_message_id = %s"
-                       " AND provider_account = %s", (PROVIDER, message_id, account))
+                       " AND provider_account = %s AND (%s::bigint[] IS NULL OR workspace_id = ANY(%s::bigint[]))",
+                       (PROVIDER, message_id, account, workspaces, workspaces))
     return rows[0] if rows else None
 
 
-def _suppress(event: EmailEvent, reason: str, account: str, workspace_id: int | None) -> None:
-    """Suppress the event's recipient in the workspace that sent the message (if it is not yet
-    recorded: the account's workspace, or the default one for the environment's account)."""
-    sent = _message(event.message_id, account) if event.message_id else None
-    workspace_id = sent["workspace_id"] if sent else workspace_id or default_workspace_id()
+def _complaint(event: EmailEvent, account: str, workspace_id: int | None) -> None:
+    """Suppress a complaining recipient in the workspace of the message complained about, or in the
+    signer's own workspace if the report names no known message; the environment's account sends
+    for every workspace, so its reports about unknown messages suppress nothing."""
+    workspaces = None if workspace_id is None else [workspace_id]
+    sent = _message(event.message_id, account, workspaces) if event.message_id else None
+    _suppress(event, "complaint", sent["workspace_id"] if sent else workspace_id)
+
+
+def _suppress(event: EmailEvent, reason: str, workspace_id: int | None) -> None:
     address = parseaddr(event.recipient)[1] or event.recipient
     if workspace_id is not None and address:
         suppression.add([{"workspace_id": workspace_id, "channel": "email", "address": address[:MAX_ADDRESS],
@@ -172,6 +197,7 @@ def _suppress(event: EmailEvent, reason: str, account: str, workspace_id: int | 
            request=EmailInbound, errors=(403,), headers=SIGNATURE_HEADERS,
            ok={200: Body(None, "Stored once per Message-ID.", media_type="text/plain")})
 def email_inbound(body: EmailInbound) -> Response:
+    body = _storable(body)
     payload = body.model_dump(by_alias=True, exclude_none=True)
     with transaction():
         signer = _signer(body.account)

@@ -1,11 +1,12 @@
 """Twilio's inbound SMS/MMS webhook: a customer's message, stored once in its conversation.
 
-Verified like the status callback (``X-Twilio-Signature`` with the auth token of the AccountSid
+Verified like the status callback (``X-Twilio-Signature`` with an auth token of the AccountSid
 it names) and kept in ``provider_event`` with its verdict, in one transaction per webhook. A bad
 signature gets 403 and a bounded record, and changes nothing else. A signed message is stored in
-the workspace whose SMS channel uses that Twilio account, else — for the deployment's own
-account — in the default inbound workspace; a second delivery of the same MessageSid stores
-nothing. Twilio is answered with empty TwiML: no automatic reply.
+a workspace whose token verified it (the one whose SMS channel sends as its ``To``, if several
+did), else — when the environment's token did, for the deployment's own account — in the
+default inbound workspace; a second delivery of the same MessageSid stores nothing. Twilio is
+answered with empty TwiML: no automatic reply.
 """
 
 from __future__ import annotations
@@ -16,16 +17,15 @@ from flask import Blueprint, Response, request
 from pydantic import BaseModel, ConfigDict
 
 from common import metrics
-from common.config import settings
 from common.db.connection import transaction
 from common.inbound import Inbound, default_workspace_id, store
 from common.providers import config as channel_config
-from common.providers.accounts import twilio_auth_token
-from common.providers.twilio_sms import PROVIDER, signature_valid
-from common.receipts import store_event
+from common.providers.accounts import Verified
+from common.providers.twilio_sms import PROVIDER
+from common.receipts import storable, store_event
 from services.ingest.contract import FORM, Body, header, operation
 from services.ingest.errors import ApiError
-from services.ingest.webhooks import _SID, EMPTY_TWIML, public_url
+from services.ingest.webhooks import EMPTY_TWIML, verified
 
 log = logging.getLogger("postroom.ingest.twilio_inbound")
 twilio_inbound = Blueprint("twilio_inbound", __name__, url_prefix="/webhooks")
@@ -57,17 +57,16 @@ def twilio_inbound_message() -> tuple[Response, int]:
     sid = params.get("MessageSid") or params.get("SmsMessageSid") or params.get("SmsSid")
     odd = next((name for name, value in params.items() if "\x00" in name or "\x00" in value), None)
     with transaction():  # one transaction per webhook, whatever its verdict
-        token = twilio_auth_token(account_sid) if _SID.fullmatch(account_sid) else None
-        valid = token is not None and signature_valid(token, public_url(), params, request.headers.get("X-Twilio-Signature", ""))
-        if not valid:
+        signed = verified(params)
+        if signed is None:
             event_id = store_event(PROVIDER, KIND, params, signature_valid=False, provider_message_id=sid, status="received")
             verdict = "bad_signature"
         else:
-            verdict = _store(params, sid, account_sid) if odd is None and sid and params.get("From") else "ignored"
-            store_event(PROVIDER, KIND, params, signature_valid=True, provider_message_id=sid, status="received",
+            verdict = _store(params, sid, account_sid, signed) if odd is None and sid and params.get("From") else "ignored"
+            store_event(PROVIDER, KIND, params, signature_valid=True, provider_message_id=storable(sid), status="received",
                         detail={"verdict": verdict}, handled=True)
     metrics.PROVIDER_WEBHOOKS.labels(provider=PROVIDER, kind=KIND, verdict=verdict).inc()
-    if not valid:
+    if signed is None:
         log.warning("twilio inbound webhook with a bad signature: provider_event %s, %d bytes from %s",
                     event_id, request.content_length or 0, request.remote_addr)
         raise ApiError(403, "bad_signature", "X-Twilio-Signature does not match")
@@ -76,9 +75,9 @@ def twilio_inbound_message() -> tuple[Response, int]:
     return Response(EMPTY_TWIML, mimetype="application/xml"), 200
 
 
-def _store(params: dict[str, str], sid: str, account_sid: str) -> str:
+def _store(params: dict[str, str], sid: str, account_sid: str, signed: Verified) -> str:
     """Store the message in its workspace's conversation; the verdict for its provider event."""
-    workspace_id = _workspace(account_sid, params.get("To", ""))
+    workspace_id = _workspace(signed, params.get("To", ""))
     if workspace_id is None:
         log.warning("twilio inbound %s for account %s: no workspace takes it", sid, account_sid)
         return "no_workspace"
@@ -90,13 +89,20 @@ def _store(params: dict[str, str], sid: str, account_sid: str) -> str:
     return "stored" if stored is not None else "duplicate"
 
 
-def _workspace(account_sid: str, to: str) -> int | None:
-    """The workspace whose SMS channel uses this Twilio account (the one sending as ``to`` if
-    several do), else the default inbound workspace for the deployment's own account."""
-    configs = [c for c in channel_config.by_account(PROVIDER, account_sid) if c.channel == "sms"]
-    if configs:
-        return next((c for c in configs if c.sender_identity == to), configs[0]).workspace_id
-    return default_workspace_id() if account_sid == settings.twilio_account_sid else None
+def _workspace(signed: Verified, to: str) -> int | None:
+    """A workspace whose token verified the webhook: the one whose SMS channel sends as ``to``;
+    else, when the environment's token did, the default inbound workspace; else the first."""
+    sending_as_to = [ws for ws in signed.workspaces if _sms_sender(ws) == to]
+    if sending_as_to:
+        return sending_as_to[0]
+    if signed.default:
+        return default_workspace_id()
+    return signed.workspaces[0] if signed.workspaces else None
+
+
+def _sms_sender(workspace_id: int) -> str | None:
+    config = channel_config.load(workspace_id, "sms")
+    return config.sender_identity if config is not None and config.provider == PROVIDER else None
 
 
 def _media(params: dict[str, str]) -> list[dict[str, str]]:

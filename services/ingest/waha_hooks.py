@@ -8,10 +8,13 @@ answered 403; nothing else changes. A valid one is applied in one transaction: `
 moves its message forward by rank, ``message`` stores a customer's message once in its
 conversation, and ``session.status`` records the session's state, and when it is WORKING again
 releases the messages the session held at once (its pause ends, they are due now and enqueued
-after the commit).
+after the commit). A workspace's key speaks for that workspace's session and messages only.
+Text the database cannot hold (NUL, a lone surrogate) is replaced before anything is stored, and
+an event name we do not know is kept as kind ``unknown``.
 
 ``GET /v1/channels/whatsapp_qr/sessions/{name}`` answers the session's state as the gateway
-reports it (else as last recorded), and ``…/qr`` passes the gateway's QR image through.
+reports it (else as last recorded), and ``…/qr`` passes the gateway's QR image through, only if
+it is a PNG (else 502).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from common.inbound import Inbound, store
 from common.lifecycle import apply_receipt
 from common.providers import waha, waha_sessions
 from common.providers.waha import ACK_STATUSES, PROVIDER, SessionOwner
-from common.receipts import store_event
+from common.receipts import storable, store_event
 from services.ingest.contract import Body, header, operation
 from services.ingest.errors import ApiError
 
@@ -42,6 +45,14 @@ waha_hooks = Blueprint("waha_hooks", __name__)
 SESSION = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 SESSION_PARAM = {"name": {"pattern": SESSION.pattern}}
 GATEWAY_RETRY_SECONDS = "5"
+# WAHA's event names; any other is kept as kind "unknown" (the envelope still says what it was).
+EVENTS = frozenset({
+    "session.status", "message", "message.any", "message.ack", "message.ack.group", "message.reaction",
+    "message.revoked", "message.edited", "message.waiting", "state.change", "presence.update", "poll.vote",
+    "poll.vote.failed", "chat.archive", "call.received", "call.accepted", "call.rejected", "label.upsert",
+    "label.deleted", "label.chat.added", "label.chat.deleted", "group.join", "group.leave", "group.v2.join",
+    "group.v2.leave", "group.v2.update", "group.v2.participants", "event.response", "event.response.failed",
+    "engine.event"})
 
 
 class WahaWebhook(BaseModel):
@@ -75,25 +86,30 @@ class WahaSessionView(BaseModel):
            ok={200: Body(None, "Recorded and applied.", media_type="text/plain")})
 def waha_webhook(body: WahaWebhook) -> Response:
     raw = request.get_data(cache=True)
-    envelope = json.loads(raw)  # the contract parsed it already: an object
+    envelope = storable(json.loads(raw))  # the contract parsed it already: an object
+    payload = storable(body.payload)
     released: list[dict[str, Any]] = []
     with transaction():  # one transaction per webhook, whatever its verdict
         owner = _signed_by(body.session, raw)
         if owner is None:
-            event_id = store_event(PROVIDER, body.event[:64] or "webhook", envelope, signature_valid=False,
-                                   provider_message_id=waha.provider_id(body.payload))
+            event_id = store_event(PROVIDER, _kind(body.event), envelope, signature_valid=False,
+                                   provider_message_id=waha.provider_id(payload))
         else:
-            released = _apply(owner, body, envelope)
+            released = _apply(owner, body.event, payload, envelope)
     if owner is None:
         log.warning("waha webhook with a bad signature: provider_event %s, %d bytes from %s",
                     event_id, len(raw), request.remote_addr)
         metrics.PROVIDER_WEBHOOKS.labels(provider=PROVIDER, kind="webhook", verdict="bad_signature").inc()
         raise ApiError(403, "bad_signature", "X-Webhook-Hmac does not match")
-    if body.event == "session.status" and body.payload.get("status") == waha.WORKING:
-        ratelimit.resume(PROVIDER, owner.account.key)  # after the commit: the released rows are due
+    if body.event == "session.status" and payload.get("status") == waha.WORKING:
+        ratelimit.resume(PROVIDER, owner.account.key)  # its owner's session only; after the commit: the rows are due
         dispatch.hand_on(None, released)
     metrics.PROVIDER_WEBHOOKS.labels(provider=PROVIDER, kind="webhook", verdict="applied").inc()
     return Response("OK", mimetype="text/plain")
+
+
+def _kind(event: str) -> str:
+    return event if event in EVENTS else "unknown"
 
 
 def _signed_by(session: str, raw: bytes) -> SessionOwner | None:
@@ -109,27 +125,28 @@ def _signed_by(session: str, raw: bytes) -> SessionOwner | None:
     return None
 
 
-def _apply(owner: SessionOwner, body: WahaWebhook, envelope: dict[str, Any]) -> list[dict[str, Any]]:
-    """Apply one verified webhook; returns the messages a session that is WORKING again released."""
-    payload, pid = body.payload, waha.provider_id(body.payload)
-    if body.event == "message.ack" and pid:
+def _apply(owner: SessionOwner, event: str, payload: dict[str, Any], envelope: dict[str, Any]) -> list[dict[str, Any]]:
+    """Apply one verified webhook (its payload made storable); returns the messages a session that
+    is WORKING again released. Only the owner's messages move (``owner.scope``)."""
+    pid = waha.provider_id(payload)
+    if event == "message.ack" and pid:
         ack = payload.get("ack")
         status = ACK_STATUSES.get(ack) if isinstance(ack, int) and not isinstance(ack, bool) else None
         detail: dict[str, Any] = {"provider_status": str(payload.get("ackName") or ack)}
         if status == "failed":
             detail.update(error_code="ack_error", error="the gateway reported the message failed (ack -1 ERROR)")
         apply_receipt(PROVIDER, pid, status, detail, account=owner.account.key,
-                      keep_event={"kind": "status", "payload": envelope})
+                      keep_event={"kind": "status", "payload": envelope}, workspaces=owner.scope)
         return []
-    if body.event == "message" and pid and payload.get("fromMe") is False and owner.workspace_id is not None:
+    if event == "message" and pid and payload.get("fromMe") is False and owner.workspace_id is not None:
         store(_inbound(owner, pid, payload))
     released: list[dict[str, Any]] = []
-    if body.event == "session.status" and isinstance(payload.get("status"), str):
+    if event == "session.status" and isinstance(payload.get("status"), str):
         me = envelope.get("me") if isinstance(envelope.get("me"), dict) else payload.get("me")
-        waha_sessions.save_state(owner.account.key, owner.workspace_id, payload["status"][:32], me)
+        waha_sessions.save_state(owner.account.key, owner.account.workspace_id, payload["status"][:32], me)
         if payload["status"] == waha.WORKING:
-            released = waha_sessions.release_held(owner.account.key, owner.workspace_id)
-    store_event(PROVIDER, body.event[:64] or "webhook", envelope, signature_valid=True, provider_message_id=pid,
+            released = waha_sessions.release_held(owner.account.key, owner.account.workspace_id, waha.HELD_SECONDS)
+    store_event(PROVIDER, _kind(event), envelope, signature_valid=True, provider_message_id=pid,
                 detail={"released": len(released)} if released else None, handled=True)
     return released
 
@@ -166,13 +183,14 @@ def _session(name: str) -> waha.WahaAccount:
     return account
 
 
+
 @operation(waha_hooks, "GET", "/v1/channels/whatsapp_qr/sessions/{name}", summary="Read a WhatsApp QR session's state",
            scope="messages:read", text_params=SESSION_PARAM, errors=(404,),
            ok={200: Body(WahaSessionView, "The session's state.")})
 def read_session(name: str) -> tuple[Response, int]:
     account = _session(name)
     try:
-        info = waha.session_info(account)
+        info = storable(waha.session_info(account))  # the gateway may be the tenant's own
     except ProviderError as exc:
         log.info("waha session %s: the gateway did not answer (%s); showing the recorded state", name, exc.detail)
         info = {}
@@ -189,8 +207,8 @@ def read_session(name: str) -> tuple[Response, int]:
 
 @operation(waha_hooks, "GET", "/v1/channels/whatsapp_qr/sessions/{name}/qr",
            summary="The QR code that pairs a phone with a WhatsApp QR session", scope="channels:write",
-           text_params=SESSION_PARAM, errors=(404, 409),
-           ok={200: Body(None, "The gateway's QR image, as it serves it.", media_type="image/png",
+           text_params=SESSION_PARAM, errors=(404, 409, 502),
+           ok={200: Body(None, "The gateway's QR image; only a PNG is passed on.", media_type="image/png",
                          schema={"type": "string", "format": "binary"})})
 def session_qr(name: str) -> Response:
     account = _session(name)
@@ -199,6 +217,8 @@ def session_qr(name: str) -> Response:
     except Throttled as exc:  # the gateway's 422: the session is not waiting for a scan
         raise ApiError(409, "no_qr_code", f"session {name!r} has no QR code to scan: {exc}") from None
     except ProviderError as exc:
+        if exc.code in ("not_png", "blocked_address"):  # nothing but a PNG from an allowed address is passed on
+            raise ApiError(502, "bad_gateway_answer", f"the WAHA gateway's QR code is refused: {exc.detail}") from None
         raise ApiError(503, "gateway_unavailable", f"the WAHA gateway did not give the QR code: {exc.detail}",
                        headers={"Retry-After": GATEWAY_RETRY_SECONDS}) from None
     return Response(image, mimetype="image/png")

@@ -3,7 +3,9 @@
 Every callback is stored in ``provider_event`` with its verdict before anything else happens. An
 invalid signature gets 403, a log line, and a bounded record (a few KiB of the payload, never
 all of it); it changes nothing else. A valid receipt moves its message forward (never back); one
-for a provider id not yet recorded waits as pending.
+for a provider id not yet recorded waits as pending. The token that verified it decides whose
+messages it may move: the environment's (the deployment's account) any workspace's, a workspace
+configuration's only that workspace's (``common.providers.accounts.Verified``).
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ from common import metrics
 from common.config import settings
 from common.db.connection import transaction
 from common.lifecycle import apply_receipt
-from common.providers.accounts import twilio_auth_token
+from common.providers.accounts import Verified, twilio_vouched
 from common.providers.twilio_sms import PROVIDER, RECEIPT_STATUSES, signature_valid
-from common.receipts import store_event
+from common.receipts import storable, store_event
 from services.ingest.contract import FORM, Body, header, operation
 from services.ingest.errors import ApiError
 from services.ingest.models import TwilioStatusCallback
@@ -55,18 +57,17 @@ def twilio_status() -> tuple[Response | str, int]:
         detail.update(error_code=params["ErrorCode"], error=f"{params['ErrorCode']}: {params.get('ErrorMessage', 'delivery failed')}")
     message_id = None
     with transaction():  # one transaction per callback, whatever its verdict
-        token = twilio_auth_token(account_sid) if _SID.fullmatch(account_sid) else None
-        valid = token is not None and signature_valid(token, public_url(), params, request.headers.get("X-Twilio-Signature", ""))
-        if not valid:
+        signed = verified(params)
+        if signed is None:
             event_id = store_event(PROVIDER, "status", params, signature_valid=False, provider_message_id=sid, status=status)
         elif odd is not None:  # signed, but nothing Twilio sends holds control characters: store nothing
             pass
         elif not sid:
             store_event(PROVIDER, "status", params, signature_valid=True, status=status, detail=detail, handled=True)
         else:  # one statement: keep the receipt and move its message forward (or leave it pending)
-            message_id = apply_receipt(PROVIDER, sid, status, detail, account=account_sid,
-                                       keep_event={"kind": "status", "payload": params})
-    if not valid:
+            message_id = apply_receipt(PROVIDER, sid, status, detail, account=account_sid, workspaces=signed.scope,
+                                       keep_event={"kind": "status", "payload": storable(params)})
+    if signed is None:
         log.warning("twilio status callback with a bad signature: provider_event %s, %d bytes from %s",
                     event_id, request.content_length or 0, request.remote_addr)
         metrics.PROVIDER_WEBHOOKS.labels(provider=PROVIDER, kind="status", verdict="bad_signature").inc()
@@ -76,3 +77,13 @@ def twilio_status() -> tuple[Response | str, int]:
     verdict = ("applied" if message_id is not None else "pending") if status and sid else "ignored"
     metrics.PROVIDER_WEBHOOKS.labels(provider=PROVIDER, kind="status", verdict=verdict).inc()
     return Response(EMPTY_TWIML, mimetype="application/xml"), 200
+
+
+def verified(params: dict[str, str]) -> Verified | None:
+    """Whose auth token signed this Twilio webhook (``X-Twilio-Signature`` over the public URL and
+    ``params``) for the AccountSid it names; None if no token of that account does."""
+    account_sid = params.get("AccountSid", "")
+    if not _SID.fullmatch(account_sid):
+        return None
+    url, signature = public_url(), request.headers.get("X-Twilio-Signature", "")
+    return twilio_vouched(account_sid, lambda token: signature_valid(token, url, params, signature))

@@ -1,14 +1,16 @@
 """WhatsApp Cloud webhooks: the verification handshake, and signed statuses and inbound messages.
 
 ``GET /webhooks/whatsapp_cloud`` answers Meta's subscription handshake with ``hub.challenge``
-when ``hub.verify_token`` is the deployment's or a workspace's, else 403. ``POST`` carries
-``X-Hub-Signature-256``, an HMAC-SHA256 of the exact bytes received with the app secret of the
-phone number the webhook is about (a workspace's configuration, or the environment's for the
-default number). A webhook whose signature does not hold for every number it names is kept in
-bounded form and answered 403; nothing else changes. A valid one is applied in one transaction:
-each status moves its message forward by rank (``failed`` 131026/131047 first tries the route's
-next channel), and each customer message is stored once in its conversation, which renews the
-contact's 24-hour window.
+when ``hub.verify_token`` is the deployment's or a workspace's, else 403 (the workspaces' tokens
+are unsealed once per change of their configurations, not per unauthenticated request).
+``POST`` carries ``X-Hub-Signature-256``, an HMAC-SHA256 of the exact bytes received with the
+app secret of the phone number the webhook is about (a workspace's configuration, or the
+environment's for the default number). A webhook whose signature does not hold for every number
+it names is kept in bounded form and answered 403; nothing else changes. A valid one is applied
+in one transaction, to messages of the workspaces whose secret verified it (any workspace's for
+the environment's secret: ``common.providers.accounts.Verified``): each status moves its message
+forward by rank (``failed`` 131026/131047 first tries the route's next channel), and each
+customer message is stored once in its conversation, which renews the contact's 24-hour window.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import re
+import threading
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,13 +33,14 @@ from common.db.connection import fetch, transaction
 from common.inbound import Inbound, default_workspace_id, store
 from common.lifecycle import apply_receipt
 from common.providers import config as channel_config
+from common.providers.accounts import Verified, vouched
 from common.providers.whatsapp_cloud import (
     CONFIG_PROVIDER,
     PROVIDER,
     RECEIPT_STATUSES,
     UNREACHABLE_CODES,
 )
-from common.receipts import store_event
+from common.receipts import storable, store_event
 from services.ingest.contract import Body, header, operation, query
 from services.ingest.errors import ApiError
 
@@ -42,6 +48,9 @@ log = logging.getLogger("postroom.ingest.whatsapp")
 whatsapp_hooks = Blueprint("whatsapp_hooks", __name__, url_prefix="/webhooks")
 MEDIA_TYPES = ("image", "document", "audio", "video", "sticker")
 MAX_CHALLENGE = 256
+# A phone-number id is short and plain (Meta's are digits); anything else cannot be one of ours,
+# and is not looked up (a NUL would not even reach PostgreSQL).
+_NUMBER = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class WhatsAppWebhook(BaseModel):
@@ -67,12 +76,36 @@ def whatsapp_verify() -> Response:
 
 
 def _known_verify_token(token: str) -> bool:
-    if hmac.compare_digest(token.encode(), settings.whatsapp_verify_token.encode()):
+    """``token`` is the deployment's verify token or a workspace's (compared as SHA-256 digests,
+    in constant time)."""
+    digest = hashlib.sha256(token.encode()).digest()
+    own = settings.whatsapp_verify_token
+    if own and hmac.compare_digest(digest, hashlib.sha256(own.encode()).digest()):
         return True
     with transaction():
-        configs = channel_config.matching(CONFIG_PROVIDER, {})
-    return any(hmac.compare_digest(token.encode(), str(c.credentials.get("verify_token") or "").encode())
-               for c in configs if c.channel == PROVIDER and c.credentials.get("verify_token"))
+        digests = _verify_digests()
+    return any([hmac.compare_digest(digest, known) for known in digests])  # a list: every one compared
+
+
+_verify_cache: list[tuple[tuple[Any, ...], frozenset[bytes]]] = []  # (configurations' fingerprint, digests)
+_verify_lock = threading.Lock()
+
+
+def _verify_digests() -> frozenset[bytes]:
+    """SHA-256 digests of the workspaces' verify tokens. Unsealing every configuration is the
+    costly part, and any caller may ask: it is done again only when the configurations changed
+    (their count or latest update), which one cheap query tells."""
+    fingerprint = tuple(fetch("SELECT count(*), max(updated_at) FROM channel_config WHERE provider = %s AND channel = %s",
+                              (CONFIG_PROVIDER, PROVIDER))[0])
+    with _verify_lock:
+        if _verify_cache and _verify_cache[0][0] == fingerprint:
+            return _verify_cache[0][1]
+    digests = frozenset(hashlib.sha256(str(c.credentials["verify_token"]).encode()).digest()
+                        for c in channel_config.matching(CONFIG_PROVIDER, {})
+                        if c.channel == PROVIDER and c.credentials.get("verify_token"))
+    with _verify_lock:
+        _verify_cache[:] = [(fingerprint, digests)]
+    return digests
 
 
 @operation(whatsapp_hooks, "POST", "/whatsapp_cloud", summary="WhatsApp Cloud webhook (statuses, inbound messages)",
@@ -89,8 +122,8 @@ def whatsapp_webhook(body: WhatsAppWebhook) -> Response:
             event_id = store_event(PROVIDER, "webhook", body.model_dump(), signature_valid=False)
         else:
             for number, value in changes:
-                moved += _apply_statuses(number, value.get("statuses"))
-                _store_inbound(number, workspaces[number], value)
+                moved += _apply_statuses(number, workspaces[number].scope, value.get("statuses"))
+                _store_inbound(number, _inbound_workspace(workspaces[number]), value)
             if not changes:
                 store_event(PROVIDER, "webhook", body.model_dump(), signature_valid=True, handled=True)
     if workspaces is None:
@@ -116,23 +149,30 @@ def _changes(body: WhatsAppWebhook) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
-def _signed_by(changes: list[tuple[str, dict[str, Any]]], raw: bytes, signature: str) -> dict[str, int | None] | None:
-    """The workspace of each number the webhook names, if the signature holds with each number's
-    app secret (None otherwise: one number's secret must not vouch for another's changes)."""
+def _signed_by(changes: list[tuple[str, dict[str, Any]]], raw: bytes, signature: str) -> dict[str, Verified] | None:
+    """Whose app secret verified the webhook, for each number it names; None unless the signature
+    holds with a secret of every one (one number's secret must not vouch for another's changes)."""
     numbers = {number for number, _ in changes}
-    if not numbers or not signature.startswith("sha256=") or "" in numbers:
+    if not numbers or not signature.startswith("sha256=") or not all(_NUMBER.fullmatch(n) for n in numbers):
         return None
-    workspaces: dict[str, int | None] = {}
+    signed: dict[str, Verified] = {}
     for number in numbers:
-        owners: list[tuple[int | None, Any]] = [(c.workspace_id, c.credentials.get("app_secret")) for c in channel_config.by_account(CONFIG_PROVIDER, number)
-                  if c.channel == PROVIDER]
-        if number == settings.whatsapp_phone_number_id:
-            owners.append((default_workspace_id(), settings.whatsapp_app_secret))
-        signed = [ws for ws, secret in owners if secret and _valid(str(secret), raw, signature)]
-        if not signed:
+        own = settings.whatsapp_app_secret if number == settings.whatsapp_phone_number_id else None
+        configured = [(c.workspace_id, str(c.credentials.get("app_secret") or ""))
+                      for c in channel_config.by_account(CONFIG_PROVIDER, number) if c.channel == PROVIDER]
+        verified = vouched(own, configured, lambda secret: _valid(secret, raw, signature))
+        if verified is None:
             return None
-        workspaces[number] = signed[0]
-    return workspaces
+        signed[number] = verified
+    return signed
+
+
+def _inbound_workspace(signed: Verified) -> int | None:
+    """Where a number's customer messages go: the workspace whose secret verified them, else
+    (the environment's secret, the deployment's number) the default inbound workspace."""
+    if signed.workspaces:
+        return signed.workspaces[0]
+    return default_workspace_id() if signed.default else None
 
 
 def _valid(secret: str, raw: bytes, signature: str) -> bool:
@@ -140,12 +180,14 @@ def _valid(secret: str, raw: bytes, signature: str) -> bool:
     return hmac.compare_digest(expected.encode(), signature.encode())
 
 
-def _apply_statuses(number: str, statuses: Any) -> list[dict[str, Any]]:
-    """Apply each status of one change; returns messages moved on to their route's next channel."""
+def _apply_statuses(number: str, scope: Sequence[int] | None, statuses: Any) -> list[dict[str, Any]]:
+    """Apply each status of one change to messages of the workspaces in ``scope`` (None: any);
+    returns messages moved on to their route's next channel."""
     moved: list[dict[str, Any]] = []
     for item in _list(statuses):
         if not isinstance(item, dict) or not isinstance(item.get("id"), str):
             continue
+        item = storable(item)  # kept as jsonb and text: no NUL, no lone surrogate
         wamid, provider_status = item["id"], str(item.get("status") or "")
         status = RECEIPT_STATUSES.get(provider_status)
         detail: dict[str, Any] = {"provider_status": provider_status}
@@ -153,24 +195,30 @@ def _apply_statuses(number: str, statuses: Any) -> list[dict[str, Any]]:
         if code is not None:
             detail.update(error_code=str(code), error=f"{code}: {_error_text(item)}")
         if status == "failed" and code in UNREACHABLE_CODES:
-            target = _message_of(number, wamid, item.get("biz_opaque_callback_data"))
+            target = _message_of(number, scope, wamid, item.get("biz_opaque_callback_data"))
             rows = fallback.move_on([{"id": target, "code": str(code), "error": detail["error"]}], ["sending", "sent"]) if target else []
             if rows:
                 store_event(PROVIDER, "status", item, signature_valid=True, provider_message_id=wamid, status=status,
                             detail={**detail, "fallback": True}, handled=True)
                 moved += rows
                 continue
-        apply_receipt(PROVIDER, wamid, status, detail, account=number, keep_event={"kind": "status", "payload": item})
+        apply_receipt(PROVIDER, wamid, status, detail, account=number, workspaces=scope,
+                      keep_event={"kind": "status", "payload": item})
     return moved
 
 
-def _message_of(number: str, wamid: str, opaque: Any) -> int | None:
-    """The message a status is about: by its wamid, or (when the status outran the recording of
-    the send) by our id in ``biz_opaque_callback_data`` while it is still ``sending`` from this number."""
+def _message_of(number: str, scope: Sequence[int] | None, wamid: str, opaque: Any) -> int | None:
+    """The message a status is about, among the workspaces in ``scope`` (None: any): by its wamid,
+    or (when the status outran the recording of the send) by our id in ``biz_opaque_callback_data``
+    while it is still ``sending`` from this number."""
     our_id = int(opaque) if isinstance(opaque, str) and opaque.isdigit() and len(opaque) < 19 else None
-    rows = fetch("SELECT id FROM message WHERE (provider = %s AND provider_message_id = %s AND provider_account = %s)"
-                 " OR (id = %s AND channel = %s AND status = 'sending' AND provider_message_id IS NULL AND provider_account = %s)"
-                 " ORDER BY id LIMIT 1", (PROVIDER, wamid, number, our_id, PROVIDER, number))
+    rows = fetch("SELECT id FROM message WHERE ((provider = %(provider)s AND provider_message_id = %(wamid)s"
+                 "  AND provider_account = %(number)s) OR (id = %(id)s AND channel = %(provider)s AND status = 'sending'"
+                 "  AND provider_message_id IS NULL AND provider_account = %(number)s))"
+                 " AND (%(scope)s::bigint[] IS NULL OR workspace_id = ANY(%(scope)s::bigint[]))"
+                 " ORDER BY id LIMIT 1",
+                 {"provider": PROVIDER, "wamid": wamid, "number": number, "id": our_id,
+                  "scope": list(scope) if scope is not None else None})
     return rows[0][0] if rows else None
 
 
@@ -195,7 +243,7 @@ def _store_inbound(number: str, workspace_id: int | None, value: dict[str, Any])
         if not isinstance(item, dict) or not isinstance(item.get("id"), str) or not isinstance(item.get("from"), str):
             continue
         if workspace_id is None:  # the default number, and no workspace takes its inbound
-            store_event(PROVIDER, "inbound", item, signature_valid=True, provider_message_id=item["id"], handled=True)
+            store_event(PROVIDER, "inbound", item, signature_valid=True, provider_message_id=storable(item["id"]), handled=True)
             continue
         name = names.get(item["from"])
         kind = str(item.get("type") or "")

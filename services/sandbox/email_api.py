@@ -7,7 +7,9 @@ transaction gets (``/sandbox/email/verdict``: the fault plan of channel ``email`
 message is accepted a greenlet posts the relay's events to ingest, signed as Standard Webhooks
 with ``EMAIL_WEBHOOK_SECRET``: ``delivered``, or for a recipient whose local part starts with
 ``bounce`` a ``bounced`` DSN (5.1.1), and for one starting with ``complain`` a ``complained``
-report after delivery. ``POST /sandbox/email/inbound`` posts an inbound email to ingest on demand.
+report after delivery. A DSN or a complaint comes REPORT_DELAY_SECONDS later than a delivery
+would, as from a real relay (a DSN follows the recipient server's refusal, a complaint the
+reader). ``POST /sandbox/email/inbound`` posts an inbound email to ingest on demand.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ EVENTS_PATH = "/webhooks/email/events"
 INBOUND_PATH = "/webhooks/email/inbound"
 KEPT_HEADERS = ("Message-ID", "Reply-To", "Date", "MIME-Version", "List-Unsubscribe", "List-Unsubscribe-Post")
 RETRY_DELAYS_SECONDS = (0.2, 0.5)
+REPORT_DELAY_SECONDS = 0.5
+MAX_INBOUND_TIMES = 5
 # The reply for an injected code, and the step of the transaction that gives it: a 421 closes
 # the session at MAIL, a size or content refusal comes after DATA, the rest refuse the recipient.
 REPLIES = {
@@ -117,6 +121,11 @@ def received() -> Response:
     return jsonify({"reply": f"250 2.0.0 Ok: queued as {queue_id}", "lost": lost, "hang_seconds": plan.hang_seconds()})
 
 
+def _text(content: str) -> str:
+    """A text part as the sender wrote it: without the line break MIME adds at its end."""
+    return content[:-2] if content.endswith("\r\n") else content[:-1] if content.endswith("\n") else content
+
+
 def _record(parsed: EmailMessage, raw: bytes, message_id: str, sender: str, recipient: str, sid: str) -> ReceivedEmail:
     text = parsed.get_body(("plain",))
     html = parsed.get_body(("html",))
@@ -124,7 +133,7 @@ def _record(parsed: EmailMessage, raw: bytes, message_id: str, sender: str, reci
                     "size": len(part.get_payload(decode=True) or b"")} for part in parsed.iter_attachments()]
     return ReceivedEmail(
         channel=CHANNEL, sid=sid, to=recipient, from_=str(parsed.get("From") or sender), status_callback=None,
-        status="accepted", body=text.get_content() if text else "",
+        status="accepted", body=_text(text.get_content()) if text else "",
         subject=str(parsed.get("Subject") or ""), html=html.get_content() if html else None,
         headers={name: str(parsed[name]).strip() for name in KEPT_HEADERS if name in parsed},
         structure=[part.get_content_type() for part in parsed.walk()], attachments=attachments, size=len(raw),
@@ -140,14 +149,15 @@ def _relay_events(records: ReceivedMessages, message: ReceivedEmail, behaviour: 
         base = {"message_id": mid, "recipient": message.to}
         if local.startswith("bounce"):
             records.move_to_status(message.sid, "bounced", 550, "5.1.1 user unknown")
-            events = [{"type": "bounced", **base, "status": "5.1.1",
-                       "diagnostic": f"smtp; 550 5.1.1 <{message.to}>: Recipient address rejected: user unknown"}]
+            events = [(REPORT_DELAY_SECONDS, {"type": "bounced", **base, "status": "5.1.1", "diagnostic":
+                                              f"smtp; 550 5.1.1 <{message.to}>: Recipient address rejected: user unknown"})]
         else:
             records.move_to_status(message.sid, "delivered")
-            events = [{"type": "delivered", **base}]
+            events = [(0.0, {"type": "delivered", **base})]
             if local.startswith("complain"):
-                events.append({"type": "complained", **base, "feedback_type": "abuse"})
-        for event in events:
+                events.append((REPORT_DELAY_SECONDS, {"type": "complained", **base, "feedback_type": "abuse"}))
+        for delay, event in events:
+            gevent.sleep(delay)
             if not behaviour.drop:
                 for _ in range(2 if behaviour.duplicate else 1):
                     post_signed(EVENTS_PATH, event, records)
@@ -181,12 +191,16 @@ def post_signed(path: str, payload: dict[str, Any], records: ReceivedMessages | 
 @blueprint.post("/sandbox/email/inbound")
 def inbound() -> tuple[Response, int]:
     """Post an inbound email to ingest as the relay would: ``{"from", "to", "subject", "text",
-    "html", "message_id"?, "times"?}`` (``times`` 2 posts the same email twice, as a relay retrying)."""
+    "html", "message_id"?, "times"?}`` (``times`` 2 posts the same email twice, as a relay retrying;
+    1 to MAX_INBOUND_TIMES)."""
     spec = request.get_json(force=True, silent=True)
     if not isinstance(spec, dict) or not spec.get("from"):
         return jsonify({"error": "expected a JSON object with at least 'from'"}), 400
+    times = spec.get("times", 1)
+    if not isinstance(times, int) or isinstance(times, bool) or not 1 <= times <= MAX_INBOUND_TIMES:
+        return jsonify({"error": f"'times' must be an integer from 1 to {MAX_INBOUND_TIMES}"}), 400
     email = {"message_id": spec.get("message_id") or f"<{uuid.uuid4().hex}@mail.example.test>",
              "from": spec["from"], "to": spec.get("to") or settings.email_from,
              "subject": spec.get("subject", ""), "text": spec.get("text", ""), "html": spec.get("html")}
-    statuses = [post_signed(INBOUND_PATH, email) for _ in range(int(spec.get("times", 1)))]
+    statuses = [post_signed(INBOUND_PATH, email) for _ in range(times)]
     return jsonify({"email": email, "statuses": statuses}), 200

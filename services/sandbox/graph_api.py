@@ -62,8 +62,10 @@ def problem_with(body: Any) -> str | None:
     if not isinstance(body.get("to"), str) or not WA_ID.match(body["to"]):
         return "The parameter to must be a phone number"
     kind = body.get("type", "text")
+    if not isinstance(kind, str) or kind not in ("text", "template", *MEDIA_TYPES):
+        return f"Param type must be one of text, template, {', '.join(MEDIA_TYPES)}"
     obj = body.get(kind)
-    if kind not in ("text", "template", *MEDIA_TYPES) or not isinstance(obj, dict):
+    if not isinstance(obj, dict):
         return f"Param {kind} must be a JSON object for type {kind}"
     if kind == "text" and not (isinstance(obj.get("body"), str) and 0 < len(obj["body"]) <= MAX_TEXT):
         return f"Param text['body'] must be a string of 1 to {MAX_TEXT} characters"

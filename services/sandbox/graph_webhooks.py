@@ -84,13 +84,15 @@ class GraphState:
             return self._numbers.get(phone_number_id)
 
     def authenticate(self, phone_number_id: str, token: str) -> str:
-        """"ok", "unknown_number" (a valid token of another number) or "bad_token"."""
+        """"ok", "unknown_number" (a valid token of another number) or "bad_token". Compared as
+        bytes: a header may hold any character, and compare_digest takes only ASCII strings."""
         with self._lock:
             numbers = list(self._numbers.values())
-        if not any(hmac.compare_digest(token, n.access_token) for n in numbers):
+        given = token.encode()
+        if not any(hmac.compare_digest(given, n.access_token.encode()) for n in numbers):
             return "bad_token"
         number = self.number(phone_number_id)
-        return "ok" if number is not None and hmac.compare_digest(token, number.access_token) else "unknown_number"
+        return "ok" if number is not None and hmac.compare_digest(given, number.access_token.encode()) else "unknown_number"
 
     def mark_unreachable(self, wa_id: str) -> None:
         with self._lock:

@@ -7,7 +7,9 @@ channel ``email``, ``POST /sandbox/email/verdict``), and hands each accepted mes
 (``POST /sandbox/email/received``), which records it for ``GET /sandbox/messages`` and posts the
 relay's signed events to ingest. Replies follow RFC 5321: a 421 is sent and the session closed;
 a lost answer (an injected ``drop``) closes the session after the message was recorded, without
-a reply to the final dot.
+a reply to the final dot. The plan's latency delays the reply to the final dot; for a recipient
+whose local part starts with ``slow`` it delays the reply to RCPT as well (a relay slow before
+DATA: a greylisting or DNS check), which a client's deadline must cut short.
 
 Run: ``python -m services.sandbox.smtp_server`` (host and port from settings).
 """
@@ -64,6 +66,8 @@ class SandboxRelay:
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
                           options: list[str]) -> str:
         verdict = getattr(envelope, VERDICT, {})
+        if address.lower().startswith("slow"):
+            await asyncio.sleep(verdict.get("latency_seconds", 0))
         if verdict.get("stage") == "RCPT":
             return await _refuse(server, verdict["reply"])
         envelope.rcpt_tos.append(address)

@@ -68,6 +68,8 @@ def _media_item(item: Any) -> tuple[str, str]:
         url, content_type = item["url"], item.get("content_type")
     else:
         raise InboundRequestError(f"a media item is a URL or {{'url', 'content_type'}}, not {item!r}")
+    if content_type is not None and not isinstance(content_type, str):
+        raise InboundRequestError(f"a media item's 'content_type' must be a string, not {content_type!r}")
     return url, content_type or mimetypes.guess_type(url)[0] or "application/octet-stream"
 
 
@@ -76,6 +78,8 @@ def send_inbound() -> tuple[Response, int]:
     """Deliver one inbound message to ingest now, and report ingest's answer."""
     payload = request.get_json(force=True, silent=True)
     account_sid = (payload.get("account_sid") if isinstance(payload, dict) else None) or settings.twilio_account_sid
+    if not isinstance(account_sid, str):
+        return jsonify({"error": f"'account_sid' must be a string, not {account_sid!r}"}), 400
     token = current_sandbox().twilio_accounts.token(account_sid)
     if token is None:
         return jsonify({"error": f"no sandbox account {account_sid!r}"}), 400

@@ -15,7 +15,8 @@ posts ``session.status``; ``POST /sandbox/waha/inbound`` ``{"from", "text", "ses
 "name"?}`` posts a ``message`` event (the same ``id`` twice is a webhook delivered twice);
 ``POST /sandbox/waha/unreachable`` ``{"number"}`` marks a number not on WhatsApp; ``GET
 /sandbox/waha/sent`` lists accepted messages with their paths and bodies; ``DELETE /sandbox/waha`` resets
-sessions, marks, bodies and the channel's fault plan.
+sessions, marks, bodies and the channel's fault plan. Malformed input of any kind (a key with
+non-ASCII characters, JSON nested too deep, a field of the wrong type) answers 4xx, never 500.
 """
 
 from __future__ import annotations
@@ -75,14 +76,23 @@ def _not_working(session: str, status: str, expected: str = "WORKING") -> tuple[
 
 
 def _authorized() -> bool:
-    return hmac.compare_digest(request.headers.get("X-Api-Key", ""), settings.waha_api_key)
+    """The request's X-Api-Key is the gateway's (compared as bytes: a header may carry any byte)."""
+    return hmac.compare_digest(request.headers.get("X-Api-Key", "").encode(), settings.waha_api_key.encode())
+
+
+def _json_body() -> Any:
+    """The request's JSON, or None when it is not JSON or nests too deep to parse."""
+    try:
+        return request.get_json(force=True, silent=True)
+    except RecursionError:
+        return None
 
 
 def problem_with(kind: str, body: Any) -> str | None:
     """What WAHA's validation would refuse in a send body, or None."""
     if not isinstance(body, dict):
         return "the body must be a JSON object"
-    if not isinstance(body.get("chatId"), str) or not CHAT_ID.match(body["chatId"]):
+    if not isinstance(body.get("chatId"), str) or not CHAT_ID.fullmatch(body["chatId"]):
         return "chatId must be <digits>@c.us or a group id"
     if kind == "chat":
         return None if isinstance(body.get("text"), str) and 0 < len(body["text"]) <= MAX_TEXT else "text must be a non-empty string"
@@ -104,7 +114,7 @@ def send(endpoint: str) -> Response | tuple[Response, int]:
     if not _authorized():
         sandbox.records.count("invalid")
         return _error(401, "Unauthorized")
-    body = request.get_json(force=True, silent=True)
+    body = _json_body()
     session = str(body.get("session") or DEFAULT_SESSION) if isinstance(body, dict) else DEFAULT_SESSION
     status = waha.status(session)
     if status is None:
@@ -127,8 +137,9 @@ def send(endpoint: str) -> Response | tuple[Response, int]:
 
     chat = body["chatId"]
     short = uuid.uuid4().hex[:20].upper()
+    text = body["text"] if kind == "chat" else body.get("caption") or ""  # both checked to be strings
     message = ReceivedMessage(channel=CHANNEL, sid=f"true_{chat}_{short}", to="+" + chat.removesuffix("@c.us"),
-                              from_=session, body=body.get("text") or body.get("caption") or "",
+                              from_=session, body=text,
                               status_callback=waha.webhook_url, status="pending", account_sid=session,
                               num_media=int(kind != "chat"))
     sandbox.records.add(message)
@@ -159,7 +170,7 @@ def check_exists() -> Response | tuple[Response, int]:
     status = sandbox.waha.status(session)
     if status is None:
         return _error(404, f'Session "{session}" does not exist')
-    if not phone.isdigit():
+    if not (phone.isascii() and phone.isdigit()):
         return _error(400, "phone must be digits")
     if status != "WORKING":
         return _not_working(session, status)
@@ -203,7 +214,7 @@ def _bad(text: str) -> tuple[Response, int]:
 
 @blueprint.post("/sandbox/waha/sessions/<name>")
 def set_session(name: str) -> Response | tuple[Response, int]:
-    spec = request.get_json(force=True, silent=True)
+    spec = _json_body()
     if not isinstance(spec, dict) or spec.get("status") not in STATES:
         return _bad(f"expected {{\"status\": one of {', '.join(STATES)}}}")
     ingest_status = current_sandbox().waha.set_status(name, spec["status"])
@@ -212,23 +223,24 @@ def set_session(name: str) -> Response | tuple[Response, int]:
 
 @blueprint.post("/sandbox/waha/inbound")
 def inbound() -> Response | tuple[Response, int]:
-    spec = request.get_json(force=True, silent=True)
-    if not isinstance(spec, dict) or not isinstance(spec.get("from"), str) or not PHONE.match(spec["from"]):
+    spec = _json_body()
+    if not isinstance(spec, dict) or not isinstance(spec.get("from"), str) or not PHONE.fullmatch(spec["from"]):
         return _bad("expected {\"from\": <number>, \"text\": ..., \"session\"?, \"id\"?, \"name\"?}")
     waha = current_sandbox().waha
     session = str(spec.get("session") or DEFAULT_SESSION)
     if waha.status(session) is None:
         return _bad(f"no session {session!r}; create it through /sandbox/waha/sessions/{session}")
     mid, status = waha.inbound(session, spec["from"].lstrip("+"), str(spec.get("text") or ""),
-                               str(spec["id"]) if spec.get("id") else None, spec.get("name"))
+                               str(spec["id"]) if spec.get("id") else None,
+                               str(spec["name"]) if spec.get("name") else None)
     return jsonify({"id": mid, "ingest_status": status}), 200
 
 
 @blueprint.post("/sandbox/waha/unreachable")
 def mark_unreachable() -> Response | tuple[Response, int]:
-    spec = request.get_json(force=True, silent=True)
+    spec = _json_body()
     number = spec.get("number") if isinstance(spec, dict) else None
-    if not isinstance(number, str) or not PHONE.match(number):
+    if not isinstance(number, str) or not PHONE.fullmatch(number):
         return _bad("expected {\"number\": <E.164 number>}")
     current_sandbox().waha.mark_unreachable(number.lstrip("+"))
     return jsonify({"number": number}), 201

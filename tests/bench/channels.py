@@ -3,9 +3,8 @@
 For each channel (sms, email, whatsapp_cloud, whatsapp_qr) posts COUNT bulk messages through the
 API and measures end-to-end messages/s (first request → last send recorded), accepted → sent
 latency, and CPU milliseconds per message of each process group. Pacing of our own is switched
-off for the run (the WhatsApp Cloud number's 80/s and the WAHA session pace are settings) and the
-SMTP pool holds 64 sessions, so the figures say what the pipeline can carry, not what a provider
-allows. WhatsApp Cloud messages are templates, as a broadcast there must be.
+off for the run (the WhatsApp Cloud number's 80/s and the WAHA session pace are settings), so the
+figures say what the pipeline can carry, not what a provider allows. WhatsApp Cloud messages are templates, as a broadcast there must be.
 """
 
 from __future__ import annotations
@@ -22,11 +21,9 @@ from tests.bench.load import api_url, cpu_snapshot, post_all, spread
 
 CHANNELS = ("sms", "email", "whatsapp_cloud", "whatsapp_qr")
 LATENCY_MS = 150
-# What the stack running this scenario must set: no pace of our own on any account, and as many
-# SMTP sessions per sender process as it has calls in flight (the default 8 caps email at about
-# 8 / 150 ms = 50 messages/s: a relay's session limit, not the pipeline's).
+# What the stack running this scenario must set: no pace of our own on any account.
 UNPACED = {"WHATSAPP_RATE_LIMIT_PER_SECOND": "0", "WAHA_PACE_SECONDS": "0", "WAHA_PACE_JITTER_SECONDS": "0",
-           "SMTP_RATE_LIMIT_PER_SECOND": "0", "TWILIO_RATE_LIMIT_PER_SECOND": "0", "SMTP_POOL_SIZE": "64"}
+           "SMTP_RATE_LIMIT_PER_SECOND": "0", "TWILIO_RATE_LIMIT_PER_SECOND": "0"}
 
 
 def _fields(channel: str, n: int) -> dict[str, Any]:
@@ -90,7 +87,7 @@ def run(stack: Stack, key: str, count: int) -> list[dict[str, Any]]:
 def table(results: list[dict[str, Any]]) -> str:
     groups = sorted({g for r in results for g in r["cpu_ms_per_message"]})
     lines = [f"scenario: {results[0]['messages']} bulk messages per channel, provider answers in {LATENCY_MS} ms, "
-             "no pacing of our own, 64 SMTP sessions",
+             "no pacing of our own",
              f"  {'channel':<16} {'msg/s':>7} {'sent':>6} {'at provider':>11} {'p50 ms':>8} {'p99 ms':>8} {'CPU ms/msg':>10}"]
     for r in results:
         lat = r["accepted_to_sent_ms"]

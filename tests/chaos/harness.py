@@ -49,6 +49,10 @@ CHAOS_SETTINGS = {
     # At 20 % 5xx, 5 attempts fail a message once in 3,000; 8 make that a few in a million, so
     # the provider scenario measures duplicates and losses rather than an exhausted retry budget.
     "POSTROOM_MAX_ATTEMPTS": "8",
+    # WAHA sessions unpaced: the run measures the pipeline under faults, not a QR account's safe
+    # pace (tests/test_waha.py covers that).
+    "WAHA_PACE_SECONDS": "0",
+    "WAHA_PACE_JITTER_SECONDS": "0",
     # A webhooks process killed mid-attempt leaves its deliveries to the scheduler after the timeout
     # + 30 s; a 5 s timeout and retries within 15 s let a scenario's webhooks settle in under a minute.
     "POSTROOM_WEBHOOK_TIMEOUT_SECONDS": "5",

@@ -5,7 +5,9 @@ message ended. A message is *delivered once* when the provider received it exact
 database does not contradict it; every extra copy the provider received is a *duplicate*; a
 message is *lost* when, after the settle window, it is neither sent/delivered (and really received
 by the provider) nor failed with a recorded reason; an *unknown outcome* is a message failed as
-``outcome_unknown`` or ``interrupted`` — the pipeline gave up finding out whether it went out.
+``outcome_unknown`` or ``interrupted`` — the pipeline gave up finding out whether it went out,
+which only a channel whose provider offers no look-up may do (SMTP: a sender killed after DATA
+cannot learn whether the relay took the message, and sending again could deliver it twice).
 
 The webhooks stage is counted the same way, from the receiver's side: every ``message.sent``,
 ``message.delivered`` and ``message.failed`` step a scenario's message took (its history in the
@@ -41,6 +43,7 @@ class Row:
     lost: int = 0
     unknown: int = 0
     failed: int = 0  # failed with a recorded reason other than an unknown outcome
+    unknown_by_channel: dict[str, int] = field(default_factory=dict)
     recovery_seconds: float | None = None  # None: not healthy again within the settle window
     api_calls_during_fault: int = 0
     api_statuses: dict[str, int] = field(default_factory=dict)
@@ -73,6 +76,8 @@ def count(row: Row, traffic: Traffic, received: list[str], tag: str,
             if code in UNKNOWN_CODES:
                 row.unknown += 1
                 unknown_but_received += reached > 0
+                channel = traffic.channels.get(body, "?")
+                row.unknown_by_channel[channel] = row.unknown_by_channel.get(channel, 0) + 1
             else:
                 row.failed += 1
             continue
@@ -84,6 +89,8 @@ def count(row: Row, traffic: Traffic, received: list[str], tag: str,
         row.notes.append(f"lost, e.g.: {', '.join(lost_examples)}")
     if sent_never_received:
         row.notes.append(f"{sent_never_received} recorded as sent but never received by the provider")
+    if row.unknown_by_channel:
+        row.notes.append("unknown outcomes by channel: " + ", ".join(f"{c} {n}" for c, n in sorted(row.unknown_by_channel.items())))
     if unknown_but_received:
         row.notes.append(f"{unknown_but_received} failed as unknown although the provider had received them")
     stuck = sum(1 for mid in traffic.accepted.values() if statuses.get(mid, ("",))[0] in UNSETTLED)
