@@ -16,6 +16,7 @@ import requests
 from common import crypto, events, lifecycle, signing
 from common.config import settings
 from common.db.connection import fetch, fetch_dicts, transaction
+from common.providers import config as channel_config
 from services.scheduler import webhooks as duties
 from services.webhooks import delivery, fanout
 
@@ -238,10 +239,9 @@ def test_an_http_message_needs_the_channel_configured_and_no_sender(api, workspa
     new = {"channel": "http", "to": "contact-1", "body": "hello"}
     unconfigured = api.post("/v1/messages", json=new, headers=workspace["auth"])
     assert unconfigured.status_code == 422 and unconfigured.get_json()["error"]["field"] == "channel"
-    with transaction():
-        fetch("INSERT INTO channel_config (workspace_id, channel, provider, account_ref, credentials, sender_identity)"
-              " VALUES (%s, 'http', 'http', 'ws', %s, 'https://crm.example.com/hook')",
-              (workspace["id"], crypto.seal({"secret": signing.new_secret()})))
+    with transaction():  # as the API and the CLI store it (the cache of "not configured" is dropped too)
+        channel_config.save(workspace["id"], "http", "http", f"ws{workspace['id']}", {"secret": signing.new_secret()},
+                            "https://crm.example.com/hook", 0.0)
     with_from = api.post("/v1/messages", json={**new, "from": "+15005550006"}, headers=workspace["auth"])
     assert with_from.status_code == 422 and with_from.get_json()["error"]["field"] == "from"
     assert api.post("/v1/messages", json=new, headers=workspace["auth"]).status_code == 202

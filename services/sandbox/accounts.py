@@ -57,7 +57,7 @@ class Accounts:
         if username is None or password is None or username != path_sid:
             return False
         token = self.token(username)
-        return token is not None and hmac.compare_digest(password, token)
+        return token is not None and hmac.compare_digest(password.encode(), token.encode())  # any text, even non-ASCII
 
     def sids(self) -> list[str]:
         with self._lock:
