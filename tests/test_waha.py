@@ -469,3 +469,23 @@ def test_the_sandbox_gateway_answers_malformed_input_with_4xx(gateway):
     # Then each is refused as the gateway would refuse it, not with a 500
     assert [a.status_code for a in answers] == [401, 400, 400, 400, 400]
     assert sent(gateway) == []
+
+
+def test_a_send_whose_answer_was_lost_is_found_in_the_chat_and_recorded_once(workspace, gateway, broker):
+    from services.scheduler import reconciler
+
+    # Given a gateway that takes the next message and cuts the connection before answering
+    requests.post(f"{gateway.url}/sandbox/faults", params={"channel": "whatsapp_qr"},
+                  json={"drop_after_receive": True, "count": 1}, timeout=5).raise_for_status()
+    with running_workers(broker):
+        lost = send(workspace, "+14155550171", "did it go?")
+        wait_for(lambda: message(lost)["error_code"] == "outcome_unknown", what="the unknown outcome")
+        assert status_of(lost) == "sending" and len(sent(gateway)) == 1
+        # When the reconciler looks it up (it waits POSTROOM_UNKNOWN_LOOKUP_DELAY_SECONDS first)
+        with transaction():
+            fetch("UPDATE message SET lookup_at = now() WHERE id = %s", (lost,))
+        outcome = reconciler.resolve_unknown(settings.postroom_sending_timeout_seconds)
+        # Then it is found in the chat's messages, recorded as sent with the gateway's id, and never sent again
+        assert outcome == {"unknown_found": 1}
+        reaches(lost, "sent", "delivered", "read")
+    assert message(lost)["provider_message_id"] == sent(gateway)[0]["sid"] and len(sent(gateway)) == 1

@@ -32,6 +32,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -384,6 +385,38 @@ def send(account: WahaAccount, row: dict[str, Any]) -> Accepted:
     return Accepted(pid, None, str(message.get("ackName") or "accepted"))
 
 
+LOOKUP_LIMIT = 100  # newest messages of the chat looked at for a send whose answer was lost
+
+
+def find_sent(account: WahaAccount, row: dict[str, Any], since: datetime) -> list[Accepted]:
+    """The messages this session sent to the chat since ``since`` with this message's text, newest
+    first (``GET /api/{session}/chats/{chatId}/messages``): the candidates for a send whose
+    answer was lost, so it is recorded as sent rather than guessed about.
+
+    Raises:
+      ProviderError: the look-up itself failed (try again later).
+    """
+    text = row["body"]
+    answer = call(account, "GET", f"/api/{account.session}/chats/{chat_id(row['to_addr'])}/messages",
+                  params={"limit": str(LOOKUP_LIMIT), "downloadMedia": "false"})
+    try:
+        listed = answer.json()
+    except ValueError:
+        raise TransientError("the gateway's message list is not JSON", code="lookup") from None
+    after = since.timestamp()
+    found = []
+    for message in listed if isinstance(listed, list) else []:
+        if not isinstance(message, dict) or message.get("fromMe") is not True:
+            continue
+        stamp = message.get("timestamp")
+        if isinstance(stamp, int | float) and not isinstance(stamp, bool) and stamp < after:
+            continue
+        pid = provider_id(message)
+        if pid and (message.get("body") or message.get("caption") or "") == text:
+            found.append((stamp if isinstance(stamp, int | float) else 0, Accepted(pid, None, "found")))
+    return [accepted for _, accepted in sorted(found, key=lambda pair: pair[0], reverse=True)]
+
+
 # --- sessions on the gateway ---------------------------------------------------------------------
 
 def session_info(account: WahaAccount) -> dict[str, Any]:
@@ -407,4 +440,5 @@ def session_qr(account: WahaAccount) -> bytes:
     return answer.content
 
 
-WHATSAPP_QR = Channel(name=CHANNEL, provider=PROVIDER, account_for=account_for, send=send, find_sent=None, prepare=prepare)
+WHATSAPP_QR = Channel(name=CHANNEL, provider=PROVIDER, account_for=account_for, send=send, find_sent=find_sent,
+                      prepare=prepare)

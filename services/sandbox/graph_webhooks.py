@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import gevent
-import urllib3
 
 from services.sandbox.faults import CallbackBehaviour, InjectedCallbackOutcome
 from services.sandbox.graph_errors import title
 from services.sandbox.records import ReceivedMessage, ReceivedMessages
+from services.sandbox.webhook_post import WebhookPoster
 
 logger = logging.getLogger(__name__)
 
@@ -35,8 +35,6 @@ WABA_ID = "102290129340398"  # the business account every sandbox number belongs
 NOT_ON_WHATSAPP_SUFFIX = "0404"  # documented rule: numbers ending so are not on WhatsApp
 NOT_ON_WHATSAPP_CODE = 131026
 MAX_PAYLOADS = 20_000  # bodies kept for inspection; older ones are forgotten
-RETRY_DELAYS_SECONDS = (0.2, 0.5)
-TIMEOUT_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -60,8 +58,7 @@ class GraphState:
         self._records = records
         self._default = default
         self.webhook_url = webhook_url
-        self._http = urllib3.PoolManager(num_pools=4, maxsize=64, retries=False,
-                                         timeout=urllib3.Timeout(total=TIMEOUT_SECONDS))
+        self._poster = WebhookPoster(records, webhook_url, "WhatsApp Cloud")
         self.reset()
 
     def reset(self) -> None:
@@ -152,26 +149,7 @@ class GraphState:
         raw = json.dumps(envelope, separators=(",", ":")).encode()
         headers = {"Content-Type": "application/json", "X-Hub-Signature-256": signature(number.app_secret, raw),
                    "User-Agent": "facebookexternalua"}
-        failure = ""
-        for attempt in range(len(RETRY_DELAYS_SECONDS) + 1):
-            if attempt:
-                self._records.count("callback_retries")
-                gevent.sleep(RETRY_DELAYS_SECONDS[attempt - 1])
-            try:
-                response = self._http.request("POST", self.webhook_url, body=raw, headers=headers, redirect=False)
-            except urllib3.exceptions.HTTPError as exc:
-                failure = repr(exc)
-                continue
-            if 200 <= response.status < 300:
-                self._records.count("callbacks_sent")
-                return response.status
-            if 400 <= response.status < 500:  # refused on its merits: Meta does not retry those either
-                self._records.count("callbacks_failed")
-                return response.status
-            failure = f"HTTP {response.status}"
-        self._records.count("callbacks_failed")
-        logger.warning("gave up on a WhatsApp webhook to %s: %s", self.webhook_url, failure)
-        return None
+        return self._poster.post(raw, headers)
 
 
 def status_object(message: ReceivedMessage, status: str, code: int | None, opaque: str | None) -> dict[str, Any]:

@@ -80,8 +80,8 @@ class SandboxRelay:
             return await _refuse(server, verdict["reply"])
         answer = await self._ask("/sandbox/email/received", envelope.original_content or b"",
                                  sender=envelope.mail_from, to=envelope.rcpt_tos)
-        if answer is None:
-            return NOT_READY
+        if answer is None:  # the HTTP side may have recorded it: a 4yz would invite a second copy
+            return await _refuse(server, None)  # so, as a relay that crashed after storing it, say nothing
         if answer["lost"] == "drop":  # recorded, and the client never hears so
             return await _refuse(server, None)
         if answer["lost"] == "hang":

@@ -26,6 +26,7 @@ import io
 import re
 import time
 import uuid
+from datetime import datetime
 from typing import Any
 
 import gevent
@@ -38,7 +39,7 @@ from services.sandbox.records import ReceivedMessage
 from services.sandbox.state import current_sandbox
 from services.sandbox.twilio_api import ConnectionCut
 from services.sandbox.twilio_api import _cut_connection as cut_connection
-from services.sandbox.waha_gateway import DEFAULT_SESSION, STATES
+from services.sandbox.waha_gateway import DEFAULT_SESSION, OWN_NUMBER, STATES
 
 CHANNEL = "whatsapp_qr"
 CHAT_ID = re.compile(r"^(\d{6,15}@c\.us|[\d-]{6,40}@g\.us)$")
@@ -178,6 +179,29 @@ def check_exists() -> Response | tuple[Response, int]:
     if not sandbox.waha.on_whatsapp(phone):
         return jsonify({"numberExists": False, "chatId": None})
     return jsonify({"numberExists": True, "chatId": f"{phone}@c.us"})
+
+
+@blueprint.get("/api/<session>/chats/<chat>/messages")
+def chat_messages(session: str, chat: str) -> Response | tuple[Response, int]:
+    """The chat's latest messages, newest first, as WAHA lists them: how a sender whose answer
+    was lost finds out whether its message went out."""
+    sandbox = current_sandbox()
+    gevent.sleep(sandbox.faults[CHANNEL].latency_seconds())
+    if not _authorized():
+        return _error(401, "Unauthorized")
+    if sandbox.waha.status(session) is None:
+        return _error(404, f'Session "{session}" does not exist')
+    digits = chat.removesuffix("@c.us")
+    limit = request.args.get("limit", "100")
+    if not (digits.isascii() and digits.isdigit() and limit.isascii() and limit.isdigit()):
+        return _error(400, "chatId must be <digits>@c.us and limit a number")
+    sandbox.records.count("lookups")
+    mine = [m for m in sandbox.records.listing(to="+" + digits, channel=CHANNEL) if m.get("account_sid") == session]
+    mine.sort(key=lambda m: str(m["received_at"]), reverse=True)
+    return jsonify([{"id": m["sid"], "timestamp": int(datetime.fromisoformat(str(m["received_at"])).timestamp()),
+                     "from": f"{OWN_NUMBER}@c.us", "fromMe": True, "to": chat, "body": m["body"],
+                     "hasMedia": bool(m.get("num_media")), "ack": 1, "ackName": "SERVER"}
+                    for m in mine[:int(limit)]])
 
 
 @blueprint.get("/api/sessions/<name>")

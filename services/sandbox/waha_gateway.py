@@ -25,10 +25,10 @@ from collections import OrderedDict
 from typing import Any
 
 import gevent
-import urllib3
 
 from services.sandbox.faults import CallbackBehaviour, InjectedCallbackOutcome
 from services.sandbox.records import ReceivedMessage, ReceivedMessages
+from services.sandbox.webhook_post import WebhookPoster
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +38,6 @@ NOT_ON_WHATSAPP_SUFFIX = "0404"  # documented rule: numbers ending so are not on
 ACK_NAMES = {-1: "ERROR", 0: "PENDING", 1: "SERVER", 2: "DEVICE", 3: "READ", 4: "PLAYED"}
 ACK_STATUSES = {-1: "failed", 1: "sent", 2: "delivered", 3: "read"}  # what the sandbox record shows
 MAX_PAYLOADS = 20_000  # bodies kept for inspection; older ones are forgotten
-RETRY_DELAYS_SECONDS = (0.2, 0.5)
-TIMEOUT_SECONDS = 5.0
 OWN_NUMBER = "15550001000"  # the paired phone of a WORKING session (sessions add their index)
 
 
@@ -56,8 +54,7 @@ class WahaGateway:
         self._records = records
         self.webhook_url = webhook_url
         self._key = hmac_key
-        self._http = urllib3.PoolManager(num_pools=4, maxsize=64, retries=False,
-                                         timeout=urllib3.Timeout(total=TIMEOUT_SECONDS))
+        self._poster = WebhookPoster(records, webhook_url, "WAHA")
         self.reset()
 
     def reset(self) -> None:
@@ -151,23 +148,4 @@ class WahaGateway:
         raw = json.dumps(envelope, separators=(",", ":")).encode()
         headers = {"Content-Type": "application/json", "X-Webhook-Request-Id": event_id, "X-Webhook-Timestamp": str(sent_ms),
                    "X-Webhook-Hmac": signature(self._key, raw), "X-Webhook-Hmac-Algorithm": "sha512"}
-        failure = ""
-        for attempt in range(len(RETRY_DELAYS_SECONDS) + 1):
-            if attempt:
-                self._records.count("callback_retries")
-                gevent.sleep(RETRY_DELAYS_SECONDS[attempt - 1])
-            try:
-                response = self._http.request("POST", self.webhook_url, body=raw, headers=headers, redirect=False)
-            except urllib3.exceptions.HTTPError as exc:
-                failure = repr(exc)
-                continue
-            if 200 <= response.status < 300:
-                self._records.count("callbacks_sent")
-                return response.status
-            if 400 <= response.status < 500:  # refused on its merits: retrying cannot help
-                self._records.count("callbacks_failed")
-                return response.status
-            failure = f"HTTP {response.status}"
-        self._records.count("callbacks_failed")
-        logger.warning("gave up on a WAHA %s webhook to %s: %s", event, self.webhook_url, failure)
-        return None
+        return self._poster.post(raw, headers)
