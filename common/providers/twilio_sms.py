@@ -1,24 +1,28 @@
 """SMS through Twilio's Messages API with the official ``twilio`` SDK, and its error table.
 
 The same code talks to api.twilio.com and to the local sandbox; only the base URL and the
-credentials differ. One SDK client per account shares a pooled HTTP session so many calls can
-be in flight at once.
+credentials differ. One SDK client per account sends through one pooled urllib3 transport (the
+SDK's ``HttpClient`` interface, without ``requests``) so many calls can be in flight at once.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
+from base64 import b64encode
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlencode
 from urllib.request import getproxies
 
+import certifi
 import requests
 import urllib3
-from requests.adapters import HTTPAdapter
 from twilio.base import values
 from twilio.base.exceptions import TwilioRestException
-from twilio.http.http_client import TwilioHttpClient
+from twilio.http import HttpClient
+from twilio.http.request import Request as TwilioRequest
 from twilio.http.response import Response
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
@@ -27,7 +31,6 @@ from common.errors import PermanentError, ProviderError, Throttled, TransientErr
 from common.providers.sms import Accepted, OutboundSms
 
 PROVIDER = "twilio"
-logging.getLogger("twilio.http_client").setLevel(logging.WARNING)  # it logs every request at INFO
 
 # Twilio's permanent error codes (PROVIDERS.md); retrying any of them cannot help.
 PERMANENT_CODES = frozenset({
@@ -73,24 +76,78 @@ def classify(status: int | None, code: int | None, message: str, retry_after: fl
     return TransientError(text, code=code_text, retry_after=retry_after)
 
 
-class _HttpClient(TwilioHttpClient):
-    """The SDK's client with a larger connection pool, remembering each call's Retry-After."""
+class _HttpClient(HttpClient):
+    """The SDK's HTTP client interface over one shared urllib3 pool, remembering each call's
+    Retry-After.
+
+    It does what ``TwilioHttpClient`` does — the same form-encoded body (one field per item of a
+    list, such as ``MediaUrl``), Basic auth, the SDK's headers, no retries, no redirects — without
+    ``requests``, whose per-call preparation was most of a sender's CPU per message. Proxies
+    (``HTTP_PROXY``/``HTTPS_PROXY``) are read from the environment once, here, as before.
+    """
 
     def __init__(self, pool_size: int, timeout: float):
-        # Proxies from the environment are read once here: requests would otherwise scan the whole
-        # environment on every call (about a tenth of a sender's CPU per message).
-        proxies = {scheme: url for scheme, url in getproxies().items() if scheme in ("http", "https")}
-        super().__init__(pool_connections=True, timeout=timeout, proxy=proxies or None)
-        self.session.trust_env = False
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
-        self.session.mount("https://", adapter)
-        self.session.mount("http://", adapter)
+        super().__init__(logging.getLogger("twilio.http_client"), is_async=False, timeout=timeout)
+        options: dict[str, Any] = {"num_pools": 4, "maxsize": pool_size, "retries": False, "ca_certs": certifi.where()}
+        self._direct = urllib3.PoolManager(**options)
+        self._proxied = {scheme: urllib3.ProxyManager(url, **options)
+                         for scheme, url in getproxies().items() if scheme in ("http", "https")}
+        self._limit = urllib3.Timeout(connect=timeout, read=timeout)
         self.last = threading.local()
 
-    def request(self, *args, **kwargs) -> Response:  # type: ignore[override]
-        response = super().request(*args, **kwargs)
-        self.last.retry_after = response.headers.get("Retry-After") if response.headers else None
+    def request(self, method: str, url: str, params: dict[str, object] | None = None,
+                data: dict[str, object] | None = None, headers: dict[str, str] | None = None,
+                auth: tuple[str, str] | None = None, timeout: float | None = None,
+                allow_redirects: bool = False) -> Response:
+        """One call, answered or raised as urllib3 raises it (``connection_failure`` sorts those).
+
+        ``allow_redirects`` is accepted for the interface only: the SDK never asks to follow one.
+        """
+        limit = self._limit
+        if timeout is not None and timeout != self.timeout:
+            if timeout <= 0:
+                raise ValueError(timeout)
+            limit = urllib3.Timeout(connect=timeout, read=timeout)
+        self._test_only_last_response = None
+        self._test_only_last_request = TwilioRequest(method=method, url=url, params=params, data=data,
+                                                     headers=headers, auth=auth)
+        wire_headers = {"Accept-Encoding": "gzip, deflate", **(headers or {})}
+        if auth:
+            wire_headers["Authorization"] = "Basic " + b64encode(f"{auth[0]}:{auth[1]}".encode("latin-1")).decode()
+        if params:
+            url += ("&" if "?" in url else "?") + urlencode(_fields(params), doseq=True)
+        body = None
+        if data:
+            if wire_headers.get("Content-Type") in ("application/json", "application/scim+json"):
+                body = json.dumps(data).encode()
+            else:
+                body = urlencode(_fields(data), doseq=True).encode()
+        pool = self._proxied.get(url.partition(":")[0].lower(), self._direct)
+        answer = pool.urlopen(method.upper(), url, body=body, headers=wire_headers, redirect=False, timeout=limit)
+        self.last.retry_after = answer.headers.get("Retry-After")
+        response = Response(answer.status, _text(answer.data, answer.headers.get("Content-Type", "")), answer.headers)
+        self._test_only_last_response = response
         return response
+
+
+def _fields(values_: dict[str, object]) -> dict[str, object]:
+    """Form fields as ``requests`` encoded them for the SDK: ``None`` left out, at the top level
+    and inside a list."""
+    return {name: [item for item in value if item is not None] if isinstance(value, list) else value
+            for name, value in values_.items() if value is not None}
+
+
+def _text(body: bytes, content_type: str) -> str:
+    """The answer's text in its declared charset (UTF-8, Twilio's, when none is named)."""
+    charset = "utf-8"
+    for part in content_type.split(";")[1:]:
+        name, _, value = part.strip().partition("=")
+        if name.lower() == "charset" and value:
+            charset = value.strip("\"' ")
+    try:
+        return body.decode(charset, errors="replace")
+    except LookupError:  # a charset Python does not know
+        return body.decode("utf-8", errors="replace")
 
 
 class TwilioSmsSender:
@@ -150,19 +207,22 @@ def _accepted(resource: Any) -> Accepted:
     return Accepted(provider_message_id=resource.sid, segments=segments, provider_status=resource.status or "")
 
 
-# Failures that prove the request never reached Twilio: nothing was sent, so a retry is safe.
-_NOT_SENT = (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError,
-             urllib3.exceptions.NameResolutionError, requests.exceptions.ConnectTimeout,
-             requests.exceptions.InvalidURL, requests.exceptions.MissingSchema)
+# Failures that prove the request never left: nothing was sent, so a retry is safe. urllib3's
+# (this module's transport) and requests' (the WhatsApp clients, which share this function).
+# urllib3's NameResolutionError is a NewConnectionError, which is a ConnectTimeoutError; a URL it
+# cannot parse or whose scheme it does not know is a LocationValueError.
+_NOT_SENT = (urllib3.exceptions.ConnectTimeoutError, urllib3.exceptions.LocationValueError,
+             requests.exceptions.ConnectTimeout, requests.exceptions.InvalidURL, requests.exceptions.MissingSchema)
+_READ_TIMEOUTS = (urllib3.exceptions.ReadTimeoutError, requests.exceptions.ReadTimeout)
 
 
 def connection_failure(exc: BaseException, timeout: float) -> ProviderError:
-    """Classify a call that ended without an HTTP answer.
+    """Classify a call that ended without an HTTP answer, raised by urllib3 or by requests.
 
     Only a failure to connect proves nothing was sent (transient: retried). Anything after the
     request may have been written — a read timeout, a connection aborted or reset mid-response,
-    a broken chunked body, an answer we cannot read — is an unknown outcome: retrying could send
-    a second SMS, so the message is looked up at Twilio instead (invariant 14).
+    a broken chunked body, an answer we cannot read or decode — is an unknown outcome: retrying
+    could send a second SMS, so the message is looked up at Twilio instead (invariant 14).
     """
     reason: BaseException | None = exc
     for _ in range(8):  # the chain is short; never loop on a cycle
@@ -172,7 +232,7 @@ def connection_failure(exc: BaseException, timeout: float) -> ProviderError:
             return TransientError(f"could not connect: {exc}", code="connection")
         inner = getattr(reason, "reason", None)
         reason = inner if isinstance(inner, BaseException) else (reason.args[0] if reason.args and isinstance(reason.args[0], BaseException) else None)
-    if isinstance(exc, requests.exceptions.ReadTimeout):
+    if isinstance(exc, _READ_TIMEOUTS):
         return UnknownOutcome(f"no answer within {timeout:g}s; the provider may have sent it")
     return UnknownOutcome(f"the answer was lost ({exc.__class__.__name__}: {exc}); the provider may have sent it")
 
