@@ -72,6 +72,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("POSTROOM_WEBHOOK_DISABLE_AFTER_HOURS", float, 120.0, "An endpoint failing this long without one success is disabled, and a webhook_endpoint.disabled event says so."),
     Setting("POSTROOM_WEBHOOK_CONCURRENCY", int, 512, "Webhook deliveries one webhooks process keeps in flight."),
     Setting("POSTROOM_WEBHOOK_ENDPOINT_CONCURRENCY", int, 256, "Deliveries in flight to one endpoint per webhooks process, so a slow endpoint cannot hold the others."),
+    Setting("POSTROOM_MESSAGE_RETENTION_DAYS", float, 30.0, "A finished message (sent, delivered, read, failed, cancelled, suppressed, received) and its history are deleted this long after it was created, in batches by the scheduler; a message still waiting is kept."),
+    Setting("POSTROOM_PROVIDER_EVENT_RETENTION_DAYS", float, 7.0, "Raw provider webhooks (receipts and inbound, as received, with their signature verdict) are kept this long."),
     Setting("POSTROOM_WEBHOOK_RETENTION_HOURS", float, 72.0, "Finished webhook deliveries, their attempts and dispatched outbox events are kept this long (for listing and replay), then deleted in batches."),
     Setting("TWILIO_ACCOUNT_SID", str, "AC00000000000000000000000000000000", "Default Twilio account SID (a workspace's channel config overrides it)."),
     Setting("TWILIO_AUTH_TOKEN", str, "sandbox-auth-token", "Default Twilio auth token: API auth and X-Twilio-Signature key."),
@@ -154,6 +156,8 @@ class Settings:
     postroom_webhook_disable_after_hours: float
     postroom_webhook_concurrency: int
     postroom_webhook_endpoint_concurrency: int
+    postroom_message_retention_days: float
+    postroom_provider_event_retention_days: float
     postroom_webhook_retention_hours: float
     twilio_account_sid: str
     twilio_auth_token: str

@@ -16,7 +16,7 @@ from common import intake, lifecycle, metrics
 from common.config import settings
 from common.db.connection import DatabaseUnavailable, release_connection
 from common.db.listen import Listener
-from services.scheduler import backlog, reconciler, recurring, webhooks
+from services.scheduler import backlog, reconciler, recurring, retention, webhooks
 
 log = logging.getLogger("postroom.scheduler")
 METRICS_PORT_OFFSET = 9  # worker services take the ports before it in local runs
@@ -34,6 +34,7 @@ def run_once() -> dict[str, int]:
     done.update(reconciler.resolve_unknown(settings.postroom_sending_timeout_seconds))
     done["receipts"] = reconciler.sweep_receipts()
     done.update(webhooks.maintain())
+    done.update(retention.clean_up())
     backlog.measure()  # gauges only, every few seconds: nothing to report
     return {k: v for k, v in done.items() if v}
 
