@@ -31,9 +31,9 @@ NATURAL_KEY = """CASE WHEN jsonb_typeof(%(tags)s::jsonb) = 'object' AND cardinal
 ACCEPT = """
 WITH ins AS (
     INSERT INTO message (workspace_id, channel, to_addr, from_addr, body, status, priority, idempotency_key, tags, due_at,
-                         quiet_hours, content, routes, encoding, natural_key, status_changed_at)
+                         quiet_hours, content, routes, encoding, template_id, variables, natural_key, status_changed_at)
     SELECT %(ws)s, %(channel)s, %(to)s, %(from)s, %(body)s, %(status)s, %(priority)s, %(key)s, %(tags)s::jsonb, %(due)s,
-           %(quiet)s, %(content)s::jsonb, %(routes)s::jsonb, %(encoding)s, """ + NATURAL_KEY + """,
+           %(quiet)s, %(content)s::jsonb, %(routes)s::jsonb, %(encoding)s, %(template_id)s, %(variables)s::jsonb, """ + NATURAL_KEY + """,
            -- a scheduled message is stamped before its due time: not handed to processing yet
            CASE WHEN %(due)s::timestamptz IS NULL THEN now() ELSE """ + lifecycle.stamped_before("%(due)s::timestamptz") + """ END
     FROM workspace w WHERE w.id = %(ws)s
@@ -60,7 +60,8 @@ def insert(workspace_id: int, content: Mapping[str, Any], idempotency_key: str |
 
     Parameters:
       content: the message's fields as ``POST /v1/messages`` names them (channel, to, from,
-        body, priority, tags, quiet_hours), already validated; ``content`` (what the channel needs
+        body, priority, tags, quiet_hours), already validated; ``template_id`` and ``variables``
+        (the body is rendered by processing); ``content`` (what the channel needs
         beyond the text), ``routes`` (the fallback route) and ``encoding`` (SMS) if any.
 
     Returns:
@@ -73,7 +74,8 @@ def insert(workspace_id: int, content: Mapping[str, Any], idempotency_key: str |
         "body": content.get("body") or "", "priority": content.get("priority", "urgent"), "key": idempotency_key,
         "tags": Json(content.get("tags", [])), "status": status, "due": due, "quiet": content.get("quiet_hours"),
         "content": Json(content.get("content") or {}), "routes": Json(content["routes"]) if content.get("routes") else None,
-        "encoding": content.get("encoding"),
+        "encoding": content.get("encoding"), "template_id": content.get("template_id"),
+        "variables": Json(content["variables"]) if content.get("variables") is not None else None,
     }, prepared=True)
     if not rows:
         return None

@@ -49,6 +49,8 @@ OPERATIONS = {
     ("post", "/webhooks/twilio/inbound"), ("post", "/webhooks/email/events"), ("post", "/webhooks/email/inbound"),
     ("get", "/u/{token}"), ("post", "/u/{token}"), ("get", "/webhooks/whatsapp_cloud"), ("post", "/webhooks/whatsapp_cloud"),
     ("post", "/webhooks/waha"),
+    ("post", "/v1/messages/preview"), ("post", "/v1/templates"), ("get", "/v1/templates/{template_id}"),
+    ("delete", "/v1/templates/{template_id}"), ("post", "/v1/templates/{template_id}/preview"),
 }
 
 

@@ -12,7 +12,7 @@ from flask import Blueprint, Response, g, jsonify, request
 
 from common import dispatch
 from common.db.connection import transaction
-from services.ingest import messages, outgoing
+from services.ingest import messages, outgoing, templates, templates_api
 from services.ingest.contract import Body, header, operation
 from services.ingest.errors import ApiError
 from services.ingest.models import (
@@ -24,6 +24,7 @@ from services.ingest.models import (
     TagFilter,
     TagReschedule,
 )
+from services.ingest.template_models import Preview
 from services.ingest.timing import due_time
 
 api = Blueprint("api_v1", __name__, url_prefix="/v1")
@@ -75,6 +76,17 @@ def create_message(body: NewMessage) -> tuple[Response, int]:
     response = jsonify(view)
     response.headers["Idempotent-Replayed"] = "true"
     return response, 200
+
+
+@operation(api, "POST", "/messages/preview", summary="Render a message as it would be sent, without storing it",
+           scope="messages:read", request=NewMessage, ok={200: Body(Preview, "The rendered content; nothing is stored.")})
+def preview_message(body: NewMessage) -> tuple[Response, int]:
+    with transaction():
+        new = outgoing.resolve(g.workspace_id, body)  # every check of POST /v1/messages
+        template = templates.get(g.workspace_id, body.template_id) if body.template_id is not None else None
+    if template is None:
+        return jsonify(templates_api.preview_of({"body": new["body"], **new["content"]}, new["channel"])), 200
+    return jsonify(templates_api.rendered(template, new["channel"], new["variables"])), 200
 
 
 @operation(api, "GET", "/messages/{message_id}", summary="Read a message and its history", scope="messages:read",

@@ -27,6 +27,7 @@ from services.ingest.probes import probes
 from services.ingest.schedules_api import schedules_api
 from services.ingest.sequence_api import sequence_api
 from services.ingest.stats_api import stats_api
+from services.ingest.templates_api import templates_api
 from services.ingest.twilio_inbound import twilio_inbound
 from services.ingest.waha_hooks import waha_hooks
 from services.ingest.webhook_api import webhook_api
@@ -46,6 +47,7 @@ def create_app() -> Flask:
     app.register_blueprint(sequence_api)
     app.register_blueprint(contacts_api)
     app.register_blueprint(channels_api)
+    app.register_blueprint(templates_api)
     app.register_blueprint(conversations_api)
     app.register_blueprint(webhooks)
     app.register_blueprint(email_hooks)

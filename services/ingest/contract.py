@@ -6,7 +6,7 @@ cannot exist without being documented. It also does what the declaration promise
 view runs: authentication and the scope check for an operation that names a scope, and parsing
 and validating a JSON request body against the request model. Every operation documents the
 statuses it can answer with; the error statuses that follow from the declaration (401/403 with
-a scope, 413 with a body, 400/422 with a JSON model, 503 when it reads the database) are added
+a scope, 413 for a POST or a body, 400/422 with a JSON model, 503 when it reads the database) are added
 here, so that the document and the behaviour cannot drift apart.
 """
 
@@ -104,7 +104,7 @@ def operation(bp: Blueprint | Flask, method: str, path: str, *, summary: str, ok
     statuses = set(errors)
     if scope:
         statuses |= {401, 403}
-    if method == "POST":
+    if method == "POST" or request is not None:  # bounds.limit_body refuses any method's oversized body
         statuses.add(413)
     if request is not None and request_media == JSON:
         statuses |= {400, 422}

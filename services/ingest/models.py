@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 from pydantic_core import PydanticCustomError
 
 E164 = r"^\+[1-9]\d{6,14}$"
@@ -67,6 +67,14 @@ Url = Annotated[str, Field(min_length=8, max_length=2048, pattern=r"^https?://\S
                 SingleLine]
 ShortText = Annotated[str, Field(min_length=1, max_length=1024), SingleLine]
 Recipient = Annotated[str, Field(min_length=1, max_length=MAX_RECIPIENT, examples=["+15005550006"]), SingleLine]
+
+
+# A message's template variables: names to strings or numbers, bounded.
+MAX_VARIABLES = 100
+VariableName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+VariableValue = (Annotated[StrictStr, Field(max_length=1000), MultiLine] | Annotated[StrictInt, Field(ge=-(2**53), le=2**53)]
+                 | Annotated[StrictFloat, Field(allow_inf_nan=False)])
+Variables = Annotated[dict[VariableName, VariableValue], Field(max_length=MAX_VARIABLES)]
 
 
 class Media(BaseModel):
@@ -143,6 +151,12 @@ class NewMessage(BaseModel):
         "WhatsApp: the provider id of the message this one replies to."))
     messaging_service_sid: Annotated[str, Field(pattern=r"^MG[0-9a-f]{32}$")] | None = Field(None, description=(
         "`sms`: send through this Twilio Messaging Service instead of a `from` number."))
+    template_id: Annotated[int, Field(ge=1, le=2**63 - 1)] | None = Field(None, description=(
+        "Send the workspace's template with this id (`POST /v1/templates`), rendered with `variables`; "
+        "then leave out body, subject, html and template."))
+    variables: Variables | None = Field(None, description=(
+        f"With `template_id`: the template's variables, names to strings (up to 1,000 characters) or numbers; "
+        f"at most {MAX_VARIABLES}. Every variable the template uses must be given."))
     priority: Literal["urgent", "bulk"] = Field("urgent", description="The lane: urgent (codes, alerts) or bulk (campaigns).")
     tags: Tags = Field(default_factory=list, description=(
         "Names and values for look-up, cancel and reschedule by tag "

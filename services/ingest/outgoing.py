@@ -4,7 +4,8 @@
 route (``channel``, or the fallback list ``channels``), the address on each channel (``to``: one
 for all, one per channel, or a contact's), checks that each channel of the route can carry what
 the message holds (a body, media, a template, an email's subject and HTML), that the sender is
-the workspace's own, and counts an SMS body's segments and encoding, so a caller learns at once
+the workspace's own, that a template (``template_id``) is the workspace's, for the route's channel,
+and given every variable it needs, and counts an SMS body's segments and encoding, so a caller learns at once
 that an emoji made the message UCS-2. Every refusal is a 422 naming the field.
 """
 
@@ -14,10 +15,12 @@ import re
 from typing import Any
 
 from common import phones, segments
+from common import templates as engine
 from common.config import settings
 from common.db.connection import fetch
 from common.providers import config as channel_config
 from common.quiet_hours import QuietHours
+from services.ingest import templates
 from services.ingest.errors import ApiError
 from services.ingest.models import MAX_BODY, NewMessage
 from services.ingest.validation import EXPECTED
@@ -50,7 +53,8 @@ def resolve(workspace_id: int, body: NewMessage) -> dict[str, Any]:
     route = _route(body)
     addresses = _addresses(workspace_id, body, route)
     _check_quiet_hours(body)
-    _check_content(body, route)
+    templated = _check_template(workspace_id, body, route)
+    _check_content(body, route, templated)
     if "http" in route and channel_config.load(workspace_id, "http") is None:
         raise _refuse("channel", "this workspace has no http channel configured (postroom channel http --workspace NAME --url URL)")
     sender = _check_sender(workspace_id, body, route)
@@ -62,6 +66,8 @@ def resolve(workspace_id: int, body: NewMessage) -> dict[str, Any]:
     if "sms" in route and body.body:
         fields["encoding"] = segments.encoding(body.body)
         fields["segments"] = segments.count_segments(body.body)
+    if templated:
+        fields["variables"] = body.variables or {}  # the body is rendered by processing, before routing
     return fields
 
 
@@ -127,7 +133,29 @@ def _check_quiet_hours(body: NewMessage) -> None:
             raise _refuse("quiet_hours", f"quiet_hours: {exc} (or off)") from None
 
 
-def _check_content(body: NewMessage, route: list[str]) -> None:
+def _check_template(workspace_id: int, body: NewMessage, route: list[str]) -> bool:
+    """With ``template_id``: the workspace's template, for the route's one channel, with every
+    variable it needs given and no content of the message's own. Returns whether there is one."""
+    if body.template_id is None:
+        if body.variables is not None:
+            raise _refuse("variables", "variables apply only with template_id")
+        return False
+    for name in ("body", "subject", "html", "template"):
+        if getattr(body, name) is not None:
+            raise _refuse(name, f"{name} comes from the template; leave it out when giving template_id")
+    template = templates.get(workspace_id, body.template_id)
+    if template is None:
+        raise _refuse("template_id", f"no template {body.template_id} in this workspace")
+    if route != [template["channel"]]:
+        raise _refuse("channel", f"template {body.template_id} is for {template['channel']}; send it on that channel alone")
+    absent = engine.missing(template["variables"], body.variables or {})
+    if absent:
+        raise _refuse("variables", f"template {body.template_id} needs the variable {absent[0]}"
+                      + (f" (and {', '.join(absent[1:])})" if absent[1:] else ""))
+    return True
+
+
+def _check_content(body: NewMessage, route: list[str], templated: bool = False) -> None:
     """Each channel of the route can carry the message, and every field given is carried by one."""
     for name, channels in CARRIED_BY.items():
         if getattr(body, name) is not None and not set(channels) & set(route):
@@ -135,7 +163,7 @@ def _check_content(body: NewMessage, route: list[str]) -> None:
     for channel in route:
         if body.body is not None and len(body.body) > MAX_BODY[channel]:
             raise _refuse("body", f"body is {len(body.body)} characters; a {channel} body holds at most {MAX_BODY[channel]}")
-        if body.body is None and not _has_alternative(body, channel):
+        if body.body is None and not templated and not _has_alternative(body, channel):
             raise _refuse("body", f"body is required for {channel}" + {
                 "sms": " (or media)", "email": " (or html)", "whatsapp_cloud": " (or template or media)",
                 "whatsapp_qr": " (or media)"}.get(channel, ""))
