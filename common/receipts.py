@@ -19,7 +19,7 @@ from common.db.connection import fetch
 MAX_UNVERIFIED_PAYLOAD = 4096  # characters of an unsigned webhook's payload that are kept
 MAX_UNVERIFIED_ID = 64  # and of the provider id (or status) it claims
 # PostgreSQL's jsonb holds neither NUL nor a lone surrogate; both are replaced before storing.
-_UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
+UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
 
 
 def store_event(provider: str, kind: str, payload: dict[str, Any], *, signature_valid: bool,
@@ -55,7 +55,7 @@ def storable(value: Any) -> Any:
     """``value`` with every string made storable in PostgreSQL text and jsonb (NUL and lone
     surrogates replaced), keys included."""
     if isinstance(value, str):
-        return _UNSTORABLE.sub("\ufffd", value)
+        return UNSTORABLE.sub("\ufffd", value)
     if isinstance(value, dict):
         return {storable(str(k)): storable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

@@ -23,8 +23,9 @@ import requests
 from common import signing
 from common.config import settings
 from common.errors import PermanentError, Throttled, TransientError
-from common.netguard import BlockedAddress, shared_session
+from common.netguard import BlockedAddress
 from common.providers.sms import Accepted
+from common.providers.transport import guarded_session, retry_after_seconds
 
 PROVIDER = "http"
 EVENT_TYPE = "message.send"
@@ -46,7 +47,7 @@ class HttpAccount:
 
 
 def session() -> requests.Session:
-    return shared_session(settings.postroom_webhook_allowed_networks, max(10, settings.postroom_sender_concurrency))
+    return guarded_session(settings.postroom_webhook_allowed_networks)
 
 
 def payload(row: dict[str, Any]) -> bytes:
@@ -87,9 +88,9 @@ def classify(status: int, retry_after: str | None, answer: bytes, message_id: in
     if 200 <= status < 300:
         return Accepted(_provider_id(answer) or f"http-{message_id}", None, "accepted")
     if status == 429:
-        raise Throttled(f"HTTP 429: {text}", code="429", retry_after=_seconds(retry_after))
+        raise Throttled(f"HTTP 429: {text}", code="429", retry_after=retry_after_seconds(retry_after))
     if status == 408 or status >= 500:
-        raise TransientError(f"HTTP {status}: {text}", code=str(status), retry_after=_seconds(retry_after))
+        raise TransientError(f"HTTP {status}: {text}", code=str(status), retry_after=retry_after_seconds(retry_after))
     raise PermanentError(f"HTTP {status}: {text}" + (" (redirects are not followed)" if 300 <= status < 400 else ""),
                          code=str(status))
 
@@ -106,9 +107,3 @@ def _provider_id(answer: bytes) -> str | None:
                 return str(value)[:200]
     return None
 
-
-def _seconds(value: str | None) -> float | None:
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None

@@ -52,9 +52,10 @@ import urllib3
 
 from common.config import settings
 from common.errors import PermanentError, ProviderError, TransientError, UnknownOutcome
-from common.netguard import BlockedAddress, shared_session
+from common.netguard import BlockedAddress
 from common.providers import config as channel_config
 from common.providers.base import Accepted, Channel
+from common.providers.transport import guarded_session
 
 PROVIDER = "smtp"
 # 7bit transfer encodings only (quoted-printable or base64 for anything else): every relay takes
@@ -219,7 +220,7 @@ def fetch_attachments(attachments: list[dict[str, Any]], deadline: Deadline) -> 
       PermanentError: a refused address, a 4xx answer, or too large (retrying cannot help).
       TransientError: a 5xx answer, a timeout (the deadline's included), a connection failure.
     """
-    session = shared_session(settings.postroom_webhook_allowed_networks, 10)
+    session = guarded_session(settings.postroom_webhook_allowed_networks)
     fetched, total = [], 0
     for attachment in attachments:
         url = attachment["url"]

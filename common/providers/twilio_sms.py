@@ -17,7 +17,6 @@ from urllib.parse import urlencode
 from urllib.request import getproxies
 
 import certifi
-import requests
 import urllib3
 from twilio.base import values
 from twilio.base.exceptions import TwilioRestException
@@ -27,8 +26,9 @@ from twilio.http.response import Response
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 
-from common.errors import PermanentError, ProviderError, Throttled, TransientError, UnknownOutcome
+from common.errors import PermanentError, ProviderError, Throttled, TransientError
 from common.providers.sms import Accepted, OutboundSms
+from common.providers.transport import connection_failure
 
 PROVIDER = "twilio"
 
@@ -205,36 +205,6 @@ def _create_fields(sms: OutboundSms) -> dict[str, Any]:
 def _accepted(resource: Any) -> Accepted:
     segments = int(resource.num_segments) if resource.num_segments else None
     return Accepted(provider_message_id=resource.sid, segments=segments, provider_status=resource.status or "")
-
-
-# Failures that prove the request never left: nothing was sent, so a retry is safe. urllib3's
-# (this module's transport) and requests' (the WhatsApp clients, which share this function).
-# urllib3's NameResolutionError is a NewConnectionError, which is a ConnectTimeoutError; a URL it
-# cannot parse or whose scheme it does not know is a LocationValueError.
-_NOT_SENT = (urllib3.exceptions.ConnectTimeoutError, urllib3.exceptions.LocationValueError,
-             requests.exceptions.ConnectTimeout, requests.exceptions.InvalidURL, requests.exceptions.MissingSchema)
-_READ_TIMEOUTS = (urllib3.exceptions.ReadTimeoutError, requests.exceptions.ReadTimeout)
-
-
-def connection_failure(exc: BaseException, timeout: float) -> ProviderError:
-    """Classify a call that ended without an HTTP answer, raised by urllib3 or by requests.
-
-    Only a failure to connect proves nothing was sent (transient: retried). Anything after the
-    request may have been written — a read timeout, a connection aborted or reset mid-response,
-    a broken chunked body, an answer we cannot read or decode — is an unknown outcome: retrying
-    could send a second SMS, so the message is looked up at Twilio instead (invariant 14).
-    """
-    reason: BaseException | None = exc
-    for _ in range(8):  # the chain is short; never loop on a cycle
-        if reason is None:
-            break  # requests wraps urllib3's MaxRetryError, which wraps the cause
-        if isinstance(reason, _NOT_SENT):
-            return TransientError(f"could not connect: {exc}", code="connection")
-        inner = getattr(reason, "reason", None)
-        reason = inner if isinstance(inner, BaseException) else (reason.args[0] if reason.args and isinstance(reason.args[0], BaseException) else None)
-    if isinstance(exc, _READ_TIMEOUTS):
-        return UnknownOutcome(f"no answer within {timeout:g}s; the provider may have sent it")
-    return UnknownOutcome(f"the answer was lost ({exc.__class__.__name__}: {exc}); the provider may have sent it")
 
 
 def _seconds(value: str | None) -> float | None:

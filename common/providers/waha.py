@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import mimetypes
 import random
-import re
 import threading
 import time
 from collections import OrderedDict
@@ -43,11 +42,12 @@ from common import ratelimit
 from common.config import settings
 from common.db.connection import fetch
 from common.errors import PermanentError, ProviderError, Throttled, TransientError
-from common.netguard import BlockedAddress, shared_session
+from common.netguard import BlockedAddress
 from common.providers import config as channel_config
 from common.providers import waha_sessions
 from common.providers.base import Accepted, Channel
-from common.providers.twilio_sms import connection_failure
+from common.providers.transport import connection_failure, guarded_session, retry_after_seconds
+from common.receipts import UNSTORABLE
 
 PROVIDER = "waha"
 CHANNEL = "whatsapp_qr"
@@ -57,7 +57,6 @@ NUMBER_CACHE_SECONDS = 3600.0  # how long a check-exists answer is trusted
 NUMBER_CACHE_SIZE = 50_000  # check-exists answers kept per process, least recently used out
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # What PostgreSQL cannot store in text (NUL) or encode (a lone surrogate): never one of our ids.
-_UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
 # message.ack's ack -> our status: -1 ERROR, 0 PENDING (nothing to apply), 1 SERVER, 2 DEVICE, 3 READ, 4 PLAYED
 ACK_STATUSES = {-1: "failed", 1: "sent", 2: "delivered", 3: "read", 4: "read"}
 
@@ -188,9 +187,9 @@ def _http(account: WahaAccount) -> requests.Session:
     goes with each request, so sessions hold no credentials). The operator's gateway is called
     directly; any other through the SSRF guard, which refuses loopback, private and metadata
     addresses (unless POSTROOM_WEBHOOK_ALLOWED_NETWORKS allows them) on every new connection."""
-    size = max(10, settings.postroom_sender_concurrency)
     if account.api_base != settings.waha_api_base.rstrip("/"):
-        return shared_session(settings.postroom_webhook_allowed_networks, size)
+        return guarded_session(settings.postroom_webhook_allowed_networks)
+    size = max(10, settings.postroom_sender_concurrency)
     with _lock:
         http = _operator.get(account.api_base)
         if http is None:
@@ -240,7 +239,7 @@ def classify(account: WahaAccount, response: requests.Response) -> ProviderError
         return Throttled(f"session {account.session!r} is {state}, not WORKING: its messages wait",
                          code="session_not_working", retry_after=HELD_SECONDS, pause_account=True)
     if status == 429:
-        return Throttled(f"HTTP 429: {text}", code="429", retry_after=_seconds(response.headers.get("Retry-After")))
+        return Throttled(f"HTTP 429: {text}", code="429", retry_after=retry_after_seconds(response.headers.get("Retry-After")))
     if status == 408 or status >= 500:
         return TransientError(f"HTTP {status}: {text}", code=str(status))
     return PermanentError(f"HTTP {status}: {text}", code=str(status))
@@ -253,12 +252,6 @@ def _json(response: requests.Response) -> dict[str, Any]:
         return {}
     return parsed if isinstance(parsed, dict) else {}
 
-
-def _seconds(value: str | None) -> float | None:
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None
 
 
 def chat_id(address: str) -> str:
@@ -274,7 +267,7 @@ def provider_id(message: dict[str, Any]) -> str | None:
         value = value.get("_serialized") or value.get("id")
     if not value and isinstance(message.get("key"), dict):
         value = message["key"].get("id")
-    return str(value) if value and not _UNSTORABLE.search(str(value)) else None
+    return str(value) if value and not UNSTORABLE.search(str(value)) else None
 
 
 # --- sending -------------------------------------------------------------------------------------

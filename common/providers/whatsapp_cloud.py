@@ -28,10 +28,10 @@ from common.config import settings
 from common.db.connection import fetch
 from common.errors import PermanentError, ProviderError, Throttled, TransientError, UnknownOutcome
 from common.inbound import window_open_since
-from common.netguard import BlockedAddress, shared_session
+from common.netguard import BlockedAddress
 from common.providers import config as channel_config
 from common.providers.base import Accepted, Channel
-from common.providers.twilio_sms import connection_failure
+from common.providers.transport import connection_failure, guarded_session, retry_after_seconds
 
 PROVIDER = "whatsapp_cloud"  # message.provider, rate-limit and receipt key
 CONFIG_PROVIDER = "meta"  # channel_config.provider of a workspace's WhatsApp Cloud configuration
@@ -208,9 +208,9 @@ _lock = threading.Lock()
 def _session(account: WhatsAppAccount) -> requests.Session:
     """The process's pooled session for the account's API base: every account and thread shares
     its connections. A workspace's own API base gets the guarded one (``common.netguard``)."""
-    pool_size = max(10, settings.postroom_sender_concurrency)
     if account.guarded:
-        return shared_session(settings.postroom_webhook_allowed_networks, pool_size)
+        return guarded_session(settings.postroom_webhook_allowed_networks)
+    pool_size = max(10, settings.postroom_sender_concurrency)
     if _shared:
         return _shared[0]
     with _lock:
@@ -250,7 +250,7 @@ def send(account: WhatsAppAccount, row: dict[str, Any]) -> Accepted:
     error = error if isinstance(error, dict) else {}
     code = error.get("code") if isinstance(error.get("code"), int) and not isinstance(error.get("code"), bool) else None
     raise classify(response.status_code, code, str(error.get("message") or response.text[:200]),
-                   _seconds(response.headers.get("Retry-After")))
+                   retry_after_seconds(response.headers.get("Retry-After")))
 
 
 def _wamid(answer: Any) -> str | None:
@@ -259,12 +259,6 @@ def _wamid(answer: Any) -> str | None:
         return messages[0]["id"]
     return None
 
-
-def _seconds(value: str | None) -> float | None:
-    try:
-        return max(0.0, float(value)) if value else None
-    except ValueError:
-        return None
 
 
 WHATSAPP_CLOUD = Channel(name=PROVIDER, provider=PROVIDER, account_for=account_for, send=send, find_sent=None, prepare=prepare)

@@ -135,7 +135,7 @@ def create_schedule(body: NewSchedule) -> tuple[Response, int]:
                     query("after", "Only schedules after this id (the previous page's `next_after`).",
                           type="integer", minimum=1, maximum=2**63 - 1)])
 def list_schedules() -> tuple[Response, int]:
-    limit = query_int("limit", 50, 1, MAX_PAGE) or 50
+    limit = query_int("limit", 50, 1, MAX_PAGE)
     after = query_int("after", None, 1, 2**63 - 1)
     with transaction():
         rows = schedules.listing(g.workspace_id, limit, after)

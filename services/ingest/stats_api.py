@@ -22,6 +22,7 @@ from services.ingest import upcoming
 from services.ingest.contract import Body, operation, query
 from services.ingest.errors import ApiError
 from services.ingest.stats_models import Stats, Upcoming
+from services.ingest.validation import query_int
 
 stats_api = Blueprint("stats", __name__, url_prefix="/v1")
 log = logging.getLogger("postroom.ingest.stats")
@@ -45,7 +46,7 @@ DEFAULT_LIMIT = 100
                     query("cursor", "The previous page's `next_cursor`.", maxLength=40)])
 def list_upcoming() -> tuple[Response, int]:
     within = _within(request.args.get("within", DEFAULT_WITHIN))
-    limit = _limit(request.args.get("limit"))
+    limit = query_int("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
     after = None
     if (cursor := request.args.get("cursor")) is not None:
         try:
@@ -66,14 +67,6 @@ def _within(raw: str) -> int:
         raise ApiError(422, "invalid_request", f"within must be a number of minutes, hours or days such as 30m, 24h or 7d, "
                        f"from 1m to {MAX_WITHIN_DAYS}d", "within")
     return seconds
-
-
-def _limit(raw: str | None) -> int:
-    if raw is None:
-        return DEFAULT_LIMIT
-    if not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= MAX_LIMIT):
-        raise ApiError(422, "invalid_request", f"limit must be a whole number from 1 to {MAX_LIMIT}", "limit")
-    return int(raw)
 
 
 @operation(stats_api, "GET", "/stats", summary="The backlog per stage and lane", scope="messages:read",

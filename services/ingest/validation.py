@@ -6,7 +6,7 @@ field in a sentence a client developer can act on (422, or 400 when the body is 
 
 from __future__ import annotations
 
-from typing import Any, TypeVar, get_args
+from typing import Any, TypeVar, get_args, overload
 
 from flask import request
 from pydantic import BaseModel
@@ -99,6 +99,10 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+@overload
+def query_int(name: str, default: int, low: int, high: int) -> int: ...
+@overload
+def query_int(name: str, default: None, low: int, high: int) -> int | None: ...
 def query_int(name: str, default: int | None, low: int, high: int) -> int | None:
     """A whole-number query parameter from ``low`` to ``high`` (``default`` when absent); 422 naming it otherwise."""
     raw = request.args.get(name)

@@ -144,7 +144,7 @@ def test_endpoint(endpoint_id: int) -> tuple[Response, int]:
                     query("before", "Only attempts older than this attempt id (the previous page's `next_before`).",
                           type="integer", minimum=1, maximum=2**63 - 1)])
 def list_deliveries(endpoint_id: int) -> tuple[Response, int]:
-    limit = query_int("limit", 50, 1, MAX_PAGE) or 50
+    limit = query_int("limit", 50, 1, MAX_PAGE)
     before = query_int("before", None, 1, 2**63 - 1)
     with transaction():
         found = endpoints.attempts(g.workspace_id, endpoint_id, limit, before)

@@ -52,6 +52,8 @@ def route_batch(ids: Sequence[int]) -> list[dict[str, Any]]:
 def hold_quiet(ids: Sequence[int], now: datetime | None = None) -> set[int]:
     """Move the messages among ``ids`` that are inside their quiet hours now back to ``scheduled``,
     due when the window opens; returns their ids. Only messages with a window are read."""
+    if not ids:
+        return set()
     now = now or datetime.now(UTC)
     holds = []
     for row in fetch_dicts(_WINDOWS, (list(ids),), prepared=True):

@@ -33,6 +33,7 @@ from services.sandbox.accounts import Accounts
 from services.sandbox.callbacks import StatusCallbackSender
 from services.sandbox.faults import FaultPlan
 from services.sandbox.graph_webhooks import GraphState, Number
+from services.sandbox.lost_answer import ConnectionCut, answer_nobody
 from services.sandbox.receivers import Receivers
 from services.sandbox.records import ReceivedMessages
 from services.sandbox.state import EXTENSION_KEY, SandboxState
@@ -78,6 +79,7 @@ def create_app(config: Settings = settings) -> Flask:
                             f"{config.public_url}/webhooks/whatsapp_cloud"),
         waha=WahaGateway(records, f"{config.public_url}/webhooks/waha", config.waha_webhook_secret),
     )
+    app.register_error_handler(ConnectionCut, answer_nobody)
     app.register_blueprint(control.blueprint)
     app.register_blueprint(email_api.blueprint)
     app.register_blueprint(twilio_api.blueprint)

@@ -25,13 +25,11 @@ from typing import Any
 import gevent
 from flask import Blueprint, Response, jsonify, request
 
-from services.sandbox.faults import DROP, HANG
 from services.sandbox.graph_errors import graph_error
 from services.sandbox.graph_webhooks import Number, inbound_value
+from services.sandbox.lost_answer import lose_answer
 from services.sandbox.records import ReceivedMessage
 from services.sandbox.state import current_sandbox
-from services.sandbox.twilio_api import ConnectionCut
-from services.sandbox.twilio_api import _cut_connection as cut_connection
 
 CHANNEL = "whatsapp_cloud"
 VERSION = re.compile(r"^v\d{1,3}\.\d$")
@@ -42,10 +40,6 @@ MAX_OPAQUE = 512
 
 blueprint = Blueprint("graph", __name__)
 
-
-@blueprint.errorhandler(ConnectionCut)
-def _connection_cut(exc: ConnectionCut) -> Response:
-    return Response(b"", status=500)  # nobody is left to read it
 
 
 def _bearer() -> str:
@@ -130,13 +124,7 @@ def send_message(version: str, phone_number_id: str) -> Response | tuple[Respons
     graph.keep_payload(message.sid, body)
     graph.start_statuses(message, number, body.get("biz_opaque_callback_data"), faults.take_callback_outcome(),
                          faults.callback_behaviour())
-    lost = faults.take_lost_answer()
-    if lost == DROP:
-        sandbox.records.count("answers_dropped")
-        cut_connection()
-    if lost == HANG:
-        sandbox.records.count("answers_delayed")
-        gevent.sleep(faults.hang_seconds())
+    lose_answer(sandbox.records, faults)
     answer: dict[str, Any] = {"messaging_product": "whatsapp", "contacts": [{"input": body["to"], "wa_id": wa_id}],
                               "messages": [{"id": message.sid}]}
     if body.get("type") == "template":

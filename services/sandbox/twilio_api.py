@@ -19,7 +19,6 @@ from __future__ import annotations
 import hmac
 import logging
 import re
-import socket
 import uuid
 from collections import OrderedDict
 from email.utils import format_datetime
@@ -28,7 +27,7 @@ import gevent
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from common.segments import count_segments
-from services.sandbox.faults import DROP, HANG
+from services.sandbox.lost_answer import lose_answer
 from services.sandbox.records import ReceivedMessage
 from services.sandbox.state import SandboxState, current_sandbox
 from services.sandbox.twilio_errors import twilio_error
@@ -55,10 +54,6 @@ blueprint = Blueprint("twilio", __name__, url_prefix=f"/{API_VERSION}")
 logger = logging.getLogger(__name__)
 
 
-class ConnectionCut(Exception):
-    """Raised after the client's socket was shut down: there is no one left to answer."""
-
-
 def authenticated(sandbox: SandboxState, account_sid: str) -> bool:
     """The request's Basic credentials are those of ``account_sid``: one of the sandbox's
     accounts, or the test credentials."""
@@ -74,27 +69,6 @@ def test_credentials(account_sid: str) -> bool:
     auth = request.authorization
     return (auth is not None and account_sid == TEST_ACCOUNT_SID and auth.username == TEST_ACCOUNT_SID
             and hmac.compare_digest((auth.password or "").encode(), TEST_AUTH_TOKEN.encode()))
-
-
-def _cut_connection() -> None:
-    """Close the client's connection with no HTTP answer at all ("connection aborted").
-
-    ``shutdown`` rather than ``close``: the server still owns the file descriptor and closes it
-    itself, so a descriptor number reused by another connection is never closed by mistake.
-    """
-    sock = request.environ.get("gunicorn.socket") or request.environ.get("werkzeug.socket")
-    if sock is not None:
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass  # the client left already: the effect is the same
-    raise ConnectionCut("injected: connection cut after the message was recorded")
-
-
-@blueprint.errorhandler(ConnectionCut)
-def _connection_cut(exc: ConnectionCut) -> Response:
-    # Whatever the server writes now goes nowhere; an empty body keeps its failed write short.
-    return Response(b"", status=500)
 
 
 def _validation_error(
@@ -216,13 +190,7 @@ def create_message(account_sid: str) -> Response | tuple[Response, int]:
     sandbox.twilio_callbacks.start(
         message, faults.take_callback_outcome(), faults.callback_behaviour()
     )
-    lost = faults.take_lost_answer()
-    if lost == DROP:
-        sandbox.records.count("answers_dropped")
-        _cut_connection()
-    if lost == HANG:
-        sandbox.records.count("answers_delayed")
-        gevent.sleep(faults.hang_seconds())  # the client gave up long ago; the message stays sent
+    lose_answer(sandbox.records, faults)
     return jsonify(message_resource(message, account_sid)), 201
 
 

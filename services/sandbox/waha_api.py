@@ -34,11 +34,9 @@ import segno
 from flask import Blueprint, Response, jsonify, request
 
 from common.config import settings
-from services.sandbox.faults import DROP, HANG
+from services.sandbox.lost_answer import lose_answer
 from services.sandbox.records import ReceivedMessage
 from services.sandbox.state import current_sandbox
-from services.sandbox.twilio_api import ConnectionCut
-from services.sandbox.twilio_api import _cut_connection as cut_connection
 from services.sandbox.waha_gateway import DEFAULT_SESSION, OWN_NUMBER, STATES
 
 CHANNEL = "whatsapp_qr"
@@ -49,10 +47,6 @@ SENDS = {"sendText": "chat", "sendImage": "image", "sendFile": "document"}
 
 blueprint = Blueprint("waha", __name__)
 
-
-@blueprint.errorhandler(ConnectionCut)
-def _connection_cut(exc: ConnectionCut) -> Response:
-    return Response(b"", status=500)
 
 
 def http_status_for_code(code: int) -> int:
@@ -146,13 +140,7 @@ def send(endpoint: str) -> Response | tuple[Response, int]:
     sandbox.records.add(message)
     waha.keep_payload(message.sid, request.path, body)
     waha.start_acks(message, faults.take_callback_outcome(), faults.callback_behaviour())
-    lost = faults.take_lost_answer()
-    if lost == DROP:
-        sandbox.records.count("answers_dropped")
-        cut_connection()
-    if lost == HANG:
-        sandbox.records.count("answers_delayed")
-        gevent.sleep(faults.hang_seconds())
+    lose_answer(sandbox.records, faults)
     me = (waha.me(session) or {}).get("id")
     return jsonify({
         "id": {"fromMe": True, "remote": chat, "id": short, "_serialized": message.sid},

@@ -25,10 +25,16 @@ METRICS_PORT_OFFSET = 9  # worker services take the ports before it in local run
 MIN_WAIT_SECONDS = 0.005
 
 
+def due_now() -> dict[str, int]:
+    """The duties that keep scheduled sends on time: materialise recurring occurrences, hand due
+    scheduled messages to processing."""
+    return {"occurrences": recurring.materialise(recurring.HORIZON_SECONDS),
+            "scheduled": reconciler.promote_scheduled(settings.postroom_stage_deadline_seconds)}
+
+
 def run_once() -> dict[str, int]:
     """One pass of every reconciler duty; returns what each did."""
-    done = {"occurrences": recurring.materialise(recurring.HORIZON_SECONDS),
-            "scheduled": reconciler.promote_scheduled(settings.postroom_stage_deadline_seconds)}
+    done = due_now()
     done.update(reconciler.redrive_stuck(settings.postroom_stage_deadline_seconds, settings.postroom_max_redrives))
     done["promoted"] = reconciler.promote_parked(lifecycle.SHORT_WAIT_SECONDS)
     done.update(reconciler.resolve_unknown(settings.postroom_sending_timeout_seconds))
@@ -57,8 +63,7 @@ def main() -> None:
                 next_pass = time.monotonic() + interval
                 done = run_once()
             else:
-                done = {"occurrences": recurring.materialise(recurring.HORIZON_SECONDS),
-                        "scheduled": reconciler.promote_scheduled(settings.postroom_stage_deadline_seconds)}
+                done = due_now()
             if any(done.values()):
                 log.info("reconciled %s", {k: v for k, v in done.items() if v})
             due_in = reconciler.next_scheduled_in()

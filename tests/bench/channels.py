@@ -17,7 +17,7 @@ import requests
 
 from services.local.stack import Stack
 from tests.bench.idle import cpu_used
-from tests.bench.load import api_url, cpu_snapshot, post_all, spread
+from tests.bench.load import api_url, cpu_snapshot, post_all, provider_answers_in, spread
 
 CHANNELS = ("sms", "email", "whatsapp_cloud", "whatsapp_qr")
 LATENCY_MS = 150
@@ -36,22 +36,13 @@ def _fields(channel: str, n: int) -> dict[str, Any]:
     return {"channel": channel, "to": f"+15005551{n % 1000:03d}"}
 
 
-def _provider_answers_in(stack: Stack, channel: str, latency_ms: int) -> None:
-    sandbox = stack.cfg.sandbox_url
-    requests.delete(f"{sandbox}/sandbox/messages", timeout=10).raise_for_status()
-    for each in CHANNELS:
-        requests.delete(f"{sandbox}/sandbox/faults", params={"channel": each}, timeout=10).raise_for_status()
-    requests.post(f"{sandbox}/sandbox/faults", params={"channel": channel}, json={"latency_ms": latency_ms},
-                  timeout=10).raise_for_status()
-
-
 def _sent(cur: Any, ids: list[int]) -> int:
     cur.execute("SELECT count(*) FROM message WHERE id = ANY(%s) AND sent_at IS NOT NULL", (ids,))
     return int(cur.fetchone()[0])
 
 
 def run_channel(stack: Stack, key: str, channel: str, count: int) -> dict[str, Any]:
-    _provider_answers_in(stack, channel, LATENCY_MS)
+    provider_answers_in(stack, LATENCY_MS, channel)
     cpu_before = cpu_snapshot(stack)
     ids, started, posted = post_all(api_url(stack), key, count, f"{channel} bench", priority="bulk",
                                     payload=lambda n: _fields(channel, n))

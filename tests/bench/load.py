@@ -17,6 +17,7 @@ import requests
 
 from services.local.stack import Stack
 from tests.bench.idle import cpu_seconds, stack_processes
+from tests.support import FAULT_CHANNELS
 
 CLIENT_THREADS = 32
 STALL_SECONDS = 60.0  # nothing moved for this long: report what arrived instead of waiting on
@@ -26,12 +27,15 @@ def api_url(stack: Stack) -> str:
     return f"http://{stack.cfg.postroom_api_host}:{stack.cfg.postroom_api_port}"
 
 
-def provider_answers_in(stack: Stack, latency_ms: int) -> None:
-    """A fresh sandbox as the provider: nothing received, no faults, every call answered after ``latency_ms``."""
+def provider_answers_in(stack: Stack, latency_ms: int, channel: str = "sms") -> None:
+    """A fresh sandbox as the provider: nothing received, no faults on any channel, every call on
+    ``channel`` answered after ``latency_ms``."""
     sandbox = stack.cfg.sandbox_url
     requests.delete(f"{sandbox}/sandbox/messages", timeout=10).raise_for_status()
-    requests.delete(f"{sandbox}/sandbox/faults", timeout=10).raise_for_status()
-    requests.post(f"{sandbox}/sandbox/faults", json={"latency_ms": latency_ms}, timeout=10).raise_for_status()
+    for each in FAULT_CHANNELS:
+        requests.delete(f"{sandbox}/sandbox/faults", params={"channel": each}, timeout=10).raise_for_status()
+    requests.post(f"{sandbox}/sandbox/faults", params={"channel": channel}, json={"latency_ms": latency_ms},
+                  timeout=10).raise_for_status()
 
 
 def sandbox_received(stack: Stack) -> int:
@@ -44,6 +48,12 @@ def cpu_snapshot(stack: Stack) -> dict[str, dict[int, float]]:
     groups = stack_processes(stack)
     groups["bench client"] = [psutil.Process(os.getpid())]
     return cpu_seconds(groups)
+
+
+def one_value(cur: Any, sql: str, params: tuple[Any, ...]) -> int:
+    """The single number a query answers."""
+    cur.execute(sql, params)
+    return int(cur.fetchone()[0])
 
 
 def percentile(values: list[float], q: float) -> float:

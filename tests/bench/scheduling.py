@@ -34,6 +34,7 @@ from tests.bench.idle import cpu_used
 from tests.bench.load import (
     api_url,
     cpu_snapshot,
+    one_value,
     percentile,
     post_all,
     provider_answers_in,
@@ -86,11 +87,6 @@ def provider_receipts(stack: Stack, tag: str, due: int) -> tuple[list[float], in
         at = datetime.fromisoformat(m["received_at"].replace("Z", "+00:00")).timestamp() - due
         first[m["body"]] = min(at, first.get(m["body"], at))
     return sorted(first.values()), len(mine) - len(first)
-
-
-def one_value(cur: Any, sql: str, params: tuple[Any, ...]) -> int:
-    cur.execute(sql, params)
-    return int(cur.fetchone()[0])
 
 
 def goal(lags: list[float], drain_rate: float) -> dict[str, Any]:

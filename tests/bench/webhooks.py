@@ -28,6 +28,7 @@ from tests.bench.idle import cpu_used
 from tests.bench.load import (
     api_url,
     cpu_snapshot,
+    one_value,
     percentile,
     post_all,
     provider_answers_in,
@@ -40,11 +41,6 @@ PROVIDER_LATENCY_MS = 150
 RECEIVER = "bench"
 RECEIVER_DELAY_MS = 100
 EVENT_TYPES = ("message.accepted", "message.sent", "message.delivered")
-
-
-def one_value(cur: Any, sql: str, params: tuple[Any, ...]) -> int:
-    cur.execute(sql, params)
-    return int(cur.fetchone()[0])
 
 
 def run_campaign(stack: Stack, key: str, count: int, tag: str, cur: Any) -> tuple[list[int], dict[str, dict[int, float]]]:
