@@ -22,12 +22,12 @@ from typing import Any
 import dramatiq
 import redis
 
-from common import dispatch, lifecycle
+from common import dispatch, events, lifecycle
 from common.broker import LANES, queue_name
 from common.db.connection import fetch, fetch_dicts
 
 STAGES: tuple[str, ...] = tuple(dispatch.STAGES)  # processing, routing, a sender per channel, webhooks
-WEBHOOK_LANES = {0: "urgent", 1: "bulk"}  # webhook_delivery.rank
+WEBHOOK_LANES = events.LANE_OF_RANK  # webhook_delivery.rank
 BROKER_TIMEOUT_SECONDS = 1.0  # a frozen Redis must not hold a stats request for the broker's 5 s
 
 # Messages in flight, by status, lane and channel: those ready now, those due later (a parked

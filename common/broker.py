@@ -2,7 +2,7 @@
 
 Redis broker with Retries, AgeLimit, TimeLimit, CurrentMessage, Prometheus and a middleware that
 hands each worker thread a database connection for the duration of one message. Actors are
-declared with ``lane_actors`` so each stage has an urgent and a bulk queue.
+declared with ``lane_actors`` so each stage has an urgent, a normal and a bulk queue.
 
 Idle workers cost nothing: every enqueue also publishes a wake-up on its queue's channel, and a
 consumer that holds no message waits on that channel instead of polling Redis (``WakingRedisBroker``).
@@ -40,8 +40,10 @@ from dramatiq.middleware.prometheus import Prometheus  # noqa: E402
 from common.config import require_production_secret, settings  # noqa: E402
 from common.db.connection import connect_database, db  # noqa: E402
 
-LANES = ("urgent", "bulk")
-LANE_PRIORITY = {"urgent": 0, "bulk": 100}  # lower runs first inside a worker
+# Three lanes (DESIGN.md invariant 6): urgent (codes, alerts), normal (single sends, the API's
+# default) and bulk (campaigns), each its own queue at every stage that can build a backlog.
+LANES = ("urgent", "normal", "bulk")
+LANE_PRIORITY = {"urgent": 0, "normal": 50, "bulk": 100}  # lower runs first inside a worker
 HEARTBEAT_TIMEOUT_MS = 15_000
 # An idle consumer's longest wait for a wake-up. Nothing depends on it for latency (an enqueue
 # wakes the consumer at once); it bounds how long a wake-up lost with a Redis restart, or a

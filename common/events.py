@@ -18,6 +18,10 @@ ENDPOINT_DISABLED = "webhook_endpoint.disabled"
 TEST_EVENT = "webhook.test"  # sent to one endpoint on request, whatever it subscribes to
 # What an endpoint may subscribe to; campaign.completed is written by the campaign stage.
 EVENT_TYPES = (*MESSAGE_EVENTS, "campaign.completed", ENDPOINT_DISABLED)
+# A webhook delivery's rank is its event's lane: an endpoint's urgent events go before its normal
+# ones, and those before its bulk ones.
+WEBHOOK_RANK = {"urgent": 0, "normal": 1, "bulk": 2}
+LANE_OF_RANK = {rank: lane for lane, rank in WEBHOOK_RANK.items()}
 ALL = "*"
 
 

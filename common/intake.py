@@ -71,7 +71,7 @@ def insert(workspace_id: int, content: Mapping[str, Any], idempotency_key: str |
     status = "scheduled" if due else "accepted"
     rows = fetch_dicts(ACCEPT, {
         "ws": workspace_id, "channel": content["channel"], "to": content["to"], "from": content.get("from"),
-        "body": content.get("body") or "", "priority": content.get("priority", "urgent"), "key": idempotency_key,
+        "body": content.get("body") or "", "priority": content.get("priority", "normal"), "key": idempotency_key,
         "tags": Json(content.get("tags", [])), "status": status, "due": due, "quiet": content.get("quiet_hours"),
         "content": Json(content.get("content") or {}), "routes": Json(content["routes"]) if content.get("routes") else None,
         "encoding": content.get("encoding"), "template_id": content.get("template_id"),

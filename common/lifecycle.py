@@ -128,6 +128,7 @@ def record_outcomes(
     columns: dict[str, str],
     due_only: bool = False,
     returning: Sequence[str] = (),
+    where: str = "",
 ) -> list[dict[str, Any]]:
     """Move each message of ``outcomes`` from ``expected`` to ``to`` with its own values, in one statement.
 
@@ -135,7 +136,8 @@ def record_outcomes(
     column to a SQL expression over those keys as text (``v.<key>``), for example
     ``{"provider_message_id": "v.provider_message_id", "attempts": "m.attempts + 1"}``.
 
-    ``due_only`` and ``returning`` are as for ``advance``.
+    ``due_only`` and ``returning`` are as for ``advance``; ``where`` is a further SQL condition on
+    the message row ``m``.
 
     Returns:
       One dict per moved message with ``id``, ``workspace_id``, ``priority``, ``channel`` and the
@@ -164,7 +166,7 @@ def record_outcomes(
             UPDATE message m SET status = %(to)s, status_changed_at = now(), updated_at = now(), redrives = 0
                    {", " + sets if sets else ""}
             FROM v WHERE m.id = v.id AND m.status = %(expected)s
-              {"AND (m.due_at IS NULL OR m.due_at <= now())" if due_only else ""}
+              {"AND (m.due_at IS NULL OR m.due_at <= now())" if due_only else ""} {f"AND {where}" if where else ""}
             RETURNING m.id, m.workspace_id, m.status, m.priority, m.channel, m.to_addr, m.tags, v.detail{extra}
         ){_RECORD}
         SELECT id, workspace_id, priority, channel{picked} FROM moved

@@ -115,6 +115,10 @@ SCHEDULED_DUE_NEXT_HOUR = Gauge(
     "Scheduled messages (send_at, quiet-hour holds) falling due within the next hour.",
     multiprocess_mode="mostrecent",
 )
+DB_STATEMENTS = Counter(
+    "postroom_db_statements_total",
+    "SQL statements this service sent to PostgreSQL (each PREPARE and EXECUTE counts; BEGIN and COMMIT do not).",
+)
 SCHEDULE_LAG = Histogram(
     "postroom_schedule_lag_seconds",
     "How late a scheduled message was handed to processing: hand-off time minus its due time, by lane.",
@@ -131,7 +135,7 @@ for _outcome in ("succeeded", "retried", "throttled", "failed", "blocked"):
     WEBHOOK_DELIVERIES.labels(outcome=_outcome)
 for _reason in ("gone", "failing"):
     ENDPOINTS_DISABLED.labels(reason=_reason)
-for _lane in ("urgent", "bulk"):
+for _lane in ("urgent", "normal", "bulk"):
     SCHEDULE_LAG.labels(lane=_lane)
 
 

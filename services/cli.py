@@ -11,6 +11,7 @@ import re
 import sys
 
 from common.config import settings
+from services import campaign_cli
 from services.worker import STAGE_MODULES
 
 
@@ -260,6 +261,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="threads (greenlets) per lane (default: POSTROOM_WORKER_THREADS; a sender's "
                              "POSTROOM_SENDER_URGENT_GREENLETS / POSTROOM_SENDER_GREENLETS)")
     worker.set_defaults(func=cmd_worker)
+    campaign_cli.add_commands(sub)
     sub.add_parser("run", help="start the whole pipeline locally (make run); restarts services that exit").set_defaults(func=cmd_run)
     args = parser.parse_args(argv)
     args.func(args)

@@ -172,7 +172,7 @@ def clean_db(broker) -> Iterator[None]:
 
     with transaction():
         fetch("TRUNCATE message, message_event, provider_event, outbox, webhook_attempt, webhook_delivery, webhook_endpoint,"
-              " channel_config, conversation, suppression, channel_session, api_key, workspace RESTART IDENTITY CASCADE")
+              " channel_config, conversation, suppression, channel_session, campaign_tally, api_key, workspace RESTART IDENTITY CASCADE")
     broker.flush_all()
     broker.client.flushall()
     from common.providers.accounts import forget_cached_accounts

@@ -51,6 +51,10 @@ OPERATIONS = {
     ("post", "/webhooks/waha"),
     ("post", "/v1/messages/preview"), ("post", "/v1/templates"), ("get", "/v1/templates/{template_id}"),
     ("delete", "/v1/templates/{template_id}"), ("post", "/v1/templates/{template_id}/preview"),
+    ("post", "/v1/campaigns"), ("get", "/v1/campaigns"), ("get", "/v1/campaigns/{campaign_id}"),
+    ("post", "/v1/campaigns/{campaign_id}/recipients"), ("post", "/v1/campaigns/{campaign_id}/recipients/csv"),
+    ("post", "/v1/campaigns/{campaign_id}/start"), ("post", "/v1/campaigns/{campaign_id}/pause"),
+    ("post", "/v1/campaigns/{campaign_id}/resume"), ("post", "/v1/campaigns/{campaign_id}/cancel"),
 }
 
 

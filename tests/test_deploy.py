@@ -45,7 +45,7 @@ DEPLOYMENT_ONLY_OPTIONS = {"--bind"}  # gunicorn_conf binds POSTROOM_API_HOST; a
 # Every worker Deployment and the stage it runs (`postroom worker <stage>`). SMS has a Deployment
 # per lane (campaign backlogs share a provider account's rate); the others serve both lanes from
 # one, each lane on its own threads or greenlets.
-WORKER_DEPLOYMENTS = {"processing": "processing", "routing": "routing", "sender-sms-urgent": "sms",
+WORKER_DEPLOYMENTS = {"processing": "processing", "routing": "routing", "sender-sms-urgent": "sms", "sender-sms-normal": "sms",
                       "sender-sms-bulk": "sms", "sender-http": "http", "sender-email": "email",
                       "sender-whatsapp-cloud": "whatsapp_cloud", "sender-whatsapp-qr": "whatsapp_qr",
                       "webhooks": "webhooks"}
@@ -635,7 +635,7 @@ def test_every_worker_stage_has_deployments_serving_all_its_lanes_each_scaled_by
 
 
 def test_worker_options_are_read_like_postroom_worker_reads_them():
-    assert worker_lanes(["postroom", "worker", "sms", "--gevent"]) == ["urgent", "bulk"]
+    assert worker_lanes(["postroom", "worker", "sms", "--gevent"]) == ["urgent", "normal", "bulk"]
     assert worker_lanes(["postroom", "worker", "sms", "--lanes", "bulk", "--gevent"]) == ["bulk"]
     assert consumed_queues(["postroom", "worker", "sms", "--lanes", "urgent,bulk"]) == {"sms_urgent", "sms_bulk"}
     assert without_option(["postroom", "worker", "sms", "--lanes", "bulk", "--gevent"], "--lanes") == ["postroom", "worker", "sms", "--gevent"]

@@ -58,8 +58,8 @@ def idle_senders(tmp_path: Path, broker) -> Iterator[dict[str, tuple[subprocess.
 
 
 def test_an_idle_workers_cpu_does_not_grow_with_its_greenlets(idle_senders):
-    assert "sms_urgent (8 greenlets), sms_bulk (8 greenlets)" in idle_senders[8][1].read_text()
-    assert "sms_urgent (256 greenlets), sms_bulk (256 greenlets)" in idle_senders[256][1].read_text()
+    assert "sms_urgent (8 greenlets), sms_normal (8 greenlets), sms_bulk (8 greenlets)" in idle_senders[8][1].read_text()
+    assert "sms_urgent (256 greenlets), sms_normal (256 greenlets), sms_bulk (256 greenlets)" in idle_senders[256][1].read_text()
     time.sleep(1.0)  # boot work (imports, first connections) is done
 
     before = {n: cpu_seconds(proc) for n, (proc, _) in idle_senders.items()}

@@ -119,6 +119,16 @@ class _Pool(PooledPostgresqlDatabase):
         # is per thread and the pool has its own lock: a thread stuck connecting to a frozen server
         # would make every other thread wait to take or give back a connection.
         self._lock = peewee._NoopLock()
+        # Imported here, once the process has chosen its metrics mode (common.broker sets it).
+        from common.metrics import DB_STATEMENTS
+
+        self._count_statement = DB_STATEMENTS.inc
+
+    def execute_sql(self, sql: str, params: Any = None) -> Any:
+        """Every statement of the process passes here (``_execute``'s raw SQL and the ORM's
+        queries alike): counted in ``postroom_db_statements_total``, the write budget's figure."""
+        self._count_statement()
+        return super().execute_sql(sql, params)
 
     def _is_closed(self, conn: Any) -> bool:
         return bool(conn.closed) or conn.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_UNKNOWN

@@ -17,6 +17,7 @@ from common import metrics
 from common.db.connection import DatabaseUnavailable, release_connection
 from services.ingest import bounds
 from services.ingest.api import api
+from services.ingest.campaigns_api import campaigns_api
 from services.ingest.channels_api import channels_api
 from services.ingest.contacts_api import contacts_api
 from services.ingest.contract import RETRY_AFTER_SECONDS
@@ -48,6 +49,7 @@ def create_app() -> Flask:
     app.register_blueprint(contacts_api)
     app.register_blueprint(channels_api)
     app.register_blueprint(templates_api)
+    app.register_blueprint(campaigns_api)
     app.register_blueprint(conversations_api)
     app.register_blueprint(webhooks)
     app.register_blueprint(email_hooks)

@@ -25,7 +25,11 @@ _TOKENS = re.compile(rb'"(?:[^"\\]++|\\.)*+"?|[\[\]{}]', re.DOTALL)
 
 def body_limit(path: str) -> int:
     """The largest body accepted on ``path``: providers' webhooks have their own, smaller limit."""
-    return settings.postroom_max_webhook_bytes if path.startswith("/webhooks/") else settings.postroom_max_request_bytes
+    if path.startswith("/webhooks/"):
+        return settings.postroom_max_webhook_bytes
+    if path == "/v1/campaigns" or (path.startswith("/v1/campaigns/") and "/recipients" in path):
+        return settings.postroom_max_campaign_bytes
+    return settings.postroom_max_request_bytes
 
 
 def limit_body() -> None:

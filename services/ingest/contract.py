@@ -38,8 +38,9 @@ ERROR_TEXT = {
     403: "Not allowed: the API key lacks the operation's scope, or a webhook's signature is wrong.",
     404: "No such message (or endpoint, delivery, schedule, contact) in this workspace.",
     409: ("Conflicts with the current state: a message already sending, an Idempotency-Key used before, a disabled endpoint, "
-          "an address of another contact."),
+          "an address of another contact, a campaign in a status that does not allow it."),
     413: "The body is larger than this endpoint's limit.",
+    415: "The body is not of the media type the operation takes.",
     422: "A field is invalid; `error.field` names it.",
     502: "The provider's gateway answered with something that is not passed on (not the kind asked for, or from a refused address).",
     503: "The database is unavailable; retry after `Retry-After` seconds.",

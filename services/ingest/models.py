@@ -19,7 +19,20 @@ PLANNED_CHANNELS = ("whatsapp",)
 ChannelName = Literal["sms", "http", "email", "whatsapp_cloud", "whatsapp_qr"]
 # Longest text per channel: Twilio's 1,600 characters, WhatsApp's 4,096, an email body's 100,000.
 MAX_BODY = {"sms": 1600, "http": 1600, "email": 100_000, "whatsapp_cloud": 4096, "whatsapp_qr": 4096}
-LANES = ("urgent", "bulk")
+LANES = ("urgent", "normal", "bulk")
+
+
+def _lane(priority: str | int) -> str:
+    """A numeric priority as its lane: 1–2 urgent, 3–7 normal, 8–10 bulk (DESIGN.md invariant 6)."""
+    if isinstance(priority, int):
+        return "urgent" if priority <= 2 else "normal" if priority <= 7 else "bulk"
+    return priority
+
+
+# A lane by name, or a number 1–10 stored as its lane; answers always name the lane.
+Priority = Annotated[Literal["urgent", "normal", "bulk"] | Annotated[StrictInt, Field(ge=1, le=10)], AfterValidator(_lane)]
+PRIORITY_DOC = ("The lane: `urgent` (codes, alerts), `normal` (single sends, the default) or `bulk` (campaigns); "
+                "or a number 1–10 (1–2 urgent, 3–7 normal, 8–10 bulk).")
 MAX_SMS_BODY = 1600
 MAX_RECIPIENT = 320
 MAX_TAGS = 20
@@ -157,7 +170,7 @@ class NewMessage(BaseModel):
     variables: Variables | None = Field(None, description=(
         f"With `template_id`: the template's variables, names to strings (up to 1,000 characters) or numbers; "
         f"at most {MAX_VARIABLES}. Every variable the template uses must be given."))
-    priority: Literal["urgent", "bulk"] = Field("urgent", description="The lane: urgent (codes, alerts) or bulk (campaigns).")
+    priority: Priority = Field("normal", description=PRIORITY_DOC)
     tags: Tags = Field(default_factory=list, description=(
         "Names and values for look-up, cancel and reschedule by tag "
         '(`{"event_id": "41", "message_type": "speaker_alert"}`); a list of labels is accepted too.'))

@@ -52,23 +52,51 @@ def resolve(workspace_id: int, body: NewMessage) -> dict[str, Any]:
     """
     route = _route(body)
     addresses = _addresses(workspace_id, body, route)
+    template = _check_template(workspace_id, body, route)
+    if template is not None:
+        check_variables(template, body.variables or {}, "variables")
+    fields = resolve_content(workspace_id, body, route, template)
+    fields.update(to=addresses[0])
+    if len(route) > 1:
+        fields["routes"] = [{"channel": c, "to": a} for c, a in zip(route, addresses, strict=True)]
+    if template is not None:
+        fields["variables"] = body.variables or {}  # the body is rendered by processing, before routing
+    return fields
+
+
+def resolve_content(workspace_id: int, body: Any, route: list[str], template: dict[str, Any] | None) -> dict[str, Any]:
+    """What a message (or every message of a campaign) sends, whoever it goes to: ``body``'s
+    fields with ``channel`` (the route's first), ``content``, ``from`` and an SMS body's
+    ``segments`` and ``encoding``; quiet hours, content and sender checked.
+
+    Raises:
+      ApiError: 422 naming the field at fault.
+    """
     _check_quiet_hours(body)
-    templated = _check_template(workspace_id, body, route)
-    _check_content(body, route, templated)
+    _check_content(body, route, template is not None)
     if "http" in route and channel_config.load(workspace_id, "http") is None:
         raise _refuse("channel", "this workspace has no http channel configured (postroom channel http --workspace NAME --url URL)")
     sender = _check_sender(workspace_id, body, route)
-    fields = body.model_dump(by_alias=True, exclude={"channels", "contact_id", *CONTENT_FIELDS})
-    fields.update(channel=route[0], to=addresses[0], body=body.body or "", **{"from": sender})
+    fields = body.model_dump(by_alias=True, exclude={"channels", "contact_id", "recipients", *CONTENT_FIELDS})
+    fields.update(channel=route[0], body=body.body or "", **{"from": sender})
     fields["content"] = {name: value for name, value in body.model_dump(include=set(CONTENT_FIELDS)).items() if value is not None}
-    if len(route) > 1:
-        fields["routes"] = [{"channel": c, "to": a} for c, a in zip(route, addresses, strict=True)]
     if "sms" in route and body.body:
         fields["encoding"] = segments.encoding(body.body)
         fields["segments"] = segments.count_segments(body.body)
-    if templated:
-        fields["variables"] = body.variables or {}  # the body is rendered by processing, before routing
     return fields
+
+
+def check_variables(template: dict[str, Any], variables: dict[str, Any], field: str, who: str = "") -> None:
+    """Every variable ``template`` needs is among ``variables``; else 422 naming ``field`` (and ``who``)."""
+    absent = engine.missing(template["variables"], variables)
+    if absent:
+        raise _refuse(field, f"template {template['id']} needs the variable {absent[0]}"
+                      + (f" (and {', '.join(absent[1:])})" if absent[1:] else "") + (f", which {who} lacks" if who else ""))
+
+
+def route_of(body: Any) -> list[str]:
+    """The channels a message goes on, in order (``channel``, or the fallback list ``channels``)."""
+    return _route(body)
 
 
 def _route(body: NewMessage) -> list[str]:
@@ -125,7 +153,7 @@ def _normalized(channel: str, address: str, field: str) -> str:
     return address
 
 
-def _check_quiet_hours(body: NewMessage) -> None:
+def _check_quiet_hours(body: Any) -> None:
     if body.quiet_hours is not None and body.quiet_hours != "off":
         try:
             QuietHours.parse(body.quiet_hours)
@@ -133,13 +161,18 @@ def _check_quiet_hours(body: NewMessage) -> None:
             raise _refuse("quiet_hours", f"quiet_hours: {exc} (or off)") from None
 
 
-def _check_template(workspace_id: int, body: NewMessage, route: list[str]) -> bool:
-    """With ``template_id``: the workspace's template, for the route's one channel, with every
-    variable it needs given and no content of the message's own. Returns whether there is one."""
+def template_for(workspace_id: int, body: Any, route: list[str]) -> dict[str, Any] | None:
+    """The template ``body`` names, checked as for a message (its variables are not)."""
+    return _check_template(workspace_id, body, route, variables=False)
+
+
+def _check_template(workspace_id: int, body: Any, route: list[str], variables: bool = True) -> dict[str, Any] | None:
+    """With ``template_id``: the workspace's template, for the route's one channel, and no content
+    of the message's own. Returns the template, or None when there is none."""
     if body.template_id is None:
-        if body.variables is not None:
+        if variables and body.variables is not None:
             raise _refuse("variables", "variables apply only with template_id")
-        return False
+        return None
     for name in ("body", "subject", "html", "template"):
         if getattr(body, name) is not None:
             raise _refuse(name, f"{name} comes from the template; leave it out when giving template_id")
@@ -148,14 +181,10 @@ def _check_template(workspace_id: int, body: NewMessage, route: list[str]) -> bo
         raise _refuse("template_id", f"no template {body.template_id} in this workspace")
     if route != [template["channel"]]:
         raise _refuse("channel", f"template {body.template_id} is for {template['channel']}; send it on that channel alone")
-    absent = engine.missing(template["variables"], body.variables or {})
-    if absent:
-        raise _refuse("variables", f"template {body.template_id} needs the variable {absent[0]}"
-                      + (f" (and {', '.join(absent[1:])})" if absent[1:] else ""))
-    return True
+    return template
 
 
-def _check_content(body: NewMessage, route: list[str], templated: bool = False) -> None:
+def _check_content(body: Any, route: list[str], templated: bool = False) -> None:
     """Each channel of the route can carry the message, and every field given is carried by one."""
     for name, channels in CARRIED_BY.items():
         if getattr(body, name) is not None and not set(channels) & set(route):
@@ -175,7 +204,7 @@ def _check_content(body: NewMessage, route: list[str], templated: bool = False) 
         raise _refuse("messaging_service_sid", "give from or messaging_service_sid, not both")
 
 
-def _has_alternative(body: NewMessage, channel: str) -> bool:
+def _has_alternative(body: Any, channel: str) -> bool:
     if channel == "email":
         return body.html is not None
     if channel == "whatsapp_cloud":
@@ -185,7 +214,7 @@ def _has_alternative(body: NewMessage, channel: str) -> bool:
     return False
 
 
-def _check_sender(workspace_id: int, body: NewMessage, route: list[str]) -> str | None:
+def _check_sender(workspace_id: int, body: Any, route: list[str]) -> str | None:
     """``from`` is one of the workspace's identities on the route's first channel (its channel
     configuration's, or the deployment's default); returns it normalised."""
     if body.from_ is None:

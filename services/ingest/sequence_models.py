@@ -27,7 +27,7 @@ class SequenceStep(BaseModel):
     if_past: Literal["send", "skip"] = Field("send", description="When the step's time has already passed: send now, or skip it.")
     body: Annotated[str, Field(min_length=1, max_length=MAX_SMS_BODY), MultiLine] = Field(
         description="The text; {name} is replaced by the enrolment's variable of that name.")
-    priority: Literal["urgent", "bulk"] = "bulk"
+    priority: Literal["urgent", "normal", "bulk"] = "bulk"
     tags: TagMap = Field(default_factory=dict, description="Tags of the step's message (sequence_id, enrolment_id and step are added).")
 
 

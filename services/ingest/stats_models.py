@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-Lane = Literal["urgent", "bulk"]
+Lane = Literal["urgent", "normal", "bulk"]
 
 
 class UpcomingMessage(BaseModel):

@@ -31,7 +31,7 @@ EXPECTED = {
     "to": "a phone number in E.164 form, such as +15005550006",
     "from": "a phone number in E.164 form",
     "body": "a non-empty string",
-    "priority": f"one of: {', '.join(LANES)}",
+    "priority": f"one of: {', '.join(LANES)}, or a number 1–10 (1–2 urgent, 3–7 normal, 8–10 bulk)",
     "tags": (f"an object of at most {MAX_TAGS} names (letters, digits, _ . : -) to strings of up to {MAX_TAG} "
              f"characters, or a list of at most {MAX_TAGS} non-empty strings"),
 }

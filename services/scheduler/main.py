@@ -12,7 +12,7 @@ import threading
 import time
 
 from common import broker as _broker  # noqa: F401  (installs the broker and database)
-from common import intake, lifecycle, metrics
+from common import campaigns, intake, lifecycle, metrics
 from common.config import settings
 from common.db.connection import DatabaseUnavailable, release_connection
 from common.db.listen import Listener
@@ -41,6 +41,7 @@ def run_once() -> dict[str, int]:
     done["receipts"] = reconciler.sweep_receipts()
     done.update(webhooks.maintain())
     done.update(retention.clean_up())
+    done.update({f"campaigns_{k}": v for k, v in campaigns.tick().items()})
     backlog.measure()  # gauges only, every few seconds: nothing to report
     return {k: v for k, v in done.items() if v}
 

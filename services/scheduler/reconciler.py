@@ -28,7 +28,7 @@ from typing import Any
 
 import dramatiq
 
-from common import dispatch, lifecycle, metrics
+from common import campaigns, dispatch, lifecycle, metrics
 from common.config import settings
 from common.db.connection import fetch, fetch_dicts, transaction
 from common.errors import ProviderError
@@ -115,7 +115,7 @@ def redrive_stuck(deadline_seconds: float, max_redrives: int) -> dict[str, int]:
         waiting = fetch_dicts(
             "SELECT id, status, channel, priority FROM message"
             " WHERE status IN ('accepted', 'queued', 'routed') AND status_changed_at < now() - make_interval(secs => %s)"
-            " AND (due_at IS NULL OR due_at < now() - make_interval(secs => %s))"
+            " AND (due_at IS NULL OR due_at < now() - make_interval(secs => %s)) AND " + campaigns.NOT_PAUSED_SQL +
             " ORDER BY status_changed_at LIMIT %s FOR UPDATE SKIP LOCKED",
             (deadline_seconds, deadline_seconds, BATCH),
         )

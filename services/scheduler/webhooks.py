@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 
-from common import dispatch, metrics
+from common import dispatch, events, metrics
 from common.config import settings
 from common.db.connection import fetch, transaction
 
@@ -34,7 +34,7 @@ def kick_due() -> int:
                GROUP BY d.endpoint_id""", prepared=True)
     lanes: dict[str, list[int]] = {}
     for endpoint_id, rank in rows:
-        lanes.setdefault("urgent" if rank == 0 else "bulk", []).append(endpoint_id)
+        lanes.setdefault(events.LANE_OF_RANK.get(rank, "bulk"), []).append(endpoint_id)
     for lane, ids in lanes.items():
         dispatch.to_stage("webhooks", lane, ids)
     return len(rows)

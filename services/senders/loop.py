@@ -25,7 +25,7 @@ from typing import Any
 
 from peewee import DatabaseError
 
-from common import dispatch, fallback, lifecycle, metrics, ratelimit, suppression
+from common import campaigns, dispatch, fallback, lifecycle, metrics, ratelimit, suppression
 from common.broker import LANES
 from common.config import settings
 from common.db.connection import fetch, fetch_dicts, release_connection, transaction
@@ -78,13 +78,11 @@ class CallSlots:
 # Per lane, across every batch this process works on: a campaign's batches can fill the bulk
 # lane's slots without delaying an urgent message's call.
 _slots = {lane: CallSlots(settings.postroom_sender_concurrency) for lane in LANES}
-# Database connections, likewise: bulk batches may hold all but URGENT_DB_SLOTS of the pool, so an
-# urgent message's claim and record never queue behind a campaign's.
+# Database connections, likewise: normal and bulk batches together may hold all but URGENT_DB_SLOTS
+# of the pool, so an urgent message's claim and record never queue behind a campaign's.
 URGENT_DB_SLOTS = 4
-_db_slots = {
-    "urgent": threading.BoundedSemaphore(settings.postroom_db_pool_size),
-    "bulk": threading.BoundedSemaphore(max(1, settings.postroom_db_pool_size - URGENT_DB_SLOTS)),
-}
+_not_urgent = threading.BoundedSemaphore(max(1, settings.postroom_db_pool_size - URGENT_DB_SLOTS))
+_db_slots = {"urgent": threading.BoundedSemaphore(settings.postroom_db_pool_size), "normal": _not_urgent, "bulk": _not_urgent}
 
 
 @contextmanager
@@ -133,10 +131,13 @@ def deliver(channel: Channel, ids: Sequence[int], lane: str = "urgent") -> Follo
 
 
 def candidates(channel: Channel, ids: Sequence[int]) -> list[dict[str, Any]]:
-    """The routed, due messages among ``ids`` with the account that sends each (nothing claimed)."""
+    """The routed, due messages among ``ids`` with the account that sends each (nothing claimed).
+    A paused campaign's messages are left as they are: resuming hands them on again."""
     rows = fetch_dicts(
-        "SELECT id, workspace_id FROM message WHERE id = ANY(%s) AND status = 'routed'"
-        " AND (due_at IS NULL OR due_at <= now()) ORDER BY id",
+        "SELECT m.id, m.workspace_id, m.campaign_id, c.rate_limit_per_second AS campaign_rate"
+        " FROM message m LEFT JOIN campaign c ON c.id = m.campaign_id"
+        " WHERE m.id = ANY(%s) AND m.status = 'routed' AND (m.due_at IS NULL OR m.due_at <= now())"
+        f" AND (m.campaign_id IS NULL OR {campaigns.SENDING_SQL}) ORDER BY m.id",
         (list(ids),), prepared=True,
     )
     for row in rows:
@@ -179,13 +180,25 @@ def take_tokens(channel: Channel, rows: list[dict[str, Any]], lane: str) -> tupl
     """Split ``rows`` into those with a send token (one Redis round trip per account) and those
     that must wait, each waiting one token interval after the one before it.
 
-    A provider 429 pause of the account grants nothing until it ends.
+    A provider 429 pause of the account grants nothing until it ends. A campaign with a rate limit
+    of its own takes a token of it first (one more round trip per campaign).
     """
+    go: list[dict[str, Any]] = []
+    waiting: list[tuple[dict[str, Any], float]] = []
+    limited: dict[int, list[dict[str, Any]]] = {}
+    for row in rows:
+        if row.get("campaign_rate"):
+            limited.setdefault(row["campaign_id"], []).append(row)
+    if limited:
+        for campaign_id, group in limited.items():
+            rate = group[0]["campaign_rate"]
+            granted, wait = ratelimit.take_tokens("campaign", str(campaign_id), rate, len(group))
+            waiting += [(row, wait + n / rate) for n, row in enumerate(group[granted:])]
+        held_back = {id(row) for row, _ in waiting}
+        rows = [row for row in rows if id(row) not in held_back]
     by_account: dict[Any, list[dict[str, Any]]] = {}
     for row in rows:
         by_account.setdefault(row["account"], []).append(row)
-    go: list[dict[str, Any]] = []
-    waiting: list[tuple[dict[str, Any], float]] = []
     for account, group in by_account.items():
         rate = account.rate_limit_per_second
         reserve = ratelimit.bulk_reserve(rate) if lane == "bulk" and rate else 0
@@ -231,7 +244,8 @@ def defer(waiting: list[tuple[dict[str, Any], float]], lane: str) -> list[tuple[
 
 def claim(channel: Channel, rows: list[dict[str, Any]], lane: str) -> list[dict[str, Any]]:
     """Compare-and-set ``routed`` → ``sending`` for messages whose call can start now; returns
-    those this call won, with their content and account."""
+    those this call won, with their content and account. A campaign paused since the batch was
+    read stops its messages here."""
     if not rows:
         return []
     prepared = {row["id"]: row for row in rows}
@@ -239,7 +253,7 @@ def claim(channel: Channel, rows: list[dict[str, Any]], lane: str) -> list[dict[
         claimed = lifecycle.record_outcomes(
             "routed", "sending", [{"id": row["id"], "account": row["account"].key} for row in rows],
             columns={"provider_account": "v.account", "lookup_at": "NULL"},
-            due_only=True, returning=CLAIM_COLUMNS)
+            due_only=True, returning=CLAIM_COLUMNS, where=campaigns.CLAIMABLE_SQL)
     for row in claimed:  # the account, and whatever the channel's prepare added
         row.update({k: v for k, v in prepared[row["id"]].items() if k not in row})
     return claimed

@@ -17,7 +17,7 @@ import threading
 
 import psycopg2
 
-from common import dispatch
+from common import dispatch, events
 from common.db.connection import DatabaseUnavailable, fetch, release_connection, transaction
 from common.db.listen import Listener
 from services.webhooks import delivery
@@ -27,7 +27,7 @@ CHANNEL = "postroom_outbox"
 BATCH = 1000
 FALLBACK_SECONDS = 5.0
 LINGER_SECONDS = 0.02
-RANK = {"urgent": 0, "bulk": 1}
+RANK = events.WEBHOOK_RANK
 
 _FAN_OUT = f"""
 WITH batch AS (
@@ -42,7 +42,7 @@ WITH batch AS (
            jsonb_build_object('type', b.event_type,
                               'timestamp', to_char(b.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
                               'data', b.payload)::text,
-           CASE b.lane WHEN 'urgent' THEN {RANK["urgent"]} ELSE {RANK["bulk"]} END
+           CASE b.lane WHEN 'urgent' THEN {RANK["urgent"]} WHEN 'normal' THEN {RANK["normal"]} ELSE {RANK["bulk"]} END
     FROM batch b JOIN webhook_endpoint e
       ON e.workspace_id = b.workspace_id AND e.enabled AND e.event_types && ARRAY['*', b.event_type]
     ORDER BY b.id
@@ -58,7 +58,7 @@ def fan_out_once(limit: int = BATCH) -> tuple[int, dict[int, str]]:
     with transaction():
         rows = fetch(_FAN_OUT, {"n": limit}, prepared=True)
     release_connection()
-    return rows[0][0], {eid: ("urgent" if rank == RANK["urgent"] else "bulk") for _, eid, rank in rows if eid is not None}
+    return rows[0][0], {eid: events.LANE_OF_RANK.get(rank, "bulk") for _, eid, rank in rows if eid is not None}
 
 
 def fan_out() -> int:
