@@ -32,6 +32,7 @@ STAGES: dict[str, str] = {
     "whatsapp_cloud": "send_whatsapp_cloud",
     "whatsapp_qr": "send_whatsapp_qr",
     "webhooks": "deliver_webhooks",
+    "receipts": "apply_receipts",
 }
 # The channels, each with its own sender stage (queues "<channel>_urgent" and "<channel>_bulk").
 SENDERS: tuple[str, ...] = ("sms", "http", "email", "whatsapp_cloud", "whatsapp_qr")

@@ -46,7 +46,12 @@ def stamped_before(due_sql: str) -> str:
 # Waits up to this long ride on a broker delay; longer ones are parked rows the scheduler promotes.
 SHORT_WAIT_SECONDS = 10.0
 
-_RANK_SQL = "(CASE status " + " ".join(f"WHEN '{s}' THEN {r}" for s, r in RANK.items()) + " END)"
+def _rank_of(column: str) -> str:
+    """SQL for the rank of the status in ``column``."""
+    return f"(CASE {column} " + " ".join(f"WHEN '{s}' THEN {r}" for s, r in RANK.items()) + " END)"
+
+
+_RANK_SQL = _rank_of("status")
 
 
 # Columns every move returns for its outbox event; ``returning`` may name them again.
@@ -185,6 +190,36 @@ def record_sent(provider: str, sent: Sequence[dict[str, Any]], columns: dict[str
     return record_outcomes("sending", "sent", sent, columns={
         "provider": f"'{provider}'", "provider_message_id": "v.pid", "segments": "v.segments::int",
         "sent_at": "now()", "due_at": "NULL", "lookup_at": "NULL", **columns})
+
+
+def apply_receipts(status: str, receipts: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Move each message of ``receipts`` (``id``, ``detail``) forward to ``status`` in one statement,
+    where its status ranks lower (a receipt never moves a message back; one already there is a no-op).
+
+    Returns one dict per moved message with ``id`` and ``channel``.
+    """
+    if not receipts:
+        return []
+    rows = fetch_dicts(
+        f"""
+        WITH v AS (
+            SELECT DISTINCT ON (id) id, detail FROM unnest(%(ids)s::bigint[], %(details)s::text[]) AS u(id, detail) ORDER BY id
+        ), moved AS (
+            UPDATE message m SET status = %(to)s, status_changed_at = now(), updated_at = now(), redrives = 0,
+                   delivered_at = CASE WHEN %(to)s IN ('delivered', 'read') THEN coalesce(m.delivered_at, now()) ELSE m.delivered_at END,
+                   error_code = coalesce(v.detail::jsonb ->> 'error_code', m.error_code),
+                   last_error = coalesce(v.detail::jsonb ->> 'error', m.last_error)
+            FROM v WHERE m.id = v.id AND {_rank_of("m.status")} < %(rank)s
+            RETURNING m.id, m.workspace_id, m.status, m.priority, m.channel, m.to_addr, m.tags, v.detail::jsonb AS detail
+        ){_RECORD}
+        SELECT id, channel FROM moved
+        """,
+        {"ids": [r["id"] for r in receipts], "details": [_jsonb(r.get("detail")) for r in receipts], "to": status,
+         "rank": RANK[status]},
+        prepared=True,
+    )
+    metrics.count_transitions(status, [r["channel"] for r in rows])
+    return rows
 
 
 def apply_receipt(

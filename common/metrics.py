@@ -128,7 +128,7 @@ SCHEDULE_LAG = Histogram(
 # Create every bounded label value at zero, so the first real increment is a visible increase.
 for _status in ("accepted", "queued", "routed", "sending"):
     REDRIVEN.labels(status=_status)
-for _verdict in ("applied", "pending", "ignored", "bad_signature"):
+for _verdict in ("kept", "applied", "pending", "ignored", "bad_signature"):
     PROVIDER_WEBHOOKS.labels(provider="twilio", kind="status", verdict=_verdict)
 RATE_LIMIT_WAITS.labels(provider="twilio")
 for _outcome in ("succeeded", "retried", "throttled", "failed", "blocked"):

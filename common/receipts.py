@@ -1,9 +1,11 @@
 """Provider receipts: kept as they arrive, applied in rank order, never moving a status back.
 
-Every webhook is stored in ``provider_event`` with its signature verdict. A receipt whose
-provider id is not yet on a message (it arrived before the sender recorded the send) stays
-pending and is applied by ``apply_pending_receipts`` once the id appears: the sender calls it
-right after recording sends, and the reconciler sweeps whatever a race left behind.
+Every webhook is stored in ``provider_event`` with its signature verdict. Signed status receipts
+are kept pending by ingest (``keep_pending``, one INSERT per callback) and applied many at a time
+by the receipts stage (``apply_events``), one statement per status. A receipt whose provider id
+is not yet on a message (it arrived before the sender recorded the send) stays pending and is
+applied by ``apply_pending_receipts`` once the id appears: the sender calls it right after
+recording sends, and the reconciler sweeps whatever a race or a lost broker message left behind.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from common import lifecycle
-from common.db.connection import fetch
+from common.db.connection import fetch, fetch_dicts
 
 MAX_UNVERIFIED_PAYLOAD = 4096  # characters of an unsigned webhook's payload that are kept
 MAX_UNVERIFIED_ID = 64  # and of the provider id (or status) it claims
@@ -63,33 +65,57 @@ def storable(value: Any) -> Any:
     return value
 
 
-def apply_receipt_event(event_id: int, provider: str, provider_message_id: str, account: str, status: str,
-                        detail: dict[str, Any]) -> int | None:
-    """Apply one stored receipt; mark it applied if its message exists. Returns the message id."""
-    message_id = lifecycle.apply_receipt(provider, provider_message_id, status, detail, account=account)
-    if message_id is not None:
-        fetch("UPDATE provider_event SET applied_at = now(), message_id = %s WHERE id = %s", (message_id, event_id))
-    return message_id
+def keep_pending(provider: str, kind: str, provider_message_id: str, account: str, status: str,
+                 detail: dict[str, Any], payload: dict[str, Any], scope: Sequence[int] | None) -> int:
+    """Keep a signed receipt to be applied by the receipts stage (one INSERT); returns its id.
+    ``scope``: the workspaces whose messages it may move (None: any)."""
+    rows = fetch(
+        "INSERT INTO provider_event (provider, kind, provider_message_id, provider_account, status, detail, payload,"
+        " signature_valid, scope) VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s::jsonb, true, %s) RETURNING id",
+        (provider, kind, provider_message_id, account, status, json.dumps(detail), json.dumps(storable(payload)),
+         list(scope) if scope is not None else None), prepared=True)
+    return int(rows[0][0])
+
+
+# Pending signed receipts with the message each is for (the account that signed it sent the
+# message, and the message is of a workspace the receipt may move), locked for this batch.
+_PENDING = """
+SELECT e.id AS event_id, e.status, e.detail, m.id
+FROM provider_event e
+JOIN message m ON m.provider = e.provider AND m.provider_message_id = e.provider_message_id
+              AND m.provider_account = e.provider_account AND (e.scope IS NULL OR m.workspace_id = ANY(e.scope))
+WHERE e.applied_at IS NULL AND e.signature_valid AND e.kind = 'status' AND e.status IS NOT NULL AND {which}
+ORDER BY e.id LIMIT %(limit)s
+FOR UPDATE OF e SKIP LOCKED
+"""
+
+
+def apply_batch(which: str, params: dict[str, Any], limit: int = 5000) -> int:
+    """Apply the pending receipts ``which`` selects (SQL over ``e``, with ``params``) whose message
+    exists: one statement per status, in rank order (so the history reads forward even when
+    receipts came in reverse), then one marking them applied. Returns how many were applied."""
+    rows = fetch_dicts(_PENDING.format(which=which), {**params, "limit": limit})
+    by_status: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_status.setdefault(row["status"], []).append({"id": row["id"], "detail": row["detail"] or {}})
+    for status in sorted(by_status, key=lambda s: lifecycle.RANK.get(s, 0)):
+        lifecycle.apply_receipts(status, by_status[status])
+    if rows:
+        fetch("UPDATE provider_event e SET applied_at = now(), message_id = v.message_id"
+              " FROM unnest(%s::bigint[], %s::bigint[]) AS v(id, message_id) WHERE e.id = v.id",
+              ([r["event_id"] for r in rows], [r["id"] for r in rows]))
+    return len(rows)
+
+
+def apply_events(event_ids: Sequence[int]) -> int:
+    """The receipts stage's work: apply these kept receipts (those whose message is not known yet
+    stay pending until its send is recorded)."""
+    return apply_batch("e.id = ANY(%(ids)s)", {"ids": list(event_ids)}) if event_ids else 0
 
 
 def apply_pending_receipts(provider: str, provider_message_ids: Sequence[str] | None = None, limit: int = 1000) -> int:
     """Apply pending receipts whose message now exists (all of them, or those for the given ids)."""
-    rows = fetch(
-        f"""
-        SELECT e.id, e.provider_message_id, e.provider_account, e.status, e.detail
-        FROM provider_event e
-        JOIN message m ON m.provider = e.provider AND m.provider_message_id = e.provider_message_id
-                      AND m.provider_account = e.provider_account
-        WHERE e.provider = %s AND e.applied_at IS NULL AND e.signature_valid AND e.kind = 'status'
-          AND e.status IS NOT NULL
-          {"AND e.provider_message_id = ANY(%s)" if provider_message_ids is not None else ""}
-        ORDER BY e.id LIMIT %s
-        FOR UPDATE OF e SKIP LOCKED
-        """,
-        (provider, list(provider_message_ids), limit) if provider_message_ids is not None else (provider, limit),
-    )
-    # Apply in rank order so the history reads forward even when receipts came in reverse.
-    rows.sort(key=lambda r: lifecycle.RANK.get(r[3], 0))
-    for event_id, pid, account, status, detail in rows:
-        apply_receipt_event(event_id, provider, pid, account, status, detail or {})
-    return len(rows)
+    if provider_message_ids is None:
+        return apply_batch("e.provider = %(provider)s", {"provider": provider}, limit)
+    return apply_batch("e.provider = %(provider)s AND e.provider_message_id = ANY(%(pids)s)",
+                       {"provider": provider, "pids": list(provider_message_ids)}, limit)

@@ -36,6 +36,7 @@ STAGE_MODULES = {
     "whatsapp_cloud": "services.senders.whatsapp_cloud.actors",
     "whatsapp_qr": "services.senders.whatsapp_qr.actors",
     "webhooks": "services.webhooks.actors",
+    "receipts": "services.ingest.actors",
 }
 # Latency-bound stages: greenlets, not threads (invariant 12).
 SENDER_STAGES = {"sms", "http", "email", "whatsapp_cloud", "whatsapp_qr", "webhooks"}

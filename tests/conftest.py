@@ -150,6 +150,7 @@ def sandbox(sandbox_url: str, ingest_url: str) -> Iterator[Any]:
 def broker():
     """The real Redis broker with every stage's actors declared, as the workers have them."""
     import common.broker as broker_module
+    import services.ingest.actors  # noqa: F401
     import services.processing.actors  # noqa: F401
     import services.routing.actors  # noqa: F401
     import services.senders.email.actors  # noqa: F401

@@ -35,6 +35,20 @@ def running_workers(broker: dramatiq.Broker, threads: int = 4) -> Iterator[drama
         worker.stop(timeout=10_000)
 
 
+def apply_kept_receipts(broker: dramatiq.Broker) -> None:
+    """Run the receipts stage until every status receipt ingest has kept so far is applied."""
+    from common import dispatch
+
+    dispatch.handoff.flush()  # the ids ingest is still gathering into a batch
+    worker = dramatiq.Worker(broker, queues={"receipts_normal"}, worker_timeout=50, worker_threads=1)
+    worker.start()
+    try:
+        broker.join("receipts_normal", timeout=10_000)
+        worker.join()
+    finally:
+        worker.stop(timeout=10_000)
+
+
 def message(message_id: int) -> dict[str, Any]:
     with transaction():
         return fetch_dicts("SELECT * FROM message WHERE id = %s", (message_id,))[0]

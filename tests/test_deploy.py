@@ -45,7 +45,7 @@ DEPLOYMENT_ONLY_OPTIONS = {"--bind"}  # gunicorn_conf binds POSTROOM_API_HOST; a
 # Every worker Deployment and the stage it runs (`postroom worker <stage>`). SMS has a Deployment
 # per lane (campaign backlogs share a provider account's rate); the others serve both lanes from
 # one, each lane on its own threads or greenlets.
-WORKER_DEPLOYMENTS = {"processing": "processing", "routing": "routing", "sender-sms-urgent": "sms", "sender-sms-normal": "sms",
+WORKER_DEPLOYMENTS = {"processing": "processing", "routing": "routing", "receipts": "receipts", "sender-sms-urgent": "sms", "sender-sms-normal": "sms",
                       "sender-sms-bulk": "sms", "sender-http": "http", "sender-email": "email",
                       "sender-whatsapp-cloud": "whatsapp_cloud", "sender-whatsapp-qr": "whatsapp_qr",
                       "webhooks": "webhooks"}

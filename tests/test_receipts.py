@@ -7,7 +7,7 @@ from twilio.request_validator import RequestValidator
 
 from common.config import settings
 from common.db.connection import fetch, fetch_dicts, transaction
-from tests.support import history, running_workers, status_of, wait_for
+from tests.support import apply_kept_receipts, history, running_workers, status_of, wait_for
 
 STATUS_PATH = "/webhooks/twilio/status"
 
@@ -42,21 +42,26 @@ def callback(api, sid: str, status: str, *, token: str | None = None, **extra: s
     return api.post(STATUS_PATH, data=params, headers={"X-Twilio-Signature": signature})
 
 
-def test_receipts_out_of_order_never_move_a_status_backwards(api, workspace):
+def test_receipts_out_of_order_never_move_a_status_backwards(api, workspace, broker):
     message_id = sent_message(workspace, "SM" + "a" * 32)
     assert callback(api, "SM" + "a" * 32, "delivered").status_code == 200
+    apply_kept_receipts(broker)
     assert callback(api, "SM" + "a" * 32, "sent").status_code == 200
     assert callback(api, "SM" + "a" * 32, "queued").status_code == 200
+    apply_kept_receipts(broker)
     assert status_of(message_id) == "delivered"
+    # read and delivered arriving together, in reverse, are applied in rank order in one batch
     assert callback(api, "SM" + "a" * 32, "read").status_code == 200
     assert callback(api, "SM" + "a" * 32, "delivered").status_code == 200
+    apply_kept_receipts(broker)
     assert status_of(message_id) == "read"
     assert history(message_id) == ["delivered", "read"]
 
 
-def test_failed_receipt_records_the_providers_error(api, workspace):
+def test_failed_receipt_records_the_providers_error(api, workspace, broker):
     message_id = sent_message(workspace, "SM" + "b" * 32)
     callback(api, "SM" + "b" * 32, "undelivered", ErrorCode="30003", ErrorMessage="Unreachable handset")
+    apply_kept_receipts(broker)
     with transaction():
         row = fetch_dicts("SELECT status, error_code, last_error FROM message WHERE id = %s", (message_id,))[0]
     assert row == {"status": "undelivered", "error_code": "30003", "last_error": "30003: Unreachable handset"}
@@ -112,15 +117,16 @@ def test_bad_signature_gets_403_changes_nothing_and_is_logged(api, workspace):
     assert logged == [{"signature_valid": False, "applied_at": None}] * 2
 
 
-def test_callback_over_real_http_is_verified_against_the_public_url(workspace, ingest_url):
+def test_callback_over_real_http_is_verified_against_the_public_url(workspace, ingest_url, broker):
     message_id = sent_message(workspace, "SM" + "e" * 32)
     params = {"MessageSid": "SM" + "e" * 32, "MessageStatus": "delivered", "AccountSid": settings.twilio_account_sid}
     good = RequestValidator(settings.twilio_auth_token).compute_signature(ingest_url + STATUS_PATH, params)
     assert requests.post(ingest_url + STATUS_PATH, data=params, headers={"X-Twilio-Signature": good}, timeout=5).status_code == 200
+    apply_kept_receipts(broker)
     assert status_of(message_id) == "delivered"
 
 
-def test_receipt_signed_by_another_tenants_account_moves_nothing(api, workspace):
+def test_receipt_signed_by_another_tenants_account_moves_nothing(api, workspace, broker):
     from common.crypto import seal
     from services.scheduler import reconciler
 
@@ -138,6 +144,7 @@ def test_receipt_signed_by_another_tenants_account_moves_nothing(api, workspace)
     for status in ("failed", "delivered"):
         response = callback(api, sid, status, token=other_token, AccountSid=other_sid, ErrorCode="30008")
         assert response.status_code == 200  # a valid signature: kept, acknowledged
+    apply_kept_receipts(broker)
     reconciler.sweep_receipts()
     # Then acme's message has not moved, and the receipts stay unapplied against the other account
     assert status_of(message_id) == "sent"
@@ -147,10 +154,11 @@ def test_receipt_signed_by_another_tenants_account_moves_nothing(api, workspace)
     assert kept == [{"provider_account": other_sid, "applied_at": None, "message_id": None}] * 2
     # while acme's own account still can
     assert callback(api, sid, "delivered").status_code == 200
+    apply_kept_receipts(broker)
     assert status_of(message_id) == "delivered"
 
 
-def test_a_configured_accounts_receipts_move_only_its_own_workspaces_messages(api, workspace):
+def test_a_configured_accounts_receipts_move_only_its_own_workspaces_messages(api, workspace, broker):
     # Given an account a second workspace configured, and messages sent through it by acme (before
     # the account changed hands) and by that workspace
     account, token = "AC" + "1" * 32, "configured-token"
@@ -160,11 +168,12 @@ def test_a_configured_accounts_receipts_move_only_its_own_workspaces_messages(ap
     # When the account's token signs a receipt for each
     for sid in ("SM" + "1" * 32, "SM" + "2" * 32):
         assert callback(api, sid, "delivered", token=token, AccountSid=account).status_code == 200
+    apply_kept_receipts(broker)
     # Then only the configuring workspace's own message moved
     assert [status_of(acme), status_of(own)] == ["sent", "delivered"]
 
 
-def test_a_tenant_configuring_the_deployments_account_cannot_sign_for_it(api, workspace):
+def test_a_tenant_configuring_the_deployments_account_cannot_sign_for_it(api, workspace, broker):
     # Given acme's message through the deployment's account, which another workspace configured with its own token
     configured_account(settings.twilio_account_sid, "tenant-token", "+15005550012")
     message_id = sent_message(workspace, "SM" + "3" * 32)
@@ -172,10 +181,11 @@ def test_a_tenant_configuring_the_deployments_account_cannot_sign_for_it(api, wo
     assert callback(api, "SM" + "3" * 32, "failed", token="tenant-token", ErrorCode="30008").status_code == 403
     assert status_of(message_id) == "sent"
     assert callback(api, "SM" + "3" * 32, "delivered").status_code == 200
+    apply_kept_receipts(broker)
     assert status_of(message_id) == "delivered"
 
 
-def test_account_sids_anyone_names_are_cached_within_a_bound(api, workspace, monkeypatch):
+def test_account_sids_anyone_names_are_cached_within_a_bound(api, workspace, monkeypatch, broker):
     from common.providers import accounts
 
     monkeypatch.setattr(accounts, "MAX_CACHED_ACCOUNTS", 3)
@@ -186,4 +196,5 @@ def test_account_sids_anyone_names_are_cached_within_a_bound(api, workspace, mon
     assert list(accounts._tokens) == strangers[-3:]
     message_id = sent_message(workspace, "SM" + "5" * 32)
     assert callback(api, "SM" + "5" * 32, "delivered").status_code == 200
+    apply_kept_receipts(broker)
     assert status_of(message_id) == "delivered" and len(accounts._tokens) == 3

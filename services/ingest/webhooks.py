@@ -2,8 +2,9 @@
 
 Every callback is stored in ``provider_event`` with its verdict before anything else happens. An
 invalid signature gets 403, a log line, and a bounded record (a few KiB of the payload, never
-all of it); it changes nothing else. A valid receipt moves its message forward (never back); one
-for a provider id not yet recorded waits as pending. The token that verified it decides whose
+all of it); it changes nothing else. A valid receipt is kept pending (one INSERT) and handed to
+the receipts stage, which applies many at a time and moves each message forward (never back);
+one for a provider id not yet recorded waits until the send is. The token that verified it decides whose
 messages it may move: the environment's (the deployment's account) any workspace's, a workspace
 configuration's only that workspace's (``common.providers.accounts.Verified``).
 """
@@ -15,13 +16,12 @@ import re
 
 from flask import Blueprint, Response, request
 
-from common import metrics
+from common import dispatch, metrics
 from common.config import settings
 from common.db.connection import transaction
-from common.lifecycle import apply_receipt
 from common.providers.accounts import Verified, twilio_vouched
 from common.providers.twilio_sms import PROVIDER, RECEIPT_STATUSES, signature_valid
-from common.receipts import storable, store_event
+from common.receipts import keep_pending, store_event
 from services.ingest.contract import FORM, Body, header, operation
 from services.ingest.errors import ApiError
 from services.ingest.models import TwilioStatusCallback
@@ -44,7 +44,7 @@ def public_url() -> str:
 @operation(webhooks, "POST", "/twilio/status", summary="Twilio status callback", request=TwilioStatusCallback,
            request_media=FORM, errors=(403, 422),
            headers=[header("X-Twilio-Signature", "HMAC-SHA1 of the URL and parameters with the account's auth token.")],
-           ok={200: Body(None, "Recorded (and applied, when its message is known).", media_type="application/xml")})
+           ok={200: Body(None, "Recorded; the receipts stage applies it.", media_type="application/xml")})
 def twilio_status() -> tuple[Response | str, int]:
     params = request.form.to_dict(flat=True)
     account_sid = params.get("AccountSid", "")
@@ -55,7 +55,7 @@ def twilio_status() -> tuple[Response | str, int]:
     detail = {"provider_status": provider_status}
     if params.get("ErrorCode"):
         detail.update(error_code=params["ErrorCode"], error=f"{params['ErrorCode']}: {params.get('ErrorMessage', 'delivery failed')}")
-    message_id = None
+    kept = None
     with transaction():  # one transaction per callback, whatever its verdict
         signed = verified(params)
         if signed is None:
@@ -64,9 +64,10 @@ def twilio_status() -> tuple[Response | str, int]:
             pass
         elif not sid:
             store_event(PROVIDER, "status", params, signature_valid=True, status=status, detail=detail, handled=True)
-        else:  # one statement: keep the receipt and move its message forward (or leave it pending)
-            message_id = apply_receipt(PROVIDER, sid, status, detail, account=account_sid, workspaces=signed.scope,
-                                       keep_event={"kind": "status", "payload": storable(params)})
+        elif status is None:  # nothing to apply (queued, accepted, ...): kept as handled
+            store_event(PROVIDER, "status", params, signature_valid=True, provider_message_id=sid, detail=detail, handled=True)
+        else:  # one INSERT: the receipts stage applies it with others, after this commits
+            kept = keep_pending(PROVIDER, "status", sid, account_sid, status, detail, params, signed.scope)
     if signed is None:
         log.warning("twilio status callback with a bad signature: provider_event %s, %d bytes from %s",
                     event_id, request.content_length or 0, request.remote_addr)
@@ -74,8 +75,9 @@ def twilio_status() -> tuple[Response | str, int]:
         raise ApiError(403, "bad_signature", "X-Twilio-Signature does not match")
     if odd is not None:
         raise ApiError(422, "invalid_request", f"{odd[:100]} contains a control character", odd[:100])
-    verdict = ("applied" if message_id is not None else "pending") if status and sid else "ignored"
-    metrics.PROVIDER_WEBHOOKS.labels(provider=PROVIDER, kind="status", verdict=verdict).inc()
+    if kept is not None:
+        dispatch.handoff.submit("receipts", "normal", [kept])
+    metrics.PROVIDER_WEBHOOKS.labels(provider=PROVIDER, kind="status", verdict="kept" if kept is not None else "ignored").inc()
     return Response(EMPTY_TWIML, mimetype="application/xml"), 200
 
 

@@ -67,6 +67,7 @@ def services_for(cfg: Settings) -> list[Service]:
         worker("sender-email", "email", base + 5),
         worker("sender-whatsapp-cloud", "whatsapp_cloud", base + 6),
         worker("sender-whatsapp-qr", "whatsapp_qr", base + 7),
+        worker("receipts", "receipts", base + 8),
         Service("scheduler", [str(BIN / "postroom"), "scheduler"], base + 9),
         Service("ingest", [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "services/ingest/gunicorn_conf.py"),
                            "--no-control-socket", "services.ingest.wsgi:app"]),
