@@ -1,8 +1,9 @@
 """Campaigns: one content to many recipients, fanned out set-wise, paused and resumed safely.
 
 A campaign's recipients are staged (``campaign_recipient``) until it starts. Starting moves
-them in one statement into message rows (``fan_out``): ``accepted`` and handed to processing
-in batches, or ``scheduled`` for the campaign's ``send_at``. Each message carries the campaign's
+them in one statement into message rows (``fan_out``), handed on in batches: to processing when
+a template is to be rendered, else straight to routing; or ``scheduled`` for the campaign's
+``send_at``. Each message carries the campaign's
 id, and every statement that inserts or moves campaign messages appends to the live counters
 (``campaign_tally``, kept by triggers in the same transaction), so progress is read from a few
 rows, never from a scan of the messages, and the counts always add up to the total.
@@ -103,19 +104,24 @@ SELECT id FROM ins ORDER BY id
 
 def fan_out(campaign: dict[str, Any]) -> list[int]:
     """Turn the campaign's staged recipients into messages (one statement); returns the ids of
-    those to hand to processing now (none for a campaign scheduled later). The messages' history
-    starts at their ``created_at``: fan-out writes no per-message event rows, and campaign messages
-    are not announced one by one as ``message.accepted`` (the campaign is what was accepted)."""
+    those to hand on now (none for a campaign scheduled later). A templated campaign's messages
+    are ``accepted``, for processing to render; the others need no processing and are ``queued``
+    for routing at once. The messages' history starts at their ``created_at``: fan-out writes no
+    per-message event rows, and campaign messages are not announced one by one as
+    ``message.accepted`` (the campaign is what was accepted)."""
     later = campaign["status"] == "scheduled"
-    ids = [r[0] for r in fetch(_FAN_OUT, {"id": campaign["id"], "status": "scheduled" if later else "accepted",
+    status = "scheduled" if later else "accepted" if campaign["message"].get("template_id") else "queued"
+    ids = [r[0] for r in fetch(_FAN_OUT, {"id": campaign["id"], "status": status,
                                           "due": campaign["send_at"] if later else None})]
     return [] if later else ids
 
 
-def hand_to_processing(campaign: dict[str, Any], ids: Sequence[int]) -> None:
-    """After the fan-out committed: enqueue its messages for processing, batch by batch."""
+def hand_on(campaign: dict[str, Any], ids: Sequence[int]) -> None:
+    """After the fan-out committed: enqueue its messages, batch by batch, for processing (to
+    render a template) or else for routing."""
     if ids:
-        dispatch.to_stage("processing", campaign["priority"], ids)
+        stage = "processing" if campaign["message"].get("template_id") else "routing"
+        dispatch.to_stage(stage, campaign["priority"], ids)
 
 
 def counters(campaign: dict[str, Any]) -> dict[str, Any]:

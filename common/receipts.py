@@ -113,6 +113,12 @@ def apply_events(event_ids: Sequence[int]) -> int:
     return apply_batch("e.id = ANY(%(ids)s)", {"ids": list(event_ids)}) if event_ids else 0
 
 
+def receipts_waiting(provider: str, provider_message_ids: Sequence[str]) -> bool:
+    """Whether a pending receipt names one of these provider ids (one index probe)."""
+    return bool(fetch("SELECT 1 FROM provider_event WHERE provider = %s AND provider_message_id = ANY(%s)"
+                      " AND applied_at IS NULL AND signature_valid AND status IS NOT NULL LIMIT 1", (provider, list(provider_message_ids)), prepared=True))
+
+
 def apply_pending_receipts(provider: str, provider_message_ids: Sequence[str] | None = None, limit: int = 1000) -> int:
     """Apply pending receipts whose message now exists (all of them, or those for the given ids)."""
     if provider_message_ids is None:

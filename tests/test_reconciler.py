@@ -12,7 +12,7 @@ from tests.support import history, message, running_workers, status_of, wait_for
 def test_flushed_broker_after_accept_still_delivers_once(api, workspace, sandbox, broker):
     message_id = api.post("/v1/messages", json={"channel": "sms", "to": "+15005550006", "body": "survives flush"},
                           headers=workspace["auth"]).get_json()["id"]
-    wait_for(lambda: broker.client.llen("dramatiq:processing_urgent"), what="the hand-off to reach the broker")
+    wait_for(lambda: broker.client.llen("dramatiq:processing_normal"), what="the hand-off to reach the broker")
     broker.client.flushall()  # every queued broker message is gone
     assert status_of(message_id) == "accepted"
     with running_workers(broker):
@@ -123,12 +123,12 @@ def test_rows_waiting_behind_a_broker_backlog_are_not_redriven(workspace, broker
         lost = fetch("INSERT INTO message (workspace_id, channel, to_addr, body, status, status_changed_at)"
                      " VALUES (%s, 'sms', '+15005550006', 'lost', 'accepted', now() - interval '1 minute')"
                      " RETURNING id", (workspace["id"],))[0][0]
-    dispatch.to_stage("processing", "urgent", [message_id])  # the queue holds work: a backlog...
+    dispatch.to_stage("processing", "normal", [message_id])  # the queue holds work: a backlog...
     assert scheduler.run_once().get("accepted") == 1  # ...yet the message it lacks is re-driven
     assert history(lost)[-1] == "accepted" and history(message_id) == []  # the one in the backlog is left alone
     with transaction():
         fetch("UPDATE message SET status_changed_at = now() - interval '1 minute'")
-    broker.client.delete("dramatiq:processing_urgent")  # now the broker lost the backlog too
+    broker.client.delete("dramatiq:processing_normal")  # now the broker lost the backlog too
     assert scheduler.run_once().get("accepted") == 2
 
 
@@ -139,10 +139,10 @@ def test_message_prefetched_by_a_worker_is_not_redriven(workspace, broker):
         message_id = fetch("INSERT INTO message (workspace_id, channel, to_addr, body, status, status_changed_at)"
                            " VALUES (%s, 'sms', '+15005550006', 'prefetched', 'accepted', now() - interval '1 minute')"
                            " RETURNING id", (workspace["id"],))[0][0]
-    dispatch.to_stage("processing", "urgent", [message_id])
-    consumer = broker.consume("processing_urgent", prefetch=1, timeout=100)
+    dispatch.to_stage("processing", "normal", [message_id])
+    consumer = broker.consume("processing_normal", prefetch=1, timeout=100)
     taken = next(m for m in consumer if m is not None)  # a worker holds it (in its ack set)
-    assert broker.client.llen("dramatiq:processing_urgent") == 0
+    assert broker.client.llen("dramatiq:processing_normal") == 0
     assert scheduler.run_once().get("accepted") is None
     consumer.nack(taken)
     consumer.close()
@@ -193,8 +193,8 @@ def test_message_taken_by_a_worker_that_died_is_redriven(workspace, broker):
         message_id = fetch("INSERT INTO message (workspace_id, channel, to_addr, body, status, status_changed_at)"
                            " VALUES (%s, 'sms', '+15005550006', 'taken by the dead', 'accepted', now() - interval '1 minute')"
                            " RETURNING id", (workspace["id"],))[0][0]
-    dispatch.to_stage("processing", "urgent", [message_id])
-    consumer = broker.consume("processing_urgent", prefetch=1, timeout=100)
+    dispatch.to_stage("processing", "normal", [message_id])
+    consumer = broker.consume("processing_normal", prefetch=1, timeout=100)
     next(m for m in consumer if m is not None)  # taken into this worker's ack set...
     broker.client.zadd("dramatiq:__heartbeats__", {broker.broker_id: 0})  # ...and the worker went silent (killed)
     assert scheduler.run_once().get("accepted") == 1

@@ -223,7 +223,7 @@ def test_a_late_occurrence_is_handed_to_processing_at_once(api, workspace, broke
     [made] = occurrences()
     assert made["due_at"] == late
     assert reconciler.promote_scheduled(30.0) == 1
-    assert broker.client.llen("dramatiq:processing_urgent") == 1
+    assert broker.client.llen("dramatiq:processing_normal") == 1
 
 
 def test_racing_scheduler_replicas_materialise_each_occurrence_once(api, workspace):

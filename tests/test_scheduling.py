@@ -60,7 +60,7 @@ def test_a_scheduled_message_waits_and_is_handed_on_once_when_due(api, workspace
     body = response.get_json()
     assert body["status"] == "scheduled" and datetime.fromisoformat(body["send_at"]) == due.replace(microsecond=due.microsecond)
     message_id = body["id"]
-    assert broker.client.llen("dramatiq:processing_urgent") == 0  # nothing handed on before its time
+    assert broker.client.llen("dramatiq:processing_normal") == 0  # nothing handed on before its time
     assert reconciler.promote_scheduled(2.0) == 0
     assert 0 < reconciler.next_scheduled_in() <= 2.0
     with running_workers(broker):

@@ -269,8 +269,12 @@ def fetch_dicts(sql: str, params: Sequence[Any] | dict[str, Any] = (), *, prepar
 
 
 @contextmanager
-def transaction() -> Iterator[None]:
+def transaction(*, single_statement: bool = False) -> Iterator[None]:
     """A transaction on this thread's connection; opens the connection if needed.
+
+    ``single_statement``: the block runs one statement, which PostgreSQL makes a transaction of
+    its own: no BEGIN and COMMIT round trips (a third of a small batch's statements on the bulk
+    path). Failures are handled as for any transaction.
 
     Raises:
       DatabaseUnavailable: the server could not be reached or stopped answering. The broken
@@ -281,8 +285,11 @@ def transaction() -> Iterator[None]:
         raise DatabaseUnavailable(f"database unavailable: it did not answer in the last {RECHECK_SECONDS:g}s")
     try:
         db.connect(reuse_if_open=True)
-        with db.atomic():
+        if single_statement and not db.in_transaction():
             yield
+        else:
+            with db.atomic():
+                yield
     except _UNAVAILABLE as exc:
         if db.is_closed() or db.connection().closed:  # unreachable, not merely a failed statement
             _mark_unavailable()

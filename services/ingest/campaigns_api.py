@@ -157,7 +157,7 @@ def create_campaign(body: NewCampaign) -> tuple[Response, int]:
         if body.start:
             campaign, ids = _start(campaign)
         view = _view(campaign)
-    campaigns.hand_to_processing(campaign, ids)
+    campaigns.hand_on(campaign, ids)
     return jsonify(view), 201
 
 
@@ -203,7 +203,7 @@ def _add(campaign_id: int, given: list[CampaignRecipient]) -> tuple[Response, in
                                (len(staged), campaign_id))[0]
         # A started campaign sends what is added at once (a paused one holds it at the sender).
         ids = campaigns.fan_out(campaign) if campaign["status"] != "draft" else []
-    campaigns.hand_to_processing(campaign, ids)
+    campaigns.hand_on(campaign, ids)
     return jsonify({"added": len(staged), "total": campaign["total"], "status": campaign["status"]}), 200
 
 
@@ -276,7 +276,7 @@ def start_campaign(campaign_id: int) -> tuple[Response, int]:
     with transaction():
         campaign, ids = _start(_move(campaign_id, ("draft",), "started"))
         view = _view(campaign)
-    campaigns.hand_to_processing(campaign, ids)
+    campaigns.hand_on(campaign, ids)
     return jsonify(view), 200
 
 

@@ -31,7 +31,7 @@ from common.config import settings
 from common.db.connection import fetch, fetch_dicts, release_connection, transaction
 from common.errors import PermanentError, ProviderError, Throttled, TransientError, UnknownOutcome
 from common.providers.base import Accepted, Channel
-from common.receipts import apply_pending_receipts
+from common.receipts import apply_pending_receipts, receipts_waiting
 
 log = logging.getLogger("postroom.sender")
 CLAIM_COLUMNS = ("to_addr", "from_addr", "body", "tags", "attempts", "throttles", "created_at", "content", "route_step")
@@ -86,12 +86,13 @@ _db_slots = {"urgent": threading.BoundedSemaphore(settings.postroom_db_pool_size
 
 
 @contextmanager
-def lane_transaction(lane: str) -> Iterator[None]:
+def lane_transaction(lane: str, *, single_statement: bool = False) -> Iterator[None]:
     """A transaction on one of the lane's database slots; the connection goes back to the pool
-    at once (no connection is held across provider calls)."""
+    at once (no connection is held across provider calls). ``single_statement``: see
+    ``common.db.connection.transaction``."""
     with _db_slots[lane]:
         try:
-            with transaction():
+            with transaction(single_statement=single_statement):
                 yield
         finally:
             release_connection()
@@ -119,7 +120,7 @@ def deliver(channel: Channel, ids: Sequence[int], lane: str = "urgent") -> Follo
       any message of the current slot batch was claimed: the broker retries the batch, and
       what was already recorded is not sent again (the claims are compare-and-set).
     """
-    with lane_transaction(lane):
+    with lane_transaction(lane, single_statement=True):
         pending = candidates(channel, ids)
     followups = Followups()
     chunk = max(1, settings.postroom_sender_concurrency // 4)
@@ -168,9 +169,12 @@ def deliver_held(channel: Channel, batch: list[dict[str, Any]], lane: str) -> Fo
     finally:
         _slots[lane].release(held)
     if followups.sent_provider_ids:
-        try:
-            with lane_transaction(lane):
-                apply_pending_receipts(channel.provider, followups.sent_provider_ids)
+        try:  # receipts that raced these sends: usually none, found by one index probe
+            with lane_transaction(lane, single_statement=True):
+                raced = receipts_waiting(channel.provider, followups.sent_provider_ids)
+            if raced:
+                with lane_transaction(lane):
+                    apply_pending_receipts(channel.provider, followups.sent_provider_ids)
         except DatabaseError:  # the reconciler's sweep applies them later
             log.warning("applying receipts that raced %d sends failed; left to the reconciler", len(followups.sent_provider_ids))
     return followups
@@ -249,7 +253,7 @@ def claim(channel: Channel, rows: list[dict[str, Any]], lane: str) -> list[dict[
     if not rows:
         return []
     prepared = {row["id"]: row for row in rows}
-    with lane_transaction(lane):
+    with lane_transaction(lane, single_statement=True):
         claimed = lifecycle.record_outcomes(
             "routed", "sending", [{"id": row["id"], "account": row["account"].key} for row in rows],
             columns={"provider_account": "v.account", "lookup_at": "NULL"},
@@ -284,8 +288,20 @@ def call_provider(channel: Channel, claimed: list[dict[str, Any]], lane: str) ->
 
     if len(claimed) == 1:
         return [one(claimed[0])]
-    with ThreadPoolExecutor(max_workers=len(claimed), thread_name_prefix=f"{channel.name}-call") as pool:
-        return list(pool.map(one, claimed))
+    return list(_callers(lane).map(one, claimed))
+
+
+_executors: dict[str, ThreadPoolExecutor] = {}
+
+
+def _callers(lane: str) -> ThreadPoolExecutor:
+    """The lane's provider calls run here: as many threads (greenlets) as it has call slots, kept
+    between batches instead of started for each (the slots already bound what is in flight)."""
+    pool = _executors.get(lane)
+    if pool is None:
+        pool = _executors[lane] = ThreadPoolExecutor(max_workers=settings.postroom_sender_concurrency,
+                                                     thread_name_prefix=f"{lane}-call")
+    return pool
 
 
 def _outcome(result: Accepted | ProviderError) -> str:
@@ -370,9 +386,11 @@ RECORD_RETRY_SECONDS = (0.2, 0.5, 1, 2, 4, 8)
 def record_with_retries(channel: Channel, results: Sequence[Result], lane: str = "urgent") -> Followups:
     """Record outcomes, retrying a failed write for a while: the provider calls were made, and a
     send left unrecorded would have to be looked up at the provider by the reconciler."""
+    # Only sends to record (the bulk path's usual batch) is one statement: no transaction needed.
+    only_sent = all(isinstance(result, Accepted) for _, result in results)
     for delay in (*RECORD_RETRY_SECONDS, None):
         try:
-            with lane_transaction(lane):
+            with lane_transaction(lane, single_statement=only_sent):
                 return record_results(channel, results)
         except DatabaseError:
             if delay is None:
