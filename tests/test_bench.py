@@ -11,12 +11,18 @@ from pathlib import Path
 from common.config import ROOT
 
 
-def test_bench_reports_measured_figures_for_every_scenario(tmp_path: Path):
-    output = tmp_path / "bench.json"
-    # As on a fresh machine: none of this test session's servers or settings.
+def fresh_env(tmp_path: Path) -> dict[str, str]:
+    """As on a fresh machine: none of this test session's servers or settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("POSTROOM_", "TWILIO_", "DATABASE_", "REDIS_", "WHATSAPP_", "WAHA_", "SMTP_", "EMAIL_"))}
     env["POSTROOM_VAR_DIR"] = str(tmp_path / "var")
-    result = subprocess.run([sys.executable, "-m", "tests.bench", "--count", "60", "--webhook-count", "60",
+    return env
+
+
+def test_bench_reports_measured_figures_for_every_scenario(tmp_path: Path):
+    output = tmp_path / "bench.json"
+    env = fresh_env(tmp_path)
+    sections = [arg for section in ("idle", "sms", "lanes", "channels", "webhooks", "scheduling") for arg in ("--only", section)]
+    result = subprocess.run([sys.executable, "-m", "tests.bench", *sections, "--count", "60", "--webhook-count", "60",
                              "--scheduling-count", "60", "--channel-count", "40", "--idle-seconds", "2", "--output", str(output)],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
@@ -80,3 +86,29 @@ def test_bench_reports_measured_figures_for_every_scenario(tmp_path: Path):
         assert {"scheduler", "processing", "routing", "sender-sms", "postgres", "sandbox"} <= set(r["cpu_ms_per_message"])
         assert r["goal"]["met"] == (lag["p99"] < 500) and r["goal"]["verdict"] in result.stdout
     assert scheduling["runs"][1]["lag_ms"]["min"] >= 150  # the provider's latency is inside the lag
+
+
+def test_campaign_scenario_sends_every_recipient_once_through_the_lean_provider(tmp_path: Path):
+    """The campaign scenario on its own stack, with 300 recipients: at 0 and 150 ms, measured and judged."""
+    output = tmp_path / "bench.json"
+    result = subprocess.run([sys.executable, "-m", "tests.bench", "--only", "campaign", "--campaign-count", "300",
+                             "--bullmq-rate", "700", "--dramatiq-rate", "280", "--bullmq-cpu-ms", "2.43", "--output", str(output)],
+                            cwd=ROOT, env=fresh_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    campaign = json.loads(output.read_text())["campaign"]
+    assert campaign["imitation"] == "tests.bench.lean_provider" and campaign["settings"]["TWILIO_RATE_LIMIT_PER_SECOND"] == "0.0"
+    assert [r["provider_latency_ms"] for r in campaign["runs"]] == [0, 150]
+    for r in campaign["runs"]:
+        once = r["exactly_once"]  # the imitation got each campaign number and each probe once
+        assert once["ok"] and once["expected"] == 300 + r["urgent_probes"]["accepted"] and once["duplicates"] == once["missing"] == 0
+        assert r["sent_rows"] == r["recorded_sent"] == 300 and r["fan_out_s"] > 0 and r["end_to_end_messages_per_s"] > 0
+        assert r["urgent_probes"]["accepted"] >= 1 and r["urgent_probes"]["latency_s"]["p50"] > 0
+        assert r["redis"]["message_ids"] > 0 and r["redis"]["bytes_per_queued_message"] > 0
+        budget = r["write_budget"]
+        assert budget["sql_statements_per_message"] > 0 and budget["sql_statements_unread_services"] == []
+        assert budget["rows_written"]["message"]["ins"] >= 300 and budget["http_requests_per_message"]["provider"] == 1.0
+        assert r["cpu_ms_per_message"]["sender-sms"] > 0 and r["cpu_ms_per_message_total"] > 0
+        assert r["peak_rss"]["by_group"]["postgres"]["peak_mb"] > 0
+    goals = {g["goal"]: g for g in campaign["goals"]}
+    assert len(goals) == 10 and all(g["verdict"] in ("met", "MISSED") for g in goals.values())
+    assert all(g["verdict"] in result.stdout for g in goals.values()) and "campaign goals" in result.stdout

@@ -95,8 +95,8 @@ def private_env(var_dir: Path | str, metrics_port_base: int, **overrides: str) -
     ``metrics_port_base``: the stack uses it up to + 9. Keep it below Linux's ephemeral range
     (32768+), so that no outgoing connection holds one of its ports, and give each suite its own
     range of bases, each ``start + pid % 4000``: start 10000 for tests/test_stack_processes.py,
-    14500 tests/test_e2e.py, 19000 the chaos harness, 23500 the idle benchmark, 28000 the API
-    benchmark.
+    10500 tests/test_campaign_e2e.py, 14500 tests/test_e2e.py, 19000 the chaos harness, 23500 the
+    idle benchmark, 28000 the API benchmark; the campaign benchmark takes 27500 + pid % 490.
     """
     if not 1024 <= metrics_port_base <= 32768 - 10:
         raise ValueError(f"metrics port base {metrics_port_base} is outside 1024-32758")
