@@ -45,6 +45,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("POSTROOM_API_DB_TIMEOUT_SECONDS", float, 1.5, "The same deadline for ingest, so an API request answers 503 within about two seconds while PostgreSQL is unavailable."),
     Setting("POSTROOM_REDIS_TIMEOUT_SECONDS", float, 5.0, "Socket (and connect) timeout of every Redis client: broker, rate limiter."),
     Setting("POSTROOM_MAX_REQUEST_BYTES", int, 1048576, "Largest API request body; a larger one gets 413."),
+    Setting("POSTROOM_CAMPAIGN_DB_TIMEOUT_SECONDS", float, 60.0, "How long one statement of a campaign request (staging, fan-out or cancel of up to 100,000 messages) may take; its first statement keeps the API's deadline, so an unavailable database still answers 503 at once."),
     Setting("POSTROOM_MAX_CAMPAIGN_BYTES", int, 16 * 1048576, "Largest body of a campaign or a page of its recipients (up to 100,000 each); a larger one gets 413."),
     Setting("POSTROOM_MAX_WEBHOOK_BYTES", int, 65536, "Largest provider webhook body; a larger one gets 413."),
     Setting("POSTROOM_MAX_JSON_DEPTH", int, 32, "Deepest JSON nesting accepted in a request body; deeper gets 400."),
@@ -130,6 +131,7 @@ class Settings:
     postroom_api_db_timeout_seconds: float
     postroom_redis_timeout_seconds: float
     postroom_max_request_bytes: int
+    postroom_campaign_db_timeout_seconds: float
     postroom_max_campaign_bytes: int
     postroom_max_webhook_bytes: int
     postroom_max_json_depth: int

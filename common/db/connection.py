@@ -14,6 +14,7 @@ import os
 import re
 import select
 import socket
+import threading
 import time
 import weakref
 from collections.abc import Iterator, Sequence
@@ -57,7 +58,8 @@ def _wait_with_deadline(conn: Any) -> None:
     acknowledging its TCP traffic. The connection is closed on timeout, so the pool drops it.
     Under gevent ``select`` is cooperative, so this also lets greenlets run while a query waits.
     """
-    limit = min(_connect_seconds, _deadline_seconds) if conn.status == psycopg2.extensions.STATUS_SETUP else _deadline_seconds
+    own = getattr(_local, "deadline", None) or _deadline_seconds
+    limit = min(_connect_seconds, _deadline_seconds) if conn.status == psycopg2.extensions.STATUS_SETUP else own
     deadline = time.monotonic() + limit
     while True:
         state = conn.poll()
@@ -158,6 +160,23 @@ class _Pool(PooledPostgresqlDatabase):
             now = time.time()
             self._in_use[self.conn_key(conn)] = PoolConnection(now, conn, now)
         return conn
+
+
+_local = threading.local()  # greenlet-local under gevent's monkey-patching
+
+
+@contextmanager
+def longer_deadline(seconds: float) -> Iterator[None]:
+    """Inside a transaction: the statements of this block may take up to ``seconds``, client- and
+    server-side (a campaign's fan-out of 100,000 rows, not a single send). The statement that sets
+    it runs under the usual deadline, so an unavailable server is still noticed at once."""
+    fetch("SELECT set_config('statement_timeout', %s, true)", (str(int(seconds * 1000) + 500),))
+    previous = getattr(_local, "deadline", None)
+    _local.deadline = seconds
+    try:
+        yield
+    finally:
+        _local.deadline = previous
 
 
 def set_deadline(seconds: float) -> None:

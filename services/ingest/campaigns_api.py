@@ -19,7 +19,8 @@ from flask import Blueprint, Response, g, jsonify, request
 from psycopg2.extras import Json
 
 from common import campaigns
-from common.db.connection import fetch, fetch_dicts, transaction
+from common.config import settings
+from common.db.connection import fetch, fetch_dicts, longer_deadline, transaction
 from services.ingest import outgoing, templates
 from services.ingest.campaign_models import (
     MAX_RECIPIENTS,
@@ -139,7 +140,7 @@ def _template(workspace_id: int, message: dict[str, Any]) -> dict[str, Any] | No
 def create_campaign(body: NewCampaign) -> tuple[Response, int]:
     due = due_time(body.send_at, body.timezone, None)
     route = outgoing.route_of(body)
-    with transaction():
+    with transaction(), longer_deadline(settings.postroom_campaign_db_timeout_seconds):
         template = outgoing.template_for(g.workspace_id, body, route)
         fields = outgoing.resolve_content(g.workspace_id, body, route, template)
         message = {"channel": route[0], "channels": route if len(route) > 1 else None, "from": fields.get("from"),
@@ -191,7 +192,7 @@ def get_campaign(campaign_id: int) -> tuple[Response, int]:
 
 
 def _add(campaign_id: int, given: list[CampaignRecipient]) -> tuple[Response, int]:
-    with transaction():
+    with transaction(), longer_deadline(settings.postroom_campaign_db_timeout_seconds):
         campaign = _load(campaign_id, lock=True)
         if campaign["status"] in ("completed", "cancelled"):
             raise ApiError(409, "conflict", f"campaign {campaign_id} is {campaign['status']}; recipients can no longer be added", "status")
@@ -273,7 +274,7 @@ def _move(campaign_id: int, allowed: tuple[str, ...], verb: str) -> dict[str, An
 @operation(campaigns_api, "POST", "/campaigns/{campaign_id}/start", summary="Start a campaign",
            scope="messages:write", ok={200: Body(CampaignView, "Running, or scheduled for its send_at.")}, errors=(404, 409))
 def start_campaign(campaign_id: int) -> tuple[Response, int]:
-    with transaction():
+    with transaction(), longer_deadline(settings.postroom_campaign_db_timeout_seconds):
         campaign, ids = _start(_move(campaign_id, ("draft",), "started"))
         view = _view(campaign)
     campaigns.hand_on(campaign, ids)
@@ -296,7 +297,7 @@ def pause_campaign(campaign_id: int) -> tuple[Response, int]:
            scope="messages:write", ok={200: Body(CampaignView, "Running again (or scheduled): every waiting message is handed on.")},
            errors=(404, 409))
 def resume_campaign(campaign_id: int) -> tuple[Response, int]:
-    with transaction():
+    with transaction(), longer_deadline(settings.postroom_campaign_db_timeout_seconds):
         _move(campaign_id, ("paused",), "resumed")
         campaign = fetch_dicts(
             f"""UPDATE campaign SET updated_at = now(),
@@ -313,7 +314,7 @@ def resume_campaign(campaign_id: int) -> tuple[Response, int]:
            scope="messages:write", ok={200: Body(CampaignView, "Cancelled: nothing more is sent; what was sent stays sent.")},
            errors=(404, 409))
 def cancel_campaign(campaign_id: int) -> tuple[Response, int]:
-    with transaction():
+    with transaction(), longer_deadline(settings.postroom_campaign_db_timeout_seconds):
         campaign = _move(campaign_id, ("draft", "scheduled", "running", "paused"), "cancelled")
         campaign = fetch_dicts(f"UPDATE campaign SET status = 'cancelled', completed_at = now(), updated_at = now()"
                                f" WHERE id = %s RETURNING {_COLUMNS}", (campaign_id,))[0]
