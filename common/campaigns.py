@@ -1,7 +1,8 @@
 """Campaigns: one content to many recipients, fanned out set-wise, paused and resumed safely.
 
-A campaign's recipients are staged (``campaign_recipient``) until it starts. Starting moves
-them in one statement into message rows (``fan_out``), handed on in batches: to processing when
+A draft's recipients are staged (``campaign_recipient``) until it starts. Starting moves
+them in one statement into message rows (``fan_out``); recipients given to a started campaign
+(``"start": true``, or a page added later) become messages at once, without staging, handed on in batches: to processing when
 a template is to be rendered, else straight to routing; or ``scheduled`` for the campaign's
 ``send_at``. Each message carries the campaign's
 id, and every statement that inserts or moves campaign messages appends to the live counters
@@ -71,49 +72,70 @@ class Refused(Exception):
 
 
 def stage(rows: Sequence[dict[str, Any]], campaign_id: int, first_position: int) -> None:
-    """Stage recipients (``to``, ``routes``, ``variables``), numbered from ``first_position``: one
-    statement, however many."""
-    dump = json.dumps
+    """Stage a draft's recipients (``to``, ``routes``, ``variables``), numbered from
+    ``first_position``: one statement, however many."""
+    arrays = _arrays(rows)
     fetch("""INSERT INTO campaign_recipient (campaign_id, position, to_addr, routes, variables)
              SELECT %s, %s + n - 1, u.to_addr, u.routes::jsonb, u.variables::jsonb
              FROM unnest(%s::text[], %s::text[], %s::text[]) WITH ORDINALITY AS u(to_addr, routes, variables, n)""",
-          (campaign_id, first_position, [r["to"] for r in rows],
-           [dump(r["routes"]) if r.get("routes") else None for r in rows],
-           [dump(r["variables"]) if r.get("variables") is not None else None for r in rows]))
+          (campaign_id, first_position, arrays["to"], arrays["routes"], arrays["variables"]))
 
 
-_FAN_OUT = """
+# Recipients ``r`` (position, to_addr, routes, variables) become messages of campaign ``c``.
+_INSERT_MESSAGES = """
+INSERT INTO message (workspace_id, campaign_id, channel, to_addr, from_addr, body, status, priority, tags, due_at,
+                     quiet_hours, content, routes, encoding, template_id, variables, status_changed_at)
+SELECT c.workspace_id, c.id, c.message->>'channel', r.to_addr, c.message->>'from', coalesce(c.message->>'body', ''),
+       %(status)s, c.priority, coalesce(c.message->'tags', '[]'::jsonb), %(due)s, c.message->>'quiet_hours',
+       coalesce(c.message->'content', '{}'::jsonb), r.routes, c.message->>'encoding',
+       (c.message->>'template_id')::bigint, r.variables,
+       CASE WHEN %(due)s::timestamptz IS NULL THEN now() ELSE """ + lifecycle.stamped_before("%(due)s::timestamptz") + """ END
+FROM r JOIN campaign c ON c.id = %(id)s
+ORDER BY r.position
+RETURNING id
+"""
+# The staged recipients, taken out of staging by the same statement.
+_FROM_STAGED = """
 WITH r AS (
     DELETE FROM campaign_recipient WHERE campaign_id = %(id)s
     RETURNING position, to_addr, routes, variables
-), ins AS (
-    INSERT INTO message (workspace_id, campaign_id, channel, to_addr, from_addr, body, status, priority, tags, due_at,
-                         quiet_hours, content, routes, encoding, template_id, variables, status_changed_at)
-    SELECT c.workspace_id, c.id, c.message->>'channel', r.to_addr, c.message->>'from', coalesce(c.message->>'body', ''),
-           %(status)s, c.priority, coalesce(c.message->'tags', '[]'::jsonb), %(due)s, c.message->>'quiet_hours',
-           coalesce(c.message->'content', '{}'::jsonb), r.routes, c.message->>'encoding',
-           (c.message->>'template_id')::bigint, r.variables,
-           CASE WHEN %(due)s::timestamptz IS NULL THEN now() ELSE """ + lifecycle.stamped_before("%(due)s::timestamptz") + """ END
-    FROM r JOIN campaign c ON c.id = %(id)s
-    ORDER BY r.position
-    RETURNING id, status
-)
+), ins AS (""" + _INSERT_MESSAGES + """)
+SELECT id FROM ins ORDER BY id
+"""
+# Recipients given with the request, for a campaign already started: never staged.
+_FROM_ROWS = """
+WITH r AS (
+    SELECT n AS position, to_addr, routes::jsonb AS routes, variables::jsonb AS variables
+    FROM unnest(%(to)s::text[], %(routes)s::text[], %(variables)s::text[]) WITH ORDINALITY AS u(to_addr, routes, variables, n)
+), ins AS (""" + _INSERT_MESSAGES + """)
 SELECT id FROM ins ORDER BY id
 """
 
 
-def fan_out(campaign: dict[str, Any]) -> list[int]:
-    """Turn the campaign's staged recipients into messages (one statement); returns the ids of
-    those to hand on now (none for a campaign scheduled later). A templated campaign's messages
-    are ``accepted``, for processing to render; the others need no processing and are ``queued``
-    for routing at once. The messages' history starts at their ``created_at``: fan-out writes no
-    per-message event rows, and campaign messages are not announced one by one as
-    ``message.accepted`` (the campaign is what was accepted)."""
+def fan_out(campaign: dict[str, Any], rows: Sequence[dict[str, Any]] | None = None) -> list[int]:
+    """Turn recipients into messages in one statement: the campaign's staged ones, or ``rows``
+    (``to``, ``routes``, ``variables``) given with a request for a started campaign, which are
+    never staged. Returns the ids to hand on now (none for a campaign scheduled later).
+
+    A templated campaign's messages are ``accepted``, for processing to render; the others need no
+    processing and are ``queued`` for routing at once. The messages' history starts at their
+    ``created_at``: fan-out writes no per-message event rows, and campaign messages are not
+    announced one by one as ``message.accepted`` (the campaign is what was accepted)."""
     later = campaign["status"] == "scheduled"
     status = "scheduled" if later else "accepted" if campaign["message"].get("template_id") else "queued"
-    ids = [r[0] for r in fetch(_FAN_OUT, {"id": campaign["id"], "status": status,
-                                          "due": campaign["send_at"] if later else None})]
+    params: dict[str, Any] = {"id": campaign["id"], "status": status, "due": campaign["send_at"] if later else None}
+    if rows is None:
+        ids = [r[0] for r in fetch(_FROM_STAGED, params)]
+    else:
+        params.update(_arrays(rows))
+        ids = [r[0] for r in fetch(_FROM_ROWS, params)]
     return [] if later else ids
+
+
+def _arrays(rows: Sequence[dict[str, Any]]) -> dict[str, list[str | None]]:
+    return {"to": [r["to"] for r in rows],
+            "routes": [json.dumps(r["routes"]) if r.get("routes") else None for r in rows],
+            "variables": [json.dumps(r["variables"]) if r.get("variables") is not None else None for r in rows]}
 
 
 def hand_on(campaign: dict[str, Any], ids: Sequence[int]) -> None:

@@ -227,3 +227,65 @@ def test_a_campaign_of_another_workspace_is_not_found(api, workspace):
     assert api.get(f"/v1/campaigns/{created['id']}", headers=auth).status_code == 404
     assert api.post(f"/v1/campaigns/{created['id']}/start", headers=auth).status_code == 404
     assert api.get("/v1/campaigns", headers=auth).get_json()["campaigns"] == []
+
+
+def test_contacts_as_recipients_give_their_address_and_attributes(api, workspace, sandbox, broker):
+    contact = api.post("/v1/contacts", json={"name": "Ada", "addresses": {"sms": numbers(1)[0]},
+                                             "attributes": {"tier": "gold"}}, headers=workspace["auth"])
+    assert contact.status_code == 201, contact.get_json()
+    template_id = template(api, workspace, "Hi {{ name }}, your {{ tier }} offer")
+    unknown = create(api, workspace, template_id=template_id, recipients=[{"contact_id": 999}])
+    assert unknown.status_code == 422 and unknown.get_json()["error"]["field"] == "recipients[0].contact_id"
+    created = create(api, workspace, template_id=template_id, start=True,
+                     recipients=[{"contact_id": contact.get_json()["id"]}]).get_json()
+    with running_workers(broker):
+        tick_until(api, workspace, created["id"], "completed")
+    assert [m["body"] for m in sandbox.messages(to=numbers(1)[0])] == ["Hi Ada, your gold offer"]
+
+
+def test_postroom_campaign_send_starts_a_campaign_from_csv_and_watches_it_finish(workspace, ingest_url, sandbox, broker,
+                                                                                 tmp_path, capsys):
+    import threading
+
+    from services import cli
+
+    to = numbers(20)
+    path = tmp_path / "winter.csv"
+    path.write_text("to,first_name\n" + "".join(f"{n},P{i}\n" for i, n in enumerate(to)))
+    with transaction():
+        template_id = fetch("INSERT INTO template (workspace_id, name, channel, text, variables) VALUES"
+                            " (%s, 'cli', 'sms', 'Hi {{ first_name }}', ARRAY['first_name']) RETURNING id", (workspace["id"],))[0][0]
+    stop = threading.Event()
+
+    def scheduler() -> None:  # completes the campaign once nothing waits, as the scheduler does
+        while not stop.wait(0.2):
+            campaigns.tick()
+    ticking = threading.Thread(target=scheduler, daemon=True)
+    with running_workers(broker):
+        ticking.start()
+        try:
+            cli.main(["campaign", "send", str(path), "--template", str(template_id), "--api", ingest_url,
+                      "--key", workspace["key"], "--every", "0.2"])
+        finally:
+            stop.set()
+            ticking.join()
+    out, err = capsys.readouterr()
+    assert "20 recipients" in err and "completed" in out
+    assert Counter(m["to"] for m in sandbox.messages()) == Counter(to)
+    # watching a finished campaign prints its final counts and returns
+    campaign_id = int(out.split()[1])
+    cli.main(["campaign", "watch", str(campaign_id), "--api", ingest_url, "--key", workspace["key"]])
+    assert "completed" in capsys.readouterr().out
+
+
+def test_a_page_added_to_a_running_campaign_is_sent_at_once_and_counted(api, workspace, sandbox, broker):
+    to = numbers(8)
+    created = create(api, workspace, body="Hi", recipients=[{"to": n} for n in to[:5]], start=True).get_json()
+    page = api.post(f"/v1/campaigns/{created['id']}/recipients", json={"recipients": [{"to": n} for n in to[5:]]},
+                    headers=workspace["auth"])
+    assert page.status_code == 200 and page.get_json() == {"added": 3, "total": 8, "status": "running"}
+    with transaction():
+        assert fetch("SELECT count(*) FROM campaign_recipient")[0][0] == 0  # a started campaign stages nothing
+    with running_workers(broker):
+        view = tick_until(api, workspace, created["id"], "completed")
+    assert Counter(m["to"] for m in sandbox.messages()) == Counter(to) and view["progress"]["total"] == 8

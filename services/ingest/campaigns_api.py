@@ -152,23 +152,24 @@ def create_campaign(body: NewCampaign) -> tuple[Response, int]:
                 VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING {_COLUMNS}""",
             (g.workspace_id, body.name, Json(message), body.priority, body.rate_limit_per_second, due.at, len(staged)))
         campaign = rows[0]
-        if staged:
-            campaigns.stage(staged, campaign["id"], 0)
         ids: list[int] = []
         if body.start:
-            campaign, ids = _start(campaign)
+            campaign, ids = _start(campaign, staged)
+        elif staged:
+            campaigns.stage(staged, campaign["id"], 0)
         view = _view(campaign)
     campaigns.hand_on(campaign, ids)
     return jsonify(view), 201
 
 
-def _start(campaign: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
-    """Start a draft (running now, or scheduled for its ``send_at``) and fan out its recipients."""
+def _start(campaign: dict[str, Any], given: list[dict[str, Any]] | None = None) -> tuple[dict[str, Any], list[int]]:
+    """Start a draft (running now, or scheduled for its ``send_at``) and fan out its recipients:
+    the staged ones, or ``given`` with the request that creates it."""
     later = campaign["send_at"] is not None and fetch("SELECT %s::timestamptz > now()", (campaign["send_at"],))[0][0]
     campaign = fetch_dicts(
         f"""UPDATE campaign SET status = %s, updated_at = now(), started_at = CASE WHEN %s THEN NULL ELSE now() END
             WHERE id = %s RETURNING {_COLUMNS}""", ("scheduled" if later else "running", later, campaign["id"]))[0]
-    return campaign, campaigns.fan_out(campaign)
+    return campaign, campaigns.fan_out(campaign, given)
 
 
 @operation(campaigns_api, "GET", "/campaigns", summary="List campaigns", scope="messages:read",
@@ -198,14 +199,16 @@ def _add(campaign_id: int, given: list[CampaignRecipient]) -> tuple[Response, in
             raise ApiError(409, "conflict", f"campaign {campaign_id} is {campaign['status']}; recipients can no longer be added", "status")
         if campaign["total"] + len(given) > MAX_CAMPAIGN_RECIPIENTS:
             raise _refuse("recipients", f"a campaign holds at most {MAX_CAMPAIGN_RECIPIENTS:,} recipients")
-        staged = _recipients(g.workspace_id, campaign["message"], _template(g.workspace_id, campaign["message"]), given, campaign["total"])
-        campaigns.stage(staged, campaign["id"], campaign["total"])
+        checked = _recipients(g.workspace_id, campaign["message"], _template(g.workspace_id, campaign["message"]), given, campaign["total"])
         campaign = fetch_dicts(f"UPDATE campaign SET total = total + %s, updated_at = now() WHERE id = %s RETURNING {_COLUMNS}",
-                               (len(staged), campaign_id))[0]
-        # A started campaign sends what is added at once (a paused one holds it at the sender).
-        ids = campaigns.fan_out(campaign) if campaign["status"] != "draft" else []
+                               (len(checked), campaign_id))[0]
+        ids: list[int] = []
+        if campaign["status"] == "draft":
+            campaigns.stage(checked, campaign["id"], campaign["total"] - len(checked))
+        else:  # a started campaign sends what is added at once (a paused one holds it at the sender)
+            ids = campaigns.fan_out(campaign, checked)
     campaigns.hand_on(campaign, ids)
-    return jsonify({"added": len(staged), "total": campaign["total"], "status": campaign["status"]}), 200
+    return jsonify({"added": len(checked), "total": campaign["total"], "status": campaign["status"]}), 200
 
 
 @operation(campaigns_api, "POST", "/campaigns/{campaign_id}/recipients", summary="Add a page of recipients",

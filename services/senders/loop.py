@@ -15,6 +15,7 @@ import logging
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -56,23 +57,40 @@ class Followups:
 class CallSlots:
     """The provider calls one lane of this process may have in flight.
 
-    ``acquire_up_to`` waits for one slot and then takes whatever else is free, so callers never
-    hold part of what they need while waiting for the rest (no deadlock between batches).
+    ``acquire`` takes all the slots a chunk of a batch needs at once, first come first served: a
+    caller holds none while it waits (no deadlock between batches), and chunks stay whole however
+    many batches compete. Taking whatever happened to be free would split them into slivers of a
+    few messages, each paying a claim and a record statement of its own (a 100,000-recipient
+    campaign's 200 batches made the sender's statements per message double).
     """
 
     def __init__(self, size: int):
-        self._free = threading.BoundedSemaphore(size)
+        self.size = size
+        self._free = size
+        self._lock = threading.Lock()
+        self._waiting: deque[tuple[int, threading.Event]] = deque()
 
-    def acquire_up_to(self, wanted: int) -> int:
-        self._free.acquire()
-        held = 1
-        while held < wanted and self._free.acquire(blocking=False):
-            held += 1
-        return held
+    def acquire(self, wanted: int) -> int:
+        """Wait for ``wanted`` slots (at most the lane's size) and take them; returns how many."""
+        wanted = max(1, min(wanted, self.size))
+        with self._lock:
+            if not self._waiting and self._free >= wanted:
+                self._free -= wanted
+                return wanted
+            turn = threading.Event()
+            self._waiting.append((wanted, turn))
+        turn.wait()  # release() took the slots for us before setting it
+        return wanted
 
     def release(self, count: int = 1) -> None:
-        for _ in range(count):
-            self._free.release()
+        if count <= 0:
+            return
+        with self._lock:
+            self._free += count
+            while self._waiting and self._waiting[0][0] <= self._free:
+                wanted, turn = self._waiting.popleft()
+                self._free -= wanted
+                turn.set()
 
 
 # Per lane, across every batch this process works on: a campaign's batches can fill the bulk
@@ -125,7 +143,7 @@ def deliver(channel: Channel, ids: Sequence[int], lane: str = "urgent") -> Follo
     followups = Followups()
     chunk = max(1, settings.postroom_sender_concurrency // 4)
     while pending:
-        held = _slots[lane].acquire_up_to(min(len(pending), chunk))
+        held = _slots[lane].acquire(min(len(pending), chunk))
         batch, pending = pending[:held], pending[held:]
         followups.add(deliver_held(channel, batch, lane))
     return followups
