@@ -47,7 +47,9 @@ COUNTED: dict[str, tuple[str, ...]] = {
 # Entering one of these is a message done sending: the send rate counts them.
 DONE_SENDING = ("sent", "failed", "suppressed")
 RATE_WINDOW_SECONDS = 60.0
-FOLD_AFTER_SECONDS = 120.0  # counter rows older than this are folded (the rate reads the last minute)
+# Counter rows older than this are folded: the send rate reads the last minute, and /v1/stats the
+# last hour of what routing did for campaigns (common.backlog).
+FOLD_AFTER_SECONDS = 3900.0
 FOLD_MIN_ROWS = 64
 CANCEL_CHUNK = 10_000
 

@@ -55,7 +55,20 @@ _RANK_SQL = _rank_of("status")
 
 
 # Columns every move returns for its outbox event; ``returning`` may name them again.
-_RETURNED = ("to_addr", "tags")
+_RETURNED = ("to_addr", "tags", "campaign_id")
+
+# The bulk path's compact history (DESIGN.md, lifecycle): a campaign message's plain routed and
+# sending steps write no history row; their times are the message's routed_at and claimed_at, and
+# the API shows them as steps (a step with a detail, such as a retry or a rate-limit wait, is
+# written as usual). Every message's row carries the two times.
+COMPACT_STEPS = {"routed": "routed_at", "sending": "claimed_at"}
+_COMPACT_SQL = "ARRAY[" + ", ".join(f"'{s}'" for s in COMPACT_STEPS) + "]"
+
+
+def _stamp(to: str) -> str:
+    """SQL setting the step time column of ``to``, if it has one."""
+    column = COMPACT_STEPS.get(to)
+    return f", {column} = now()" if column else ""
 
 
 def _jsonb(detail: dict[str, Any] | None) -> str:
@@ -66,6 +79,7 @@ _RECORD = f"""
 , ev AS (
     INSERT INTO message_event (message_id, status, detail)
     SELECT id, status, detail FROM moved
+    WHERE NOT (campaign_id IS NOT NULL AND status = ANY({_COMPACT_SQL}) AND detail = '{{}}'::jsonb)
 ), ob AS (
     INSERT INTO outbox (workspace_id, event_type, message_id, payload, lane)
     SELECT workspace_id, 'message.' || status, id,
@@ -110,10 +124,10 @@ def advance(
             UPDATE message SET status = %(to)s, status_changed_at = now(), updated_at = now(),
                    -- progress resets the count of re-drives without progress; failing keeps it
                    redrives = CASE WHEN %(to)s = 'failed' THEN redrives ELSE 0 END,
-                   error_code = coalesce(%(error_code)s, error_code), last_error = coalesce(%(error)s, last_error)
+                   error_code = coalesce(%(error_code)s, error_code), last_error = coalesce(%(error)s, last_error){_stamp(to)}
             WHERE id = ANY(%(ids)s) AND status = ANY(%(expected)s)
               {"AND (due_at IS NULL OR due_at <= now())" if due_only else ""}
-            RETURNING id, workspace_id, status, priority, channel, to_addr, tags, %(detail)s::jsonb AS detail{extra}
+            RETURNING id, workspace_id, status, priority, channel, to_addr, tags, campaign_id, %(detail)s::jsonb AS detail{extra}
         ){_RECORD}
         SELECT id, workspace_id, priority, channel{picked} FROM moved
         """,
@@ -169,10 +183,10 @@ def record_outcomes(
                    {", " + unnest_cols if keys else ""}
         ), moved AS (
             UPDATE message m SET status = %(to)s, status_changed_at = now(), updated_at = now(), redrives = 0
-                   {", " + sets if sets else ""}
+                   {", " + sets if sets else ""}{_stamp(to)}
             FROM v WHERE m.id = v.id AND m.status = %(expected)s
               {"AND (m.due_at IS NULL OR m.due_at <= now())" if due_only else ""} {f"AND {where}" if where else ""}
-            RETURNING m.id, m.workspace_id, m.status, m.priority, m.channel, m.to_addr, m.tags, v.detail{extra}
+            RETURNING m.id, m.workspace_id, m.status, m.priority, m.channel, m.to_addr, m.tags, m.campaign_id, v.detail{extra}
         ){_RECORD}
         SELECT id, workspace_id, priority, channel{picked} FROM moved
         """,
@@ -210,7 +224,7 @@ def apply_receipts(status: str, receipts: Sequence[dict[str, Any]]) -> list[dict
                    error_code = coalesce(v.detail::jsonb ->> 'error_code', m.error_code),
                    last_error = coalesce(v.detail::jsonb ->> 'error', m.last_error)
             FROM v WHERE m.id = v.id AND {_rank_of("m.status")} < %(rank)s
-            RETURNING m.id, m.workspace_id, m.status, m.priority, m.channel, m.to_addr, m.tags, v.detail::jsonb AS detail
+            RETURNING m.id, m.workspace_id, m.status, m.priority, m.channel, m.to_addr, m.tags, m.campaign_id, v.detail::jsonb AS detail
         ){_RECORD}
         SELECT id, channel FROM moved
         """,
@@ -272,7 +286,7 @@ def apply_receipt(
             -- concurrent transaction changed, and a fallback (common.fallback) clears the id
             WHERE id = (SELECT id FROM target) AND {_RANK_SQL} < %(rank)s
               AND provider = %(provider)s AND provider_message_id = %(pid)s AND provider_account = %(account)s
-            RETURNING id, workspace_id, status, priority, channel, to_addr, tags, %(detail)s::jsonb AS detail
+            RETURNING id, workspace_id, status, priority, channel, to_addr, tags, campaign_id, %(detail)s::jsonb AS detail
         ){_RECORD}{keep}
         SELECT id, channel FROM moved UNION ALL SELECT id, NULL FROM target
         """,

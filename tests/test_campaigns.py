@@ -289,3 +289,19 @@ def test_a_page_added_to_a_running_campaign_is_sent_at_once_and_counted(api, wor
     with running_workers(broker):
         view = tick_until(api, workspace, created["id"], "completed")
     assert Counter(m["to"] for m in sandbox.messages()) == Counter(to) and view["progress"]["total"] == 8
+
+
+def test_a_campaign_messages_history_shows_every_step_though_internal_ones_write_no_row(api, workspace, sandbox, broker):
+    created = create(api, workspace, body="Hi", recipients=[{"to": numbers(1)[0]}], start=True).get_json()
+    with running_workers(broker):
+        tick_until(api, workspace, created["id"], "completed")
+        with transaction():
+            message_id = fetch("SELECT id FROM message WHERE campaign_id = %s", (created["id"],))[0][0]
+        wait_for(lambda: api.get(f"/v1/messages/{message_id}", headers=workspace["auth"]).get_json()["status"] == "delivered",
+                 what="delivered")
+    shown = api.get(f"/v1/messages/{message_id}", headers=workspace["auth"]).get_json()["events"]
+    assert [e["status"] for e in shown] == ["accepted", "queued", "routed", "sending", "sent", "delivered"]
+    assert all(e["at"] for e in shown) and [e["at"] for e in shown] == sorted(e["at"] for e in shown)
+    with transaction():
+        written = [r[0] for r in fetch("SELECT status FROM message_event WHERE message_id = %s ORDER BY id", (message_id,))]
+    assert written == ["sent", "delivered"]  # the plain internal steps live on the row

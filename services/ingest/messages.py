@@ -81,8 +81,23 @@ def view(workspace_id: int, message_id: int, *, with_events: bool = True) -> dic
     out = _shown(rows[0])
     if with_events:
         events = fetch_dicts("SELECT status, at, detail FROM message_event WHERE message_id = %s ORDER BY id", (message_id,))
+        if rows[0]["campaign_id"] is not None:
+            events = compact_steps(rows[0], events)
         out["events"] = [{"status": e["status"], "at": _iso(e["at"]), "detail": e["detail"]} for e in events]
     return out
+
+
+def compact_steps(m: dict[str, Any], events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A campaign message's history with the steps the bulk path keeps on the row instead of in
+    rows of their own: accepted (and queued, without a template) at its creation, routed and
+    sending at their times (``common.lifecycle.COMPACT_STEPS``); in time order."""
+    written = {e["status"] for e in events}
+    steps = [("accepted", m["created_at"])]
+    if m["template_id"] is None:
+        steps.append(("queued", m["created_at"]))
+    steps += [(status, m[column]) for status, column in lifecycle.COMPACT_STEPS.items()]
+    added = [{"status": status, "at": at, "detail": {}} for status, at in steps if at is not None and status not in written]
+    return sorted(added + events, key=lambda e: e["at"])
 
 
 def views(workspace_id: int, ids: list[int]) -> list[dict[str, Any]]:
