@@ -80,50 +80,66 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _touch(ids: Sequence[int], *, count_redrive: bool) -> list[dict[str, Any]]:
+def _touch(ids: Sequence[int], *, count_redrive: bool, stale_after: float | None = None) -> list[dict[str, Any]]:
     """Reset the wait clock of these rows (so each is looked at once per deadline) and return them;
-    a re-drive is counted and written to the history."""
+    a re-drive is counted and written to the history. ``stale_after``: only rows still waiting on
+    a stage for longer than that many seconds (compare-and-set: of two schedulers, one wins)."""
     if not ids:
         return []
     event = """, ev AS (
             INSERT INTO message_event (message_id, status, detail)
             SELECT id, status, jsonb_build_object('redriven', true, 'redrives', redrives) FROM touched
         )""" if count_redrive else ""
+    still = ("AND status IN ('accepted', 'queued', 'routed') AND status_changed_at < now() - make_interval(secs => %s)"
+             if stale_after is not None else "")
     return fetch_dicts(
         f"""
         WITH touched AS (
             UPDATE message SET status_changed_at = now(), redrives = redrives + {int(count_redrive)}
-            WHERE id = ANY(%s)
+            WHERE id = ANY(%s) {still}
             RETURNING id, status, priority, channel, redrives
         ){event}
         SELECT * FROM touched
         """,
-        (list(ids),),
+        (list(ids), stale_after) if stale_after is not None else (list(ids),),
     )
+
+
+# Where the last pass stopped: a backlog the broker still holds is left as it is (rewriting a
+# 100,000-message campaign's rows every pass would cost more than sending them), and the next pass
+# looks past it, batch by batch, to the rows behind; None: from the oldest.
+_scan_from: tuple[Any, int] | None = None
 
 
 def redrive_stuck(deadline_seconds: float, max_redrives: int) -> dict[str, int]:
     """Re-enqueue messages waiting on a stage longer than ``deadline_seconds`` past their due time
     that the broker no longer holds.
 
-    Rows the broker still holds (a backlog) only have their wait clock reset, so the next pass
-    looks past them to younger rows. A message re-driven ``max_redrives`` times without moving on
-    is poison (its stage fails on it every time; the failures are in the dead-letter list): it is
-    failed instead of re-driven forever.
+    Waiting rows are read without locks, a batch at a time from where the last pass stopped; only
+    those the broker lost are touched, each by a compare-and-set on its wait clock. A message
+    re-driven ``max_redrives`` times without moving on is poison (its stage fails on it every
+    time; the failures are in the dead-letter list): it is failed instead of re-driven forever.
     """
+    global _scan_from
+    after_at, after_id = _scan_from or (None, 0)
     with transaction():
         waiting = fetch_dicts(
-            "SELECT id, status, channel, priority FROM message"
+            "SELECT id, status, channel, priority, status_changed_at FROM message"
             " WHERE status IN ('accepted', 'queued', 'routed') AND status_changed_at < now() - make_interval(secs => %s)"
             " AND (due_at IS NULL OR due_at < now() - make_interval(secs => %s)) AND " + campaigns.NOT_PAUSED_SQL +
-            " ORDER BY status_changed_at LIMIT %s FOR UPDATE SKIP LOCKED",
-            (deadline_seconds, deadline_seconds, BATCH),
+            " AND (%s::timestamptz IS NULL OR (status_changed_at, id) > (%s::timestamptz, %s))"
+            " ORDER BY status_changed_at, id LIMIT %s",
+            (deadline_seconds, deadline_seconds, after_at, after_at, after_id, BATCH),
         )
-        if not waiting:
-            return {}
-        held = broker_held_ids({stage_queue(r) for r in waiting})
-        _touch([r["id"] for r in waiting if r["id"] in held], count_redrive=False)
-        rows = _touch([r["id"] for r in waiting if r["id"] not in held], count_redrive=True)
+    _scan_from = (waiting[-1]["status_changed_at"], waiting[-1]["id"]) if len(waiting) == BATCH else None
+    if not waiting:
+        return {}
+    held = broker_held_ids({stage_queue(r) for r in waiting})
+    lost = [r["id"] for r in waiting if r["id"] not in held]
+    if not lost:
+        return {}
+    with transaction():
+        rows = _touch(lost, count_redrive=True, stale_after=deadline_seconds)
         poison = {r["id"] for r in rows if r["redrives"] > max_redrives}
         if poison:
             error = f"stuck: re-driven {max_redrives} times without progress (see postroom dead-letters list)"
