@@ -29,7 +29,7 @@ WITH v AS (
            attempts = 0, throttles = 0, redrives = 0, segments = NULL,
            error_code = v.code, last_error = v.error, status_changed_at = now(), updated_at = now()
     FROM v
-    WHERE m.id = v.id AND m.status = ANY(%(expected)s) AND m.routes IS NOT NULL
+    WHERE m.id = v.id AND (m.status || '') = ANY(%(expected)s) AND m.routes IS NOT NULL
       AND jsonb_array_length(m.routes) > m.route_step + 1
     RETURNING m.id, m.workspace_id, m.priority, m.channel, m.to_addr, m.route_step, v.code, v.error,
               m.routes -> (m.route_step - 1) ->> 'channel' AS left_channel

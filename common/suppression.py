@@ -44,7 +44,7 @@ def suppress_messages(ids: Sequence[int], expected: str) -> set[int]:
     found = fetch_dicts(
         """SELECT m.id, s.reason, s.source FROM message m
            JOIN suppression s ON s.workspace_id = m.workspace_id AND s.channel = m.channel AND s.address = m.to_addr
-           WHERE m.id = ANY(%s) AND m.status = %s""",
+           WHERE m.id = ANY(%s) AND (m.status || '') = %s""",
         (list(ids), expected), prepared=True)
     moved = lifecycle.record_outcomes(expected, "suppressed", [
         {"id": r["id"], "reason": r["reason"], "detail": {"error_code": "suppressed", "reason": r["reason"],

@@ -27,7 +27,7 @@ WAITING = ["accepted", "scheduled"]
 _TEMPLATED = """
 SELECT m.id, m.channel, m.variables, t.id AS found, t.subject, t.text, t.html, t.whatsapp
 FROM message m LEFT JOIN template t ON t.id = m.template_id AND t.workspace_id = m.workspace_id
-WHERE m.id = ANY(%s) AND m.template_id IS NOT NULL AND m.status = ANY(%s) AND (m.due_at IS NULL OR m.due_at <= now())
+WHERE m.id = ANY(%s) AND m.template_id IS NOT NULL AND (m.status || '') = ANY(%s) AND (m.due_at IS NULL OR m.due_at <= now())
 FOR UPDATE OF m
 """
 

@@ -155,7 +155,7 @@ def candidates(channel: Channel, ids: Sequence[int]) -> list[dict[str, Any]]:
     rows = fetch_dicts(
         "SELECT m.id, m.workspace_id, m.campaign_id, c.rate_limit_per_second AS campaign_rate"
         " FROM message m LEFT JOIN campaign c ON c.id = m.campaign_id"
-        " WHERE m.id = ANY(%s) AND m.status = 'routed' AND (m.due_at IS NULL OR m.due_at <= now())"
+        " WHERE m.id = ANY(%s) AND (m.status || '') = 'routed' AND (m.due_at IS NULL OR m.due_at <= now())"
         f" AND (m.campaign_id IS NULL OR {campaigns.SENDING_SQL}) ORDER BY m.id",
         (list(ids),), prepared=True,
     )
@@ -237,7 +237,7 @@ _DEFER = """
 WITH v AS (SELECT unnest(%(ids)s::bigint[]) AS id, unnest(%(waits)s::float8[]) AS wait
 ), moved AS (
     UPDATE message m SET due_at = now() + make_interval(secs => v.wait), status_changed_at = now(), updated_at = now()
-    FROM v WHERE m.id = v.id AND m.status = 'routed'
+    FROM v WHERE m.id = v.id AND (m.status || '') = 'routed'
     RETURNING m.id, v.wait
 ), ev AS (
     INSERT INTO message_event (message_id, status, detail)
