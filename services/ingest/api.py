@@ -57,7 +57,7 @@ def create_message(body: NewMessage) -> tuple[Response, int]:
             if body.on_conflict != "return" or not twin.message_id:
                 raise ApiError(409, "duplicate", f"message {twin.message_id} is already pending with these unique tags "
                                f"{twin.natural_key}; send on_conflict \"return\" to get it instead", "tags") from None
-            accepted = messages.Accepted(twin.message_id, body.priority, replayed=True)
+            accepted = messages.Accepted(twin.message_id, new["priority"], replayed=True)
     if not accepted.replayed:
         if accepted.status == "accepted":
             dispatch.handoff.submit("processing", accepted.priority, [accepted.id])  # after the commit
