@@ -99,7 +99,8 @@ def scrape(url: str) -> str:
 
 
 def test_every_service_exposes_dramatiq_and_postroom_metrics_with_bounded_labels(stack):
-    message_ids = [send(stack, "metrics"), send(stack, "metrics, bulk lane", priority="bulk")]
+    message_ids = [send(stack, "metrics"), send(stack, "metrics, normal lane", priority="normal"),
+                   send(stack, "metrics, bulk lane", priority="bulk")]
     wait_for(lambda: all(view(stack, i)["status"] == "delivered" for i in message_ids), timeout=20, what="delivered")
     base = stack.cfg.postroom_metrics_port_base
     ingest = scrape(f"{api(stack)}/metrics")
@@ -107,15 +108,18 @@ def test_every_service_exposes_dramatiq_and_postroom_metrics_with_bounded_labels
     assert "postroom_api_request_seconds_bucket" in ingest
     assert 'postroom_provider_webhooks_total{kind="status",provider="twilio",verdict="applied"}' in ingest
     workers = {name: scrape(f"http://127.0.0.1:{base + offset}/metrics") for name, offset in
-               (("processing", 0), ("routing", 1), ("sender-sms", 2), ("sender-http", 3), ("webhooks", 4))}
-    for name in ("processing", "routing", "sender-sms"):  # the stages these messages went through
+               (("processing", 0), ("routing", 1), ("sender-sms", 2), ("sender-http", 3), ("webhooks", 4),
+                                   ("sender-sms-urgent", 10))}
+    for name in ("processing", "routing", "sender-sms", "sender-sms-urgent"):  # the stages these messages went through
         assert "dramatiq_messages_total" in workers[name], name
     assert 'postroom_messages_total{channel="sms",status="queued"}' in workers["processing"]
     assert 'postroom_messages_total{channel="sms",status="routed"}' in workers["routing"]
-    sender = workers["sender-sms"]  # one process serves both lanes, each through its own worker
+    sender = workers["sender-sms"]  # one process serves the normal and bulk lanes, each through its own worker
     assert sample(sender, 'postroom_provider_request_seconds_count{outcome="ok",provider="twilio"}') >= 2
-    for lane in ("urgent", "bulk"):
+    for lane in ("normal", "bulk"):
         assert sample(sender, f'dramatiq_messages_total{{actor_name="send_sms_{lane}",queue_name="sms_{lane}"}}') >= 1
+    urgent = workers["sender-sms-urgent"]  # and the urgent lane has a process of its own
+    assert sample(urgent, 'dramatiq_messages_total{actor_name="send_sms_urgent",queue_name="sms_urgent"}') >= 1
     scheduler = scrape(f"http://127.0.0.1:{base + 9}/metrics")
     assert "postroom_reconciler_redriven_total" in scheduler
     assert "postroom_webhook_outbox_lag_seconds" in scheduler

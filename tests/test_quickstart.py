@@ -57,7 +57,8 @@ def test_make_run_quick_start_sends_an_sms_survives_a_killed_sender_and_ctrl_c_s
                             timeout=10).status_code == 404  # a key of the new workspace, which sees none of dev's
 
         # kill -9 of the SMS sender: `postroom run` says so, restarts it, and the stack keeps sending.
-        (sender,) = [p for p in psutil.Process(run.pid).children(recursive=True) if p.cmdline()[-2:] == ["worker", "sms"]]
+        (sender,) = [p for p in psutil.Process(run.pid).children(recursive=True)
+                     if p.cmdline()[-4:] == ["worker", "sms", "--lanes", "normal,bulk"]]
         sender.kill()
         wait_for(lambda: "service sender-sms exited with -9; restarting in 0.5s (restart 1)" in (tmp_path / "run.log").read_text(),
                  timeout=15, what="the restart line")

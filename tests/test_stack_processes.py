@@ -1,5 +1,6 @@
 """The local stack's processes: services restarted after a crash, a crash loop stopping the stack,
-and one sender process serving both lanes without urgent work waiting behind bulk.
+and one sender process serving the normal and bulk lanes without normal work waiting behind bulk (the
+urgent lane has a process of its own).
 
 Everything runs as real processes on a private stack, as `make run` starts it, with the stack's
 supervisor in a background thread as the chaos harness runs it.
@@ -95,8 +96,8 @@ def test_a_killed_ingest_leaves_no_worker_behind_and_serves_again(stack):
     wait_for(lambda: status(stack, message_id) == "delivered", timeout=30, what="delivered")
 
 
-def test_one_sender_process_serves_both_lanes_and_urgent_work_never_waits_for_bulk(stack):
-    assert [name for name in stack.processes if name.startswith("sender-sms")] == ["sender-sms"]
+def test_one_sender_process_serves_normal_and_bulk_and_normal_work_never_waits_for_bulk(stack):
+    assert [name for name in stack.processes if name.startswith("sender-sms")] == ["sender-sms-urgent", "sender-sms"]
     faults = f"{stack.cfg.sandbox_url}/sandbox/faults"
     requests.post(faults, json={"latency_ms": 4000}, timeout=10).raise_for_status()
     try:
@@ -107,9 +108,9 @@ def test_one_sender_process_serves_both_lanes_and_urgent_work_never_waits_for_bu
             time.sleep(0.03)  # separate batches
         wait_for(lambda: sum(status(stack, i) == "sending" for i in bulk) >= 2, timeout=20, what="bulk calls in flight")
 
-        # When an urgent message arrives (and the provider now answers at once)
+        # When a single (normal) send arrives (and the provider now answers at once)
         requests.post(faults, json={"latency_ms": 0}, timeout=10).raise_for_status()
-        urgent = send(stack, "one-time code")
+        urgent = send(stack, "one-time code", priority="normal")
         wait_for(lambda: status(stack, urgent) in ("sent", "delivered"), timeout=20, what="the urgent message sent")
 
         # Then the same process sent it while bulk's calls were still out: it reached the provider first.

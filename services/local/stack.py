@@ -45,23 +45,26 @@ class Service:
     metrics_port: int | None = None
 
 
-def worker(name: str, stage: str, metrics_port: int) -> Service:
-    """``postroom worker``: one process, one Dramatiq worker per lane of ``stage``."""
-    return Service(name, [str(BIN / "postroom"), "worker", stage], metrics_port)
+def worker(name: str, stage: str, metrics_port: int, lanes: str | None = None) -> Service:
+    """``postroom worker``: one process, one Dramatiq worker per lane of ``stage`` (or of ``lanes``)."""
+    return Service(name, [str(BIN / "postroom"), "worker", stage, *(["--lanes", lanes] if lanes else [])], metrics_port)
 
 
 def services_for(cfg: Settings) -> list[Service]:
     """Every service of the pipeline, in start order (the sandbox first, ingest last).
 
-    One process per stage: a sender serves all its lanes, each with its own worker and
-    greenlets (Kubernetes splits the sender into a Deployment per lane with ``--lanes``).
+    One process per stage, each lane with its own worker and threads (greenlets for a sender),
+    except SMS's urgent lane, which has a process of its own as in Kubernetes (a Deployment per
+    lane with ``--lanes``): behind a campaign's hundreds of calls in one process, an urgent
+    message's greenlet waited its turn at every step (a third of a second at the p99 on two cores).
     """
     base = cfg.postroom_metrics_port_base
     return [
         Service("sandbox", [sys.executable, "-m", "services.sandbox"]),
         worker("processing", "processing", base),
         worker("routing", "routing", base + 1),
-        worker("sender-sms", "sms", base + 2),
+        worker("sender-sms-urgent", "sms", base + 10, lanes="urgent"),
+        worker("sender-sms", "sms", base + 2, lanes="normal,bulk"),
         worker("sender-http", "http", base + 3),
         worker("webhooks", "webhooks", base + 4),
         worker("sender-email", "email", base + 5),
@@ -92,14 +95,14 @@ def private_env(var_dir: Path | str, metrics_port_base: int, **overrides: str) -
     Redis (whatever the calling environment says), its own sandbox as the provider, free API and
     sandbox ports, and ``overrides`` on top.
 
-    ``metrics_port_base``: the stack uses it up to + 9. Keep it below Linux's ephemeral range
+    ``metrics_port_base``: the stack uses it up to + 10. Keep it below Linux's ephemeral range
     (32768+), so that no outgoing connection holds one of its ports, and give each suite its own
     range of bases, each ``start + pid % 4000``: start 10000 for tests/test_stack_processes.py,
     10500 tests/test_campaign_e2e.py, 14500 tests/test_e2e.py, 19000 the chaos harness, 23500 the
     idle benchmark, 28000 the API benchmark; the campaign benchmark takes 27500 + pid % 490.
     """
-    if not 1024 <= metrics_port_base <= 32768 - 10:
-        raise ValueError(f"metrics port base {metrics_port_base} is outside 1024-32758")
+    if not 1024 <= metrics_port_base <= 32768 - 11:
+        raise ValueError(f"metrics port base {metrics_port_base} is outside 1024-32757")
     from services.local import infra as localinfra
 
     env = {
@@ -409,7 +412,7 @@ postroom is running.
   API       {api}        (key in {stack.var / 'dev-api-key'})
   API key   {key}
   sandbox   {cfg.sandbox_url}/sandbox/inbox   (webhook receivers: {cfg.sandbox_url}/receiver/NAME)
-  metrics   {api}/metrics, workers on 127.0.0.1:{cfg.postroom_metrics_port_base}-{cfg.postroom_metrics_port_base + 4}, scheduler on :{cfg.postroom_metrics_port_base + 9}
+  metrics   {api}/metrics, workers on 127.0.0.1:{cfg.postroom_metrics_port_base}-{cfg.postroom_metrics_port_base + 8} and :{cfg.postroom_metrics_port_base + 10}, scheduler on :{cfg.postroom_metrics_port_base + 9}
   logs      {stack.log_dir}/
   CLI       export $(cat {stack.var / 'stack.env'}); .venv/bin/postroom --help
 

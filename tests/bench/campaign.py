@@ -219,6 +219,33 @@ class Probes(threading.Thread):
         return [p for p in self.snapshot() if p["error"] is None and p["id"] is not None]
 
 
+# Each hop of an urgent probe, from its history: the API's post to the row, then each stage.
+HOPS = (("post → accepted", None, "accepted"), ("processing: accepted → queued", "accepted", "queued"),
+        ("routing: queued → routed", "queued", "routed"), ("sender claim: routed → sending", "routed", "sending"),
+        ("provider call and record: sending → sent", "sending", "sent"))
+
+
+def probe_hops(cur: Any, probes: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """p50/p99/max seconds of each hop of the urgent probes (``HOPS``), from their first event of
+    each status; the post time is the client's."""
+    if not probes:
+        return {}
+    posted = {p["id"]: p["at"] for p in probes}
+    cur.execute("SELECT message_id, status, extract(epoch FROM min(at)) FROM message_event WHERE message_id = ANY(%s)"
+                " GROUP BY 1, 2", (list(posted),))
+    at: dict[int, dict[str, float]] = {}
+    for message_id, status, when in cur.fetchall():
+        at.setdefault(message_id, {})[status] = float(when)
+    out = {}
+    for name, start, end in HOPS:
+        spans = [steps[end] - (posted[m] if start is None else steps[start]) for m, steps in at.items()
+                 if end in steps and (start is None or start in steps)]
+        if spans:
+            out[name] = {"p50": round(percentile(spans, 50), 3), "p99": round(percentile(spans, 99), 3),
+                         "max": round(max(spans), 3)}
+    return out
+
+
 class RssSampler(threading.Thread):
     """Peak RSS of every process of the stack (and of the imitation), sampled every 0.5 s: per
     process, and per group as the largest sum of its processes at one sample."""
@@ -454,6 +481,7 @@ def run_once(stack: Stack, key: str, imitation: Imitation, count: int, latency_m
     statements_after, unread = statements(stack)
     writes_after, flush_wait = settled_table_writes(cur)
 
+    hops = probe_hops(cur, accepted)
     cur.execute("SELECT e.status, count(*) FROM message_event e JOIN message m ON m.id = e.message_id"
                 " WHERE m.campaign_id = %s GROUP BY 1 ORDER BY 2 DESC", (campaign_id,))
     events = {status: round(int(n) / count, 3) for status, n in cur.fetchall()}
@@ -507,6 +535,7 @@ def run_once(stack: Stack, key: str, imitation: Imitation, count: int, latency_m
             "latency_s": ({"p50": round(percentile(latencies, 50), 3), "p99": round(percentile(latencies, 99), 3),
                            "max": round(max(latencies), 3), "mean": round(statistics.fmean(latencies), 3)}
                           if latencies else {}),
+            "hops_s": hops,
         },
         "redis": {**broker, "used_memory_before": memory_before, "used_memory_after": memory_after,
                   "used_memory_delta_per_recipient": round((memory_after - memory_before) / count, 1)},
@@ -699,6 +728,8 @@ def table(report: dict[str, Any]) -> str:
             f"  urgent probes every {PROBE_EVERY_S * 1000:.0f} ms: {probes['accepted']} of {probes['posted']} accepted,"
             f" latency ({probes['method']}) p50/p99/max {_n(lat.get('p50'), 3)} / {_n(lat.get('p99'), 3)} /"
             f" {_n(lat.get('max'), 3)} s",
+            "    each hop, p50/p99/max s: " + "; ".join(f"{name} {h['p50']:.3f} / {h['p99']:.3f} / {h['max']:.3f}"
+                                                     for name, h in probes.get("hops_s", {}).items()),
             f"  Redis right after the fan-out: {red['queue_bytes']:,} B in {len(red['queue_keys'])} queue keys for"
             f" {red['message_ids']:,} queued ids in {red['broker_messages']} broker messages = {_n(red['bytes_per_queued_message'])}"
             f" B per queued message (ack sets {red['ack_set_bytes']:,} B apart); used_memory {red['used_memory_before'] / 1e6:.2f}"
