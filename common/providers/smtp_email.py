@@ -444,8 +444,8 @@ _next_sweep = 0.0
 
 def pool_size() -> int:
     """Sessions per account: at least one per call a sender process can have in flight (each of
-    its two lanes has POSTROOM_SENDER_CONCURRENCY), so claimed messages never queue for one."""
-    return max(settings.smtp_pool_size, 2 * settings.postroom_sender_concurrency)
+    its three lanes has POSTROOM_SENDER_CONCURRENCY), so claimed messages never queue for one."""
+    return max(settings.smtp_pool_size, 3 * settings.postroom_sender_concurrency)
 
 
 def pool_for(account: EmailAccount) -> SessionPool:
