@@ -302,7 +302,7 @@ def test_a_send_waits_only_briefly_for_a_free_session(workspace, relay, monkeypa
     monkeypatch.setattr(smtp_email, "SESSION_WAIT_SECONDS", 0.3)
     account = replace(default_account(), sender="busy@example.com")  # a pool of its own
     pool = smtp_email.pool_for(account)
-    assert pool.size == 2  # one session for each lane's call in flight, whatever SMTP_POOL_SIZE says
+    assert pool.size == 3  # one session for each lane's call in flight, whatever SMTP_POOL_SIZE says
     row = {"id": 0, "workspace_id": workspace["id"], "to_addr": "mo@example.org", "body": "x", "content": {},
            "priority": "urgent"}
     calls = ThreadPoolExecutor(1)
