@@ -32,7 +32,7 @@ def gunicorn_argv(host: str, port: int, extra: list[str]) -> list[str]:
         "-w",
         "1",
         "--worker-connections",
-        "2000",
+        "10000",  # each sender process keeps up to POSTROOM_SENDER_CONCURRENCY keep-alive connections per lane and provider
         "--keep-alive",
         "75",  # like a provider's load balancer: idle client connections are not cut after 2 s
         "--graceful-timeout",
