@@ -53,7 +53,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("POSTROOM_DB_POOL_SIZE", int, 32, "Most PostgreSQL connections one process opens, lazily; threads or greenlets beyond it wait their turn (16 held a sender's campaign to 1,590/s, 32 let it reach 1,860/s here)."),
     Setting("POSTROOM_DB_PREPARE", bool, True, "Prepare hot statements once per connection (less planning). Set false behind a transaction-mode pgbouncer."),
     Setting("POSTROOM_WORKER_THREADS", int, 8, "Threads per lane of a CPU-bound stage's worker process (processing, routing)."),
-    Setting("POSTROOM_SENDER_CONCURRENCY", int, 512, "Provider calls a sender process keeps in flight per lane (greenlets), the most its pooled connections to one provider account hold: at 150 ms a call, 512 allow about 3,400 messages/s (1,890 measured)."),
+    Setting("POSTROOM_SENDER_CONCURRENCY", int, 256, "Provider calls a sender process keeps in flight per lane (greenlets), the most its pooled connections to one provider account hold: at 150 ms a call, 256 allow about 1,700 messages/s. The campaign benchmark runs with 512 (1,890 msg/s measured); the local sandbox, one process, is overloaded by that many from every sender at once."),
     Setting("POSTROOM_SENDER_GREENLETS", int, 256, "Greenlets of a sender's bulk lane: bulk batches a sender process works on at once; more than calls in flight."),
     Setting("POSTROOM_SENDER_URGENT_GREENLETS", int, 32, "Greenlets of a sender's urgent lane (its own, so urgent batches never wait for bulk's)."),
     Setting("POSTROOM_PROVIDER_TIMEOUT_SECONDS", float, 15.0, "How long a provider call may take; past it the outcome is unknown and the message fails rather than risk a second send."),
