@@ -14,6 +14,7 @@ import pytest
 import requests
 
 from services.local.stack import Stack, private_env
+from tests.bench.load import api_url as api
 from tests.support import wait_for
 
 COUNT = 10_000
@@ -29,10 +30,6 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
         running.key = running.start()  # type: ignore[attr-defined]
         running.start_supervisor(interval=0.1)
         yield running
-
-
-def api(stack: Stack) -> str:
-    return f"http://127.0.0.1:{stack.cfg.postroom_api_port}"
 
 
 def auth(stack: Stack) -> dict[str, str]:
