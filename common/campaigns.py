@@ -65,14 +65,6 @@ NOT_PAUSED_SQL = ("(campaign_id IS NULL OR NOT EXISTS (SELECT 1 FROM campaign c 
                   " AND c.status = 'paused'))")
 
 
-class Refused(Exception):
-    """The campaign's status does not allow this; ``status`` is what it is."""
-
-    def __init__(self, status: str, message: str):
-        super().__init__(message)
-        self.status = status
-
-
 def stage(rows: Sequence[dict[str, Any]], campaign_id: int, first_position: int) -> None:
     """Stage a draft's recipients (``to``, ``routes``, ``variables``), numbered from
     ``first_position``: one statement, however many."""
@@ -184,12 +176,6 @@ def waiting(campaign_id: int) -> list[dict[str, Any]]:
         (campaign_id,))
 
 
-def redrive(rows: Sequence[dict[str, Any]]) -> None:
-    """After commit: hand each waiting message to the stage it waits for (resume)."""
-    for status, stage in (("accepted", "processing"), ("queued", "routing"), ("routed", None)):
-        dispatch.hand_on(stage, [r for r in rows if r["status"] == status])
-
-
 def cancel_messages(campaign: dict[str, Any]) -> int:
     """Cancel what the campaign has not sent: staged recipients (counted as cancelled) and every
     waiting message. Returns how many were cancelled."""
@@ -207,7 +193,7 @@ def cancel_messages(campaign: dict[str, Any]) -> int:
         cancelled += len(lifecycle.advance(ids, lifecycle.CANCELLABLE, "cancelled", detail={"by": "campaign"}))
 
 
-def tick(now: datetime | None = None) -> dict[str, int]:
+def tick() -> dict[str, int]:
     """The scheduler's campaign duties: start scheduled campaigns that are due, complete running
     ones with nothing left to send, fold old counter rows. Returns what it did."""
     done = {"started": 0, "completed": 0, "folded": 0}

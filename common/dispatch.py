@@ -17,6 +17,7 @@ from typing import Any
 
 import dramatiq
 
+from common import lifecycle
 from common.broker import actor_name, queue_name
 from common.config import settings
 
@@ -65,6 +66,13 @@ def hand_on(stage: str | None, moved: Sequence[dict[str, Any]]) -> None:
     """Enqueue moved messages for ``stage`` by lane; ``stage=None`` sends each to its channel's sender."""
     for (lane, channel), ids in by_lane(moved).items():
         to_stage(stage or channel, lane, ids)
+
+
+def to_waiting_stages(rows: Sequence[dict[str, Any]]) -> None:
+    """Enqueue waiting messages (dicts with id, status, priority, channel), each for the stage its
+    status waits for (``lifecycle.WAITING_FOR``): the reconciler's re-drives and a resumed campaign."""
+    for status, stage in lifecycle.WAITING_FOR.items():
+        hand_on(None if stage == "sender" else stage, [r for r in rows if r["status"] == status])
 
 
 class Coalescer:

@@ -18,7 +18,7 @@ from typing import Any
 from flask import Blueprint, Response, g, jsonify, request
 from psycopg2.extras import Json
 
-from common import campaigns
+from common import campaigns, dispatch
 from common.config import settings
 from common.db.connection import fetch, fetch_dicts, longer_deadline, transaction
 from services.ingest import outgoing, templates
@@ -309,7 +309,7 @@ def resume_campaign(campaign_id: int) -> tuple[Response, int]:
                 WHERE id = %s RETURNING {_COLUMNS}""", (campaign_id,))[0]
         waiting = campaigns.waiting(campaign_id)
         view = _view(campaign)
-    campaigns.redrive(waiting)
+    dispatch.to_waiting_stages(waiting)
     return jsonify(view), 200
 
 

@@ -145,7 +145,7 @@ def redrive_stuck(deadline_seconds: float, max_redrives: int) -> dict[str, int]:
             error = f"stuck: re-driven {max_redrives} times without progress (see postroom dead-letters list)"
             lifecycle.advance(sorted(poison), list(lifecycle.WAITING_FOR), "failed", detail={"error": error, "error_code": "stuck"})
     rows = [r for r in rows if r["id"] not in poison]
-    _enqueue(rows)
+    dispatch.to_waiting_stages(rows)
     counts: dict[str, int] = {}
     for row in rows:
         counts[row["status"]] = counts.get(row["status"], 0) + 1
@@ -173,7 +173,7 @@ def promote_scheduled(deadline_seconds: float) -> int:
         held = broker_held_ids({stage_queue(r) for r in stale}) if stale else set()
         _touch([r["id"] for r in stale if r["id"] in held], count_redrive=False)  # late, not lost
         rows = _touch([r["id"] for r in due if r["id"] not in held], count_redrive=False)
-    _enqueue(rows)
+    dispatch.to_waiting_stages(rows)
     for r in due:  # the first hand-off is the schedule lag; a repeated one measures a lost one
         if r["fresh"]:
             metrics.SCHEDULE_LAG.labels(lane=r["priority"]).observe(max(0.0, r["lag"]))
@@ -198,7 +198,7 @@ def promote_parked(short_wait_seconds: float) -> int:
                     " AND due_at > status_changed_at + make_interval(secs => %s)"
                     " ORDER BY due_at LIMIT %s FOR UPDATE SKIP LOCKED", (short_wait_seconds, BATCH))
         rows = _touch([r[0] for r in due], count_redrive=False)
-    _enqueue(rows)
+    dispatch.to_waiting_stages(rows)
     return len(rows)
 
 
@@ -319,10 +319,3 @@ def _record_found(channels: dict[int, str], found: list[dict[str, Any]]) -> None
 def sweep_receipts() -> int:
     with transaction():
         return sum(apply_pending_receipts(channel.provider) for channel in CHANNELS.values())
-
-
-def _enqueue(rows: Sequence[dict[str, Any]]) -> None:
-    for status in lifecycle.WAITING_FOR:
-        group = [r for r in rows if r["status"] == status]
-        stage = lifecycle.WAITING_FOR[status]
-        dispatch.hand_on(None if stage == "sender" else stage, group)
