@@ -10,6 +10,9 @@ from pathlib import Path
 
 from common.config import ROOT
 
+# A campaign's progress by where its messages are; they add up to its total.
+PROGRESS_STATES = ("pending", "processing", "sent", "delivered", "read", "failed", "suppressed", "cancelled")
+
 
 def fresh_env(tmp_path: Path) -> dict[str, str]:
     """As on a fresh machine: none of this test session's servers or settings."""
@@ -97,11 +100,14 @@ def test_campaign_scenario_sends_every_recipient_once_through_the_lean_provider(
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     campaign = json.loads(output.read_text())["campaign"]
     assert campaign["imitation"] == "tests.bench.lean_provider" and campaign["settings"]["TWILIO_RATE_LIMIT_PER_SECOND"] == "0.0"
-    assert [r["provider_latency_ms"] for r in campaign["runs"]] == [0, 150]
+    assert [(r["provider_latency_ms"], r["suppressed"]["listed"]) for r in campaign["runs"]] == [(0, 0), (150, 0), (0, 30)]
     for r in campaign["runs"]:
-        once = r["exactly_once"]  # the imitation got each campaign number and each probe once
-        assert once["ok"] and once["expected"] == 300 + r["urgent_probes"]["accepted"] and once["duplicates"] == once["missing"] == 0
-        assert r["sent_rows"] == r["recorded_sent"] == 300 and r["fan_out_s"] > 0 and r["end_to_end_messages_per_s"] > 0
+        once, listed = r["exactly_once"], r["suppressed"]["listed"]  # the imitation got each sendable number and each probe once
+        assert once["ok"] and once["expected"] == 300 - listed + r["urgent_probes"]["accepted"] and once["duplicates"] == once["missing"] == 0
+        assert r["sent_rows"] == r["recorded_sent"] == 300 - listed and r["fan_out_s"] > 0 and r["end_to_end_messages_per_s"] > 0
+        # the suppressed recipients ended suppressed, were counted so, and never reached the imitation
+        assert r["suppressed"]["rows"] == r["suppressed"]["progress"] == listed and r["suppressed"]["reached_provider"] in (None, 0)
+        assert sum(v for k, v in r["campaign_progress"].items() if k in PROGRESS_STATES) == 300
         assert r["urgent_probes"]["accepted"] >= 1 and r["urgent_probes"]["latency_s"]["p50"] > 0
         assert r["redis"]["message_ids"] > 0 and r["redis"]["bytes_per_queued_message"] > 0
         budget = r["write_budget"]
@@ -110,5 +116,5 @@ def test_campaign_scenario_sends_every_recipient_once_through_the_lean_provider(
         assert r["cpu_ms_per_message"]["sender-sms"] > 0 and r["cpu_ms_per_message_total"] > 0
         assert r["peak_rss"]["by_group"]["postgres"]["peak_mb"] > 0
     goals = {g["goal"]: g for g in campaign["goals"]}
-    assert len(goals) == 10 and all(g["verdict"] in ("met", "MISSED") for g in goals.values())
+    assert len(goals) == 12 and all(g["verdict"] in ("met", "MISSED") for g in goals.values())
     assert all(g["verdict"] in result.stdout for g in goals.values()) and "campaign goals" in result.stdout

@@ -5,7 +5,8 @@ PORT_BASE + pid % 490, a range no other suite uses: 27500-27998), whose SMS send
 Twilio imitation: ``tests.bench.lean_provider`` started here, or with ``--provider-url`` (env
 POSTROOM_BENCH_PROVIDER_URL) one already running, such as the peers' ``fake_provider.js``. No pace
 of our own (TWILIO_RATE_LIMIT_PER_SECOND=0). For a provider latency of 0 ms and then 150 ms (when
-the imitation can be told its latency), one campaign each, to fresh numbers:
+the imitation can be told its latency), and again at 0 ms with one recipient in ten on the
+suppression list, one campaign each, to fresh numbers:
 
 - fan-out: ``POST /v1/campaigns`` with every recipient and ``start: true`` until its 201 (every
   recipient is a message row and every id is enqueued for processing); the client's JSON
@@ -57,7 +58,10 @@ from tests.bench.idle import cpu_seconds, cpu_used, settle, stack_processes
 from tests.bench.load import api_url, cpu_snapshot, percentile, wait_for_progress
 
 PORT_BASE = 27500  # + pid % 490: between the idle benchmark's range (23500-27499) and the API benchmark's (28000+)
-LATENCIES_MS = (0, 150)
+# The runs: (provider latency, every how many recipients is suppressed; 0 for none). The third has
+# one recipient in ten on the suppression list: routing must end those set-wise, and the rest must
+# still go out at the first run's pace.
+RUNS = ((0, 0), (150, 0), (0, 10))
 TEXT = "Your order has shipped. Track it in the app. Reply STOP to opt out."
 PROBE_EVERY_S = 0.1
 CAMPAIGN_AREA, PROBE_AREA = "415", "628"  # San Francisco: real area codes, every exchange below valid
@@ -389,7 +393,16 @@ def effective_settings(stack: Stack) -> dict[str, Any]:
 
 # -- one run ---------------------------------------------------------------------------------
 
-def run_once(stack: Stack, key: str, imitation: Imitation, count: int, latency_ms: int, index: int) -> dict[str, Any]:
+def suppress(cur: Any, addresses: list[str]) -> None:
+    """Put ``addresses`` on the SMS suppression list of the bench's workspace (the warm-up
+    campaign's), as an operator's import would, before the campaign is posted."""
+    cur.execute("INSERT INTO suppression (workspace_id, channel, address, reason, source)"
+                " SELECT (SELECT workspace_id FROM campaign ORDER BY id LIMIT 1), 'sms', a, 'manual', 'bench'"
+                " FROM unnest(%s::text[]) AS a ON CONFLICT DO NOTHING", (addresses,))
+
+
+def run_once(stack: Stack, key: str, imitation: Imitation, count: int, latency_ms: int, index: int,
+             suppressed_every: int = 0) -> dict[str, Any]:
     api = api_url(stack)
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     session = requests.Session()
@@ -404,6 +417,10 @@ def run_once(stack: Stack, key: str, imitation: Imitation, count: int, latency_m
     def snapshot() -> dict[str, dict[int, float]]:
         return {**cpu_snapshot(stack), **cpu_seconds(extra)}
 
+    suppressed = to[::suppressed_every] if suppressed_every else []
+    sendable = count - len(suppressed)
+    if suppressed:
+        suppress(cur, suppressed)
     imitation.begin_run(latency_ms)
     if index:  # the dead row versions the earlier run left are cleared now (not counted), not by
         # autovacuum in the middle of this run, and the statistics describe a campaign's history
@@ -439,7 +456,7 @@ def run_once(stack: Stack, key: str, imitation: Imitation, count: int, latency_m
         """Distinct campaign numbers the imitation has: its distinct numbers less the probes'."""
         distinct = imitation.since_run()["distinct_to"]
         posted = probes.snapshot()
-        if distinct < count:
+        if distinct < sendable:
             return max(0, distinct - len(posted))  # a lower bound, cheap while far from done
         if imitation.has_seen:
             return distinct - len(imitation.seen([p["to"] for p in posted]))
@@ -447,7 +464,7 @@ def run_once(stack: Stack, key: str, imitation: Imitation, count: int, latency_m
         cur.execute("SELECT count(*) FROM message WHERE id = ANY(%s) AND sent_at IS NOT NULL", (ids,))
         return distinct - int(cur.fetchone()[0])
 
-    received = wait_for_progress(campaign_received, count, stall=STALL_S, every=0.1)
+    received = wait_for_progress(campaign_received, sendable, stall=STALL_S, every=0.1)
     received_at = time.time()
 
     def recorded_sent() -> int:
@@ -457,7 +474,7 @@ def run_once(stack: Stack, key: str, imitation: Imitation, count: int, latency_m
         progress = campaign["progress"]
         return int(progress["sent"] + progress["delivered"] + progress["read"])
 
-    sent = wait_for_progress(recorded_sent, count, stall=STALL_S, every=0.1)
+    sent = wait_for_progress(recorded_sent, sendable, stall=STALL_S, every=0.1)
     cpu = cpu_used(cpu_before, snapshot())
     window = time.time() - started
     accepted = probes.stop()
@@ -465,7 +482,7 @@ def run_once(stack: Stack, key: str, imitation: Imitation, count: int, latency_m
     peaks = rss.stop()
     cur.execute("SELECT extract(epoch FROM max(sent_at)), count(sent_at) FROM message WHERE campaign_id = %s", (campaign_id,))
     last_sent, sent_rows = cur.fetchone()
-    expected = count + len(accepted)
+    expected = sendable + len(accepted)
     # The probes posted last: let them arrive, then the imitation's counts are final.
     wait_for_progress(lambda: imitation.since_run()["distinct_to"], expected, stall=30, every=0.1)
     provider = imitation.since_run()
@@ -482,6 +499,9 @@ def run_once(stack: Stack, key: str, imitation: Imitation, count: int, latency_m
     statements_after, unread = statements(stack)
     writes_after, flush_wait = settled_table_writes(cur)
 
+    reached = len(imitation.seen(suppressed)) if suppressed and imitation.has_seen else None
+    cur.execute("SELECT count(*) FROM message WHERE campaign_id = %s AND status = 'suppressed'", (campaign_id,))
+    suppressed_rows = int(cur.fetchone()[0])
     hops = probe_hops(cur, accepted)
     cur.execute("SELECT e.status, count(*) FROM message_event e JOIN message m ON m.id = e.message_id"
                 " WHERE m.campaign_id = %s GROUP BY 1 ORDER BY 2 DESC", (campaign_id,))
@@ -507,6 +527,8 @@ def run_once(stack: Stack, key: str, imitation: Imitation, count: int, latency_m
     return {
         "provider_latency_ms": latency_ms,
         "recipients": count,
+        "suppressed": {"listed": len(suppressed), "rows": suppressed_rows,
+                       "progress": campaign["progress"].get("suppressed"), "reached_provider": reached},
         "campaign_id": campaign_id,
         "campaign_status": campaign["status"],
         "campaign_progress": campaign["progress"],
@@ -522,13 +544,15 @@ def run_once(stack: Stack, key: str, imitation: Imitation, count: int, latency_m
         "recorded_sent": sent,
         "sent_rows": int(sent_rows),
         "to_imitation_s": round(received_at - started, 2),
-        "to_imitation_messages_per_s": round(count / (received_at - started), 1),
+        "to_imitation_messages_per_s": round(sendable / (received_at - started), 1),
         "to_postgres_sent_s": round(to_pg, 2) if to_pg else None,
-        "end_to_end_messages_per_s": round(count / to_pg, 1) if to_pg else None,
+        "end_to_end_messages_per_s": round(sendable / to_pg, 1) if to_pg else None,  # sent, suppressed not counted
+        "end_to_end_recipients_per_s": round(count / to_pg, 1) if to_pg else None,
         "exactly_once": {
             "expected": expected, "requests": provider["requests"], "distinct_to": provider["distinct_to"],
             "duplicates": provider["duplicates"], "missing": expected - provider["distinct_to"], "bad": provider["bad"],
-            "ok": provider["requests"] == provider["distinct_to"] == expected and provider["bad"] == 0,
+            "ok": (provider["requests"] == provider["distinct_to"] == expected and provider["bad"] == 0
+                   and suppressed_rows == len(suppressed) and not reached),
         },
         "urgent_probes": {
             "posted": len(probes.posted), "accepted": len(accepted), "measured": len(latencies), "method": method,
@@ -604,7 +628,9 @@ def hottest(run: dict[str, Any], fan_out: bool = False) -> str:
 
 
 def goals(runs: list[dict[str, Any]], peers: dict[str, Any], count: int) -> list[dict[str, Any]]:
-    fast = next((r for r in runs if r.get("provider_latency_ms") == 0 and "skipped" not in r), None)
+    fast = next((r for r in runs if r.get("provider_latency_ms") == 0 and "skipped" not in r
+                 and not r["suppressed"]["listed"]), None)
+    screened = next((r for r in runs if "skipped" not in r and r["suppressed"]["listed"]), None)
     slow = next((r for r in runs if r.get("provider_latency_ms") == 150 and "skipped" not in r), None)
     out: list[dict[str, Any]] = []
 
@@ -629,6 +655,13 @@ def goals(runs: list[dict[str, Any]], peers: dict[str, Any], count: int) -> list
     goal(f"end to end, provider 0 ms ≥ {GOAL_VS_DRAMATIQ}× same_dramatiq", e2e,
          GOAL_VS_DRAMATIQ * dram["e2e_rate"] if dram.get("e2e_rate") else None, ">=", fast, "msg/s",
          f"same_dramatiq {dram['e2e_rate']:g} msg/s" if dram.get("e2e_rate") else "")
+    if screened is not None:
+        listed = screened["suppressed"]["listed"]
+        goal(f"end to end with {listed:,} of {screened['recipients']:,} recipients suppressed, provider 0 ms ≥ {GOAL_VS_BULLMQ}×"
+             " same_bullmq (messages sent per second)", screened["end_to_end_messages_per_s"],
+             GOAL_VS_BULLMQ * bull["e2e_rate"] if bull.get("e2e_rate") else None, ">=", screened, "msg/s",
+             f"{_n(screened['end_to_end_recipients_per_s'], 0)} recipients/s; the run without suppression"
+             f" {_n(e2e, 0)} msg/s")
     ratio = round(slow["end_to_end_messages_per_s"] / e2e, 3) if slow and e2e and slow["end_to_end_messages_per_s"] else None
     goal(f"provider 150 ms ≥ {GOAL_SLOW_PROVIDER}× the 0 ms run", ratio, GOAL_SLOW_PROVIDER, ">=", slow, "×",
          (f"{_n(slow['end_to_end_messages_per_s'], 0)} vs {_n(e2e, 0)} msg/s; the sender's {slow['call_slots']} call slots"
@@ -636,11 +669,12 @@ def goals(runs: list[dict[str, Any]], peers: dict[str, Any], count: int) -> list
          else "no 150 ms run (the imitation cannot be told its latency)")
     goal("CPU ms/msg postroom + PostgreSQL + Redis ≤ same_bullmq's workers + PostgreSQL + Redis",
          fast["cpu_ms_per_message_total"] if fast else None, bull.get("cpu_ms_workers_pg_redis"), "<=", fast, "ms/msg")
-    for run in (fast, slow):
+    for run in (fast, slow, screened):
         if run is None:
             continue
         lat = run["urgent_probes"]["latency_s"]
-        goal(f"urgent p99 < {GOAL_URGENT_P99_S:g} s (provider {run['provider_latency_ms']} ms)", lat.get("p99"),
+        which = f"provider {run['provider_latency_ms']} ms" + (", suppression" if run["suppressed"]["listed"] else "")
+        goal(f"urgent p99 < {GOAL_URGENT_P99_S:g} s ({which})", lat.get("p99"),
              GOAL_URGENT_P99_S, "<", run, "s")
     for run in (fast, slow):
         if run is None:
@@ -686,13 +720,13 @@ def run(var_dir: Path, count: int, provider_url: str | None = None, peers: dict[
             warm = run_once(stack, key, imitation, min(count, WARM_UP), 0, 0)
             report["notes"].append(f"a warm-up campaign of {warm['recipients']:,} ran first and is not reported"
                                    f" ({warm['end_to_end_messages_per_s']:,.0f} msg/s); each run starts after VACUUM (ANALYZE)")
-            for index, latency in enumerate(LATENCIES_MS, start=1):
+            for index, (latency, every) in enumerate(RUNS, start=1):
                 if latency and not imitation.controls_latency:
                     note = f"provider {latency} ms run skipped: the imitation at {imitation.url} has no /__latency"
                     report["notes"].append(note)
                     report["runs"].append({"provider_latency_ms": latency, "skipped": note})
                     continue
-                report["runs"].append(run_once(stack, key, imitation, count, latency, index))
+                report["runs"].append(run_once(stack, key, imitation, count, latency, index, every))
     finally:
         imitation.stop()
     report["peers"] = peers or {}
@@ -719,18 +753,23 @@ def table(report: dict[str, Any]) -> str:
         rows = budget["rows_written"]
         groups = sorted(r["cpu_ms_per_message"].items(), key=lambda kv: -kv[1])
         rss = r["peak_rss"]["by_group"]
+        listed = r["suppressed"]["listed"]
         lines += [
             f"campaign: {r['recipients']:,} SMS recipients in one POST /v1/campaigns (start: true), "
+            + (f"{listed:,} of them on the suppression list, " if listed else "")
             + (f"{report['imitation']} answering in {r['provider_latency_ms']} ms" if report["imitation_latency_control"]
                else f"the imitation at {report['imitation_url']} answering as it does (no latency control)"),
             f"  fan-out: POST → 201 in {r['fan_out_s']:.2f} s ({r['fan_out_recipients_per_s']:,.0f} recipients/s, body"
             f" {r['request_bytes'] / 1e6:.1f} MB; client JSON encoding {r['json_encode_s']:.3f} s apart); CPU ms per recipient"
             " while it ran: " + ", ".join(f"{g} {v:.4f}" for g, v in sorted(r["fan_out_cpu_ms_per_recipient"].items(),
                                                                            key=lambda kv: -kv[1])[:4]),
-            f"  end to end: the imitation had all {r['recipients']:,} after {r['to_imitation_s']} s"
+            f"  end to end: the imitation had all {r['recipients'] - listed:,} after {r['to_imitation_s']} s"
             f" ({r['to_imitation_messages_per_s']:,.0f} msg/s); PostgreSQL recorded the last sent after {r['to_postgres_sent_s']} s"
             f" ({_n(r['end_to_end_messages_per_s'], 0)} msg/s); campaign {r['campaign_status']}"
-            + (f" after {r['completed_after_s']} s" if r["completed_after_s"] else ""),
+            + (f" after {r['completed_after_s']} s" if r["completed_after_s"] else "")
+            + (f"; {r['suppressed']['rows']:,} ended suppressed (progress says {r['suppressed']['progress']}),"
+               f" {r['suppressed']['reached_provider']} reached the imitation;"
+               f" {_n(r['end_to_end_recipients_per_s'], 0)} recipients/s" if listed else ""),
             f"  exactly once: {once['requests']:,} requests from {once['distinct_to']:,} numbers for {once['expected']:,} expected"
             f" (campaign + probes): {once['duplicates']} duplicates, {once['missing']} missing, {once['bad']} bad:"
             f" {'ok' if once['ok'] else 'FAILED'}",

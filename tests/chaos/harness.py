@@ -57,6 +57,11 @@ CHAOS_SETTINGS = {
     # + 30 s; a 5 s timeout and retries within 15 s let a scenario's webhooks settle in under a minute.
     "POSTROOM_WEBHOOK_TIMEOUT_SECONDS": "5",
     "POSTROOM_WEBHOOK_RETRY_SCHEDULE": "0,1,2,4,8",
+    # The sandbox is one process imitating every provider for every sender lane at once; 256 calls
+    # in flight per lane from each sender overload it, its answers come after the provider timeout
+    # and its own control requests wait past theirs. 64 per lane keep it a fast provider, which is
+    # what the run needs: it measures faults of the pipeline, not of the imitation.
+    "POSTROOM_SENDER_CONCURRENCY": "64",
     "POSTROOM_LOG_LEVEL": "WARNING",
     "POSTROOM_ENV": "development",
 }
@@ -186,10 +191,10 @@ class ChaosStack:
 
     # -- the provider ---------------------------------------------------------------------
     def provider_faults(self, **fault: Any) -> None:
-        requests.post(f"{self.sandbox}/sandbox/faults", json=fault, timeout=10).raise_for_status()
+        requests.post(f"{self.sandbox}/sandbox/faults", json=fault, timeout=30).raise_for_status()
 
     def reset_provider(self) -> None:
-        requests.delete(f"{self.sandbox}/sandbox/faults", timeout=10).raise_for_status()
+        requests.delete(f"{self.sandbox}/sandbox/faults", timeout=30).raise_for_status()
 
     def provider_stats(self) -> dict[str, int]:
         answer = requests.get(f"{self.sandbox}/sandbox/stats", timeout=10)
