@@ -123,7 +123,7 @@ class Poster:
                     self.traffic.channels[body] = channel
                 return
             outcome = f"HTTP {answer.status_code}: {answer.text[:200]}"
-            if answer.status_code != 503:
+            if not _retryable(answer):
                 break
             time.sleep(min(_seconds(retry_after), MAX_RETRY_AFTER_SECONDS))
         with self.traffic.lock:
@@ -132,6 +132,20 @@ class Poster:
     def _log(self, call: ApiCall) -> None:
         with self.traffic.lock:
             self.traffic.calls.append(call)
+
+
+def _retryable(answer: requests.Response) -> bool:
+    """What a careful client retries with the same key: an outage (503), a rate limit (429), and
+    the same key's first attempt still running (409 ``idempotency_in_progress``: its answer was
+    lost, or it is still at work)."""
+    if answer.status_code in (429, 503):
+        return True
+    if answer.status_code != 409:
+        return False
+    try:
+        return bool(answer.json()["error"]["code"] == "idempotency_in_progress")
+    except (ValueError, KeyError, TypeError):
+        return False
 
 
 def _seconds(value: str | None) -> float:
