@@ -3,11 +3,13 @@
 A draft's recipients are staged (``campaign_recipient``) until it starts. Starting moves
 them in one statement into message rows (``fan_out``); recipients given to a started campaign
 (``"start": true``, or a page added later) become messages at once, without staging, handed on in batches: to processing when
-a template is to be rendered, else straight to routing; or ``scheduled`` for the campaign's
-``send_at``. Each message carries the campaign's
+a template is to be rendered or links are to be made short links (``common.links``), else
+straight to routing; or ``scheduled`` for the campaign's ``send_at``. Each message carries the campaign's
 id, and every statement that inserts or moves campaign messages appends to the live counters
 (``campaign_tally``, kept by triggers in the same transaction), so progress is read from a few
-rows, never from a scan of the messages, and the counts always add up to the total.
+rows, never from a scan of the messages, and the counts always add up to the total. A message's
+first click appends to the same counters (as ``clicked``, which is no status: it is not part of
+the total), so the clicked count is read from them too.
 
 Pausing stops new claims at once: a sender claims a campaign's message only while the campaign
 is running (``CLAIMABLE_SQL``), so paused messages stay where they are, skipped rather than
@@ -28,7 +30,7 @@ from typing import Any
 
 from psycopg2.extras import Json
 
-from common import dispatch, events, lifecycle
+from common import dispatch, events, lifecycle, links
 from common.db.connection import fetch, fetch_dicts, transaction
 
 STATUSES = ("draft", "scheduled", "running", "paused", "completed", "cancelled")
@@ -46,6 +48,7 @@ COUNTED: dict[str, tuple[str, ...]] = {
 }
 # Entering one of these is a message done sending: the send rate counts them.
 DONE_SENDING = ("sent", "failed", "suppressed")
+CLICKED = "clicked"  # the counters' entry for first clicks (common.links), beside the statuses
 RATE_WINDOW_SECONDS = 60.0
 # Counter rows older than this are folded: the send rate reads the last minute, and /v1/stats the
 # last hour of what routing did for campaigns (common.backlog).
@@ -111,12 +114,13 @@ def fan_out(campaign: dict[str, Any], rows: Sequence[dict[str, Any]] | None = No
     (``to``, ``routes``, ``variables``) given with a request for a started campaign, which are
     never staged. Returns the ids to hand on now (none for a campaign scheduled later).
 
-    A templated campaign's messages are ``accepted``, for processing to render; the others need no
-    processing and are ``queued`` for routing at once. The messages' history starts at their
-    ``created_at``: fan-out writes no per-message event rows, and campaign messages are not
-    announced one by one as ``message.accepted`` (the campaign is what was accepted)."""
+    A templated campaign's messages, and those with links to track, are ``accepted``, for
+    processing to render; the others need no processing and are ``queued`` for routing at once.
+    The messages' history starts at their ``created_at``: fan-out writes no per-message event
+    rows, and campaign messages are not announced one by one as ``message.accepted`` (the
+    campaign is what was accepted)."""
     later = campaign["status"] == "scheduled"
-    status = "scheduled" if later else "accepted" if campaign["message"].get("template_id") else "queued"
+    status = "scheduled" if later else "accepted" if needs_processing(campaign["message"]) else "queued"
     params: dict[str, Any] = {"id": campaign["id"], "status": status, "due": campaign["send_at"] if later else None}
     if rows is None:
         ids = [r[0] for r in fetch(_FROM_STAGED, params)]
@@ -132,18 +136,28 @@ def _arrays(rows: Sequence[dict[str, Any]]) -> dict[str, list[str | None]]:
             "variables": [json.dumps(r["variables"]) if r.get("variables") is not None else None for r in rows]}
 
 
+def needs_processing(message: dict[str, Any]) -> bool:
+    """Whether the campaign's messages (its ``message``) go through processing: a template to
+    render, or links to make short links. Decided once per fan-out, so a campaign without
+    either goes straight to routing as before."""
+    return bool(message.get("template_id")) or (
+        links.tracks(message["channel"], message.get("content"))
+        and links.has_links(message.get("body"), (message.get("content") or {}).get("html")))
+
+
 def hand_on(campaign: dict[str, Any], ids: Sequence[int]) -> None:
     """After the fan-out committed: enqueue its messages, batch by batch, for processing (to
-    render a template) or else for routing."""
+    render a template or shorten links) or else for routing."""
     if ids:
-        stage = "processing" if campaign["message"].get("template_id") else "routing"
+        stage = "processing" if needs_processing(campaign["message"]) else "routing"
         dispatch.to_stage(stage, campaign["priority"], ids)
 
 
 def counters(campaign: dict[str, Any]) -> dict[str, Any]:
     """The live counters of ``campaign`` (a row with id, total, status, started_at): a count per
-    ``COUNTED`` name (pending includes recipients not yet fanned out), percent done, the send rate
-    over the last minute and an estimate of the seconds left."""
+    ``COUNTED`` name (pending includes recipients not yet fanned out), ``clicked`` (messages with
+    a tracked link clicked), percent done, the send rate over the last minute and an estimate of
+    the seconds left."""
     by_status: dict[str, int] = {}
     recent_done = 0
     for status, n, recent in fetch(
@@ -152,6 +166,7 @@ def counters(campaign: dict[str, Any]) -> dict[str, Any]:
         by_status[status] = int(n)
         if status in DONE_SENDING:
             recent_done += int(recent)
+    clicked = by_status.pop(CLICKED, 0)
     counts = {name: sum(by_status.get(s, 0) for s in statuses) for name, statuses in COUNTED.items()}
     counts["pending"] += campaign["total"] - sum(by_status.values())  # staged, not yet messages
     started = campaign.get("started_at")
@@ -162,7 +177,7 @@ def counters(campaign: dict[str, Any]) -> dict[str, Any]:
     left = counts["pending"] + counts["processing"]
     total = campaign["total"]
     done = total - left
-    return {**counts, "total": total,
+    return {**counts, "total": total, "clicked": clicked,
             "percent_done": round(100.0 * done / total, 2) if total else 100.0,
             "send_rate_per_second": round(rate, 2),
             "seconds_left": round(left / rate, 1) if rate > 0 and left else (0.0 if not left else None)}

@@ -46,9 +46,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("POSTROOM_REDIS_TIMEOUT_SECONDS", float, 5.0, "Socket (and connect) timeout of every Redis client: broker, rate limiter."),
     Setting("POSTROOM_MAX_REQUEST_BYTES", int, 1048576, "Largest API request body; a larger one gets 413."),
     Setting("POSTROOM_CAMPAIGN_DB_TIMEOUT_SECONDS", float, 60.0, "How long one statement of a campaign request (staging, fan-out or cancel of up to 100,000 messages) may take; its first statement keeps the API's deadline, so an unavailable database still answers 503 at once."),
-    Setting("POSTROOM_MAX_CAMPAIGN_BYTES", int, 16 * 1048576, "Largest body of a campaign or a page of its recipients (up to 100,000 each); a larger one gets 413."),
+    Setting("POSTROOM_MAX_CAMPAIGN_BYTES", int, 16 * 1048576, "Largest body of a campaign or a page of its recipients, of a contact import (up to 100,000 each), and of a batch of up to 1,000 messages; a larger one gets 413."),
     Setting("POSTROOM_MAX_WEBHOOK_BYTES", int, 65536, "Largest provider webhook body; a larger one gets 413."),
     Setting("POSTROOM_MAX_JSON_DEPTH", int, 32, "Deepest JSON nesting accepted in a request body; deeper gets 400."),
+    Setting("POSTROOM_IDEMPOTENCY_TTL_SECONDS", float, 86400.0, "How long an API request's `Idempotency-Key` is remembered (its answer replayed, its message found again); after it the same key is a new request."),
+    Setting("POSTROOM_API_KEY_RATE_PER_SECOND", float, 1000.0, "API requests per second one API key may make (refilled continuously); over it the API answers 429 with Retry-After. 0: no limit per key."),
+    Setting("POSTROOM_API_KEY_BURST", int, 2000, "API requests one key may make at once after being idle (the bucket's size)."),
+    Setting("POSTROOM_API_WORKSPACE_RATE_PER_SECOND", float, 2000.0, "API requests per second all keys of one workspace may make together. 0: no limit per workspace."),
+    Setting("POSTROOM_API_WORKSPACE_BURST", int, 4000, "API requests one workspace may make at once after being idle."),
     Setting("POSTROOM_UNKNOWN_LOOKUP_DELAY_SECONDS", float, 5.0, "How long after a send with an unknown outcome the reconciler looks the message up at the provider."),
     Setting("POSTROOM_DB_POOL_SIZE", int, 32, "Most PostgreSQL connections one process opens, lazily; threads or greenlets beyond it wait their turn (16 held a sender's campaign to 1,590/s, 32 let it reach 1,860/s here)."),
     Setting("POSTROOM_DB_PREPARE", bool, True, "Prepare hot statements once per connection (less planning). Set false behind a transaction-mode pgbouncer."),
@@ -135,6 +140,11 @@ class Settings:
     postroom_max_campaign_bytes: int
     postroom_max_webhook_bytes: int
     postroom_max_json_depth: int
+    postroom_idempotency_ttl_seconds: float
+    postroom_api_key_rate_per_second: float
+    postroom_api_key_burst: int
+    postroom_api_workspace_rate_per_second: float
+    postroom_api_workspace_burst: int
     postroom_unknown_lookup_delay_seconds: float
     postroom_db_pool_size: int
     postroom_db_prepare: bool

@@ -16,8 +16,10 @@ MESSAGE_STATUSES = ("accepted", "scheduled", "sent", "delivered", "read", "faile
 MESSAGE_EVENTS = tuple(f"message.{s}" for s in MESSAGE_STATUSES)
 ENDPOINT_DISABLED = "webhook_endpoint.disabled"
 TEST_EVENT = "webhook.test"  # sent to one endpoint on request, whatever it subscribes to
-# What an endpoint may subscribe to; campaign.completed is written by the campaign stage.
-EVENT_TYPES = (*MESSAGE_EVENTS, "campaign.completed", ENDPOINT_DISABLED)
+# What an endpoint may subscribe to; message.clicked is written by a message's first click on one of
+# its short links (common.links), campaign.completed by the campaign stage.
+CLICKED = "message.clicked"
+EVENT_TYPES = (*MESSAGE_EVENTS, CLICKED, "campaign.completed", ENDPOINT_DISABLED)
 # A webhook delivery's rank is its event's lane: an endpoint's urgent events go before its normal
 # ones, and those before its bulk ones.
 WEBHOOK_RANK = {"urgent": 0, "normal": 1, "bulk": 2}

@@ -5,7 +5,8 @@ transaction. The conversation is found or created by its key and its ``last_inbo
 forward (that time opens WhatsApp's 24-hour window); the message is stored as ``received``, with
 what the AI stage will need later: the sender's name and profile, media, and the provider's ids.
 The provider's message id is unique per provider, so a webhook delivered twice stores nothing
-the second time.
+the second time; a caller heeds a STOP, START or HELP keyword (``common.consent.heed``) only when
+``store`` stored the message, so a keyword acts once.
 """
 
 from __future__ import annotations

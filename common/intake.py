@@ -1,22 +1,29 @@
 """Storing a new outgoing message: the one INSERT that ``POST /v1/messages`` (ingest) and a
-recurring schedule's occurrences (the scheduler) share, with its history row and outbox event.
+recurring schedule's occurrences (the scheduler) share, with its history row and outbox event;
+and its set-wise twin for ``POST /v1/messages/batch`` (``insert_many``: one statement a batch).
 
 It lives here because services never import each other. A message given a due time is stored as
 ``scheduled`` and stamped just before that time, so the scheduler's ``promote_scheduled`` hands it
 to processing once it is due, even when that time has already passed (a late occurrence). The
 insert is a no-op when the workspace already has a message with the same idempotency key or a
 pending one with the same natural key (its unique tags); the caller finds out which.
+
+An API client's idempotency key is remembered for POSTROOM_IDEMPOTENCY_TTL_SECONDS: with
+``api_keys`` an older message holding the same key gives it up first (``release_expired_keys``),
+so a request repeated after that time makes a new message. The keys the scheduler gives recurring
+occurrences and sequence steps are never released: they are what keeps each made once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 from psycopg2.extras import Json
 
 from common import events, lifecycle, metrics
+from common.config import settings
 from common.db.connection import fetch, fetch_dicts
 
 # The scheduler LISTENs on it: a message or a schedule is due sooner than it planned for.
@@ -55,7 +62,7 @@ SELECT id, status, priority, created_at, due_at FROM ins
 
 
 def insert(workspace_id: int, content: Mapping[str, Any], idempotency_key: str | None,
-           due: datetime | None = None) -> dict[str, Any] | None:
+           due: datetime | None = None, *, api_key: bool = False) -> dict[str, Any] | None:
     """Store one message: ``accepted``, or ``scheduled`` when it has a ``due`` time.
 
     Parameters:
@@ -64,10 +71,14 @@ def insert(workspace_id: int, content: Mapping[str, Any], idempotency_key: str |
         (the body is rendered by processing); ``content`` (what the channel needs
         beyond the text), ``routes`` (the fallback route) and ``encoding`` (SMS) if any.
 
+      api_key: ``idempotency_key`` is an API client's: an expired use of it is released first.
+
     Returns:
       The new row's id, status, priority, created_at and due_at; None when the workspace already
       has a message with this idempotency key, or a pending one with the same natural key.
     """
+    if api_key and idempotency_key is not None:
+        release_expired_keys(workspace_id, [idempotency_key])
     status = "scheduled" if due else "accepted"
     rows = fetch_dicts(ACCEPT, {
         "ws": workspace_id, "channel": content["channel"], "to": content["to"], "from": content.get("from"),
@@ -81,6 +92,87 @@ def insert(workspace_id: int, content: Mapping[str, Any], idempotency_key: str |
         return None
     metrics.count_transitions(status, [content["channel"]])
     return rows[0]
+
+
+# Internal keys (recurring occurrences sched:<id>:<minute>, sequence steps enrol:<id>:<step>)
+# are left alone even if a client sent the same text: they keep an occurrence or a step made once.
+_RELEASE = """
+UPDATE message SET idempotency_key = NULL
+WHERE workspace_id = %(ws)s AND idempotency_key = ANY(%(keys)s)
+  AND created_at < now() - %(ttl)s * interval '1 second'
+  AND enrolment_id IS NULL AND idempotency_key NOT LIKE %(sched)s
+"""
+
+
+def release_expired_keys(workspace_id: int, keys: Sequence[str]) -> None:
+    """Messages of the workspace holding one of these API idempotency keys for longer than
+    POSTROOM_IDEMPOTENCY_TTL_SECONDS give them up (one statement), so the keys are new again."""
+    if keys:
+        fetch(_RELEASE, {"ws": workspace_id, "keys": list(keys), "ttl": settings.postroom_idempotency_ttl_seconds,
+                         "sched": "sched:%"})
+
+
+_ITEMS = """
+    SELECT i.*, nextval('message_id_seq') AS id  -- the id known up front: each row maps back to its item
+    FROM jsonb_to_recordset(%(items)s::jsonb) AS i(
+        n int, channel text, to_addr text, from_addr text, body text, status text, priority text, key text, tags jsonb,
+        due timestamptz, quiet_hours text, content jsonb, routes jsonb, encoding text, template_id bigint, variables jsonb)
+"""
+_ITEM_NATURAL_KEY = NATURAL_KEY.replace("%(tags)s::jsonb", "i.tags")
+ACCEPT_MANY = """
+WITH items AS (""" + _ITEMS + """
+), ins AS (
+    INSERT INTO message (id, workspace_id, channel, to_addr, from_addr, body, status, priority, idempotency_key, tags, due_at,
+                         quiet_hours, content, routes, encoding, template_id, variables, natural_key, status_changed_at)
+    SELECT i.id, w.id, i.channel, i.to_addr, i.from_addr, i.body, i.status, i.priority, i.key, i.tags, i.due,
+           i.quiet_hours, i.content, i.routes, i.encoding, i.template_id, i.variables, """ + _ITEM_NATURAL_KEY + """,
+           CASE WHEN i.due IS NULL THEN now() ELSE """ + lifecycle.stamped_before("i.due") + """ END
+    FROM items i, workspace w WHERE w.id = %(ws)s
+    ORDER BY i.n
+    ON CONFLICT DO NOTHING  -- an earlier idempotency key, or a pending message with the same natural key
+    RETURNING id, workspace_id, channel, to_addr, tags, status, priority, created_at, due_at
+), ev AS (
+    INSERT INTO message_event (message_id, status, detail)
+    SELECT id, status, CASE WHEN due_at IS NULL THEN '{}'::jsonb ELSE jsonb_build_object('send_at', due_at) END FROM ins
+), ob AS (
+    INSERT INTO outbox (workspace_id, event_type, message_id, payload, lane)
+    SELECT workspace_id, 'message.' || status, id,
+           jsonb_build_object('id', id, 'status', status, 'channel', channel, 'to', to_addr, 'tags', tags,
+                              'detail', '{}'::jsonb, 'send_at', due_at, 'at', created_at),
+           priority
+    FROM ins WHERE """ + events.subscribed_sql("ins.workspace_id", "'message.' || ins.status") + """
+)
+SELECT i.n, ins.id, ins.status, ins.priority, ins.created_at, ins.due_at, """ + _ITEM_NATURAL_KEY + """ AS natural_key
+FROM items i JOIN workspace w ON w.id = %(ws)s LEFT JOIN ins ON ins.id = i.id
+ORDER BY i.n
+"""
+
+
+def insert_many(workspace_id: int, rows: Sequence[tuple[Mapping[str, Any], str | None, datetime | None]]
+                ) -> list[dict[str, Any]]:
+    """Store many messages in one statement, each as ``insert`` stores one.
+
+    Parameters:
+      rows: (content as for ``insert``, API idempotency key or None, due time or None) per message;
+        keys held past POSTROOM_IDEMPOTENCY_TTL_SECONDS are released first (one more statement).
+
+    Returns:
+      Per row, in order: ``id`` (None when not inserted: its key or its natural key was taken),
+      ``status``, ``priority``, ``created_at``, ``due_at`` and the row's ``natural_key``.
+    """
+    release_expired_keys(workspace_id, [key for _, key, _ in rows if key is not None])
+    items = [{
+        "n": n, "channel": c["channel"], "to_addr": c["to"], "from_addr": c.get("from"), "body": c.get("body") or "",
+        "status": "scheduled" if due else "accepted", "priority": c.get("priority", "normal"), "key": key,
+        "tags": c.get("tags", []), "due": due.isoformat() if due else None, "quiet_hours": c.get("quiet_hours"),
+        "content": c.get("content") or {}, "routes": c.get("routes") or None, "encoding": c.get("encoding"),
+        "template_id": c.get("template_id"), "variables": c.get("variables"),
+    } for n, (c, key, due) in enumerate(rows)]
+    items = [{k: v for k, v in item.items() if v is not None} for item in items]  # absent: SQL NULL, never JSON null
+    found = fetch_dicts(ACCEPT_MANY, {"ws": workspace_id, "items": Json(items)})
+    for status in ("accepted", "scheduled"):
+        metrics.count_transitions(status, [items[r["n"]]["channel"] for r in found if r["id"] is not None and r["status"] == status])
+    return found
 
 
 def wake_scheduler() -> None:

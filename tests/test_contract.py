@@ -24,7 +24,7 @@ from schemathesis.specs.openapi.checks import (
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 OPERATIONS = {
-    ("post", "/v1/messages"), ("get", "/v1/messages/{message_id}"), ("post", "/v1/messages/{message_id}/cancel"),
+    ("post", "/v1/messages"), ("post", "/v1/messages/batch"), ("get", "/v1/messages/{message_id}"), ("post", "/v1/messages/{message_id}/cancel"),
     ("post", "/v1/messages/{message_id}/reschedule"), ("post", "/v1/messages/cancel"), ("post", "/v1/messages/reschedule"),
     ("get", "/v1/messages/upcoming"), ("get", "/v1/stats"),
     ("get", "/healthz"), ("get", "/readyz"), ("get", "/metrics"), ("get", "/openapi.json"),
@@ -55,6 +55,10 @@ OPERATIONS = {
     ("post", "/v1/campaigns/{campaign_id}/recipients"), ("post", "/v1/campaigns/{campaign_id}/recipients/csv"),
     ("post", "/v1/campaigns/{campaign_id}/start"), ("post", "/v1/campaigns/{campaign_id}/pause"),
     ("post", "/v1/campaigns/{campaign_id}/resume"), ("post", "/v1/campaigns/{campaign_id}/cancel"),
+    ("get", "/v1/contacts"), ("post", "/v1/contacts/import"), ("post", "/v1/contacts/import/csv"),
+    ("get", "/v1/suppressions"), ("post", "/v1/suppressions"), ("delete", "/v1/suppressions"),
+    ("get", "/v1/workspace/settings"), ("patch", "/v1/workspace/settings"),
+    ("get", "/r/{code}"),
 }
 
 
@@ -99,9 +103,9 @@ def test_openapi_document_is_public_and_declares_every_operation(ingest_url):
     assert declared == OPERATIONS
     ops = document["paths"]
     # Then each operation documents the refusals that follow from what it declares
-    assert set(ops["/v1/messages"]["post"]["responses"]) == {"200", "202", "400", "401", "403", "409", "413", "422", "503"}
-    assert set(ops["/v1/messages/{message_id}"]["get"]["responses"]) == {"200", "401", "403", "404", "503"}
-    assert set(ops["/v1/messages/{message_id}/cancel"]["post"]["responses"]) == {"200", "401", "403", "404", "409", "413", "503"}
+    assert set(ops["/v1/messages"]["post"]["responses"]) == {"200", "202", "400", "401", "403", "409", "413", "422", "429", "503"}
+    assert set(ops["/v1/messages/{message_id}"]["get"]["responses"]) == {"200", "401", "403", "404", "429", "503"}
+    assert set(ops["/v1/messages/{message_id}/cancel"]["post"]["responses"]) == {"200", "400", "401", "403", "404", "409", "413", "429", "503"}
     assert set(ops["/webhooks/twilio/status"]["post"]["responses"]) == {"200", "403", "413", "422", "503"}
     assert set(ops["/healthz"]["get"]["responses"]) == {"200"}
     error_ref = {"$ref": "#/components/schemas/ErrorResponse"}
@@ -130,7 +134,7 @@ def test_a_declared_operation_is_routed_and_documented_by_the_declaration_alone(
     try:
         # Then it is in the document with the statuses its declaration implies
         entry = contract.openapi_document()["paths"]["/v9/ping/{n}"]["get"]
-        assert set(entry["responses"]) == {"200", "401", "403", "503"}
+        assert set(entry["responses"]) == {"200", "401", "403", "429", "503"}
         assert entry["parameters"][0]["name"] == "n" and entry["security"] == [{"apiKey": []}]
         # And it is routed, with the declared scope enforced
         from flask import Flask

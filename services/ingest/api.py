@@ -1,19 +1,23 @@
-"""REST API v1: send, read and cancel messages. Authenticated by ``Authorization: Bearer <key>``.
+"""REST API v1: send (one, or a batch), read and cancel messages. Authenticated by
+``Authorization: Bearer <key>``.
 
 Each operation is declared in the contract (``services.ingest.contract``) with its models, its
-scope and every status it answers with; the view is left with what is particular to it.
+scope and every status it answers with; the view is left with what is particular to it. The
+contract also runs every POST under its ``Idempotency-Key``; a message's insert carries that key
+too (atomic with the row), so a request re-run after its process died finds its message.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, g, jsonify, request
+from flask import Blueprint, Response, g, jsonify
 
 from common import dispatch
 from common.db.connection import transaction
-from services.ingest import messages, outgoing, templates, templates_api
-from services.ingest.contract import Body, header, operation
+from services.ingest import batch, messages, outgoing, templates, templates_api
+from services.ingest.batch_models import BatchAccepted, NewBatch
+from services.ingest.contract import Body, operation
 from services.ingest.errors import ApiError
 from services.ingest.models import (
     Count,
@@ -28,24 +32,20 @@ from services.ingest.template_models import Preview
 from services.ingest.timing import due_time
 
 api = Blueprint("api_v1", __name__, url_prefix="/v1")
-MAX_IDEMPOTENCY_KEY = 255
-REPLAYED = {"Idempotent-Replayed": {"description": "`true`: the message was accepted earlier with this Idempotency-Key.",
-                                    "schema": {"type": "string", "enum": ["true"]}}}
 
 
 @operation(
     api, "POST", "/messages", summary="Send a message", scope="messages:write", request=NewMessage,
-    ok={202: Body(MessageAccepted, "Accepted: stored and handed on."),
-        200: Body(MessageView, "An idempotent replay: the message accepted earlier with this key (or, with "
-                               "`on_conflict: return`, the pending message with the same unique tags).", headers=REPLAYED)},
+    ok={202: Body(MessageAccepted, "Accepted: stored and handed on. Repeated with the same Idempotency-Key and body, "
+                                   "this same answer comes back (marked `Idempotent-Replayed: true`)."),
+        200: Body(MessageView, "With `on_conflict: return`: the pending message with the same unique tags. Or the message "
+                               "accepted earlier with this Idempotency-Key, found by a request that took over the key from "
+                               "one that died before answering (marked `Idempotent-Replayed: true`).")},
     errors=(409,),
-    headers=[header("Idempotency-Key", "Repeat a request safely: the same key returns the same message.",
-                    minLength=1, maxLength=MAX_IDEMPOTENCY_KEY)],
 )
 def create_message(body: NewMessage) -> tuple[Response, int]:
-    key = request.headers.get("Idempotency-Key")
-    if key is not None and not (0 < len(key) <= MAX_IDEMPOTENCY_KEY and key.isprintable()):
-        raise ApiError(400, "invalid_request", f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable characters", "Idempotency-Key")
+    held = g.get("idempotency")
+    key = held.key if held is not None else None
     due = due_time(body.send_at, body.timezone, body.delay_seconds)
     with transaction():
         new = outgoing.resolve(g.workspace_id, body)
@@ -76,6 +76,24 @@ def create_message(body: NewMessage) -> tuple[Response, int]:
     response = jsonify(view)
     response.headers["Idempotent-Replayed"] = "true"
     return response, 200
+
+
+@operation(
+    api, "POST", "/messages/batch", summary="Send up to 1,000 messages, each accepted or refused on its own",
+    scope="messages:write", request=NewBatch,
+    ok={207: Body(BatchAccepted, "Each message's outcome by its index: an id and status, or an error naming its field "
+                                 "(`messages[3].to`); the valid ones are accepted even when others are refused.")},
+)
+def create_batch(body: NewBatch) -> tuple[Response, int]:
+    held = g.get("idempotency")
+    with transaction():
+        ready, refused = batch.prepare(g.workspace_id, body.items(), held.key if held is not None else None)
+        stored = batch.store(g.workspace_id, ready)
+    for lane, ids in batch.handed_on(ready, stored).items():
+        dispatch.handoff.submit("processing", lane, ids)  # after the commit
+    results = sorted(stored + refused, key=lambda r: r["index"])
+    return jsonify({"results": results, "accepted": len(stored) - sum("error" in r for r in stored),
+                    "failed": len(refused) + sum("error" in r for r in stored)}), 207
 
 
 @operation(api, "POST", "/messages/preview", summary="Render a message as it would be sent, without storing it",

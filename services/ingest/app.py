@@ -24,16 +24,19 @@ from services.ingest.contract import RETRY_AFTER_SECONDS
 from services.ingest.conversations_api import conversations_api
 from services.ingest.email_hooks import email_hooks
 from services.ingest.errors import ApiError, error, render
+from services.ingest.links_api import links_api
 from services.ingest.probes import probes
 from services.ingest.schedules_api import schedules_api
 from services.ingest.sequence_api import sequence_api
 from services.ingest.stats_api import stats_api
+from services.ingest.suppressions_api import suppressions_api
 from services.ingest.templates_api import templates_api
 from services.ingest.twilio_inbound import twilio_inbound
 from services.ingest.waha_hooks import waha_hooks
 from services.ingest.webhook_api import webhook_api
 from services.ingest.webhooks import webhooks
 from services.ingest.whatsapp_hooks import whatsapp_hooks
+from services.ingest.workspace_api import workspace_api
 
 log = logging.getLogger("postroom.ingest")
 
@@ -50,7 +53,10 @@ def create_app() -> Flask:
     app.register_blueprint(channels_api)
     app.register_blueprint(templates_api)
     app.register_blueprint(campaigns_api)
+    app.register_blueprint(links_api)
     app.register_blueprint(conversations_api)
+    app.register_blueprint(suppressions_api)
+    app.register_blueprint(workspace_api)
     app.register_blueprint(webhooks)
     app.register_blueprint(email_hooks)
     app.register_blueprint(waha_hooks)

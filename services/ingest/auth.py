@@ -1,7 +1,8 @@
 """Who is calling: the API key in ``Authorization: Bearer <key>``, its workspace and its scopes.
 
 401 when there is no valid key, 403 naming the scope when the key may not do this; on success
-``g.workspace_id`` scopes every query of the request to the key's workspace.
+``g.workspace_id`` scopes every query of the request to the key's workspace, and ``g.api_key_id``
+(the key's public prefix, never its secret) names the key for its rate limit.
 """
 
 from __future__ import annotations
@@ -28,4 +29,5 @@ def require(scope: str) -> apikeys.Grant:
     if not grant.allows(scope):
         raise ApiError(403, "forbidden", f"this API key lacks the scope {scope!r}", "Authorization")
     g.workspace_id = grant.workspace_id
+    g.api_key_id = key.split("_")[1]  # grant_for accepted only pr_<prefix>_<secret>
     return grant

@@ -29,6 +29,10 @@ def body_limit(path: str) -> int:
         return settings.postroom_max_webhook_bytes
     if path == "/v1/campaigns" or (path.startswith("/v1/campaigns/") and "/recipients" in path):
         return settings.postroom_max_campaign_bytes
+    if path in ("/v1/contacts/import", "/v1/contacts/import/csv"):  # up to 100,000 contacts, as a campaign's recipients
+        return settings.postroom_max_campaign_bytes
+    if path == "/v1/messages/batch":  # up to 1,000 messages, each as large as POST /v1/messages takes
+        return settings.postroom_max_campaign_bytes
     return settings.postroom_max_request_bytes
 
 

@@ -25,7 +25,8 @@ from services.ingest.models import (
 MAX_RECIPIENTS = 100_000
 # The fields of a message a campaign sends to everyone (NewMessage's, with its rules).
 CONTENT = ("channel", "channels", "body", "from_", "subject", "html", "reply_to", "attachments", "media", "template",
-           "fallback_template", "context_message_id", "messaging_service_sid", "template_id", "tags", "quiet_hours")
+           "fallback_template", "context_message_id", "messaging_service_sid", "template_id", "tags", "quiet_hours",
+           "track_clicks")
 CampaignStatus = Literal["draft", "scheduled", "running", "paused", "completed", "cancelled"]
 
 
@@ -93,7 +94,8 @@ class Progress(BaseModel):
     failed: int
     suppressed: int
     cancelled: int
-    clicked: int = Field(description="Messages with a tracked link clicked (click tracking is not on yet: 0).")
+    clicked: int = Field(description=(
+        "Messages with a tracked link clicked at least once (a message clicked twice counts once); not part of total."))
     percent_done: float
     send_rate_per_second: float = Field(description="Messages done sending per second over the last minute.")
     seconds_left: float | None = Field(description="At the current rate; null when nothing is moving.")

@@ -74,7 +74,7 @@ def _view(c: dict[str, Any]) -> dict[str, Any]:
         "channels": message.get("channels"), "priority": c["priority"], "rate_limit_per_second": c["rate_limit_per_second"],
         "send_at": _iso(c["send_at"]), "created_at": _iso(c["created_at"]), "started_at": _iso(c["started_at"]),
         "completed_at": _iso(c["completed_at"]), "template_id": message.get("template_id"),
-        "progress": {**campaigns.counters(c), "clicked": 0},
+        "progress": campaigns.counters(c),
     }
 
 

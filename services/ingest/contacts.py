@@ -1,38 +1,58 @@
-"""Contacts for the API: create or update one by any of its addresses, read, change and delete
-it. Every query is scoped by workspace; the view (``services.ingest.contacts_api``) checks the
-fields first.
+"""Contacts for the API: create or update one by any of its addresses, list them page by page
+with filters, read, change and delete one. Every query is scoped by workspace; the view
+(``services.ingest.contacts_api``) checks the fields first.
 
-An address (channel and address) belongs to at most one contact of a workspace. Whoever gives an
-address to a contact first takes that address's advisory lock for the rest of the transaction, so
-two requests naming the same new address run one after the other and the second finds the
-first's contact, instead of both creating one.
+Creating and updating by address, for one contact or an import of many, is
+``services.ingest.contact_merge``; a change of addresses here follows its rules: an address
+belongs to one contact, and one that another request gave away meanwhile is refused, not stolen.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from psycopg2.extras import Json
 
 from common.db.connection import fetch, fetch_dicts
+from services.ingest.contact_merge import FIELDS, AddressTaken, Candidate, merge, owners_of
 
-FIELDS = ("name", "timezone", "locale", "quiet_hours", "attributes")
-_VIEW = """
-SELECT c.id, c.name, c.timezone, c.locale, c.quiet_hours, c.attributes, c.created_at, c.updated_at,
+__all__ = ["FIELDS", "AddressTaken", "Filters", "change", "delete", "get", "listing", "upsert"]
+
+# A contact's addresses by its id alone (its addresses are of its workspace: contact_address's foreign
+# key): with the workspace too, a planner without statistics yet (just after an import) would also
+# scan the workspace's part of the primary key, for each contact.
+_COLUMNS = """c.id, c.name, c.timezone, c.locale, c.quiet_hours, c.attributes, c.tags, c.created_at, c.updated_at,
        (SELECT coalesce(jsonb_object_agg(a.channel, a.address), '{}') FROM contact_address a
-        WHERE a.workspace_id = c.workspace_id AND a.contact_id = c.id) AS addresses
-FROM contact c WHERE c.workspace_id = %s AND c.id = %s
-"""
+        WHERE a.contact_id = c.id) AS addresses"""
 
 
-class AddressTaken(Exception):
-    """The addresses given belong to another contact (``owners``: contact id -> its channels among them)."""
+@dataclass(frozen=True)
+class Filters:
+    """What a listing's contacts must all have: every one of ``tags``, each attribute equal to one
+    of its values, and an address on ``channel`` (equal to ``address``, when given)."""
 
-    def __init__(self, owners: Mapping[int, list[str]]):
-        self.owners = dict(owners)
-        super().__init__(", ".join(f"{'/'.join(chs)} of contact {cid}" for cid, chs in sorted(self.owners.items())))
+    tags: list[str] = field(default_factory=list)
+    attributes: list[tuple[str, list[Any]]] = field(default_factory=list)
+    channel: str | None = None
+    address: str | None = None
+
+
+def attribute_values(raw: str) -> list[Any]:
+    """The stored values an attribute filter's text matches: the string itself, and the number or
+    boolean it spells (``3`` matches 3 and "3", ``true`` matches true and "true")."""
+    values: list[Any] = [raw]
+    try:
+        parsed = json.loads(raw)
+    except ValueError:
+        return values
+    if isinstance(parsed, bool) or (isinstance(parsed, int | float) and math.isfinite(parsed)):
+        values.append(parsed)
+    return values
 
 
 def upsert(workspace_id: int, addresses: Mapping[str, str], fields: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
@@ -41,32 +61,44 @@ def upsert(workspace_id: int, addresses: Mapping[str, str], fields: Mapping[str,
     contact's on their channels.
 
     Raises:
-      AddressTaken: the addresses belong to more than one contact.
+      Refused: ``AddressTaken`` when the addresses belong to more than one contact.
     """
-    _lock(workspace_id, addresses)
-    owners = _owners(workspace_id, addresses)
-    if len(owners) > 1:
-        raise AddressTaken(owners)
-    if owners:
-        contact_id = next(iter(owners))
-        _update(workspace_id, contact_id, fields)
-        created = False
-    else:
-        contact_id = fetch(
-            "INSERT INTO contact (workspace_id, name, timezone, locale, quiet_hours, attributes)"
-            " VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
-            (workspace_id, fields.get("name"), fields.get("timezone"), fields.get("locale"), fields.get("quiet_hours"),
-             Json(fields.get("attributes") or {})))[0][0]
-        created = True
-    _set_addresses(workspace_id, contact_id, addresses)
-    view = get(workspace_id, contact_id)
+    outcome = merge(workspace_id, [Candidate(addresses, fields)])[0]
+    if outcome.refused is not None:
+        raise outcome.refused
+    assert outcome.contact_id is not None
+    view = get(workspace_id, outcome.contact_id)
     assert view is not None
-    return view, created
+    return view, outcome.created
 
 
 def get(workspace_id: int, contact_id: int) -> dict[str, Any] | None:
-    rows = fetch_dicts(_VIEW, (workspace_id, contact_id))
+    rows = fetch_dicts(f"SELECT {_COLUMNS} FROM contact c WHERE c.workspace_id = %s AND c.id = %s", (workspace_id, contact_id))
     return _view(rows[0]) if rows else None
+
+
+def listing(workspace_id: int, after: int, limit: int, filters: Filters) -> list[dict[str, Any]]:
+    """Up to ``limit`` contacts with an id above ``after``, in id order, that pass ``filters``."""
+    where = ["c.workspace_id = %(ws)s", "c.id > %(after)s"]
+    params: dict[str, Any] = {"ws": workspace_id, "after": after, "limit": limit}
+    if filters.tags:
+        where.append("c.tags @> %(tags)s::text[]")
+        params["tags"] = filters.tags
+    for n, (name, values) in enumerate(filters.attributes):
+        ors = []
+        for m, value in enumerate(values):
+            params[f"attr{n}_{m}"] = Json({name: value})
+            ors.append(f"c.attributes @> %(attr{n}_{m})s")
+        where.append(f"({' OR '.join(ors)})")
+    if filters.address is not None:  # one contact at most, found by the address's key
+        params["channel"], params["address"] = filters.channel, filters.address
+        where.append("c.id = (SELECT f.contact_id FROM contact_address f WHERE f.workspace_id = %(ws)s"
+                     " AND f.channel = %(channel)s AND f.address = %(address)s)")
+    elif filters.channel is not None:
+        params["channel"] = filters.channel
+        where.append("EXISTS (SELECT 1 FROM contact_address f WHERE f.contact_id = c.id AND f.channel = %(channel)s)")
+    rows = fetch_dicts(f"SELECT {_COLUMNS} FROM contact c WHERE {' AND '.join(where)} ORDER BY c.id LIMIT %(limit)s", params)
+    return [_view(r) for r in rows]
 
 
 def change(workspace_id: int, contact_id: int, fields: Mapping[str, Any],
@@ -78,8 +110,7 @@ def change(workspace_id: int, contact_id: int, fields: Mapping[str, Any],
       AddressTaken: a new address belongs to another contact.
     """
     given = {channel: address for channel, address in addresses.items() if address is not None}
-    _lock(workspace_id, given)
-    taken = {owner: chs for owner, chs in _owners(workspace_id, given).items() if owner != contact_id}
+    taken = _others(workspace_id, contact_id, given)
     if not _update(workspace_id, contact_id, fields):
         return None
     if taken:
@@ -96,25 +127,13 @@ def delete(workspace_id: int, contact_id: int) -> dict[str, Any] | None:
     return view
 
 
-def _lock(workspace_id: int, addresses: Mapping[str, str]) -> None:
-    """Hold each address's lock until the transaction ends (in one order, so that two requests
-    never each hold a lock the other waits for)."""
-    for channel, address in sorted(addresses.items()):
-        fetch("SELECT pg_advisory_xact_lock(hashtextextended(%s, %s))", (f"contact:{channel}:{address}", workspace_id))
-
-
-def _owners(workspace_id: int, addresses: Mapping[str, str]) -> dict[int, list[str]]:
-    """The contacts that have any of ``addresses``: contact id -> its channels among them."""
-    if not addresses:
-        return {}
-    owners: dict[int, list[str]] = {}
-    for contact_id, channel in fetch(
-            "SELECT a.contact_id, a.channel FROM contact_address a"
-            " JOIN unnest(%s::text[], %s::text[]) AS given(channel, address) USING (channel, address)"
-            " WHERE a.workspace_id = %s ORDER BY a.channel",
-            (list(addresses), list(addresses.values()), workspace_id)):
-        owners.setdefault(contact_id, []).append(channel)
-    return owners
+def _others(workspace_id: int, contact_id: int, addresses: Mapping[str, str]) -> dict[int, list[str]]:
+    """The other contacts that have any of ``addresses`` (their rows locked): contact id -> its channels among them."""
+    found: dict[int, list[str]] = {}
+    for (channel, _), owner in sorted(owners_of(workspace_id, addresses.items()).items()):
+        if owner != contact_id:
+            found.setdefault(owner, []).append(channel)
+    return found
 
 
 def _update(workspace_id: int, contact_id: int, fields: Mapping[str, Any]) -> bool:
@@ -130,23 +149,30 @@ def _update(workspace_id: int, contact_id: int, fields: Mapping[str, Any]) -> bo
 
 
 def _set_addresses(workspace_id: int, contact_id: int, addresses: Mapping[str, str | None]) -> None:
-    """Replace the contact's address on each channel of ``addresses`` (None: remove it). The
-    caller holds the new addresses' locks and has checked that no other contact has them."""
+    """Replace the contact's address on each channel of ``addresses`` (None: remove it).
+
+    Raises:
+      AddressTaken: another request gave a new address to another contact since it was looked up.
+    """
     if not addresses:
         return
     fetch("DELETE FROM contact_address WHERE workspace_id = %s AND contact_id = %s AND channel = ANY(%s)",
           (workspace_id, contact_id, list(addresses)))
-    given = {channel: address for channel, address in addresses.items() if address is not None}
-    if given:
-        fetch("INSERT INTO contact_address (workspace_id, channel, address, contact_id)"
-              " SELECT %s, channel, address, %s FROM unnest(%s::text[], %s::text[]) AS given(channel, address)",
-              (workspace_id, contact_id, list(given), list(given.values())))
+    given = sorted((channel, address) for channel, address in addresses.items() if address is not None)
+    if not given:
+        return
+    got = fetch("INSERT INTO contact_address (workspace_id, channel, address, contact_id)"
+                " SELECT %s, channel, address, %s FROM unnest(%s::text[], %s::text[]) AS given(channel, address)"
+                " ORDER BY channel, address ON CONFLICT DO NOTHING RETURNING channel",
+                (workspace_id, contact_id, [c for c, _ in given], [a for _, a in given]))
+    if len(got) < len(given):
+        raise AddressTaken(_others(workspace_id, contact_id, dict(given)))
 
 
 def _view(row: Mapping[str, Any]) -> dict[str, Any]:
     return {"id": row["id"], "addresses": row["addresses"], "name": row["name"], "timezone": row["timezone"],
             "locale": row["locale"], "quiet_hours": row["quiet_hours"], "attributes": row["attributes"],
-            "created_at": _iso(row["created_at"]), "updated_at": _iso(row["updated_at"])}
+            "tags": row["tags"], "created_at": _iso(row["created_at"]), "updated_at": _iso(row["updated_at"])}
 
 
 def _iso(value: datetime | None) -> str | None:

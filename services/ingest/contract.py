@@ -3,11 +3,14 @@ and ``/openapi.json`` is generated from that registry.
 
 ``operation(...)`` adds a Flask route and its entry in the contract together, so an endpoint
 cannot exist without being documented. It also does what the declaration promises before the
-view runs: authentication and the scope check for an operation that names a scope, and parsing
-and validating a JSON request body against the request model. Every operation documents the
-statuses it can answer with; the error statuses that follow from the declaration (401/403 with
-a scope, 413 for a POST or a body, 400/422 with a JSON model, 503 when it reads the database) are added
-here, so that the document and the behaviour cannot drift apart.
+view runs, in this order: authentication and the scope check for an operation that names a scope,
+the API rate limits of its key and workspace (``common.apilimits``), parsing and validating a
+JSON request body against the request model, and for every authenticated POST the
+``Idempotency-Key`` (``services.ingest.idempotency``: a replay gets the first answer). Every
+operation documents the statuses it can answer with; the error statuses that follow from the
+declaration (401/403/429 with a scope, 409 and the replay marker for an authenticated POST, 413
+for a POST or a body, 400/422 with a JSON model, 503 when it reads the database) are added here,
+so that the document and the behaviour cannot drift apart.
 """
 
 from __future__ import annotations
@@ -15,14 +18,15 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from flask import Blueprint, Flask
+from flask import Blueprint, Flask, g
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from services.ingest import auth, bounds
+from common import apilimits
+from services.ingest import auth, bounds, idempotency
 from services.ingest.errors import ApiError
 from services.ingest.models import ErrorResponse
 from services.ingest.validation import validate
@@ -37,11 +41,15 @@ ERROR_TEXT = {
     401: "No valid API key.",
     403: "Not allowed: the API key lacks the operation's scope, or a webhook's signature is wrong.",
     404: "No such message (or endpoint, delivery, schedule, contact) in this workspace.",
-    409: ("Conflicts with the current state: a message already sending, an Idempotency-Key used before, a disabled endpoint, "
-          "an address of another contact, a campaign in a status that does not allow it."),
+    409: ("Conflicts with the current state: a message already sending, a disabled endpoint, an address of another "
+          "contact, a campaign in a status that does not allow it; or the Idempotency-Key was used for a different request "
+          "(`idempotency_conflict`), or the first request with it is still running (`idempotency_in_progress`: retry "
+          "after `Retry-After` seconds to get its answer)."),
     413: "The body is larger than this endpoint's limit.",
     415: "The body is not of the media type the operation takes.",
     422: "A field is invalid; `error.field` names it.",
+    429: ("Over the API rate limit of this API key or of its workspace (`rate_limited`); retry after `Retry-After` "
+          "seconds. `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` describe the limit that refused."),
     502: "The provider's gateway answered with something that is not passed on (not the kind asked for, or from a refused address).",
     503: "The database is unavailable; retry after `Retry-After` seconds.",
 }
@@ -72,6 +80,18 @@ class Operation:
 
 
 REGISTRY: dict[tuple[str, str], Operation] = {}
+_SECONDS = {"type": "integer", "minimum": 0}
+ERROR_HEADERS: dict[int, dict[str, dict[str, Any]]] = {
+    503: {"Retry-After": {"description": "Seconds to wait before retrying.", "required": True, "schema": _SECONDS}},
+    429: {"Retry-After": {"description": "Seconds until the limit lets a request through.", "required": True, "schema": _SECONDS},
+          "RateLimit-Limit": {"description": "Requests the refusing limit lets through at once (its burst).", "schema": _SECONDS},
+          "RateLimit-Remaining": {"description": "Requests left now under that limit.", "schema": _SECONDS},
+          "RateLimit-Reset": {"description": "Seconds until that limit is whole again.", "schema": _SECONDS}},
+    409: {"Retry-After": {"description": "With `idempotency_in_progress`: seconds to wait before asking again.", "schema": _SECONDS}},
+}
+REPLAYED = {idempotency.REPLAYED_HEADER: {
+    "description": "`true`: this is the stored answer to an earlier request with the same Idempotency-Key.",
+    "schema": {"type": "string", "enum": ["true"]}}}
 _PATH_PARAM = re.compile(r"\{(\w+)\}")
 
 
@@ -83,6 +103,14 @@ def header(name: str, description: str, **schema: Any) -> dict[str, Any]:
 def query(name: str, description: str, **schema: Any) -> dict[str, Any]:
     """An optional query parameter, as it appears in the document (the view checks it)."""
     return {"name": name, "in": "query", "required": False, "description": description, "schema": {"type": "string", **schema}}
+
+
+def idempotency_key() -> dict[str, Any]:
+    """The ``Idempotency-Key`` request header every authenticated POST takes."""
+    return header(idempotency.HEADER, (
+        "Repeat a request safely: the same key with the same body answers what the first request answered (marked "
+        "`Idempotent-Replayed: true`), for POSTROOM_IDEMPOTENCY_TTL_SECONDS (default 24 h); with another body, or while "
+        "the first still runs, 409."), minLength=1, maxLength=idempotency.MAX_KEY)
 
 
 def operation(bp: Blueprint | Flask, method: str, path: str, *, summary: str, ok: dict[int, Body],
@@ -102,20 +130,23 @@ def operation(bp: Blueprint | Flask, method: str, path: str, *, summary: str, ok
       request: the body model; a JSON one is validated and passed to the view as ``body``.
     """
     full_path = (getattr(bp, "url_prefix", None) or "") + path
+    idempotent = method == "POST" and scope is not None  # a workspace to keep the key in
     statuses = set(errors)
     if scope:
-        statuses |= {401, 403}
+        statuses |= {401, 403, 429}
+    if idempotent:
+        statuses |= {400, 409}  # 400: a malformed Idempotency-Key
     if method == "POST" or request is not None:  # bounds.limit_body refuses any method's oversized body
         statuses.add(413)
     if request is not None and request_media == JSON:
         statuses |= {400, 422}
     if uses_database:
         statuses.add(503)
-    retry_after = {"Retry-After": {"description": "Seconds to wait before retrying.", "required": True,
-                                   "schema": {"type": "integer", "minimum": 0}}}
-    responses = dict(ok) | {
-        s: Body(ErrorResponse, ERROR_TEXT[s], headers=retry_after if s == 503 else {}) for s in sorted(statuses)
-    }
+    responses = dict(ok) | {s: Body(ErrorResponse, ERROR_TEXT[s], headers=ERROR_HEADERS.get(s, {})) for s in sorted(statuses)}
+    if idempotent:  # what the view answered may come back as a replay
+        replayable = set(ok) | set(errors) | {409, 422}
+        responses = {s: replace(b, headers={**b.headers, **REPLAYED}) if s in replayable else b for s, b in responses.items()}
+        headers = (*headers, idempotency_key())
     text_params = text_params or {}
     path_params = tuple(
         {"name": name, "in": "path", "required": True,
@@ -135,8 +166,11 @@ def operation(bp: Blueprint | Flask, method: str, path: str, *, summary: str, ok
                 raise ApiError(404, "not_found", "no such id in this workspace")  # beyond any bigint id
             if scope:
                 auth.require(scope)
+                within_limits()
             if request is not None and request_media == JSON:
                 kwargs["body"] = validate(request, bounds.read_json())
+            if idempotent:
+                return idempotency.run_once(lambda: view(**kwargs))
             return view(**kwargs)
 
         rule = _PATH_PARAM.sub(lambda m: f"<{m.group(1)}>" if m.group(1) in text_params else f"<int:{m.group(1)}>", path)
@@ -144,6 +178,19 @@ def operation(bp: Blueprint | Flask, method: str, path: str, *, summary: str, ok
         return run
 
     return register
+
+
+def within_limits() -> None:
+    """The caller's key and workspace are within their API rate limits (one Redis round trip).
+
+    Raises:
+      ApiError: 429 ``rate_limited`` with Retry-After and the RateLimit-* headers.
+    """
+    verdict = apilimits.check(g.api_key_id, g.workspace_id)
+    if not verdict.allowed:
+        who = "workspace" if verdict.scope == "workspace" else "API key"
+        raise ApiError(429, "rate_limited", f"too many requests for this {who}; retry after "
+                       f"{verdict.headers()['Retry-After']} s", "Authorization", headers=verdict.headers())
 
 
 def openapi_document() -> dict[str, Any]:

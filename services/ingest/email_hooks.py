@@ -188,6 +188,9 @@ def _complaint(event: EmailEvent, account: str, workspace_id: int | None) -> Non
 
 def _suppress(event: EmailEvent, reason: str, workspace_id: int | None) -> None:
     address = parseaddr(event.recipient)[1] or event.recipient
+    local, at, domain = address.rpartition("@")
+    if at:  # as a message's `to` is stored: the domain in lower case, the local part as given
+        address = f"{local}@{domain.lower()}"
     if workspace_id is not None and address:
         suppression.add([{"workspace_id": workspace_id, "channel": "email", "address": address[:MAX_ADDRESS],
                           "reason": reason, "source": f"{PROVIDER} {event.type} {event.status or ''}".strip()}])

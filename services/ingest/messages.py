@@ -39,10 +39,11 @@ class Duplicate(Exception):
 
 def accept(workspace_id: int, new: dict[str, Any], idempotency_key: str | None, due: datetime | None = None) -> Accepted:
     """Store a new message (as ``outgoing.resolve`` made it) as ``accepted``, or ``scheduled`` when
-    ``due`` later (or find the earlier one with the same key). A scheduled one wakes the scheduler
-    when this commits. The insert is shared with the scheduler's recurring occurrences
+    ``due`` later (or find the earlier one with the same key, an API client's: one older than
+    POSTROOM_IDEMPOTENCY_TTL_SECONDS gives the key up). A scheduled one wakes the scheduler when
+    this commits. The insert is shared with the scheduler's recurring occurrences
     (``common.intake``)."""
-    row = intake.insert(workspace_id, new, idempotency_key, due)
+    row = intake.insert(workspace_id, new, idempotency_key, due, api_key=True)
     if row:
         if due:
             intake.wake_scheduler()
@@ -62,12 +63,35 @@ def accept(workspace_id: int, new: dict[str, Any], idempotency_key: str | None, 
             raise Duplicate(0, "")
         raise Duplicate(twin[0][0], twin[0][1])
     earlier = found[0]
-    if (earlier["channel"], earlier["to_addr"], earlier["from_addr"], earlier["body"], earlier["priority"],
-            earlier["content"], earlier["routes"]) != (
-        new["channel"], new["to"], new.get("from"), new["body"], new["priority"], new.get("content") or {}, new.get("routes")
-    ):
+    if not same_message(earlier, new):
         raise IdempotencyConflict(idempotency_key)
     return Accepted(earlier["id"], earlier["priority"], replayed=True)
+
+
+EARLIER_COLUMNS = "id, idempotency_key, status, channel, to_addr, from_addr, body, priority, content, routes"
+
+
+def same_message(earlier: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether a stored message (``EARLIER_COLUMNS``) is the one ``new`` asks for: a request
+    repeated with its idempotency key, not another message under a reused key."""
+    return (earlier["channel"], earlier["to_addr"], earlier["from_addr"], earlier["body"], earlier["priority"],
+            earlier["content"], earlier["routes"]) == (
+        new["channel"], new["to"], new.get("from"), new["body"], new["priority"], new.get("content") or {}, new.get("routes"))
+
+
+def by_keys(workspace_id: int, keys: list[str]) -> dict[str, dict[str, Any]]:
+    """The workspace's messages holding these idempotency keys, by key (one query)."""
+    rows = fetch_dicts(f"SELECT {EARLIER_COLUMNS} FROM message WHERE workspace_id = %s AND idempotency_key = ANY(%s)",
+                       (workspace_id, keys)) if keys else []
+    return {r["idempotency_key"]: r for r in rows}
+
+
+def pending_by_natural_keys(workspace_id: int, natural_keys: list[str]) -> dict[str, dict[str, Any]]:
+    """The workspace's pending messages holding these natural keys (unique tags), by key (one query)."""
+    rows = fetch_dicts("SELECT id, status, natural_key FROM message WHERE workspace_id = %s AND natural_key = ANY(%s)"
+                       " AND status IN ('accepted', 'scheduled', 'queued', 'routed', 'sending')",
+                       (workspace_id, natural_keys)) if natural_keys else []
+    return {r["natural_key"]: r for r in rows}
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -114,7 +138,7 @@ def _shown(m: dict[str, Any]) -> dict[str, Any]:
         "provider_message_id": m["provider_message_id"], "segments": m["segments"],
         "last_error": m["last_error"], "error_code": m["error_code"],
         "created_at": _iso(m["created_at"]), "updated_at": _iso(m["updated_at"]),
-        "sent_at": _iso(m["sent_at"]), "delivered_at": _iso(m["delivered_at"]),
+        "sent_at": _iso(m["sent_at"]), "delivered_at": _iso(m["delivered_at"]), "clicked_at": _iso(m.get("clicked_at")),
         "content": m["content"] or {}, "encoding": m["encoding"], "conversation_id": m["conversation_id"],
         "channels": [r["channel"] for r in m["routes"]] if m["routes"] else None,
         "route": m["routes"], "route_step": m["route_step"],

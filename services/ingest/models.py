@@ -177,6 +177,9 @@ class NewMessage(BaseModel):
     quiet_hours: Annotated[str, Field(max_length=11, examples=["21:00-08:00", "off"]), SingleLine] | None = Field(None, description=(
         "This message's quiet hours in the recipient's time zone (`21:00-08:00`), or `off`; left out: the workspace's. "
         "Inside them the message waits until they end."))
+    track_clicks: bool = Field(True, description=(
+        "Rewrite the body's http(s) links (and the links of an email's HTML anchors) to short links "
+        "(`/r/{code}`) that record clicks and redirect; `false` sends the links as written. Default on."))
     on_conflict: Literal["error", "return"] = Field("error", description=(
         "When the workspace declares unique tags and a pending message already has these values: "
         "`error` answers 409, `return` answers 200 with that message."))
@@ -244,6 +247,7 @@ class MessageView(BaseModel):
     updated_at: str | None
     sent_at: str | None
     delivered_at: str | None
+    clicked_at: str | None = Field(None, description="When a tracked link of the message was first clicked.")
     content: dict[str, Any] = Field(default_factory=dict, description=(
         "What the channel carries beyond the text: subject, html, media, template, ...; for an inbound message the "
         "sender's name, profile and media."))
@@ -303,7 +307,7 @@ HEADER_NAME = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$"
 EventType = Literal[
     "*", "message.accepted", "message.scheduled", "message.sent", "message.delivered", "message.read", "message.failed",
     "message.undelivered", "message.cancelled", "message.suppressed", "message.received",
-    "campaign.completed", "webhook_endpoint.disabled",
+    "message.clicked", "campaign.completed", "webhook_endpoint.disabled",
 ]
 # Headers a delivery sets itself, or that would break the request: not settable per endpoint.
 RESERVED_HEADERS = ("host", "content-length", "content-type", "transfer-encoding", "connection", "user-agent")

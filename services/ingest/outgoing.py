@@ -6,15 +6,23 @@ for all, one per channel, or a contact's), checks that each channel of the route
 the message holds (a body, media, a template, an email's subject and HTML), that the sender is
 the workspace's own, that a template (``template_id``) is the workspace's, for the route's channel,
 and given every variable it needs, and counts an SMS body's segments and encoding, so a caller learns at once
-that an emoji made the message UCS-2. Every refusal is a 422 naming the field.
+that an emoji made the message UCS-2. Links are tracked unless ``track_clicks`` is false (kept as
+``content.track_clicks``, which processing reads when it rewrites them, ``common.links``); the
+segments are counted on the body as it will be sent, its links already short links (their length
+is fixed). Every refusal is a 422 naming the field.
+
+What resolving reads (a contact's addresses, a template, a channel's configuration) goes through
+``Lookups``: a batch of messages shares one, which reads the contacts of the whole batch in one
+query and each template and channel configuration once.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Any
 
-from common import phones, segments
+from common import links, phones, segments
 from common import templates as engine
 from common.config import settings
 from common.db.connection import fetch
@@ -41,7 +49,45 @@ def _refuse(field: str, message: str) -> ApiError:
     return ApiError(422, "invalid_request", message, field)
 
 
-def resolve(workspace_id: int, body: NewMessage) -> dict[str, Any]:
+class Lookups:
+    """What resolving the messages of one request reads, read once per request (call inside its
+    transaction): contacts' addresses, templates and channel configurations of ``workspace_id``."""
+
+    def __init__(self, workspace_id: int):
+        self.workspace_id = workspace_id
+        self._contacts: dict[int, dict[str, str]] = {}
+        self._templates: dict[int, dict[str, Any] | None] = {}
+        self._configs: dict[str, Any] = {}
+
+    def load_contacts(self, contact_ids: Iterable[int]) -> None:
+        """Read the addresses of every one of ``contact_ids`` not read yet, in one query."""
+        wanted = sorted({c for c in contact_ids if c not in self._contacts})
+        if not wanted:
+            return
+        for contact_id in wanted:
+            self._contacts[contact_id] = {}
+        for contact_id, channel, address in fetch(
+                "SELECT contact_id, channel, address FROM contact_address WHERE workspace_id = %s AND contact_id = ANY(%s)",
+                (self.workspace_id, wanted)):
+            self._contacts[contact_id][channel] = address
+
+    def contact(self, contact_id: int) -> dict[str, str]:
+        """The contact's addresses by channel (empty: no such contact, or none)."""
+        self.load_contacts((contact_id,))
+        return self._contacts[contact_id]
+
+    def template(self, template_id: int) -> dict[str, Any] | None:
+        if template_id not in self._templates:
+            self._templates[template_id] = templates.get(self.workspace_id, template_id)
+        return self._templates[template_id]
+
+    def config(self, channel: str) -> Any:
+        if channel not in self._configs:
+            self._configs[channel] = channel_config.load(self.workspace_id, channel)
+        return self._configs[channel]
+
+
+def resolve(workspace_id: int, body: NewMessage, lookups: Lookups | None = None) -> dict[str, Any]:
     """The message as ``common.intake.insert`` stores it: the request's fields plus ``channel`` and
     ``to`` (the route's first), ``routes`` (when there is more than one channel), ``content``,
     and for SMS ``segments`` and ``encoding``. Reads the workspace's channel configurations and,
@@ -50,12 +96,13 @@ def resolve(workspace_id: int, body: NewMessage) -> dict[str, Any]:
     Raises:
       ApiError: 422 naming the field at fault.
     """
+    lookups = lookups or Lookups(workspace_id)
     route = _route(body)
-    addresses = _addresses(workspace_id, body, route)
-    template = _check_template(workspace_id, body, route)
+    addresses = _addresses(lookups, body, route)
+    template = _check_template(lookups, body, route)
     if template is not None:
         check_variables(template, body.variables or {}, "variables")
-    fields = resolve_content(workspace_id, body, route, template)
+    fields = resolve_content(workspace_id, body, route, template, lookups)
     fields.update(to=addresses[0])
     if len(route) > 1:
         fields["routes"] = [{"channel": c, "to": a} for c, a in zip(route, addresses, strict=True)]
@@ -64,7 +111,8 @@ def resolve(workspace_id: int, body: NewMessage) -> dict[str, Any]:
     return fields
 
 
-def resolve_content(workspace_id: int, body: Any, route: list[str], template: dict[str, Any] | None) -> dict[str, Any]:
+def resolve_content(workspace_id: int, body: Any, route: list[str], template: dict[str, Any] | None,
+                    lookups: Lookups | None = None) -> dict[str, Any]:
     """What a message (or every message of a campaign) sends, whoever it goes to: ``body``'s
     fields with ``channel`` (the route's first), ``content``, ``from`` and an SMS body's
     ``segments`` and ``encoding``; quiet hours, content and sender checked.
@@ -72,18 +120,34 @@ def resolve_content(workspace_id: int, body: Any, route: list[str], template: di
     Raises:
       ApiError: 422 naming the field at fault.
     """
+    lookups = lookups or Lookups(workspace_id)
     _check_quiet_hours(body)
     _check_content(body, route, template is not None)
-    if "http" in route and channel_config.load(workspace_id, "http") is None:
+    if "http" in route and lookups.config("http") is None:
         raise _refuse("channel", "this workspace has no http channel configured (postroom channel http --workspace NAME --url URL)")
-    sender = _check_sender(workspace_id, body, route)
-    fields = body.model_dump(by_alias=True, exclude={"channels", "contact_id", "recipients", *CONTENT_FIELDS})
+    sender = _check_sender(lookups, body, route)
+    fields = body.model_dump(by_alias=True, exclude={"channels", "contact_id", "recipients", "track_clicks", *CONTENT_FIELDS})
     fields.update(channel=route[0], body=body.body or "", **{"from": sender})
     fields["content"] = {name: value for name, value in body.model_dump(include=set(CONTENT_FIELDS)).items() if value is not None}
-    if "sms" in route and body.body:
-        fields["encoding"] = segments.encoding(body.body)
-        fields["segments"] = segments.count_segments(body.body)
+    if getattr(body, "track_clicks", True) is False:
+        fields["content"]["track_clicks"] = False  # only an opt-out is stored: the default path's content is unchanged
+    sent = body.body
+    if sent and links.tracks(route[0], fields["content"]):
+        sent = links.projected(sent)
+        _check_length(sent, route)
+    if "sms" in route and sent:
+        fields["encoding"] = segments.encoding(sent)
+        fields["segments"] = segments.count_segments(sent)
     return fields
+
+
+def _check_length(sent: str, route: list[str]) -> None:
+    """The body as sent, its links made short links, still fits each channel of the route (a
+    short link can be longer than the link it replaces)."""
+    for channel in route:
+        if len(sent) > MAX_BODY[channel]:
+            raise _refuse("body", f"body with its links as short links is {len(sent)} characters; a {channel} body holds at most "
+                          f"{MAX_BODY[channel]} (shorten it, or send track_clicks false)")
 
 
 def check_variables(template: dict[str, Any], variables: dict[str, Any], field: str, who: str = "") -> None:
@@ -108,13 +172,12 @@ def _route(body: NewMessage) -> list[str]:
     return route
 
 
-def _addresses(workspace_id: int, body: NewMessage, route: list[str]) -> list[str]:
+def _addresses(lookups: Lookups, body: NewMessage, route: list[str]) -> list[str]:
     """The recipient's address on each channel of the route, normalised."""
     if (body.to is None) == (body.contact_id is None):
         raise _refuse("to", "give to (an address) or contact_id, not both")
     if body.contact_id is not None:
-        rows = dict(fetch("SELECT channel, address FROM contact_address WHERE workspace_id = %s AND contact_id = %s",
-                          (workspace_id, body.contact_id)))
+        rows = lookups.contact(body.contact_id)
         if not rows:
             raise _refuse("contact_id", f"no contact {body.contact_id} with an address in this workspace")
         raw: dict[str, str | None] = {channel: rows.get(channel) or (rows.get("sms") if channel in PHONE_CHANNELS else None) for channel in route}
@@ -163,10 +226,10 @@ def _check_quiet_hours(body: Any) -> None:
 
 def template_for(workspace_id: int, body: Any, route: list[str]) -> dict[str, Any] | None:
     """The template ``body`` names, checked as for a message (its variables are not)."""
-    return _check_template(workspace_id, body, route, variables=False)
+    return _check_template(Lookups(workspace_id), body, route, variables=False)
 
 
-def _check_template(workspace_id: int, body: Any, route: list[str], variables: bool = True) -> dict[str, Any] | None:
+def _check_template(lookups: Lookups, body: Any, route: list[str], variables: bool = True) -> dict[str, Any] | None:
     """With ``template_id``: the workspace's template, for the route's one channel, and no content
     of the message's own. Returns the template, or None when there is none."""
     if body.template_id is None:
@@ -176,7 +239,7 @@ def _check_template(workspace_id: int, body: Any, route: list[str], variables: b
     for name in ("body", "subject", "html", "template"):
         if getattr(body, name) is not None:
             raise _refuse(name, f"{name} comes from the template; leave it out when giving template_id")
-    template = templates.get(workspace_id, body.template_id)
+    template = lookups.template(body.template_id)
     if template is None:
         raise _refuse("template_id", f"no template {body.template_id} in this workspace")
     if route != [template["channel"]]:
@@ -214,7 +277,7 @@ def _has_alternative(body: Any, channel: str) -> bool:
     return False
 
 
-def _check_sender(workspace_id: int, body: Any, route: list[str]) -> str | None:
+def _check_sender(lookups: Lookups, body: Any, route: list[str]) -> str | None:
     """``from`` is one of the workspace's identities on the route's first channel (its channel
     configuration's, or the deployment's default); returns it normalised."""
     if body.from_ is None:
@@ -223,15 +286,16 @@ def _check_sender(workspace_id: int, body: Any, route: list[str]) -> str | None:
     if channel == "http":
         raise _refuse("from", "from does not apply to http; leave it out")
     sender = _normalized(channel, body.from_, "from") if channel in ("sms", "email") else body.from_
-    own = identities(workspace_id, channel)
+    own = identities(lookups.workspace_id, channel, lookups.config(channel))
     if sender not in own:
         raise _refuse("from", f"from must be one of this workspace's {channel} identities: {', '.join(own)} (or left out)")
     return sender
 
 
-def identities(workspace_id: int, channel: str) -> list[str]:
-    """The sender identities the workspace may use on ``channel``."""
-    config = channel_config.load(workspace_id, channel)
+def identities(workspace_id: int, channel: str, config: Any = None) -> list[str]:
+    """The sender identities the workspace may use on ``channel`` (``config``: its channel
+    configuration when already read)."""
+    config = config if config is not None else channel_config.load(workspace_id, channel)
     if config is not None:
         return [config.sender_identity, *[s for s in config.settings.get("senders", []) if s != config.sender_identity],
                 *config.settings.get("sessions", [])]

@@ -5,18 +5,20 @@ it names) and kept in ``provider_event`` with its verdict, in one transaction pe
 signature gets 403 and a bounded record, and changes nothing else. A signed message is stored in
 a workspace whose token verified it (the one whose SMS channel sends as its ``To``, if several
 did), else — when the environment's token did, for the deployment's own account — in the
-default inbound workspace; a second delivery of the same MessageSid stores nothing. Twilio is
-answered with empty TwiML: no automatic reply.
+default inbound workspace; a second delivery of the same MessageSid stores nothing. A STOP,
+START or HELP keyword acts once, when the message is first stored (``common.consent``); a HELP
+answer is an ordinary message handed on after the commit. Twilio is answered with empty TwiML.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from flask import Blueprint, Response, request
 from pydantic import BaseModel, ConfigDict
 
-from common import metrics
+from common import consent, metrics
 from common.db.connection import transaction
 from common.inbound import Inbound, default_workspace_id, store
 from common.providers import config as channel_config
@@ -56,13 +58,15 @@ def twilio_inbound_message() -> tuple[Response, int]:
     account_sid = params.get("AccountSid", "")
     sid = params.get("MessageSid") or params.get("SmsMessageSid") or params.get("SmsSid")
     odd = next((name for name, value in params.items() if "\x00" in name or "\x00" in value), None)
+    replies: list[dict[str, Any]] = []
     with transaction():  # one transaction per webhook, whatever its verdict
         signed = verified(params)
         if signed is None:
             event_id = store_event(PROVIDER, KIND, params, signature_valid=False, provider_message_id=sid, status="received")
             verdict = "bad_signature"
         else:
-            verdict = _store(params, sid, account_sid, signed) if odd is None and sid and params.get("From") else "ignored"
+            verdict, replies = _store(params, sid, account_sid, signed) if odd is None and sid and params.get("From") \
+                else ("ignored", [])
             store_event(PROVIDER, KIND, params, signature_valid=True, provider_message_id=storable(sid), status="received",
                         detail={"verdict": verdict}, handled=True)
     metrics.PROVIDER_WEBHOOKS.labels(provider=PROVIDER, kind=KIND, verdict=verdict).inc()
@@ -72,21 +76,25 @@ def twilio_inbound_message() -> tuple[Response, int]:
         raise ApiError(403, "bad_signature", "X-Twilio-Signature does not match")
     if odd is not None:  # signed, but nothing Twilio sends holds a NUL (nor can PostgreSQL text)
         raise ApiError(422, "invalid_request", f"{odd[:100]} contains a NUL character", odd[:100])
+    consent.hand_on(replies)  # after the commit
     return Response(EMPTY_TWIML, mimetype="application/xml"), 200
 
 
-def _store(params: dict[str, str], sid: str, account_sid: str, signed: Verified) -> str:
-    """Store the message in its workspace's conversation; the verdict for its provider event."""
+def _store(params: dict[str, str], sid: str, account_sid: str, signed: Verified) -> tuple[str, list[dict[str, Any]]]:
+    """Store the message in its workspace's conversation and heed its keyword; the verdict for its
+    provider event, and the answers to hand on after the commit."""
     workspace_id = _workspace(signed, params.get("To", ""))
     if workspace_id is None:
         log.warning("twilio inbound %s for account %s: no workspace takes it", sid, account_sid)
-        return "no_workspace"
-    stored = store(Inbound(
+        return "no_workspace", []
+    message = Inbound(
         workspace_id=workspace_id, channel="sms", provider=PROVIDER, provider_message_id=sid,
         from_addr=params["From"], to_addr=params.get("To", ""), body=params.get("Body", ""),
         media=_media(params), extra={"num_segments": params.get("NumSegments")}, provider_account=account_sid,
-    ))
-    return "stored" if stored is not None else "duplicate"
+    )
+    if store(message) is None:
+        return "duplicate", []
+    return "stored", consent.heed(message)
 
 
 def _workspace(signed: Verified, to: str) -> int | None:

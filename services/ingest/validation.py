@@ -58,10 +58,18 @@ def validate(model: type[Model], payload: Any) -> Model:
 def describe(model: type[BaseModel], err: ErrorDetails) -> tuple[str, str]:
     """The field an error is about (its top-level name, or its path inside an embedded object such
     as ``message.to``) and a sentence saying what is wrong."""
-    embedded = _embedded_model(model, err["loc"])
+    loc = err["loc"]
+    item = _item_model(model, loc)
+    if item is not None:  # one item of a list of objects: said as its model says it, under items[i]
+        where = f"{loc[0]}[{loc[1]}]"
+        if len(loc) == 2:  # the item itself is not an object
+            return where, f"{where}: {err['msg']}"
+        field, message = describe(item, {**err, "loc": loc[2:]})
+        return f"{where}.{field}", f"{where}: {message}"
+    embedded = _embedded_model(model, loc)
     if embedded is not None:  # a schedule's message: said as that model says it, under its path
-        field, message = describe(embedded, {**err, "loc": err["loc"][1:]})
-        return f"{err['loc'][0]}.{field}", f"{err['loc'][0]}: {message}"
+        field, message = describe(embedded, {**err, "loc": loc[1:]})
+        return f"{loc[0]}.{field}", f"{loc[0]}: {message}"
     field = str(err["loc"][0])[:100] if err["loc"] else "body"  # a key can be any size
     kind, value = err["type"], err.get("input")
     if kind == "extra_forbidden":
@@ -90,6 +98,29 @@ def _embedded_model(model: type[BaseModel], loc: tuple[int | str, ...]) -> type[
             for kind in (info.annotation, *get_args(info.annotation)):
                 if isinstance(kind, type) and issubclass(kind, BaseModel):
                     return kind
+    return None
+
+
+def _item_model(model: type[BaseModel], loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The model of a list's items when an error is about one of them (``loc``: the list field,
+    the item's index, then the item's field, if any)."""
+    if len(loc) < 2 or not isinstance(loc[0], str) or not isinstance(loc[1], int):
+        return None
+    for name, info in model.model_fields.items():
+        if loc[0] in (name, info.alias):
+            return _list_item(info.annotation)
+    return None
+
+
+def _list_item(annotation: Any) -> type[BaseModel] | None:
+    """``Model`` of ``list[Model]``, also inside ``Annotated`` or ``| None``."""
+    if getattr(annotation, "__origin__", None) is list:
+        (kind,) = get_args(annotation) or (None,)
+        return kind if isinstance(kind, type) and issubclass(kind, BaseModel) else None
+    for inner in get_args(annotation):
+        found = _list_item(inner)
+        if found is not None:
+            return found
     return None
 
 

@@ -6,7 +6,7 @@ environment's for the default sessions; session names repeat across gateways, so
 verifies decides whose it is). A webhook that no key verifies is kept in bounded form and
 answered 403; nothing else changes. A valid one is applied in one transaction: ``message.ack``
 moves its message forward by rank, ``message`` stores a customer's message once in its
-conversation, and ``session.status`` records the session's state, and when it is WORKING again
+conversation (and heeds a STOP, START or HELP keyword in it then: ``common.consent``), and ``session.status`` records the session's state, and when it is WORKING again
 releases the messages the session held at once (its pause ends, they are due now and enqueued
 after the commit). A workspace's key speaks for that workspace's session and messages only.
 Text the database cannot hold (NUL, a lone surrogate) is replaced before anything is stored, and
@@ -29,7 +29,7 @@ from typing import Any, Literal
 from flask import Blueprint, Response, g, jsonify, request
 from pydantic import BaseModel, ConfigDict, Field
 
-from common import dispatch, metrics, ratelimit
+from common import consent, dispatch, metrics, ratelimit
 from common.db.connection import transaction
 from common.errors import ProviderError, Throttled
 from common.inbound import Inbound, store
@@ -89,13 +89,14 @@ def waha_webhook(body: WahaWebhook) -> Response:
     envelope = storable(json.loads(raw))  # the contract parsed it already: an object
     payload = storable(body.payload)
     released: list[dict[str, Any]] = []
+    answers: list[dict[str, Any]] = []
     with transaction():  # one transaction per webhook, whatever its verdict
         owner = _signed_by(body.session, raw)
         if owner is None:
             event_id = store_event(PROVIDER, _kind(body.event), envelope, signature_valid=False,
                                    provider_message_id=waha.provider_id(payload))
         else:
-            released = _apply(owner, body.event, payload, envelope)
+            released, answers = _apply(owner, body.event, payload, envelope)
     if owner is None:
         log.warning("waha webhook with a bad signature: provider_event %s, %d bytes from %s",
                     event_id, len(raw), request.remote_addr)
@@ -104,6 +105,7 @@ def waha_webhook(body: WahaWebhook) -> Response:
     if body.event == "session.status" and payload.get("status") == waha.WORKING:
         ratelimit.resume(PROVIDER, owner.account.key)  # its owner's session only; after the commit: the rows are due
         dispatch.hand_on(None, released)
+    consent.hand_on(answers)  # after the commit
     metrics.PROVIDER_WEBHOOKS.labels(provider=PROVIDER, kind="webhook", verdict="applied").inc()
     return Response("OK", mimetype="text/plain")
 
@@ -125,9 +127,11 @@ def _signed_by(session: str, raw: bytes) -> SessionOwner | None:
     return None
 
 
-def _apply(owner: SessionOwner, event: str, payload: dict[str, Any], envelope: dict[str, Any]) -> list[dict[str, Any]]:
+def _apply(owner: SessionOwner, event: str, payload: dict[str, Any],
+           envelope: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Apply one verified webhook (its payload made storable); returns the messages a session that
-    is WORKING again released. Only the owner's messages move (``owner.scope``)."""
+    is WORKING again released, and a keyword's answers for processing. Only the owner's messages
+    move (``owner.scope``)."""
     pid = waha.provider_id(payload)
     if event == "message.ack" and pid:
         ack = payload.get("ack")
@@ -137,9 +141,12 @@ def _apply(owner: SessionOwner, event: str, payload: dict[str, Any], envelope: d
             detail.update(error_code="ack_error", error="the gateway reported the message failed (ack -1 ERROR)")
         apply_receipt(PROVIDER, pid, status, detail, account=owner.account.key,
                       keep_event={"kind": "status", "payload": envelope}, workspaces=owner.scope)
-        return []
+        return [], []
+    answers: list[dict[str, Any]] = []
     if event == "message" and pid and payload.get("fromMe") is False and owner.workspace_id is not None:
-        store(_inbound(owner, pid, payload))
+        message = _inbound(owner, pid, payload)
+        if store(message) is not None:
+            answers = consent.heed(message)
     released: list[dict[str, Any]] = []
     if event == "session.status" and isinstance(payload.get("status"), str):
         me = envelope.get("me") if isinstance(envelope.get("me"), dict) else payload.get("me")
@@ -148,7 +155,7 @@ def _apply(owner: SessionOwner, event: str, payload: dict[str, Any], envelope: d
             released = waha_sessions.release_held(owner.account.key, owner.account.workspace_id, waha.HELD_SECONDS)
     store_event(PROVIDER, _kind(event), envelope, signature_valid=True, provider_message_id=pid,
                 detail={"released": len(released)} if released else None, handled=True)
-    return released
+    return released, answers
 
 
 def _inbound(owner: SessionOwner, pid: str, payload: dict[str, Any]) -> Inbound:

@@ -10,7 +10,9 @@ it names is kept in bounded form and answered 403; nothing else changes. A valid
 in one transaction, to messages of the workspaces whose secret verified it (any workspace's for
 the environment's secret: ``common.providers.accounts.Verified``): each status moves its message
 forward by rank (``failed`` 131026/131047 first tries the route's next channel), and each
-customer message is stored once in its conversation, which renews the contact's 24-hour window.
+customer message is stored once in its conversation, which renews the contact's 24-hour window;
+a STOP, START or HELP keyword in it acts then (``common.consent``), a HELP answer handed on after
+the commit.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any
 from flask import Blueprint, Response, request
 from pydantic import BaseModel, ConfigDict, Field
 
-from common import dispatch, fallback, metrics
+from common import consent, dispatch, fallback, metrics
 from common.config import settings
 from common.db.connection import fetch, transaction
 from common.inbound import Inbound, default_workspace_id, store
@@ -116,6 +118,7 @@ def whatsapp_webhook(body: WhatsAppWebhook) -> Response:
     raw = request.get_data(cache=True)
     changes = _changes(body)
     moved: list[dict[str, Any]] = []
+    replies: list[dict[str, Any]] = []
     with transaction():  # one transaction per webhook, whatever its verdict
         workspaces = _signed_by(changes, raw, request.headers.get("X-Hub-Signature-256", ""))
         if workspaces is None:
@@ -123,7 +126,7 @@ def whatsapp_webhook(body: WhatsAppWebhook) -> Response:
         else:
             for number, value in changes:
                 moved += _apply_statuses(number, workspaces[number].scope, value.get("statuses"))
-                _store_inbound(number, _inbound_workspace(workspaces[number]), value)
+                replies += _store_inbound(number, _inbound_workspace(workspaces[number]), value)
             if not changes:
                 store_event(PROVIDER, "webhook", body.model_dump(), signature_valid=True, handled=True)
     if workspaces is None:
@@ -132,6 +135,7 @@ def whatsapp_webhook(body: WhatsAppWebhook) -> Response:
         metrics.PROVIDER_WEBHOOKS.labels(provider=PROVIDER, kind="webhook", verdict="bad_signature").inc()
         raise ApiError(403, "bad_signature", "X-Hub-Signature-256 does not match")
     dispatch.hand_on("routing", moved)
+    consent.hand_on(replies)  # after the commit
     metrics.PROVIDER_WEBHOOKS.labels(provider=PROVIDER, kind="webhook", verdict="applied").inc()
     return Response("EVENT_RECEIVED", mimetype="text/plain")
 
@@ -234,8 +238,10 @@ def _error_text(item: dict[str, Any]) -> str:
     return str(first.get("title") or first.get("message") or "delivery failed")[:300]
 
 
-def _store_inbound(number: str, workspace_id: int | None, value: dict[str, Any]) -> None:
-    """Store each customer message of one change in its conversation (once per wamid)."""
+def _store_inbound(number: str, workspace_id: int | None, value: dict[str, Any]) -> list[dict[str, Any]]:
+    """Store each customer message of one change in its conversation (once per wamid) and heed
+    its keyword; returns the answers to hand on after the commit."""
+    replies: list[dict[str, Any]] = []
     messages, contacts = _list(value.get("messages")), _list(value.get("contacts"))
     names = {c["wa_id"]: c["profile"].get("name") for c in contacts
              if isinstance(c, dict) and isinstance(c.get("wa_id"), str) and isinstance(c.get("profile"), dict)}
@@ -247,13 +253,16 @@ def _store_inbound(number: str, workspace_id: int | None, value: dict[str, Any])
             continue
         name = names.get(item["from"])
         kind = str(item.get("type") or "")
-        store(Inbound(
+        message = Inbound(
             workspace_id=workspace_id, channel=PROVIDER, provider=PROVIDER, provider_message_id=item["id"],
             from_addr="+" + item["from"], to_addr=number, body=_text(item), sent_at=_time(item.get("timestamp")),
             sender_name=name if isinstance(name, str) and name else None,
             profile={"wa_id": item["from"], **({"name": name} if isinstance(name, str) and name else {})},
             media=[_media(item[kind])] if kind in MEDIA_TYPES and isinstance(item.get(kind), dict) else [],
-            extra=_extra(item, kind), provider_account=number))
+            extra=_extra(item, kind), provider_account=number)
+        if store(message) is not None:
+            replies += consent.heed(message)
+    return replies
 
 
 def _text(item: dict[str, Any]) -> str:

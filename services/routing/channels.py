@@ -8,7 +8,8 @@ not dropped. The window is the message's own, else its contact's, else the works
 ``off`` at any level means none. Urgent messages go anyway, past a contact's window as past the
 workspace's, unless the workspace says otherwise or the message brings its own window. A message
 whose channel has no sender fails with that reason rather than waiting forever, and a message to
-an address on the workspace's suppression list for its channel ends as ``suppressed``.
+an address on the workspace's suppression list for its channel ends as ``suppressed`` (an
+``urgent`` one passes an ``opt_out`` entry where the workspace allows it: ``common.suppression``).
 """
 
 from __future__ import annotations
