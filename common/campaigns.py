@@ -147,10 +147,11 @@ def needs_processing(message: dict[str, Any]) -> bool:
 
 def hand_on(campaign: dict[str, Any], ids: Sequence[int]) -> None:
     """After the fan-out committed: enqueue its messages, batch by batch, for processing (to
-    render a template or shorten links) or else for routing."""
+    render a template or shorten links) or else for routing. A broker that fails is logged, not
+    raised: the request answers what it committed, and the reconciler hands the messages on."""
     if ids:
         stage = "processing" if needs_processing(campaign["message"]) else "routing"
-        dispatch.to_stage(stage, campaign["priority"], ids)
+        dispatch.committed_to_stage(stage, campaign["priority"], ids)
 
 
 def counters(campaign: dict[str, Any]) -> dict[str, Any]:

@@ -54,6 +54,19 @@ def to_stage(stage: str, lane: str, ids: Sequence[int], *, delay_ms: int | None 
         broker.enqueue(message, delay=delay_ms if delay_ms and delay_ms > 0 else None)
 
 
+def committed_to_stage(stage: str, lane: str, ids: Sequence[int]) -> bool:
+    """``to_stage`` for work an API request has committed: a broker that fails is logged, not
+    raised, so the request still answers what it did (its messages wait in PostgreSQL, and the
+    reconciler hands them on once they are past the stage's deadline). False when it failed."""
+    try:
+        to_stage(stage, lane, ids)
+    except Exception as exc:  # noqa: BLE001 - any broker failure: the work is stored either way
+        log.warning("enqueueing %d committed ids for %s/%s failed (%s: %s); the reconciler re-drives them",
+                    len(ids), stage, lane, type(exc).__name__, exc)
+        return False
+    return True
+
+
 def by_lane(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, str], list[int]]:
     """Group moved messages (dicts with id, priority, channel) by (lane, channel), keeping order."""
     groups: dict[tuple[str, str], list[int]] = {}
@@ -68,11 +81,18 @@ def hand_on(stage: str | None, moved: Sequence[dict[str, Any]]) -> None:
         to_stage(stage or channel, lane, ids)
 
 
-def to_waiting_stages(rows: Sequence[dict[str, Any]]) -> None:
+def to_waiting_stages(rows: Sequence[dict[str, Any]], *, committed: bool = False) -> None:
     """Enqueue waiting messages (dicts with id, status, priority, channel), each for the stage its
-    status waits for (``lifecycle.WAITING_FOR``): the reconciler's re-drives and a resumed campaign."""
+    status waits for (``lifecycle.WAITING_FOR``): the reconciler's re-drives and a resumed campaign.
+    ``committed``: for an API request's committed work, a broker failure is logged, not raised."""
     for status, stage in lifecycle.WAITING_FOR.items():
-        hand_on(None if stage == "sender" else stage, [r for r in rows if r["status"] == status])
+        waiting = [r for r in rows if r["status"] == status]
+        for (lane, channel), ids in by_lane(waiting).items():
+            target = channel if stage == "sender" else stage
+            if committed:
+                committed_to_stage(target, lane, ids)
+            else:
+                to_stage(target, lane, ids)
 
 
 class Coalescer:

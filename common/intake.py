@@ -16,6 +16,8 @@ occurrences and sequence steps are never released: they are what keeps each made
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -37,9 +39,9 @@ NATURAL_KEY = """CASE WHEN jsonb_typeof(%(tags)s::jsonb) = 'object' AND cardinal
 
 ACCEPT = """
 WITH ins AS (
-    INSERT INTO message (workspace_id, channel, to_addr, from_addr, body, status, priority, idempotency_key, tags, due_at,
-                         quiet_hours, content, routes, encoding, template_id, variables, natural_key, status_changed_at)
-    SELECT %(ws)s, %(channel)s, %(to)s, %(from)s, %(body)s, %(status)s, %(priority)s, %(key)s, %(tags)s::jsonb, %(due)s,
+    INSERT INTO message (workspace_id, channel, to_addr, from_addr, body, status, priority, idempotency_key, request_hash, tags,
+                         due_at, quiet_hours, content, routes, encoding, template_id, variables, natural_key, status_changed_at)
+    SELECT %(ws)s, %(channel)s, %(to)s, %(from)s, %(body)s, %(status)s, %(priority)s, %(key)s, %(hash)s, %(tags)s::jsonb, %(due)s,
            %(quiet)s, %(content)s::jsonb, %(routes)s::jsonb, %(encoding)s, %(template_id)s, %(variables)s::jsonb, """ + NATURAL_KEY + """,
            -- a scheduled message is stamped before its due time: not handed to processing yet
            CASE WHEN %(due)s::timestamptz IS NULL THEN now() ELSE """ + lifecycle.stamped_before("%(due)s::timestamptz") + """ END
@@ -83,6 +85,7 @@ def insert(workspace_id: int, content: Mapping[str, Any], idempotency_key: str |
     rows = fetch_dicts(ACCEPT, {
         "ws": workspace_id, "channel": content["channel"], "to": content["to"], "from": content.get("from"),
         "body": content.get("body") or "", "priority": content.get("priority", "normal"), "key": idempotency_key,
+        "hash": request_hash(content) if api_key and idempotency_key is not None else None,
         "tags": Json(content.get("tags", [])), "status": status, "due": due, "quiet": content.get("quiet_hours"),
         "content": Json(content.get("content") or {}), "routes": Json(content["routes"]) if content.get("routes") else None,
         "encoding": content.get("encoding"), "template_id": content.get("template_id"),
@@ -115,16 +118,16 @@ def release_expired_keys(workspace_id: int, keys: Sequence[str]) -> None:
 _ITEMS = """
     SELECT i.*, nextval('message_id_seq') AS id  -- the id known up front: each row maps back to its item
     FROM jsonb_to_recordset(%(items)s::jsonb) AS i(
-        n int, channel text, to_addr text, from_addr text, body text, status text, priority text, key text, tags jsonb,
+        n int, channel text, to_addr text, from_addr text, body text, status text, priority text, key text, hash text, tags jsonb,
         due timestamptz, quiet_hours text, content jsonb, routes jsonb, encoding text, template_id bigint, variables jsonb)
 """
 _ITEM_NATURAL_KEY = NATURAL_KEY.replace("%(tags)s::jsonb", "i.tags")
 ACCEPT_MANY = """
 WITH items AS (""" + _ITEMS + """
 ), ins AS (
-    INSERT INTO message (id, workspace_id, channel, to_addr, from_addr, body, status, priority, idempotency_key, tags, due_at,
-                         quiet_hours, content, routes, encoding, template_id, variables, natural_key, status_changed_at)
-    SELECT i.id, w.id, i.channel, i.to_addr, i.from_addr, i.body, i.status, i.priority, i.key, i.tags, i.due,
+    INSERT INTO message (id, workspace_id, channel, to_addr, from_addr, body, status, priority, idempotency_key, request_hash,
+                         tags, due_at, quiet_hours, content, routes, encoding, template_id, variables, natural_key, status_changed_at)
+    SELECT i.id, w.id, i.channel, i.to_addr, i.from_addr, i.body, i.status, i.priority, i.key, i.hash, i.tags, i.due,
            i.quiet_hours, i.content, i.routes, i.encoding, i.template_id, i.variables, """ + _ITEM_NATURAL_KEY + """,
            CASE WHEN i.due IS NULL THEN now() ELSE """ + lifecycle.stamped_before("i.due") + """ END
     FROM items i, workspace w WHERE w.id = %(ws)s
@@ -164,6 +167,7 @@ def insert_many(workspace_id: int, rows: Sequence[tuple[Mapping[str, Any], str |
     items = [{
         "n": n, "channel": c["channel"], "to_addr": c["to"], "from_addr": c.get("from"), "body": c.get("body") or "",
         "status": "scheduled" if due else "accepted", "priority": c.get("priority", "normal"), "key": key,
+        "hash": request_hash(c) if key is not None else None,
         "tags": c.get("tags", []), "due": due.isoformat() if due else None, "quiet_hours": c.get("quiet_hours"),
         "content": c.get("content") or {}, "routes": c.get("routes") or None, "encoding": c.get("encoding"),
         "template_id": c.get("template_id"), "variables": c.get("variables"),
@@ -173,6 +177,18 @@ def insert_many(workspace_id: int, rows: Sequence[tuple[Mapping[str, Any], str |
     for status in ("accepted", "scheduled"):
         metrics.count_transitions(status, [items[r["n"]]["channel"] for r in found if r["id"] is not None and r["status"] == status])
     return found
+
+
+# What makes two requests for a message the same request (the fields outgoing.resolve produced).
+_REQUESTED = ("channel", "to", "from", "body", "priority", "content", "routes", "template_id", "variables", "tags",
+              "quiet_hours")
+
+
+def request_hash(content: Mapping[str, Any]) -> str:
+    """A hash of what a message was asked to be, kept with an API idempotency key: a request with
+    the key again is the same one when its hash is (the stored columns change as it is sent)."""
+    asked = {name: content.get(name) for name in _REQUESTED}
+    return hashlib.sha256(json.dumps(asked, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
 
 
 def wake_scheduler() -> None:

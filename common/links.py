@@ -184,6 +184,12 @@ SELECT url FROM l
 """
 
 
+def destination(code: str) -> str | None:
+    """Where the short link ``code`` goes, recording nothing; None for an unknown code."""
+    rows = fetch("SELECT url FROM link WHERE code = %s", (code,)) if CODE.fullmatch(code) else []
+    return str(rows[0][0]) if rows else None
+
+
 def record_click(code: str, user_agent: str | None, address: str | None) -> str | None:
     """Record a click on the short link ``code`` (call inside a transaction). Returns the link's
     address, or None for an unknown or malformed code."""

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from common import lifecycle
+from common import fallback, lifecycle
 from common.db.connection import fetch, fetch_dicts
 
 REASONS = ("opt_out", "bounce", "complaint", "manual", "provider_21610")
@@ -132,21 +132,46 @@ def page(workspace_id: int, *, channel: str | None, addresses: Sequence[str] | N
 # --- routing -------------------------------------------------------------------------------------
 
 
-def suppress_messages(ids: Sequence[int], expected: str) -> set[int]:
+# The entry ``s`` stops the message ``m``: every reason does, except an opt_out passed by an
+# urgent message that is no campaign's, where its workspace allows that, or by the answer to a
+# HELP (carriers expect HELP answered even after a STOP).
+STOPS_SQL = """NOT (s.reason = 'opt_out' AND m.priority = 'urgent' AND m.campaign_id IS NULL
+                    AND (SELECT w.urgent_bypasses_opt_out FROM workspace w WHERE w.id = m.workspace_id))
+               AND NOT (s.reason = 'opt_out' AND m.content ? 'consent_reply')"""
+# A message ``m`` that may go to a provider: no entry stops it (the sender's claim re-checks, so a
+# STOP that arrives while a message waits routed, for a token or a retry, still holds).
+NOT_SUPPRESSED_SQL = f"""NOT EXISTS (SELECT 1 FROM suppression s WHERE s.workspace_id = m.workspace_id
+                    AND s.channel = m.channel AND s.address = m.to_addr AND {STOPS_SQL})"""
+
+
+def suppress_messages(ids: Sequence[int], expected: str, *, onward: bool = False) -> set[int]:
     """Move the messages among ``ids`` (in an ``expected`` status) whose address is suppressed on
-    their channel to ``suppressed`` (one query to find them for the batch); returns their ids. An
-    ``urgent`` message to an address that opted out goes on when its workspace allows it, and so
-    does the answer to a HELP (``common.consent``): carriers expect HELP answered even after a STOP."""
+    their channel to ``suppressed`` (one query to find them for the batch); returns their ids.
+    ``STOPS_SQL`` says which entries stop which messages.
+
+    ``onward`` (routing, for ``queued`` messages): consent is per channel, so a message whose
+    fallback route has a further channel moves on to it (``common.fallback``), still ``queued``,
+    and is checked again there; it ends ``suppressed`` only when no channel of its route is left.
+    """
     if not ids:
         return set()
     found = fetch_dicts(
-        """SELECT m.id, s.reason, s.source FROM message m
+        """SELECT m.id, s.reason, s.source, (m.routes IS NOT NULL AND jsonb_array_length(m.routes) > m.route_step + 1) AS onward
+           FROM message m
            JOIN suppression s ON s.workspace_id = m.workspace_id AND s.channel = m.channel AND s.address = m.to_addr
-           WHERE m.id = ANY(%s) AND (m.status || '') = %s
-             AND NOT (s.reason = 'opt_out' AND m.priority = 'urgent'
-                      AND (SELECT w.urgent_bypasses_opt_out FROM workspace w WHERE w.id = m.workspace_id))
-             AND NOT (s.reason = 'opt_out' AND m.content ? 'consent_reply')""",
+           WHERE m.id = ANY(%s) AND (m.status || '') = %s AND """ + STOPS_SQL,
         (list(ids), expected), prepared=True)
+    if onward and any(r["onward"] for r in found):
+        moved_on = fallback.move_on([{"id": r["id"], "code": "suppressed", "error": f"the address is suppressed on this "
+                                      f"channel ({r['reason']})"} for r in found if r["onward"]], [expected])
+        found = [r for r in found if not r["onward"]]
+        # on their next channel, checked again (a route is a few channels long)
+        again = suppress_messages([m["id"] for m in moved_on], expected, onward=True) if moved_on else set()
+        return _end_suppressed(found, expected) | again
+    return _end_suppressed(found, expected)
+
+
+def _end_suppressed(found: Sequence[dict[str, Any]], expected: str) -> set[int]:
     moved = lifecycle.record_outcomes(expected, "suppressed", [
         {"id": r["id"], "reason": r["reason"], "detail": {"error_code": "suppressed", "reason": r["reason"],
                                                           "source": r["source"], "error": f"the address is suppressed ({r['reason']})"}}

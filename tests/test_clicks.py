@@ -238,3 +238,15 @@ def test_the_first_click_is_a_message_clicked_event_for_a_subscribed_endpoint(ap
     assert [(e["event_type"], e["message_id"]) for e in written] == [("message.clicked", accepted["id"])]
     payload = written[0]["payload"]
     assert (payload["id"], payload["status"], payload["url"], payload["to"]) == (accepted["id"], "clicked", "https://example.com/news", TO)
+
+
+def test_a_head_request_answers_the_redirect_but_records_no_click(api, workspace):
+    # Given a rendered message with a tracked link
+    accepted = send(api, workspace, body="See https://example.com/preview now")
+    render(accepted["id"])
+    [code] = codes_in(message(accepted["id"])["body"])
+    # When a link checker asks with HEAD
+    looked = api.head(f"/r/{code}")
+    # Then it learns where the link goes, and nothing counts as a click
+    assert looked.status_code == 302 and looked.headers["Location"] == "https://example.com/preview"
+    assert clicks(code) == [] and message(accepted["id"])["clicked_at"] is None

@@ -105,6 +105,24 @@ def test_an_sms_stop_keeps_a_campaign_from_the_number_and_start_lifts_it(api, wo
     assert [m["body"] for m in sandbox.messages(to=stopped)] == ["Welcome back"]
 
 
+def test_a_stop_holds_for_a_message_already_routed_and_waiting_to_be_sent(api, workspace, sandbox, broker):
+    # Given a message that routing let through before its number texted STOP (it waits routed, as
+    # for a send token or a retry)
+    number = fictional(20)
+    waiting = post_message(api, workspace, to=number, body="Your December offer")
+    with transaction():
+        fetch("UPDATE message SET status = 'routed' WHERE id = %s", (waiting,))
+    sms_inbound(sandbox, number, "STOP")
+    # When the sender is handed it
+    from common import dispatch
+
+    with running_workers(broker):
+        dispatch.to_stage("sms", "normal", [waiting])
+        # Then the sender's claim finds the suppression: the message ends suppressed, unsent
+        wait_for(lambda: status_of(waiting) == "suppressed", what="the routed message suppressed")
+    assert sandbox.messages(to=number) == []
+
+
 def test_start_lifts_only_an_opt_out_never_an_operators_entry_or_a_bounce(api, workspace, sandbox):
     # Given one number suppressed by the operator and another by a person's own STOP
     manual, stopped = fictional(4), fictional(5)
@@ -221,11 +239,15 @@ def test_an_urgent_message_passes_only_an_opt_out_and_only_where_the_workspace_a
     normal = queued(workspace["id"], opted_out, "normal")
     past_others = [queued(workspace["id"], a, "urgent") for a in (bounced, manual)]
     elsewhere = queued(other, opted_out, "urgent")
+    broadcast = queued(workspace["id"], opted_out, "urgent")  # an urgent campaign's: bulk sending, never let through
+    with transaction():
+        campaign = fetch("INSERT INTO campaign (workspace_id, name, message) VALUES (%s, 'alerts', '{}') RETURNING id", (workspace["id"],))[0][0]
+        fetch("UPDATE message SET campaign_id = %s WHERE id = %s", (campaign, broadcast))
     # When routing checks the batch
     with transaction():
-        done = suppression.suppress_messages([urgent, normal, *past_others, elsewhere], "queued")
+        done = suppression.suppress_messages([urgent, normal, *past_others, elsewhere, broadcast], "queued")
     # Then the urgent one to the opt-out goes on only with the workspace's bypass; nothing else does
-    assert done == ({normal, *past_others, elsewhere} if bypass else {urgent, normal, *past_others, elsewhere})
+    assert done == ({normal, *past_others, elsewhere, broadcast} if bypass else {urgent, normal, *past_others, elsewhere, broadcast})
 
 
 def test_an_urgent_code_reaches_an_opted_out_number_when_the_workspace_allows(api, workspace, sandbox, broker):
@@ -354,3 +376,19 @@ def test_workspace_settings_default_off_and_refuse_bad_values(api, workspace):
         assert response.status_code == 422 and response.get_json()["error"]["field"] == field, (bad, response.get_json())
     assert set_settings(api, workspace, urgent_bypasses_opt_out=True) == {"help_text": None, "urgent_bypasses_opt_out": True}
     assert set_settings(api, workspace, help_text="Line 1\nLine 2")["urgent_bypasses_opt_out"] is True  # the other stays
+
+
+def test_a_fallback_route_moves_past_a_channel_the_address_opted_out_of(api, workspace, sandbox, broker):
+    # Given a customer who opted out of WhatsApp but not of SMS
+    customer = "+16502530088"
+    with transaction():
+        suppression.add([{"workspace_id": workspace["id"], "channel": "whatsapp_cloud", "address": customer,
+                          "reason": "opt_out", "source": "test"}])
+    with running_workers(broker):
+        # When a message routed WhatsApp first, then SMS, goes to them, and one by WhatsApp alone
+        both = post_message(api, workspace, channel=None, channels=["whatsapp_cloud", "sms"], to=customer, body="Either way")
+        only = post_message(api, workspace, channel="whatsapp_cloud", to=customer, body="WhatsApp only")
+        # Then consent is per channel: the first goes by SMS, the second ends suppressed
+        wait_for(lambda: status_of(both) == "delivered", what="the fallback message delivered by SMS")
+        wait_for(lambda: status_of(only) == "suppressed", what="the WhatsApp-only message suppressed")
+    assert [(m["channel"], m["body"]) for m in sandbox.messages(to=customer)] == [("sms", "Either way")]

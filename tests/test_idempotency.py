@@ -212,8 +212,8 @@ def test_internal_keys_of_schedules_are_never_released(api, workspace):
     expire("sched:1:2026-01-01T09:00")
     # When a client happens to send the same text as its Idempotency-Key
     response = api.post("/v1/messages", json={**GOOD, "body": "other"}, headers=keyed(workspace, "sched:1:2026-01-01T09:00"))
-    # Then the occurrence keeps its key (the client's message conflicts with it)
-    assert response.status_code == 409
+    # Then the key is refused as one of postroom's own, and the occurrence keeps it
+    assert response.status_code == 400 and response.get_json()["error"]["field"] == "Idempotency-Key"
     with transaction():
         assert fetch("SELECT idempotency_key FROM message WHERE id = %s", (made["id"],))[0][0] == "sched:1:2026-01-01T09:00"
 
@@ -233,7 +233,7 @@ def test_another_post_replays_too(api, workspace):
     assert first.get_json()["secret"].encode() not in stored  # sealed at rest
 
 
-@pytest.mark.parametrize("key", ["", "x" * 256, "tab\there"])
+@pytest.mark.parametrize("key", ["", "x" * 256, "tab\there", "sched:1:2026-01-01T09:00", "enrol:7:2"])
 def test_malformed_key_is_400_naming_the_header(api, workspace, key):
     response = api.post("/v1/messages", json=GOOD, headers=keyed(workspace, key))
     assert response.status_code == 400 and response.get_json()["error"]["field"] == "Idempotency-Key"
@@ -250,3 +250,48 @@ def test_every_authenticated_post_declares_the_key_409_and_the_marker(api):
         assert "409" in op["responses"], path
         ok = [s for s in op["responses"] if s.startswith("2")]
         assert all("Idempotent-Replayed" in op["responses"][s]["headers"] for s in ok), path
+
+
+CAMPAIGN = {"name": "keyed", "channel": "sms", "body": "Sale on now", "start": True,
+            "recipients": [{"to": "+15005550006"}, {"to": "+15005550001"}]}
+
+
+def campaigns_stored() -> int:
+    with transaction():
+        return int(fetch("SELECT count(*) FROM campaign")[0][0])
+
+
+def test_a_broker_failure_after_a_campaign_committed_still_answers_it_once(api, workspace, monkeypatch):
+    # Given a broker that refuses every enqueue
+    import dramatiq
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise ConnectionError("redis is down")
+
+    monkeypatch.setattr(dramatiq.get_broker(), "enqueue", refuse)
+    # When a started campaign is created with a key, and the request is repeated
+    headers = {**keyed(workspace, "campaign-broker"), "Content-Type": "application/json"}
+    first = api.post("/v1/campaigns", data=json.dumps(CAMPAIGN), headers=headers)
+    again = api.post("/v1/campaigns", data=json.dumps(CAMPAIGN), headers=headers)
+    # Then the campaign is answered (its messages wait for the reconciler), once, and replayed
+    assert first.status_code == 201, first.get_json()
+    assert again.status_code == 201 and again.headers["Idempotent-Replayed"] == "true"
+    assert again.get_json()["id"] == first.get_json()["id"] and campaigns_stored() == 1
+
+
+def test_a_failure_after_the_request_committed_is_its_answer_and_is_not_run_again(api, workspace, monkeypatch):
+    # Given a campaign hand-off that fails unexpectedly after the fan-out committed
+    from services.ingest import campaigns_api
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("bug after commit")
+
+    monkeypatch.setattr(campaigns_api.campaigns, "hand_on", broken)
+    headers = {**keyed(workspace, "campaign-bug"), "Content-Type": "application/json"}
+    # When the request is made and then repeated with its key
+    first = api.post("/v1/campaigns", data=json.dumps(CAMPAIGN), headers=headers)
+    again = api.post("/v1/campaigns", data=json.dumps(CAMPAIGN), headers=headers)
+    # Then the failure is the key's answer: the campaign it stored stands, and is not made twice
+    assert first.status_code == 500 and first.get_json()["error"]["code"] == "incomplete"
+    assert again.status_code == 500 and again.headers["Idempotent-Replayed"] == "true"
+    assert campaigns_stored() == 1

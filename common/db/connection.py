@@ -304,16 +304,28 @@ def transaction(*, single_statement: bool = False) -> Iterator[None]:
         raise DatabaseUnavailable(f"database unavailable: it did not answer in the last {RECHECK_SECONDS:g}s")
     try:
         db.connect(reuse_if_open=True)
-        if single_statement and not db.in_transaction():
+        outermost = not db.in_transaction()
+        if single_statement and outermost:
             yield
         else:
             with db.atomic():
                 yield
+        if outermost:
+            _ended.count = commits() + 1
     except _UNAVAILABLE as exc:
         if db.is_closed() or db.connection().closed:  # unreachable, not merely a failed statement
             _mark_unavailable()
         discard_connection()
         raise DatabaseUnavailable(f"database unavailable: {exc}") from exc
+
+
+_ended = threading.local()
+
+
+def commits() -> int:
+    """How many outermost transactions this thread has ended with a commit: a request that saw
+    the count move may have stored something (``services.ingest.idempotency`` keeps its answer)."""
+    return int(getattr(_ended, "count", 0))
 
 
 def discard_connection() -> None:

@@ -22,7 +22,7 @@ from datetime import datetime
 from typing import Any
 
 from common import intake
-from services.ingest import messages, outgoing
+from services.ingest import idempotency, messages, outgoing
 from services.ingest.batch_models import BatchItem
 from services.ingest.errors import ApiError
 from services.ingest.timing import due_time
@@ -70,6 +70,10 @@ def prepare(workspace_id: int, items: list[Any], request_key: str | None) -> tup
             new = outgoing.resolve(workspace_id, body, lookups)
         except ApiError as exc:
             refused.append(item_error(index, exc))
+            continue
+        if body.idempotency_key is not None and body.idempotency_key.startswith(idempotency.RESERVED_PREFIXES):
+            refused.append(item_error(index, ApiError(422, "invalid_request", "idempotency_key may not start with "
+                                                      + " or ".join(idempotency.RESERVED_PREFIXES), "idempotency_key")))
             continue
         new.pop("idempotency_key", None)  # the item's key goes to the message's key column, not its fields
         key = body.idempotency_key or (f"{request_key}[{index}]" if request_key else None)

@@ -309,7 +309,7 @@ def resume_campaign(campaign_id: int) -> tuple[Response, int]:
                 WHERE id = %s RETURNING {_COLUMNS}""", (campaign_id,))[0]
         waiting = campaigns.waiting(campaign_id)
         view = _view(campaign)
-    dispatch.to_waiting_stages(waiting)
+    dispatch.to_waiting_stages(waiting, committed=True)
     return jsonify(view), 200
 
 

@@ -4,8 +4,9 @@ A request with a key first claims it (``idempotent_request``, state ``running``,
 once so that a concurrent duplicate sees it), then runs its view, then stores the answer (state
 ``done``): a 2xx or a 4xx is what the request did, and is replayed to every later request with
 the same key and the same fingerprint (method, path and body), marked ``Idempotent-Replayed:
-true``. A 5xx, or an exception, releases the claim: nothing was done (or it is unknown), and a
-retry must be able to run. The same key with another request is refused (409
+true``. A 5xx, or an exception, before the request committed anything releases the claim: nothing
+was done, and a retry must be able to run; after a commit it is stored as the answer instead
+(500 ``incomplete``), since running the request again could repeat what it stored. The same key with another request is refused (409
 ``idempotency_conflict``), and so is a duplicate arriving while the first still runs (409
 ``idempotency_in_progress``, with Retry-After).
 
@@ -38,15 +39,19 @@ from psycopg2.extras import Json
 
 from common import crypto
 from common.config import settings
+from common.db import connection
 from common.db.connection import fetch, fetch_dicts, transaction
 from services.ingest import bounds
-from services.ingest.errors import ApiError, render
+from services.ingest.errors import ApiError, error, render
 
 log = logging.getLogger("postroom.ingest.idempotency")
 
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
 MAX_KEY = 255
+# The message keys postroom gives recurring occurrences and sequence steps (``common.intake``): a
+# client's key that looked like one could take an occurrence's place.
+RESERVED_PREFIXES = ("sched:", "enrol:")
 # Longer than a request runs: a running claim older than this was left by a process that died, or
 # one that could not release it because the database went away mid-request. An ordinary request's
 # statements give up after POSTROOM_API_DB_TIMEOUT_SECONDS; a bulk one (a campaign, a page of
@@ -105,6 +110,9 @@ def requested_key() -> str | None:
     key = request.headers.get(HEADER)
     if key is not None and not (0 < len(key) <= MAX_KEY and key.isprintable()):
         raise ApiError(400, "invalid_request", f"{HEADER} must be 1 to {MAX_KEY} printable characters", HEADER)
+    if key is not None and key.startswith(RESERVED_PREFIXES):
+        raise ApiError(400, "invalid_request", f"{HEADER} may not start with {' or '.join(RESERVED_PREFIXES)}:"
+                       " postroom keys its own recurring occurrences and sequence steps so", HEADER)
     return key
 
 
@@ -115,7 +123,7 @@ def fingerprint() -> str:
     return digest.hexdigest()
 
 
-def claim(workspace_id: int, key: str, fp: str) -> Claim | Response:
+def claim(workspace_id: int, key: str, fp: str, lease: float = LEASE_SECONDS) -> Claim | Response:
     """Claim ``key`` for this request, or the answer it gets instead (a replay).
 
     Raises:
@@ -123,7 +131,7 @@ def claim(workspace_id: int, key: str, fp: str) -> Claim | Response:
         ``idempotency_in_progress`` (the first request with it is still running).
     """
     token = str(uuid.uuid4())
-    params = {"ws": workspace_id, "key": key, "fp": fp, "claim": token, "lease": lease_seconds(),
+    params = {"ws": workspace_id, "key": key, "fp": fp, "claim": token, "lease": lease,
               "ttl": settings.postroom_idempotency_ttl_seconds}
     for _ in range(3):  # a row deleted between the two statements: claim again
         with transaction(single_statement=True):
@@ -169,7 +177,7 @@ def release(held: Claim) -> None:
         with transaction(single_statement=True):
             fetch(_RELEASE, {"ws": held.workspace_id, "key": held.key, "claim": held.token})
     except Exception:  # noqa: BLE001 - the database is likely down; the claim's lease ends it
-        log.warning("could not release an Idempotency-Key claim; it ends with its lease in %gs", lease_seconds())
+        log.warning("could not release an Idempotency-Key claim; it ends with its lease")
 
 
 def run_once(view: Callable[[], ResponseReturnValue]) -> ResponseReturnValue:
@@ -178,23 +186,36 @@ def run_once(view: Callable[[], ResponseReturnValue]) -> ResponseReturnValue:
     key = requested_key()
     if key is None:
         return view()
-    outcome = claim(g.workspace_id, key, fingerprint())
+    outcome = claim(g.workspace_id, key, fingerprint(), lease_seconds())
     if isinstance(outcome, Response):
         return outcome
     g.idempotency = outcome
+    before = connection.commits()
     try:
         response = make_response(view())
     except ApiError as exc:
         if exc.status >= 500:
-            release(outcome)
-            raise
+            return _failed(outcome, before, exc)
         response = make_response(render(exc))
-    except BaseException:
-        release(outcome)
-        raise
-    if response.status_code >= 500:
+    except Exception as exc:
+        return _failed(outcome, before, exc)
+    if response.status_code >= 500 and connection.commits() == before:
         release(outcome)
     else:
         store(outcome, response)
+    return response
+
+
+def _failed(held: Claim, before: int, exc: Exception) -> Response:
+    """A request that failed: before it committed anything, its key is given back and the failure
+    raised as usual (a retry runs it). After a commit, part of it is stored, and running it again
+    could do that part twice (a second campaign): the failure is the key's answer from now on."""
+    if connection.commits() == before:
+        release(held)
+        raise exc
+    log.error("a request with an Idempotency-Key failed after it committed: %s: %s", type(exc).__name__, exc)
+    response = make_response(error(500, "incomplete", f"the request failed after part of it was stored ({type(exc).__name__});"
+                                   f" what was stored stands, and repeating it with this {HEADER} answers this again"))
+    store(held, response)
     return response
 

@@ -3,6 +3,7 @@
 Unauthenticated, as a link in an SMS or an email must be: the code alone names the link, which
 is why codes are unguessable (``common.links``). The click is recorded before the redirect is
 answered, so a 302 means the click is counted; the answer is not cached, so every click reaches us.
+A HEAD (link checkers, previews) is answered the same way but records nothing.
 """
 
 from __future__ import annotations
@@ -27,7 +28,10 @@ def follow_link(code: str) -> Response:
     if not links.CODE.fullmatch(code):  # not one of ours: no need to ask the database
         raise ApiError(404, "not_found", "no such link")
     with transaction():
-        url = links.record_click(code, request.headers.get("User-Agent"), request.remote_addr)
+        if request.method == "HEAD":  # a link checker or a preview looking, not a person clicking
+            url = links.destination(code)
+        else:
+            url = links.record_click(code, request.headers.get("User-Agent"), request.remote_addr)
     if url is None:
         raise ApiError(404, "not_found", "no such link")
     response = redirect(_header_safe(url), 302)

@@ -50,7 +50,7 @@ def accept(workspace_id: int, new: dict[str, Any], idempotency_key: str | None, 
         return Accepted(row["id"], row["priority"], replayed=False, created_at=_iso(row["created_at"]),
                         status=row["status"], send_at=_iso(row["due_at"]))
     found = fetch_dicts(
-        "SELECT id, channel, to_addr, from_addr, body, priority, content, routes FROM message"
+        "SELECT id, channel, to_addr, from_addr, body, priority, content, routes, request_hash FROM message"
         " WHERE workspace_id = %s AND idempotency_key = %s",
         (workspace_id, idempotency_key),
     ) if idempotency_key is not None else []
@@ -68,12 +68,16 @@ def accept(workspace_id: int, new: dict[str, Any], idempotency_key: str | None, 
     return Accepted(earlier["id"], earlier["priority"], replayed=True)
 
 
-EARLIER_COLUMNS = "id, idempotency_key, status, channel, to_addr, from_addr, body, priority, content, routes"
+EARLIER_COLUMNS = "id, idempotency_key, status, channel, to_addr, from_addr, body, priority, content, routes, request_hash"
 
 
 def same_message(earlier: dict[str, Any], new: dict[str, Any]) -> bool:
     """Whether a stored message (``EARLIER_COLUMNS``) is the one ``new`` asks for: a request
-    repeated with its idempotency key, not another message under a reused key."""
+    repeated with its idempotency key, not another message under a reused key. A message keyed
+    through the API kept its request's hash (its columns change as processing and fallback move it
+    on); one from before that is compared column by column."""
+    if earlier.get("request_hash") is not None:
+        return bool(earlier["request_hash"] == intake.request_hash(new))
     return (earlier["channel"], earlier["to_addr"], earlier["from_addr"], earlier["body"], earlier["priority"],
             earlier["content"], earlier["routes"]) == (
         new["channel"], new["to"], new.get("from"), new["body"], new["priority"], new.get("content") or {}, new.get("routes"))

@@ -286,16 +286,17 @@ def _check_sender(lookups: Lookups, body: Any, route: list[str]) -> str | None:
     if channel == "http":
         raise _refuse("from", "from does not apply to http; leave it out")
     sender = _normalized(channel, body.from_, "from") if channel in ("sms", "email") else body.from_
-    own = identities(lookups.workspace_id, channel, lookups.config(channel))
+    own = identities(lookups.workspace_id, channel, lookups.config(channel), read=True)
     if sender not in own:
         raise _refuse("from", f"from must be one of this workspace's {channel} identities: {', '.join(own)} (or left out)")
     return sender
 
 
-def identities(workspace_id: int, channel: str, config: Any = None) -> list[str]:
-    """The sender identities the workspace may use on ``channel`` (``config``: its channel
-    configuration when already read)."""
-    config = config if config is not None else channel_config.load(workspace_id, channel)
+def identities(workspace_id: int, channel: str, config: Any = None, *, read: bool = False) -> list[str]:
+    """The sender identities the workspace may use on ``channel`` (``read``: ``config`` is its
+    channel configuration, already read, None when it has none)."""
+    if not read:
+        config = channel_config.load(workspace_id, channel)
     if config is not None:
         return [config.sender_identity, *[s for s in config.settings.get("senders", []) if s != config.sender_identity],
                 *config.settings.get("sessions", [])]

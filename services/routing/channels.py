@@ -8,8 +8,9 @@ not dropped. The window is the message's own, else its contact's, else the works
 ``off`` at any level means none. Urgent messages go anyway, past a contact's window as past the
 workspace's, unless the workspace says otherwise or the message brings its own window. A message
 whose channel has no sender fails with that reason rather than waiting forever, and a message to
-an address on the workspace's suppression list for its channel ends as ``suppressed`` (an
-``urgent`` one passes an ``opt_out`` entry where the workspace allows it: ``common.suppression``).
+an address on the workspace's suppression list for its channel moves on to its fallback route's
+next channel, or ends as ``suppressed`` when there is none (an ``urgent`` one passes an
+``opt_out`` entry where the workspace allows it: ``common.suppression``).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ WHERE m.id = ANY(%s) AND (m.status || '') = 'queued' AND coalesce(m.quiet_hours,
 def route_batch(ids: Sequence[int]) -> list[dict[str, Any]]:
     """Claim queued messages among ``ids``: end those to a suppressed address as ``suppressed``,
     hold those inside quiet hours; return those routed to a sender."""
-    done = suppression.suppress_messages(ids, "queued")
+    done = suppression.suppress_messages(ids, "queued", onward=True)
     done |= hold_quiet([i for i in ids if i not in done])
     moved = lifecycle.advance([i for i in ids if i not in done], ["queued"], "routed")
     unroutable = [m["id"] for m in moved if m["channel"] not in SENDER_CHANNELS]

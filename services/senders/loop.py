@@ -267,7 +267,8 @@ def defer(waiting: list[tuple[dict[str, Any], float]], lane: str) -> list[tuple[
 def claim(channel: Channel, rows: list[dict[str, Any]], lane: str) -> list[dict[str, Any]]:
     """Compare-and-set ``routed`` → ``sending`` for messages whose call can start now; returns
     those this call won, with their content and account. A campaign paused since the batch was
-    read stops its messages here."""
+    read stops its messages here, and an address suppressed since routing (a STOP while the
+    message waited for a token or a retry) ends its message ``suppressed``."""
     if not rows:
         return []
     prepared = {row["id"]: row for row in rows}
@@ -275,7 +276,11 @@ def claim(channel: Channel, rows: list[dict[str, Any]], lane: str) -> list[dict[
         claimed = lifecycle.record_outcomes(
             "routed", "sending", [{"id": row["id"], "account": row["account"].key} for row in rows],
             columns={"provider_account": "v.account", "lookup_at": "NULL"},
-            due_only=True, returning=CLAIM_COLUMNS, where=campaigns.CLAIMABLE_SQL)
+            due_only=True, returning=CLAIM_COLUMNS, where=f"{campaigns.CLAIMABLE_SQL} AND {suppression.NOT_SUPPRESSED_SQL}")
+    if len(claimed) < len(rows):  # a race, a pause, or an address suppressed since routing: end those suppressed
+        won = {row["id"] for row in claimed}
+        with lane_transaction(lane):
+            suppression.suppress_messages([row["id"] for row in rows if row["id"] not in won], "routed")
     for row in claimed:  # the account, and whatever the channel's prepare added
         row.update({k: v for k, v in prepared[row["id"]].items() if k not in row})
     return claimed
