@@ -37,6 +37,20 @@ NATURAL_KEY = """CASE WHEN jsonb_typeof(%(tags)s::jsonb) = 'object' AND cardinal
                    AND %(tags)s::jsonb ?& w.unique_tags
               THEN (SELECT jsonb_object_agg(k, %(tags)s::jsonb -> k) FROM unnest(w.unique_tags) k)::text END"""
 
+# What every new message row (the ``ins`` CTE) also writes: its first history row, and its event
+# for the workspace's subscribed endpoints.
+_RECORDED = """), ev AS (
+    INSERT INTO message_event (message_id, status, detail)
+    SELECT id, status, CASE WHEN due_at IS NULL THEN '{}'::jsonb ELSE jsonb_build_object('send_at', due_at) END FROM ins
+), ob AS (
+    INSERT INTO outbox (workspace_id, event_type, message_id, payload, lane)
+    SELECT workspace_id, 'message.' || status, id,
+           jsonb_build_object('id', id, 'status', status, 'channel', channel, 'to', to_addr, 'tags', tags,
+                              'detail', '{}'::jsonb, 'send_at', due_at, 'at', created_at),
+           priority
+    FROM ins WHERE """ + events.subscribed_sql("ins.workspace_id", "'message.' || ins.status") + """
+)"""
+
 ACCEPT = """
 WITH ins AS (
     INSERT INTO message (workspace_id, channel, to_addr, from_addr, body, status, priority, idempotency_key, request_hash, tags,
@@ -48,17 +62,7 @@ WITH ins AS (
     FROM workspace w WHERE w.id = %(ws)s
     ON CONFLICT DO NOTHING  -- an earlier Idempotency-Key, or a pending message with the same natural key
     RETURNING id, workspace_id, channel, to_addr, tags, status, priority, created_at, due_at
-), ev AS (
-    INSERT INTO message_event (message_id, status, detail)
-    SELECT id, status, CASE WHEN due_at IS NULL THEN '{}'::jsonb ELSE jsonb_build_object('send_at', due_at) END FROM ins
-), ob AS (
-    INSERT INTO outbox (workspace_id, event_type, message_id, payload, lane)
-    SELECT workspace_id, 'message.' || status, id,
-           jsonb_build_object('id', id, 'status', status, 'channel', channel, 'to', to_addr, 'tags', tags,
-                              'detail', '{}'::jsonb, 'send_at', due_at, 'at', created_at),
-           priority
-    FROM ins WHERE """ + events.subscribed_sql("ins.workspace_id", "'message.' || ins.status") + """
-)
+""" + _RECORDED + """
 SELECT id, status, priority, created_at, due_at FROM ins
 """
 
@@ -134,17 +138,7 @@ WITH items AS (""" + _ITEMS + """
     ORDER BY i.n
     ON CONFLICT DO NOTHING  -- an earlier idempotency key, or a pending message with the same natural key
     RETURNING id, workspace_id, channel, to_addr, tags, status, priority, created_at, due_at
-), ev AS (
-    INSERT INTO message_event (message_id, status, detail)
-    SELECT id, status, CASE WHEN due_at IS NULL THEN '{}'::jsonb ELSE jsonb_build_object('send_at', due_at) END FROM ins
-), ob AS (
-    INSERT INTO outbox (workspace_id, event_type, message_id, payload, lane)
-    SELECT workspace_id, 'message.' || status, id,
-           jsonb_build_object('id', id, 'status', status, 'channel', channel, 'to', to_addr, 'tags', tags,
-                              'detail', '{}'::jsonb, 'send_at', due_at, 'at', created_at),
-           priority
-    FROM ins WHERE """ + events.subscribed_sql("ins.workspace_id", "'message.' || ins.status") + """
-)
+""" + _RECORDED + """
 SELECT i.n, ins.id, ins.status, ins.priority, ins.created_at, ins.due_at, """ + _ITEM_NATURAL_KEY + """ AS natural_key
 FROM items i JOIN workspace w ON w.id = %(ws)s LEFT JOIN ins ON ins.id = i.id
 ORDER BY i.n

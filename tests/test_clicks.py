@@ -37,6 +37,14 @@ def codes_in(text: str) -> list[str]:
     return SHORT.findall(text)
 
 
+def sent_with_one_link(api, workspace: dict, body: str, **fields: Any) -> tuple[dict[str, Any], str]:
+    """A message with one link, rendered: its answer and its short link's code."""
+    accepted = send(api, workspace, body=body, **fields)
+    render(accepted["id"])
+    [code] = codes_in(message(accepted["id"])["body"])
+    return accepted, code
+
+
 def link_rows(message_id: int) -> list[dict[str, Any]]:
     with transaction():
         return fetch_dicts("SELECT code, workspace_id, message_id, url FROM link WHERE message_id = %s ORDER BY id", (message_id,))
@@ -214,9 +222,7 @@ def test_a_click_is_recorded_against_the_workspace_and_message_its_link_belongs_
 
 
 def test_a_link_written_with_non_ascii_letters_redirects_encoded_as_a_browser_would(api, workspace):
-    accepted = send(api, workspace, body="Voir https://bücher.example/ä?q=ü")
-    render(accepted["id"])
-    [code] = codes_in(message(accepted["id"])["body"])
+    accepted, code = sent_with_one_link(api, workspace, "Voir https://bücher.example/ä?q=ü")
     response = api.get(f"/r/{code}")
     assert response.status_code == 302 and response.headers["Location"] == "https://xn--bcher-kva.example/%C3%A4?q=%C3%BC"
 
@@ -226,9 +232,7 @@ def test_the_first_click_is_a_message_clicked_event_for_a_subscribed_endpoint(ap
     with transaction():
         fetch("INSERT INTO webhook_endpoint (workspace_id, url, event_types, secret) VALUES (%s, %s, %s, %s)",
               (workspace["id"], "https://hooks.example.com/clicks", ["message.clicked"], crypto.seal({"secret": signing.new_secret()})))
-    accepted = send(api, workspace, body="Read https://example.com/news today", tags=["spring"])
-    render(accepted["id"])
-    [code] = codes_in(message(accepted["id"])["body"])
+    accepted, code = sent_with_one_link(api, workspace, "Read https://example.com/news today", tags=["spring"])
     # When its short link is followed twice
     assert api.get(f"/r/{code}").status_code == 302 and api.get(f"/r/{code}").status_code == 302
     # Then one event tells of the first click, with the link followed
@@ -242,9 +246,7 @@ def test_the_first_click_is_a_message_clicked_event_for_a_subscribed_endpoint(ap
 
 def test_a_head_request_answers_the_redirect_but_records_no_click(api, workspace):
     # Given a rendered message with a tracked link
-    accepted = send(api, workspace, body="See https://example.com/preview now")
-    render(accepted["id"])
-    [code] = codes_in(message(accepted["id"])["body"])
+    accepted, code = sent_with_one_link(api, workspace, "See https://example.com/preview now")
     # When a link checker asks with HEAD
     looked = api.head(f"/r/{code}")
     # Then it learns where the link goes, and nothing counts as a click
