@@ -103,9 +103,9 @@ def test_openapi_document_is_public_and_declares_every_operation(ingest_url):
     assert declared == OPERATIONS
     ops = document["paths"]
     # Then each operation documents the refusals that follow from what it declares
-    assert set(ops["/v1/messages"]["post"]["responses"]) == {"200", "202", "400", "401", "403", "409", "413", "422", "429", "503"}
+    assert set(ops["/v1/messages"]["post"]["responses"]) == {"200", "202", "400", "401", "403", "409", "413", "422", "429", "500", "503"}
     assert set(ops["/v1/messages/{message_id}"]["get"]["responses"]) == {"200", "401", "403", "404", "429", "503"}
-    assert set(ops["/v1/messages/{message_id}/cancel"]["post"]["responses"]) == {"200", "400", "401", "403", "404", "409", "413", "429", "503"}
+    assert set(ops["/v1/messages/{message_id}/cancel"]["post"]["responses"]) == {"200", "400", "401", "403", "404", "409", "413", "429", "500", "503"}
     assert set(ops["/webhooks/twilio/status"]["post"]["responses"]) == {"200", "403", "413", "422", "503"}
     assert set(ops["/healthz"]["get"]["responses"]) == {"200"}
     error_ref = {"$ref": "#/components/schemas/ErrorResponse"}

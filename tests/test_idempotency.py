@@ -31,11 +31,11 @@ def claim_row(key: str) -> dict:
         return fetch_dicts("SELECT * FROM idempotent_request WHERE key = %s", (key,))[0]
 
 
-def hold_claim(api, workspace: dict, key: str, payload: dict) -> None:
+def hold_claim(api, workspace: dict, key: str, payload: dict, path: str = "/v1/messages") -> None:
     """Claim ``key`` for this exact request as a request still running would have."""
     from services.ingest import idempotency
 
-    with api.application.test_request_context("/v1/messages", method="POST", data=json.dumps(payload),
+    with api.application.test_request_context(path, method="POST", data=json.dumps(payload),
                                               content_type="application/json"):
         fingerprint = idempotency.fingerprint()
     assert isinstance(idempotency.claim(workspace["id"], key, fingerprint), idempotency.Claim)
@@ -295,3 +295,18 @@ def test_a_failure_after_the_request_committed_is_its_answer_and_is_not_run_agai
     assert first.status_code == 500 and first.get_json()["error"]["code"] == "incomplete"
     assert again.status_code == 500 and again.headers["Idempotent-Replayed"] == "true"
     assert campaigns_stored() == 1
+
+
+def test_a_campaign_whose_first_request_died_is_not_created_again_by_a_takeover(api, workspace):
+    # Given a campaign request holding its key, whose process then died (its lease ran out)
+    hold_claim(api, workspace, "campaign-dead", CAMPAIGN, path="/v1/campaigns")
+    with transaction():
+        fetch("UPDATE idempotent_request SET lease_until = now() - interval '1 second' WHERE key = 'campaign-dead'")
+    # When the client repeats it, twice
+    headers = {**keyed(workspace, "campaign-dead"), "Content-Type": "application/json"}
+    taken = api.post("/v1/campaigns", data=json.dumps(CAMPAIGN), headers=headers)
+    again = api.post("/v1/campaigns", data=json.dumps(CAMPAIGN), headers=headers)
+    # Then it is not run again (the dead one may have stored it): the key answers incomplete, each time
+    assert taken.status_code == 500 and taken.get_json()["error"]["code"] == "incomplete"
+    assert again.status_code == 500 and again.headers["Idempotent-Replayed"] == "true"
+    assert campaigns_stored() == 0

@@ -41,7 +41,7 @@ api = Blueprint("api_v1", __name__, url_prefix="/v1")
         200: Body(MessageView, "With `on_conflict: return`: the pending message with the same unique tags. Or the message "
                                "accepted earlier with this Idempotency-Key, found by a request that took over the key from "
                                "one that died before answering (marked `Idempotent-Replayed: true`).")},
-    errors=(409,),
+    errors=(409,), rerun_safe=True,  # the key is on the message row
 )
 def create_message(body: NewMessage) -> tuple[Response, int]:
     held = g.get("idempotency")
@@ -80,7 +80,7 @@ def create_message(body: NewMessage) -> tuple[Response, int]:
 
 @operation(
     api, "POST", "/messages/batch", summary="Send up to 1,000 messages, each accepted or refused on its own",
-    scope="messages:write", request=NewBatch,
+    scope="messages:write", request=NewBatch, rerun_safe=True,  # each item's key is on its message row
     ok={207: Body(BatchAccepted, "Each message's outcome by its index: an id and status, or an error naming its field "
                                  "(`messages[3].to`); the valid ones are accepted even when others are refused.")},
 )

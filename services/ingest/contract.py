@@ -50,6 +50,8 @@ ERROR_TEXT = {
     422: "A field is invalid; `error.field` names it.",
     429: ("Over the API rate limit of this API key or of its workspace (`rate_limited`); retry after `Retry-After` "
           "seconds. `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` describe the limit that refused."),
+    500: ("With an Idempotency-Key: the first request with it failed after storing part of its work, or stopped before "
+          "answering (`incomplete`); what it stored stands, and the key answers this from now on."),
     502: "The provider's gateway answered with something that is not passed on (not the kind asked for, or from a refused address).",
     503: "The database is unavailable; retry after `Retry-After` seconds.",
 }
@@ -117,7 +119,7 @@ def operation(bp: Blueprint | Flask, method: str, path: str, *, summary: str, ok
               errors: Iterable[int] = (), scope: str | None = None, request: type[BaseModel] | None = None,
               request_media: str = JSON, headers: Iterable[dict[str, Any]] = (),
               uses_database: bool = True, text_params: dict[str, dict[str, Any]] | None = None,
-              ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+              rerun_safe: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Declare an operation and route it.
 
     Parameters:
@@ -128,6 +130,9 @@ def operation(bp: Blueprint | Flask, method: str, path: str, *, summary: str, ok
       errors: the error statuses the view itself answers with (others follow from the declaration).
       scope: the API key scope required; None for an unauthenticated endpoint.
       request: the body model; a JSON one is validated and passed to the view as ``body``.
+      rerun_safe: an authenticated POST whose view may run again for an Idempotency-Key whose
+        first request died mid-way: what it stores carries the key and is found again (messages).
+        Any other such view is not run again; the key answers 500 ``incomplete``.
     """
     full_path = (getattr(bp, "url_prefix", None) or "") + path
     idempotent = method == "POST" and scope is not None  # a workspace to keep the key in
@@ -135,7 +140,7 @@ def operation(bp: Blueprint | Flask, method: str, path: str, *, summary: str, ok
     if scope:
         statuses |= {401, 403, 429}
     if idempotent:
-        statuses |= {400, 409}  # 400: a malformed Idempotency-Key
+        statuses |= {400, 409, 500}  # 400: a malformed Idempotency-Key; 500: incomplete
     if method == "POST" or request is not None:  # bounds.limit_body refuses any method's oversized body
         statuses.add(413)
     if request is not None and request_media == JSON:
@@ -144,7 +149,7 @@ def operation(bp: Blueprint | Flask, method: str, path: str, *, summary: str, ok
         statuses.add(503)
     responses = dict(ok) | {s: Body(ErrorResponse, ERROR_TEXT[s], headers=ERROR_HEADERS.get(s, {})) for s in sorted(statuses)}
     if idempotent:  # what the view answered may come back as a replay
-        replayable = set(ok) | set(errors) | {409, 422}
+        replayable = set(ok) | set(errors) | {409, 422, 500}
         responses = {s: replace(b, headers={**b.headers, **REPLAYED}) if s in replayable else b for s, b in responses.items()}
         headers = (*headers, idempotency_key())
     text_params = text_params or {}
@@ -170,7 +175,7 @@ def operation(bp: Blueprint | Flask, method: str, path: str, *, summary: str, ok
             if request is not None and request_media == JSON:
                 kwargs["body"] = validate(request, bounds.read_json())
             if idempotent:
-                return idempotency.run_once(lambda: view(**kwargs))
+                return idempotency.run_once(lambda: view(**kwargs), rerun_safe)
             return view(**kwargs)
 
         rule = _PATH_PARAM.sub(lambda m: f"<{m.group(1)}>" if m.group(1) in text_params else f"<int:{m.group(1)}>", path)

@@ -180,15 +180,23 @@ def release(held: Claim) -> None:
         log.warning("could not release an Idempotency-Key claim; it ends with its lease")
 
 
-def run_once(view: Callable[[], ResponseReturnValue]) -> ResponseReturnValue:
+def run_once(view: Callable[[], ResponseReturnValue], rerun_safe: bool = False) -> ResponseReturnValue:
     """Run ``view`` under the request's Idempotency-Key, if it has one (``g.idempotency`` is the
-    claim while it runs); without a key, just run it."""
+    claim while it runs); without a key, just run it. A claim taken over from a request that died
+    mid-way runs the view again only when it is ``rerun_safe`` (what it stores carries the key and
+    is found again); otherwise what the dead request did is unknown, and running it again could
+    do it twice (a second campaign), so the key's answer is 500 ``incomplete``."""
     key = requested_key()
     if key is None:
         return view()
     outcome = claim(g.workspace_id, key, fingerprint(), lease_seconds())
     if isinstance(outcome, Response):
         return outcome
+    if not outcome.fresh and not rerun_safe:
+        response = make_response(error(500, "incomplete", f"the first request with this {HEADER} stopped before it "
+                                       "answered; what it stored, if anything, stands: look before repeating it under a new key"))
+        store(outcome, response)
+        return response
     g.idempotency = outcome
     before = connection.commits()
     try:
