@@ -50,6 +50,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("POSTROOM_MAX_WEBHOOK_BYTES", int, 65536, "Largest provider webhook body; a larger one gets 413."),
     Setting("POSTROOM_MAX_JSON_DEPTH", int, 32, "Deepest JSON nesting accepted in a request body; deeper gets 400."),
     Setting("POSTROOM_IDEMPOTENCY_TTL_SECONDS", float, 86400.0, "How long an API request's `Idempotency-Key` is remembered (its answer replayed, its message found again); after it the same key is a new request."),
+    Setting("POSTROOM_IDEMPOTENCY_LEASE_SECONDS", float, 60.0, "How long a request holds its `Idempotency-Key` before another request with the key may take it over (its process died mid-request); a repeat meanwhile gets 409 `idempotency_in_progress`. Keep it above the longest request; bulk routes (campaigns, imports, batches) hold at least three times POSTROOM_CAMPAIGN_DB_TIMEOUT_SECONDS."),
     Setting("POSTROOM_API_KEY_RATE_PER_SECOND", float, 1000.0, "API requests per second one API key may make (refilled continuously); over it the API answers 429 with Retry-After. 0: no limit per key."),
     Setting("POSTROOM_API_KEY_BURST", int, 2000, "API requests one key may make at once after being idle (the bucket's size)."),
     Setting("POSTROOM_API_WORKSPACE_RATE_PER_SECOND", float, 2000.0, "API requests per second all keys of one workspace may make together. 0: no limit per workspace."),
@@ -141,6 +142,7 @@ class Settings:
     postroom_max_webhook_bytes: int
     postroom_max_json_depth: int
     postroom_idempotency_ttl_seconds: float
+    postroom_idempotency_lease_seconds: float
     postroom_api_key_rate_per_second: float
     postroom_api_key_burst: int
     postroom_api_workspace_rate_per_second: float

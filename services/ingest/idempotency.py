@@ -52,19 +52,16 @@ MAX_KEY = 255
 # The message keys postroom gives recurring occurrences and sequence steps (``common.intake``): a
 # client's key that looked like one could take an occurrence's place.
 RESERVED_PREFIXES = ("sched:", "enrol:")
-# Longer than a request runs: a running claim older than this was left by a process that died, or
-# one that could not release it because the database went away mid-request. An ordinary request's
-# statements give up after POSTROOM_API_DB_TIMEOUT_SECONDS; a bulk one (a campaign, a page of
-# recipients, a contact import, a batch: the routes with the larger body limit) may run several
-# statements of up to POSTROOM_CAMPAIGN_DB_TIMEOUT_SECONDS each, so its lease is longer.
-LEASE_SECONDS = 60.0
-
-
 def lease_seconds() -> float:
-    """The lease of this request's claim."""
+    """How long this request holds its claim: longer than it runs. A claim older than this was
+    left by a process that died, or one that could not release it because the database went away
+    mid-request. An ordinary request's statements give up after POSTROOM_API_DB_TIMEOUT_SECONDS; a
+    bulk one (a campaign, a page of recipients, a contact import, a batch: the routes with the
+    larger body limit) may run several of up to POSTROOM_CAMPAIGN_DB_TIMEOUT_SECONDS each."""
+    lease = settings.postroom_idempotency_lease_seconds
     if bounds.body_limit(request.path) > settings.postroom_max_request_bytes:
-        return max(LEASE_SECONDS, 3 * settings.postroom_campaign_db_timeout_seconds)
-    return LEASE_SECONDS
+        return max(lease, 3 * settings.postroom_campaign_db_timeout_seconds)
+    return lease
 # Headers of the view's answer that are its own (not hop-by-hop or recomputed on replay).
 _NOT_STORED = ("content-length", "date", "server", "connection", "transfer-encoding")
 
@@ -123,7 +120,7 @@ def fingerprint() -> str:
     return digest.hexdigest()
 
 
-def claim(workspace_id: int, key: str, fp: str, lease: float = LEASE_SECONDS) -> Claim | Response:
+def claim(workspace_id: int, key: str, fp: str, lease: float | None = None) -> Claim | Response:
     """Claim ``key`` for this request, or the answer it gets instead (a replay).
 
     Raises:
@@ -131,7 +128,7 @@ def claim(workspace_id: int, key: str, fp: str, lease: float = LEASE_SECONDS) ->
         ``idempotency_in_progress`` (the first request with it is still running).
     """
     token = str(uuid.uuid4())
-    params = {"ws": workspace_id, "key": key, "fp": fp, "claim": token, "lease": lease,
+    params = {"ws": workspace_id, "key": key, "fp": fp, "claim": token, "lease": settings.postroom_idempotency_lease_seconds if lease is None else lease,
               "ttl": settings.postroom_idempotency_ttl_seconds}
     for _ in range(3):  # a row deleted between the two statements: claim again
         with transaction(single_statement=True):

@@ -62,6 +62,9 @@ CHAOS_SETTINGS = {
     # and its own control requests wait past theirs. 64 per lane keep it a fast provider, which is
     # what the run needs: it measures faults of the pipeline, not of the imitation.
     "POSTROOM_SENDER_CONCURRENCY": "64",
+    # An ingest worker killed mid-request leaves its Idempotency-Key claim running: the client's
+    # repeats wait it out (409) and take it over after 10 s, not the production minute.
+    "POSTROOM_IDEMPOTENCY_LEASE_SECONDS": "10",
     "POSTROOM_LOG_LEVEL": "WARNING",
     "POSTROOM_ENV": "development",
 }
@@ -151,6 +154,27 @@ class ChaosStack:
             return None
         self.kills.append(name)
         return name
+
+    def kill_ingest_worker(self) -> int | None:
+        """SIGKILL one of ingest's gunicorn workers, mid-request as likely as not (its arbiter
+        starts another); returns its pid. Requests it held die unanswered, their Idempotency-Key
+        claims left running until their lease ends."""
+        popen = self.stack.processes.get("ingest")
+        if popen is None or popen.poll() is not None:
+            return None
+        try:
+            workers = psutil.Process(popen.pid).children()
+        except psutil.NoSuchProcess:
+            return None
+        if not workers:
+            return None
+        victim = self._random.choice(workers)
+        try:
+            victim.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            return None
+        self.kills.append("ingest")
+        return victim.pid
 
     # -- Redis and PostgreSQL -------------------------------------------------------------
     def _server(self, name: str) -> localinfra.LocalServer:

@@ -85,6 +85,20 @@ def kill_workers(cs: ChaosStack, traffic: Traffic, p: Params) -> tuple[Window, l
                           f"restarts by the supervisor: {_counts(restarts) or 'none seen'}"]
 
 
+def kill_ingest(cs: ChaosStack, traffic: Traffic, p: Params) -> tuple[Window, list[str]]:
+    """SIGKILL an ingest worker every ``kill_every`` s for ``kill_seconds``: requests die without an
+    answer, the client repeats them with the same Idempotency-Key, waits out the dead claim's lease
+    (409 idempotency_in_progress) and then gets the message the dead request made, or makes it."""
+    start = time.monotonic()
+    killed = 0
+    while time.monotonic() - start < p.kill_seconds and not traffic.finished.is_set():
+        if cs.kill_ingest_worker() is not None:
+            killed += 1
+        _wait_until(time.monotonic() + p.kill_every)
+    end = time.monotonic()
+    return (start, end), [f"killed {killed} ingest workers mid-traffic"]
+
+
 def flush_redis(cs: ChaosStack, traffic: Traffic, p: Params) -> tuple[Window, list[str]]:
     _wait_until(time.monotonic() + p.fault_at)
     moment = time.monotonic()
@@ -157,6 +171,7 @@ def cut_connections(cs: ChaosStack, traffic: Traffic, p: Params) -> tuple[Window
 
 SCENARIOS: dict[str, tuple[str, Fault]] = {
     "kill": ("SIGKILL a worker every 2 s", kill_workers),
+    "ingest-kill": ("SIGKILL an ingest worker every 2 s", kill_ingest),
     "flush": ("Redis FLUSHALL mid-run", flush_redis),
     "redis-restart": ("Redis restart mid-run", restart_server("redis")),
     "pg-restart": ("PostgreSQL restart mid-run", restart_server("postgres")),
@@ -168,7 +183,7 @@ SCENARIOS: dict[str, tuple[str, Fault]] = {
 
 def _spread(name: str, p: Params) -> float:
     """Post for at least as long as the fault lasts, so requests meet it."""
-    if name == "kill":
+    if name in ("kill", "ingest-kill"):
         return p.spread_seconds
     if name in ("provider", "drop"):
         return max(p.spread_seconds, p.provider_seconds * 0.8)
