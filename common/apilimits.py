@@ -105,10 +105,9 @@ def _redis() -> Any:
     global _client, _script
     with _lock:
         if _client is None:
-            _client = redis.Redis.from_url(settings.redis_url or "redis://127.0.0.1:6379/0",
-                                           socket_timeout=min(TIMEOUT_SECONDS, settings.postroom_redis_timeout_seconds),
-                                           socket_connect_timeout=min(TIMEOUT_SECONDS, settings.postroom_redis_timeout_seconds),
-                                           health_check_interval=30, retry_on_timeout=False)
+            from common.broker import redis_client
+
+            _client = redis_client(settings.redis_url or "redis://127.0.0.1:6379/0", TIMEOUT_SECONDS)
             _script = _client.register_script(_SCRIPT)  # EVALSHA: the script is sent once
         return _script
 

@@ -170,10 +170,11 @@ def build_broker(redis_url: str) -> RedisBroker:
     return WakingRedisBroker(client=redis_client(redis_url), middleware=middleware, heartbeat_timeout=HEARTBEAT_TIMEOUT_MS)
 
 
-def redis_client(url: str) -> redis.Redis:
-    """A Redis client that fails fast instead of hanging: connect and socket timeouts, and a
-    health check that notices a connection a restart closed."""
-    timeout = settings.postroom_redis_timeout_seconds
+def redis_client(url: str, timeout: float | None = None) -> redis.Redis:
+    """A Redis client that fails fast instead of hanging: connect and socket timeouts
+    (POSTROOM_REDIS_TIMEOUT_SECONDS, or ``timeout`` when shorter), and a health check that notices
+    a connection a restart closed."""
+    timeout = min(settings.postroom_redis_timeout_seconds, timeout or float("inf"))
     return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=min(timeout, 2.0),
                                 health_check_interval=30, retry_on_timeout=False)
 

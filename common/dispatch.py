@@ -75,10 +75,14 @@ def by_lane(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, str], list[int]]:
     return groups
 
 
-def hand_on(stage: str | None, moved: Sequence[dict[str, Any]]) -> None:
-    """Enqueue moved messages for ``stage`` by lane; ``stage=None`` sends each to its channel's sender."""
+def hand_on(stage: str | None, moved: Sequence[dict[str, Any]], *, committed: bool = False) -> None:
+    """Enqueue moved messages for ``stage`` by lane; ``stage=None`` sends each to its channel's sender.
+    ``committed``: an API request's committed work, whose broker failure is logged, not raised."""
     for (lane, channel), ids in by_lane(moved).items():
-        to_stage(stage or channel, lane, ids)
+        if committed:
+            committed_to_stage(stage or channel, lane, ids)
+        else:
+            to_stage(stage or channel, lane, ids)
 
 
 def to_waiting_stages(rows: Sequence[dict[str, Any]], *, committed: bool = False) -> None:
@@ -86,13 +90,7 @@ def to_waiting_stages(rows: Sequence[dict[str, Any]], *, committed: bool = False
     status waits for (``lifecycle.WAITING_FOR``): the reconciler's re-drives and a resumed campaign.
     ``committed``: for an API request's committed work, a broker failure is logged, not raised."""
     for status, stage in lifecycle.WAITING_FOR.items():
-        waiting = [r for r in rows if r["status"] == status]
-        for (lane, channel), ids in by_lane(waiting).items():
-            target = channel if stage == "sender" else stage
-            if committed:
-                committed_to_stage(target, lane, ids)
-            else:
-                to_stage(target, lane, ids)
+        hand_on(None if stage == "sender" else stage, [r for r in rows if r["status"] == status], committed=committed)
 
 
 class Coalescer:

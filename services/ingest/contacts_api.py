@@ -8,14 +8,13 @@ messages' are, so a contact's ``sms`` address is the ``to`` of the messages sent
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from typing import Annotated, Any
 
 from flask import Blueprint, Response, g, jsonify, request
 from pydantic import Field, StrictStr, TypeAdapter, ValidationError
 
+from common import cursors
 from common.config import settings
 from common.db.connection import longer_deadline, transaction
 from services.ingest import contact_input, contacts
@@ -46,7 +45,7 @@ MAX_PAGE = 1000
 DEFAULT_PAGE = 100
 MAX_ATTRIBUTE_FILTERS = 20
 LIST_PARAMS = ("cursor", "limit", "tag", "attribute", "channel", "address")
-_CURSOR = b"contact:"
+_CURSOR = "contact"
 _TAG = TypeAdapter(ContactTag)
 _ADDRESS = TypeAdapter(Address)
 _VALUE = TypeAdapter(Annotated[StrictStr, Field(max_length=1000), MultiLine])
@@ -117,20 +116,19 @@ def list_contacts() -> tuple[Response, int]:
 
 def cursor_of(contact_id: int) -> str:
     """An opaque cursor: the last contact's id, which the next page starts after."""
-    return base64.urlsafe_b64encode(_CURSOR + str(contact_id).encode()).rstrip(b"=").decode()
+    return cursors.encode([_CURSOR, contact_id])
 
 
 def _cursor(raw: str | None) -> int:
     if raw is None:
         return 0
     try:
-        decoded = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))
-    except (binascii.Error, ValueError):
-        decoded = b""
-    digits = decoded.removeprefix(_CURSOR)
-    if not decoded.startswith(_CURSOR) or not digits.isdigit() or len(digits) > 18:
+        kind, contact_id = cursors.decode(raw)
+    except (cursors.BadCursor, ValueError):
+        kind = contact_id = None
+    if kind != _CURSOR or not isinstance(contact_id, int) or not 0 <= contact_id < 2**63:
         raise _invalid("cursor", "cursor must be a next_cursor this API returned")
-    return int(digits)
+    return contact_id
 
 
 def _tags() -> list[str]:

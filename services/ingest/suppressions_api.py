@@ -15,7 +15,7 @@ from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request
 
-from common import suppression
+from common import cursors, suppression
 from common.db.connection import transaction
 from services.ingest import outgoing
 from services.ingest.contract import Body, operation, query
@@ -102,7 +102,7 @@ def list_suppressions() -> tuple[Response, int]:
     if (cursor := request.args.get("cursor")) is not None:
         try:
             after = suppression.parse_cursor(cursor)
-        except suppression.BadCursor:
+        except cursors.BadCursor:
             raise ApiError(422, "invalid_request", "cursor must be a next_cursor this API returned", "cursor") from None
     with transaction():
         found = suppression.page(g.workspace_id, channel=channel, addresses=addresses, reason=reason, limit=limit, after=after)
