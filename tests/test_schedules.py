@@ -255,7 +255,8 @@ def test_racing_scheduler_replicas_materialise_each_occurrence_once(api, workspa
 
 def test_a_paused_schedule_produces_nothing_and_its_materialised_occurrence_is_cancelled(api, workspace):
     auth = workspace["auth"]
-    soon = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=30)
+    # half a minute from a cron minute: the 5 s window read below holds one occurrence, never two
+    soon = (datetime.now(UTC) + timedelta(minutes=1)).replace(second=30, microsecond=0)
     made = create(api, workspace).get_json()["id"]
     idle = create(api, workspace).get_json()["id"]
     due_at(made, soon)
