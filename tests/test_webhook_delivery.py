@@ -15,7 +15,7 @@ import requests
 
 from common import crypto, events, lifecycle, signing
 from common.config import settings
-from common.db.connection import fetch, fetch_dicts, transaction
+from common.db.connection import DatabaseUnavailable, fetch, fetch_dicts, transaction
 from common.providers import config as channel_config
 from services.scheduler import webhooks as duties
 from services.webhooks import delivery, fanout
@@ -110,6 +110,26 @@ def test_internal_addresses_are_refused_again_at_dial_time(workspace, no_loopbac
         assert row["status"] == "pending" and row["failures"] == 1, url  # the next step of the schedule
         assert row["errors"][0].startswith("refused: ") and "address" in row["errors"][0], row["errors"]
     assert listener["connections"] == 0  # no request left for any of them
+
+
+def test_a_claim_that_fails_gives_its_call_slots_back(workspace, sandbox, broker, monkeypatch):
+    # Given an endpoint with a delivery, and PostgreSQL gone just as the loop claims it
+    requests.put(f"{sandbox.url}/sandbox/receivers/slots", json={}, timeout=5).raise_for_status()
+    endpoint_id = endpoint_row(workspace["id"], f"{sandbox.url}/receiver/slots")
+    delivery_row(workspace["id"], endpoint_id)
+    free = delivery._calls._value  # type: ignore[attr-defined]
+
+    def gone(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        raise DatabaseUnavailable("database unavailable: Connection refused")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(delivery, "claim", gone)
+        with pytest.raises(DatabaseUnavailable):
+            delivery.work_endpoint(endpoint_id, "urgent")
+    # Then the process's call slots are all free again, and the next run delivers
+    assert delivery._calls._value == free  # type: ignore[attr-defined]
+    delivery.work_endpoint(endpoint_id, "urgent")
+    assert [d["status"] for d in deliveries(endpoint_id)] == ["succeeded"]
 
 
 def test_the_guard_lets_configured_networks_through(workspace, sandbox, broker):

@@ -170,13 +170,17 @@ def work_endpoint(endpoint_id: int, lane: str, *, budget: float = LOOP_BUDGET_SE
                 if not held and not in_flight:
                     continue  # every call slot of the process is busy: wait again (until the budget ends)
                 granted = held
-                if held and target.rate_limit_per_second > 0:
-                    granted, wait = ratelimit.take_tokens(RATE_PROVIDER, str(endpoint_id), target.rate_limit_per_second, held)
-                    if not granted and not in_flight:
-                        _release_slots(held)
-                        time.sleep(min(wait, 1.0))
-                        continue
-                claimed = claim(endpoint_id, granted) if granted else []
+                try:
+                    if held and target.rate_limit_per_second > 0:
+                        granted, wait = ratelimit.take_tokens(RATE_PROVIDER, str(endpoint_id), target.rate_limit_per_second, held)
+                        if not granted and not in_flight:
+                            _release_slots(held)
+                            time.sleep(min(wait, 1.0))
+                            continue
+                    claimed = claim(endpoint_id, granted) if granted else []
+                except BaseException:  # Redis or PostgreSQL gone mid-claim: the slots go back, or they leak for good
+                    _release_slots(held)
+                    raise
                 _release_slots(held - len(claimed))
                 if claimed and claimed[0]["endpoint_updated_at"] != target.updated_at:
                     forget(endpoint_id)  # changed since cached: sign and send with what it is now
