@@ -255,8 +255,10 @@ def test_racing_scheduler_replicas_materialise_each_occurrence_once(api, workspa
 
 def test_a_paused_schedule_produces_nothing_and_its_materialised_occurrence_is_cancelled(api, workspace):
     auth = workspace["auth"]
-    # half a minute from a cron minute: the 5 s window read below holds one occurrence, never two
-    soon = (datetime.now(UTC) + timedelta(minutes=1)).replace(second=30, microsecond=0)
+    # 20-40 s ahead, so within the window that pausing cancels in, and at least 10 s from a cron
+    # minute, so the 5 s window read below holds one occurrence, never two
+    soon = (datetime.now(UTC) + timedelta(seconds=30)).replace(microsecond=0)
+    soon = soon.replace(second=min(max(soon.second, 10), 50))
     made = create(api, workspace).get_json()["id"]
     idle = create(api, workspace).get_json()["id"]
     due_at(made, soon)
