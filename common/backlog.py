@@ -15,12 +15,13 @@ it cannot say how long a row has waited) and its due time.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import dramatiq
 import redis
+from psycopg2.extras import Json
 
 from common import dispatch, events, lifecycle
 from common.broker import LANES, queue_name
@@ -42,17 +43,20 @@ SELECT status, priority, channel,
                 FILTER (WHERE status <> 'sending' AND (due_at IS NULL OR due_at <= now())))) AS oldest
 FROM message
 WHERE status IN ('accepted', 'queued', 'routed', 'sending') AND (%(ws)s::bigint IS NULL OR workspace_id = %(ws)s)
+  AND (%(tags)s::jsonb IS NULL OR tags @> %(tags)s::jsonb)
 GROUP BY status, priority, channel
 UNION ALL
 SELECT status, priority, channel, count(*), 0, greatest(0, extract(epoch FROM now() - min(due_at)))
 FROM message
 WHERE status = 'scheduled' AND due_at <= now() AND (%(ws)s::bigint IS NULL OR workspace_id = %(ws)s)
+  AND (%(tags)s::jsonb IS NULL OR tags @> %(tags)s::jsonb)
 GROUP BY status, priority, channel
 """
 
 _SCHEDULED_LATER = """
 SELECT priority, count(*) AS n FROM message
 WHERE status = 'scheduled' AND due_at > now() AND (%(ws)s::bigint IS NULL OR workspace_id = %(ws)s)
+  AND (%(tags)s::jsonb IS NULL OR tags @> %(tags)s::jsonb)
 GROUP BY priority
 """
 
@@ -67,17 +71,19 @@ SELECT e.status, m.priority, m.channel,
            ORDER BY p.id DESC LIMIT 1) END AS failed_from,
        count(*) AS n
 FROM message_event e JOIN message m ON m.id = e.message_id
-WHERE e.at > now() - interval '1 hour'
+WHERE e.at > now() - make_interval(secs => %(window)s)
   AND (e.status IN ('queued', 'sent', 'failed') OR (e.status = 'routed' AND NOT e.detail ? 'error_code'))
   AND (%(ws)s::bigint IS NULL OR m.workspace_id = %(ws)s)
+  AND (%(tags)s::jsonb IS NULL OR m.tags @> %(tags)s::jsonb)
 GROUP BY 1, 2, 3, 4
 UNION ALL
 -- A campaign message's plain routed step writes no history row (common.lifecycle.COMPACT_STEPS):
 -- routing's campaign work is what the campaigns' counters saw enter routed (kept unfolded for an hour).
 SELECT 'routed', c.priority, c.message->>'channel', NULL, sum(t.n)
 FROM campaign_tally t JOIN campaign c ON c.id = t.campaign_id
-WHERE t.status = 'routed' AND t.n > 0 AND t.at > now() - interval '1 hour'
+WHERE t.status = 'routed' AND t.n > 0 AND t.at > now() - make_interval(secs => %(window)s)
   AND (%(ws)s::bigint IS NULL OR c.workspace_id = %(ws)s)
+  AND %(tags)s::jsonb IS NULL  -- the tallies hold no tags: a tag-scoped view leaves them out
 GROUP BY 1, 2, 3, 4
 """
 
@@ -104,7 +110,7 @@ GROUP BY rank
 
 _WEBHOOKS_FINISHED = """
 SELECT rank, status, count(*) AS n FROM webhook_delivery
-WHERE finished_at > now() - interval '1 hour' AND status IN ('succeeded', 'failed')
+WHERE finished_at > now() - make_interval(secs => %(window)s) AND status IN ('succeeded', 'failed')
   AND (%(ws)s::bigint IS NULL OR workspace_id = %(ws)s)
 GROUP BY rank, status
 """
@@ -131,16 +137,27 @@ def stage_of(status: str, channel: str) -> str:
     return channel if stage == "sender" else stage
 
 
-def measure(workspace_id: int | None = None, *, scheduled: bool = True, finished: bool = True) -> dict[Key, Figures]:
+HOUR = 3600
+
+
+def measure(workspace_id: int | None = None, *, scheduled: bool = True, finished: bool = True,
+            window_seconds: int = HOUR, tags: Mapping[str, str] | None = None) -> dict[Key, Figures]:
     """Every stage and lane's figures (zero where nothing is), inside the caller's transaction.
 
     Parameters:
       workspace_id: only this workspace's messages and deliveries; None: the deployment's.
       scheduled: also count messages scheduled for later (every future one, not only the next hour).
-      finished: also count what each stage completed and failed in the last hour.
+      finished: also count what each stage completed and failed in the last ``window_seconds``
+        (the ``*_last_hour`` figures then cover that window; at most an hour, which is as long as
+        the campaigns' routed tallies stay unfolded).
+      tags: only messages whose tags include all of these names and values (a compatibility
+        route's own messages); webhook deliveries and campaign tallies carry no tags and are
+        then left out.
     """
+    if not 0 < window_seconds <= HOUR:
+        raise ValueError(f"window_seconds must be 1..{HOUR}, not {window_seconds}")
     figures = {(stage, lane): Figures() for stage in WAITED_ON for lane in LANES}
-    ws = {"ws": workspace_id}
+    ws = {"ws": workspace_id, "window": window_seconds, "tags": Json(dict(tags)) if tags else None}
 
     def at(stage: str, lane: str) -> Figures | None:
         return figures.get((stage, lane))  # None: a channel without a sender stage
@@ -163,6 +180,8 @@ def measure(workspace_id: int | None = None, *, scheduled: bool = True, finished
     if finished:
         for row in fetch_dicts(_FINISHED, ws):
             _count_finished(at, row)
+    if tags:
+        return figures
     for rank, kind, n, oldest in fetch(_WEBHOOKS, ws):
         if (f := at("webhooks", WEBHOOK_LANES.get(rank, "bulk"))) is None:
             continue

@@ -36,6 +36,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("POSTROOM_SANDBOX_HOST", str, "127.0.0.1", "Address the provider sandbox binds to."),
     Setting("POSTROOM_SANDBOX_PORT", int, 8100, "Port of the provider sandbox."),
     Setting("POSTROOM_SANDBOX_LATENCY_MS", int, 0, "Latency the sandbox adds to every provider call (real providers answer in 100-300 ms)."),
+    Setting("POSTROOM_SANDBOX_WHATSAPP_WEBHOOK_PATH", str, "/webhooks/whatsapp_cloud", "Path on POSTROOM_PUBLIC_URL the sandbox posts its signed WhatsApp Cloud webhooks to (what a Meta app's webhook URL says); `/api/webhooks/whatsapp/status` is the S1 compatibility path."),
     Setting("POSTROOM_METRICS_HOST", str, "127.0.0.1", "Address worker services and the scheduler serve /metrics on (0.0.0.0 in containers)."),
     Setting("POSTROOM_METRICS_PORT_BASE", int, 9191, "Worker services expose /metrics on consecutive ports from this one in local runs."),
     Setting("POSTROOM_SECRET_KEY", str, "dev-only-secret-change-me", "Key that encrypts provider credentials at rest. Set a long random value in production."),
@@ -128,6 +129,7 @@ class Settings:
     postroom_sandbox_host: str
     postroom_sandbox_port: int
     postroom_sandbox_latency_ms: int
+    postroom_sandbox_whatsapp_webhook_path: str
     postroom_metrics_host: str
     postroom_metrics_port_base: int
     postroom_secret_key: str

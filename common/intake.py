@@ -31,11 +31,15 @@ from common.db.connection import fetch, fetch_dicts
 # The scheduler LISTENs on it: a message or a schedule is due sooner than it planned for.
 SCHEDULED_CHANNEL = "postroom_scheduled"
 
-# The natural key: the workspace's unique tag names with this message's values, as canonical JSON
-# (only when the tags are an object holding every one of those names).
-NATURAL_KEY = """CASE WHEN jsonb_typeof(%(tags)s::jsonb) = 'object' AND cardinality(w.unique_tags) > 0
-                   AND %(tags)s::jsonb ?& w.unique_tags
-              THEN (SELECT jsonb_object_agg(k, %(tags)s::jsonb -> k) FROM unnest(w.unique_tags) k)::text END"""
+# The natural key: the unique tag names (the message's own ``unique_tags`` when it has them, else
+# the workspace's) with this message's values, as canonical JSON (only when the tags are an object
+# holding every one of those names). The names are in the key, so a key made from the message's
+# own names and one from the workspace's never collide unless they name the same tags.
+NATURAL_KEY = """CASE WHEN jsonb_typeof(%(tags)s::jsonb) = 'object'
+                   AND cardinality(coalesce(%(unique)s::text[], w.unique_tags)) > 0
+                   AND %(tags)s::jsonb ?& coalesce(%(unique)s::text[], w.unique_tags)
+              THEN (SELECT jsonb_object_agg(k, %(tags)s::jsonb -> k)
+                    FROM unnest(coalesce(%(unique)s::text[], w.unique_tags)) k)::text END"""
 
 # What every new message row (the ``ins`` CTE) also writes: its first history row, and its event
 # for the workspace's subscribed endpoints.
@@ -94,6 +98,7 @@ def insert(workspace_id: int, content: Mapping[str, Any], idempotency_key: str |
         "content": Json(content.get("content") or {}), "routes": Json(content["routes"]) if content.get("routes") else None,
         "encoding": content.get("encoding"), "template_id": content.get("template_id"),
         "variables": Json(content["variables"]) if content.get("variables") is not None else None,
+        "unique": unique_tags(content),
     }, prepared=True)
     if not rows:
         return None
@@ -123,9 +128,10 @@ _ITEMS = """
     SELECT i.*, nextval('message_id_seq') AS id  -- the id known up front: each row maps back to its item
     FROM jsonb_to_recordset(%(items)s::jsonb) AS i(
         n int, channel text, to_addr text, from_addr text, body text, status text, priority text, key text, hash text, tags jsonb,
-        due timestamptz, quiet_hours text, content jsonb, routes jsonb, encoding text, template_id bigint, variables jsonb)
+        due timestamptz, quiet_hours text, content jsonb, routes jsonb, encoding text, template_id bigint, variables jsonb,
+        unique_tags text[])
 """
-_ITEM_NATURAL_KEY = NATURAL_KEY.replace("%(tags)s::jsonb", "i.tags")
+_ITEM_NATURAL_KEY = NATURAL_KEY.replace("%(tags)s::jsonb", "i.tags").replace("%(unique)s::text[]", "i.unique_tags")
 ACCEPT_MANY = """
 WITH items AS (""" + _ITEMS + """
 ), ins AS (
@@ -164,13 +170,19 @@ def insert_many(workspace_id: int, rows: Sequence[tuple[Mapping[str, Any], str |
         "hash": request_hash(c) if key is not None else None,
         "tags": c.get("tags", []), "due": due.isoformat() if due else None, "quiet_hours": c.get("quiet_hours"),
         "content": c.get("content") or {}, "routes": c.get("routes") or None, "encoding": c.get("encoding"),
-        "template_id": c.get("template_id"), "variables": c.get("variables"),
+        "template_id": c.get("template_id"), "variables": c.get("variables"), "unique_tags": unique_tags(c),
     } for n, (c, key, due) in enumerate(rows)]
     items = [{k: v for k, v in item.items() if v is not None} for item in items]  # absent: SQL NULL, never JSON null
     found = fetch_dicts(ACCEPT_MANY, {"ws": workspace_id, "items": Json(items)})
     for status in ("accepted", "scheduled"):
         metrics.count_transitions(status, [items[r["n"]]["channel"] for r in found if r["id"] is not None and r["status"] == status])
     return found
+
+
+def unique_tags(content: Mapping[str, Any]) -> list[str] | None:
+    """The message's own unique tag names (``NewMessage.unique_tags``), or None: the workspace's apply."""
+    names = content.get("unique_tags")
+    return list(names) if names else None
 
 
 # What makes two requests for a message the same request (the fields outgoing.resolve produced).

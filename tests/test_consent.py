@@ -181,7 +181,8 @@ def test_a_stop_through_a_qr_session_suppresses_the_sender_on_whatsapp_qr(worksp
 
 def test_help_is_answered_once_with_the_help_text_and_not_at_all_without_one(api, workspace, sandbox, broker):
     # Given a workspace with a help text
-    assert set_settings(api, workspace, help_text=HELP_TEXT) == {"help_text": HELP_TEXT, "urgent_bypasses_opt_out": False}
+    assert set_settings(api, workspace, help_text=HELP_TEXT) == {"help_text": HELP_TEXT, "urgent_bypasses_opt_out": False,
+                                                                  "compat_identities": []}
     asker = fictional(7)
     with running_workers(broker):
         # When a customer texts HELP, and Twilio delivers the webhook twice
@@ -367,14 +368,16 @@ def test_delete_lifts_an_entry_whatever_its_reason_and_is_404_when_not_suppresse
 
 def test_workspace_settings_default_off_and_refuse_bad_values(api, workspace):
     auth = workspace["auth"]
-    assert api.get("/v1/workspace/settings", headers=auth).get_json() == {"help_text": None, "urgent_bypasses_opt_out": False}
+    assert api.get("/v1/workspace/settings", headers=auth).get_json() == {"help_text": None, "urgent_bypasses_opt_out": False,
+                                                                            "compat_identities": []}
     for bad, field in (({"urgent_bypasses_opt_out": "yes"}, "urgent_bypasses_opt_out"),
                        ({"urgent_bypasses_opt_out": None}, "urgent_bypasses_opt_out"),
                        ({"help_text": ""}, "help_text"), ({"help_text": "a\x00b"}, "help_text"),
                        ({"help_text": "x" * 1601}, "help_text"), ({"theme": "dark"}, "theme")):
         response = api.patch("/v1/workspace/settings", json=bad, headers=auth)
         assert response.status_code == 422 and response.get_json()["error"]["field"] == field, (bad, response.get_json())
-    assert set_settings(api, workspace, urgent_bypasses_opt_out=True) == {"help_text": None, "urgent_bypasses_opt_out": True}
+    assert set_settings(api, workspace, urgent_bypasses_opt_out=True) == {"help_text": None, "urgent_bypasses_opt_out": True,
+                                                                           "compat_identities": []}
     assert set_settings(api, workspace, help_text="Line 1\nLine 2")["urgent_bypasses_opt_out"] is True  # the other stays
 
 

@@ -318,7 +318,7 @@ def test_the_import_document_shows_each_item_as_the_create_body(api):
     items = document["components"]["schemas"]["ContactImport"]["properties"]["contacts"]["items"]
     assert items == {"$ref": "#/components/schemas/NewContact"} and "NewContact" in document["components"]["schemas"]
     parameters = {p["name"] for p in document["paths"]["/v1/contacts"]["get"]["parameters"]}
-    assert parameters == {"cursor", "limit", "tag", "attribute", "channel", "address"}
+    assert parameters == {"cursor", "limit", "tag", "attribute", "channel", "address", "external_id"}
 
 
 def test_an_import_and_single_upserts_of_the_same_new_number_make_one_contact(broker, workspace):

@@ -58,6 +58,18 @@ OPERATIONS = {
     ("get", "/v1/contacts"), ("post", "/v1/contacts/import"), ("post", "/v1/contacts/import/csv"),
     ("get", "/v1/suppressions"), ("post", "/v1/suppressions"), ("delete", "/v1/suppressions"),
     ("get", "/v1/workspace/settings"), ("patch", "/v1/workspace/settings"),
+    # the compatibility routes of the five systems postroom replaces
+    ("post", "/api/schedule-sms"), ("post", "/api/schedule-email"), ("post", "/api/broadcasts/{broadcast_id}/queue"),
+    ("get", "/api/broadcasts/{broadcast_id}/status"),
+    ("post", "/api/campaigns/send"), ("get", "/api/queue/status"), ("post", "/api/queue/worker"), ("get", "/api/queue/worker"),
+    ("get", "/api/webhooks/whatsapp/status"), ("post", "/api/webhooks/whatsapp/status"),
+    ("post", "/api/trigger/send-sms"), ("post", "/api/trigger/schedule-delay"), ("post", "/api/trigger/schedule-until"),
+    ("post", "/api/trigger/cancel-job"), ("get", "/api/trigger/job-status"),
+    ("post", "/api/event-messages"), ("post", "/api/event-messages/bulk"), ("post", "/api/event-messages/{message_id}/cancel"),
+    ("post", "/api/event-messages/{message_id}/reschedule"), ("post", "/api/events/{event_id}/messages/clear"),
+    ("post", "/api/events/{event_id}/contractors/{contractor_id}/messages/clear"),
+    ("post", "/api/events/{event_id}/messages/reschedule"), ("get", "/api/event-messages/stats"),
+    ("get", "/api/event-messages/upcoming"),
     ("get", "/r/{code}"),
 }
 

@@ -9,6 +9,7 @@ too (atomic with the row), so a request re-run after its process died finds its 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint, Response, g, jsonify
@@ -45,12 +46,32 @@ api = Blueprint("api_v1", __name__, url_prefix="/v1")
 )
 def create_message(body: NewMessage) -> tuple[Response, int]:
     held = g.get("idempotency")
-    key = held.key if held is not None else None
+    answer, status = accept_one(g.workspace_id, body, held.key if held is not None else None)
+    response = jsonify(answer)
+    if status == 200:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response, status
+
+
+def accept_one(workspace_id: int, body: NewMessage, key: str | None,
+               resolve: Callable[[int, NewMessage], dict[str, Any]] = outgoing.resolve) -> tuple[dict[str, Any], int]:
+    """Accept one message as ``POST /v1/messages`` does, for it and for the compatibility routes
+    (one implementation: resolve, store under ``key``, hand on after the commit).
+
+    Returns ``(answer, 202)`` with the ``MessageAccepted`` fields for a new message, or
+    ``(answer, 200)`` with the ``MessageView`` of the message found instead: the one stored earlier
+    under ``key``, or with ``on_conflict: "return"`` the pending one with the same unique tags.
+    ``resolve`` turns the body into the row to store (``outgoing.resolve``, every check of /v1).
+
+    Raises:
+      ApiError: as ``outgoing.resolve``; 409 ``idempotency_conflict`` (``key`` names another
+        message) or ``duplicate`` (a pending twin, without ``on_conflict: "return"``).
+    """
     due = due_time(body.send_at, body.timezone, body.delay_seconds)
     with transaction():
-        new = outgoing.resolve(g.workspace_id, body)
+        new = resolve(workspace_id, body)
         try:
-            accepted = messages.accept(g.workspace_id, new, key, due.at)
+            accepted = messages.accept(workspace_id, new, key, due.at)
         except messages.IdempotencyConflict:
             raise ApiError(409, "idempotency_conflict", "this Idempotency-Key was already used for a different message", "Idempotency-Key") from None
         except messages.Duplicate as twin:
@@ -70,12 +91,11 @@ def create_message(body: NewMessage) -> tuple[Response, int]:
             answer["channels"] = [r["channel"] for r in new["routes"]]
         if due.note:
             answer["note"] = due.note
-        return jsonify(answer), 202
+        return answer, 202
     with transaction():
-        view = messages.view(g.workspace_id, accepted.id, with_events=False)
-    response = jsonify(view)
-    response.headers["Idempotent-Replayed"] = "true"
-    return response, 200
+        view = messages.view(workspace_id, accepted.id, with_events=False)
+    assert view is not None  # found in this workspace a moment ago; messages are not deleted
+    return view, 200
 
 
 @operation(

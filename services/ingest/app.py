@@ -15,7 +15,7 @@ from flask import Flask, Response, g, request
 
 from common import metrics
 from common.db.connection import DatabaseUnavailable, release_connection
-from services.ingest import bounds
+from services.ingest import bounds, compat
 from services.ingest.api import api
 from services.ingest.campaigns_api import campaigns_api
 from services.ingest.channels_api import channels_api
@@ -62,6 +62,8 @@ def create_app() -> Flask:
     app.register_blueprint(waha_hooks)
     app.register_blueprint(whatsapp_hooks)
     app.register_blueprint(twilio_inbound)
+    for compat_routes in compat.blueprints():  # /api/...: the old clients' routes (issue 12)
+        app.register_blueprint(compat_routes)
 
     @app.before_request
     def start() -> None:

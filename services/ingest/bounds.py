@@ -25,8 +25,10 @@ _TOKENS = re.compile(rb'"(?:[^"\\]++|\\.)*+"?|[\[\]{}]', re.DOTALL)
 
 def body_limit(path: str) -> int:
     """The largest body accepted on ``path``: providers' webhooks have their own, smaller limit."""
-    if path.startswith("/webhooks/"):
+    if path.startswith("/webhooks/") or path == "/api/webhooks/whatsapp/status":  # the latter: WhatsApp's, on S1's old path
         return settings.postroom_max_webhook_bytes
+    if path in ("/api/campaigns/send", "/api/event-messages/bulk"):  # S1's recipients, S3's up to 1,000 messages
+        return settings.postroom_max_campaign_bytes
     if path == "/v1/campaigns" or (path.startswith("/v1/campaigns/") and "/recipients" in path):
         return settings.postroom_max_campaign_bytes
     if path in ("/v1/contacts/import", "/v1/contacts/import/csv"):  # up to 100,000 contacts, as a campaign's recipients

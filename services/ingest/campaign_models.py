@@ -23,6 +23,9 @@ from services.ingest.models import (
 )
 
 MAX_RECIPIENTS = 100_000
+# A campaign's id in the caller's own system (compatibility routes find campaigns by it).
+ExternalId = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$", examples=["summer-sale-2026"])]
+CAMPAIGN_ANCHORS = ("campaign_start", "broadcast_start")  # the named times a campaign's enrolments have
 # The fields of a message a campaign sends to everyone (NewMessage's, with its rules).
 CONTENT = ("channel", "channels", "body", "from_", "subject", "html", "reply_to", "attachments", "media", "template",
            "fallback_template", "context_message_id", "messaging_service_sid", "template_id", "tags", "quiet_hours",
@@ -60,6 +63,12 @@ class NewCampaign(_Content):  # type: ignore[misc, valid-type]
     send_at: SendAt | None = Field(None, description="Start at this time (RFC 3339, or local with `timezone`); left out: on start.")
     timezone: TimeZone | None = Field(None, description="IANA time zone of a local `send_at`.")
     start: bool = Field(False, description="Start at once (or at `send_at`) instead of staying a draft.")
+    external_id: ExternalId | None = Field(None, description=(
+        "The campaign's id in your own system: the compatibility routes (`/api/campaigns/send`, `/api/broadcasts/{id}`) "
+        "find the campaign by it. Several campaigns may share one."))
+    sequence_id: Annotated[int, Field(ge=1, le=2**63 - 1)] | None = Field(None, description=(
+        "Enrol every recipient in this sequence (`POST /v1/sequences`) when the campaign fans out: its steps hang on "
+        "`enrolment` (= `campaign_start`, the campaign's send time). An `sms` sequence needs a phone channel."))
 
 
 class RecipientPage(BaseModel):
@@ -74,6 +83,15 @@ class CsvRecipients(BaseModel):
     """A CSV page of recipients: a header row naming `to` or `contact_id`, the other columns variables."""
 
     model_config = ConfigDict(json_schema_extra={"type": "string", "examples": ["to,first_name\n+15005550006,Ada\n"]})
+
+
+class StartCampaign(BaseModel):
+    """``POST /v1/campaigns/{id}/start``: optionally, when (the body may be left out: now, or the draft's `send_at`)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    send_at: SendAt | None = Field(None, description="Start at this time instead (RFC 3339, or local with `timezone`); a past time starts now.")
+    timezone: TimeZone | None = Field(None, description="IANA time zone of a local `send_at`.")
 
 
 class RecipientsAdded(BaseModel):
@@ -114,6 +132,8 @@ class CampaignView(BaseModel):
     started_at: str | None
     completed_at: str | None
     template_id: int | None
+    external_id: str | None = Field(description="The campaign's id in your own system, if given.")
+    sequence_id: int | None = Field(description="The sequence its recipients are enrolled in, if any.")
     progress: Progress
 
 

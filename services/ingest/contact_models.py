@@ -36,6 +36,7 @@ Address = Annotated[str, Field(min_length=1, max_length=MAX_RECIPIENT, examples=
 Name = Annotated[str, Field(min_length=1, max_length=200), SingleLine]
 Locale = Annotated[str, Field(pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8}){0,4}$", max_length=35, examples=["en-GB"])]
 QuietWindow = Annotated[str, Field(max_length=11, examples=["21:00-08:00", "off"]), SingleLine]
+ExternalId = Annotated[str, Field(min_length=1, max_length=200, examples=["crm-4711"]), SingleLine]
 ATTRIBUTE_NAME = r"^[A-Za-z0-9_.:-]{1,64}$"
 AttributeName = Annotated[str, Field(min_length=1, max_length=64, pattern=ATTRIBUTE_NAME)]
 AttributeValue = (Annotated[StrictStr, Field(max_length=1000), MultiLine] | Annotated[StrictInt, Field(ge=-(2**53), le=2**53)]
@@ -52,6 +53,9 @@ MAX_IMPORT = 100_000
 _ADDRESSES = ("Addresses by channel: `sms`, `whatsapp_cloud` and `whatsapp_qr` (phone numbers, normalised to E.164), "
               "`email`, and `http` (the id the receiving system knows the recipient by). A message to the contact on a "
               "WhatsApp channel without its own address there uses the `sms` number.")
+_EXTERNAL_ID = ("The contact's id in your own system (1 to 200 characters), unique in the workspace; "
+                "`GET /v1/contacts?external_id=` finds the contact by it, and the compatibility routes take it where the old "
+                "systems named a contact (S0 `contactId`).")
 _TIMEZONE = "The contact's IANA time zone (quiet hours are read in it); null: the number's, else the workspace's."
 _LOCALE = "BCP 47 language tag, e.g. en-GB."
 _QUIET = ("The contact's quiet hours (`21:00-08:00`, in their zone), or `off` for none; null: the workspace's. "
@@ -70,6 +74,8 @@ class NewContact(BaseModel):
     addresses: Annotated[dict[Channel, Address], Field(min_length=1, max_length=len(CHANNELS))] = Field(description=(
         _ADDRESSES + " A contact of the workspace that has any of them is updated (the addresses given replace its "
         "address on those channels); else one is created."))
+    external_id: ExternalId | None = Field(None, description=_EXTERNAL_ID + " Given, it is set on the contact (409 when "
+                                           "another contact has it).")
     name: Name | None = None
     timezone: TimeZone | None = Field(None, description=_TIMEZONE)
     locale: Locale | None = Field(None, description=_LOCALE)
@@ -85,6 +91,7 @@ class ContactChange(BaseModel):
 
     addresses: Annotated[dict[Channel, Address | None], Field(max_length=len(CHANNELS))] | None = Field(None, description=(
         _ADDRESSES + " Each one given replaces the contact's address on that channel; null removes it."))
+    external_id: ExternalId | None = Field(None, description=_EXTERNAL_ID + " null clears it.")
     name: Name | None = None
     timezone: TimeZone | None = Field(None, description=_TIMEZONE)
     locale: Locale | None = Field(None, description=_LOCALE)
@@ -97,6 +104,7 @@ class ContactView(BaseModel):
     """A contact as the API shows it."""
 
     id: int
+    external_id: str | None = Field(description=_EXTERNAL_ID)
     addresses: dict[str, str]
     name: str | None
     timezone: str | None
@@ -131,7 +139,8 @@ class ContactImport(BaseModel):
         f"Up to {MAX_IMPORT:,} contacts, each as the body of `POST /v1/contacts`: the contact of the workspace that has "
         "any of an item's addresses is updated with the fields the item gives, else one is created. An item that is "
         "invalid, names an address of an earlier item or a contact an earlier item updates, or has addresses of two "
-        "contacts, is reported in `errors` and skipped; the others are imported."))
+        "contacts, is reported in `errors` and skipped; the others are imported. `external_id` is not imported (an item with "
+        "it is refused): set it with `POST /v1/contacts` or `PATCH /v1/contacts/{id}`."))
 
 
 class ContactCsv(BaseModel):

@@ -5,6 +5,8 @@ with filters, read, change and delete one. Every query is scoped by workspace; t
 Creating and updating by address, for one contact or an import of many, is
 ``services.ingest.contact_merge``; a change of addresses here follows its rules: an address
 belongs to one contact, and one that another request gave away meanwhile is refused, not stolen.
+A contact's ``external_id`` (its id in the caller's own system) is unique in the workspace in the
+same way, and finds it (``by_external_id``).
 """
 
 from __future__ import annotations
@@ -16,17 +18,20 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import peewee
+import psycopg2
 from psycopg2.extras import Json
 
 from common.db.connection import fetch, fetch_dicts
-from services.ingest.contact_merge import FIELDS, AddressTaken, Candidate, merge, owners_of
+from services.ingest.contact_merge import FIELDS, AddressTaken, Candidate, Refused, merge, owners_of
 
-__all__ = ["FIELDS", "AddressTaken", "Filters", "change", "delete", "get", "listing", "upsert"]
+__all__ = ["FIELDS", "AddressTaken", "ExternalIdTaken", "Filters", "by_external_id", "change", "delete", "get", "listing",
+           "set_external_id", "upsert"]
 
 # A contact's addresses by its id alone (its addresses are of its workspace: contact_address's foreign
 # key): with the workspace too, a planner without statistics yet (just after an import) would also
 # scan the workspace's part of the primary key, for each contact.
-_COLUMNS = """c.id, c.name, c.timezone, c.locale, c.quiet_hours, c.attributes, c.tags, c.created_at, c.updated_at,
+_COLUMNS = """c.id, c.external_id, c.name, c.timezone, c.locale, c.quiet_hours, c.attributes, c.tags, c.created_at, c.updated_at,
        (SELECT coalesce(jsonb_object_agg(a.channel, a.address), '{}') FROM contact_address a
         WHERE a.contact_id = c.id) AS addresses"""
 
@@ -40,6 +45,19 @@ class Filters:
     attributes: list[tuple[str, list[Any]]] = field(default_factory=list)
     channel: str | None = None
     address: str | None = None
+    external_id: str | None = None
+
+
+class ExternalIdTaken(Refused):
+    """Another contact of the workspace has this external id (it names one contact)."""
+
+    code = "external_id_taken"
+    status = 409
+
+    def __init__(self, external_id: str, owner: int | None):
+        self.owner = owner
+        whose = f"contact {owner}" if owner is not None else "another contact"
+        super().__init__(f"external_id {external_id!r} belongs to {whose}; clear it there first", "external_id")
 
 
 def attribute_values(raw: str) -> list[Any]:
@@ -77,6 +95,36 @@ def get(workspace_id: int, contact_id: int) -> dict[str, Any] | None:
     return _view(rows[0]) if rows else None
 
 
+def by_external_id(workspace_id: int, external_id: str) -> dict[str, Any] | None:
+    """The contact the caller's own system knows as ``external_id`` (unique in the workspace), or None."""
+    rows = fetch_dicts(f"SELECT {_COLUMNS} FROM contact c WHERE c.workspace_id = %s AND c.external_id = %s",
+                       (workspace_id, external_id))
+    return _view(rows[0]) if rows else None
+
+
+def set_external_id(workspace_id: int, contact_id: int, external_id: str | None) -> dict[str, Any] | None:
+    """Give the contact ``external_id`` (None clears it); returns its view, None when there is no
+    such contact.
+
+    Raises:
+      ExternalIdTaken: another contact of the workspace has it (also when one took it meanwhile:
+        the unique index ``contact_external_id`` decides; the caller's transaction is then spent).
+    """
+    try:
+        rows = fetch(
+            """WITH taken AS (SELECT id FROM contact WHERE workspace_id = %(ws)s AND external_id = %(ext)s AND id <> %(id)s),
+               changed AS (UPDATE contact SET external_id = %(ext)s, updated_at = now()
+                           WHERE workspace_id = %(ws)s AND id = %(id)s AND NOT EXISTS (SELECT 1 FROM taken) RETURNING id)
+               SELECT (SELECT id FROM taken LIMIT 1), (SELECT id FROM changed)""",
+            {"ws": workspace_id, "id": contact_id, "ext": external_id})
+    except (peewee.IntegrityError, psycopg2.IntegrityError):
+        raise ExternalIdTaken(str(external_id), None) from None
+    owner, _ = rows[0]
+    if owner is not None:
+        raise ExternalIdTaken(str(external_id), owner)
+    return get(workspace_id, contact_id)
+
+
 def listing(workspace_id: int, after: int, limit: int, filters: Filters) -> list[dict[str, Any]]:
     """Up to ``limit`` contacts with an id above ``after``, in id order, that pass ``filters``."""
     where = ["c.workspace_id = %(ws)s", "c.id > %(after)s"]
@@ -90,6 +138,9 @@ def listing(workspace_id: int, after: int, limit: int, filters: Filters) -> list
             params[f"attr{n}_{m}"] = Json({name: value})
             ors.append(f"c.attributes @> %(attr{n}_{m})s")
         where.append(f"({' OR '.join(ors)})")
+    if filters.external_id is not None:  # one contact at most, by contact_external_id
+        where.append("c.external_id = %(external_id)s")
+        params["external_id"] = filters.external_id
     if filters.address is not None:  # one contact at most, found by the address's key
         params["channel"], params["address"] = filters.channel, filters.address
         where.append("c.id = (SELECT f.contact_id FROM contact_address f WHERE f.workspace_id = %(ws)s"
@@ -170,8 +221,8 @@ def _set_addresses(workspace_id: int, contact_id: int, addresses: Mapping[str, s
 
 
 def _view(row: Mapping[str, Any]) -> dict[str, Any]:
-    return {"id": row["id"], "addresses": row["addresses"], "name": row["name"], "timezone": row["timezone"],
-            "locale": row["locale"], "quiet_hours": row["quiet_hours"], "attributes": row["attributes"],
+    return {"id": row["id"], "external_id": row["external_id"], "addresses": row["addresses"], "name": row["name"],
+            "timezone": row["timezone"], "locale": row["locale"], "quiet_hours": row["quiet_hours"], "attributes": row["attributes"],
             "tags": row["tags"], "created_at": _iso(row["created_at"]), "updated_at": _iso(row["updated_at"])}
 
 

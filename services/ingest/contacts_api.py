@@ -31,6 +31,7 @@ from services.ingest.contact_models import (
     ContactTag,
     ContactView,
     CsvImportResult,
+    ExternalId,
     ImportResult,
     NewContact,
 )
@@ -44,10 +45,11 @@ CSV = "text/csv"
 MAX_PAGE = 1000
 DEFAULT_PAGE = 100
 MAX_ATTRIBUTE_FILTERS = 20
-LIST_PARAMS = ("cursor", "limit", "tag", "attribute", "channel", "address")
+LIST_PARAMS = ("cursor", "limit", "tag", "attribute", "channel", "address", "external_id")
 _CURSOR = "contact"
 _TAG = TypeAdapter(ContactTag)
 _ADDRESS = TypeAdapter(Address)
+_EXTERNAL_ID = TypeAdapter(ExternalId)
 _VALUE = TypeAdapter(Annotated[StrictStr, Field(max_length=1000), MultiLine])
 
 
@@ -70,9 +72,11 @@ def _invalid(name: str, message: str) -> ApiError:
            errors=(409,))
 def upsert_contact(body: NewContact) -> tuple[Response, int]:
     given = contact_input.candidate(body)
-    with transaction():
+    with transaction():  # a refusal below rolls back what was changed before it
         try:
             view, created = contacts.upsert(g.workspace_id, given.addresses, given.fields)
+            if "external_id" in body.model_fields_set:
+                view = contacts.set_external_id(g.workspace_id, view["id"], body.external_id) or view
         except Refused as exc:
             raise _refused(exc) from None
     return jsonify(view), 201 if created else 200
@@ -97,17 +101,19 @@ def upsert_contact(body: NewContact) -> tuple[Response, int]:
                query("channel", "Only contacts with an address on this channel.", enum=list(CHANNELS)),
                query("address", "With `channel`: only the contact with this address there (a number in any form "
                      "`POST /v1/contacts` takes).", minLength=1, maxLength=320),
+               query("external_id", "Only the contact with this `external_id` (your system's id for it).",
+                     minLength=1, maxLength=200),
            ])
 def list_contacts() -> tuple[Response, int]:
     unknown = sorted(set(request.args) - set(LIST_PARAMS))
     if unknown:
         raise _invalid(unknown[0][:100], f"unknown query parameter {unknown[0][:100]!r}; accepted: {', '.join(LIST_PARAMS)}")
-    for name in ("cursor", "limit", "channel", "address"):
+    for name in ("cursor", "limit", "channel", "address", "external_id"):
         if len(request.args.getlist(name)) > 1:
             raise _invalid(name, f"{name} may be given once")
     limit = query_int("limit", DEFAULT_PAGE, 1, MAX_PAGE)
     after = _cursor(request.args.get("cursor"))
-    filters = contacts.Filters(tags=_tags(), attributes=_attributes(), **_address_filter())
+    filters = contacts.Filters(tags=_tags(), attributes=_attributes(), external_id=_external_id(), **_address_filter())
     with transaction():
         rows = contacts.listing(g.workspace_id, after, limit + 1, filters)
     more = len(rows) > limit
@@ -162,6 +168,16 @@ def _attributes() -> list[tuple[str, list[Any]]]:
     return found
 
 
+def _external_id() -> str | None:
+    given = request.args.get("external_id")
+    if given is None:
+        return None
+    try:
+        return _EXTERNAL_ID.validate_python(given)
+    except ValidationError:
+        raise _invalid("external_id", "external_id must be 1 to 200 characters without control characters") from None
+
+
 def _address_filter() -> dict[str, str | None]:
     channel, address = request.args.get("channel"), request.args.get("address")
     if channel is not None and channel not in CHANNELS:
@@ -181,7 +197,14 @@ def _address_filter() -> dict[str, str | None]:
            scope="messages:write", request=ContactImport,
            ok={200: Body(ImportResult, "Imported: the valid items (set-wise, in one transaction); the others are in `errors`.")})
 def import_contacts(body: ContactImport) -> tuple[Response, int]:
-    return _import(contact_input.check_items(body.contacts), "index")
+    checked = contact_input.Checked()
+    for index, item in enumerate(body.contacts):
+        if isinstance(item, dict) and "external_id" in item:  # one contact's id: set it with POST /v1/contacts or PATCH
+            checked.refuse(index, "invalid_request", "external_id is not imported; set it with POST /v1/contacts or "
+                           "PATCH /v1/contacts/{id}", "external_id")
+        else:
+            checked.add(index, item)
+    return _import(checked, "index")
 
 
 @operation(contacts_api, "POST", "/contacts/import/csv", summary="Create or update many contacts from CSV",
@@ -229,9 +252,13 @@ def change_contact(contact_id: int, body: ContactChange) -> tuple[Response, int]
     with transaction():  # a refusal below rolls back what was changed before it
         try:
             view = contacts.change(g.workspace_id, contact_id, fields, addresses)
+            if view is not None and "external_id" in body.model_fields_set:
+                view = contacts.set_external_id(g.workspace_id, contact_id, body.external_id)
         except contacts.AddressTaken as exc:
             raise ApiError(409, exc.code, f"another contact has this address ({exc.said}); remove it there first",
                            exc.field) from None
+        except contacts.ExternalIdTaken as exc:
+            raise _refused(exc) from None
         if view is None:
             raise _missing(contact_id)
     return jsonify(view), 200

@@ -10,7 +10,9 @@ JSON request body against the request model, and for every authenticated POST th
 operation documents the statuses it can answer with; the error statuses that follow from the
 declaration (401/403/429 with a scope, 409 and the replay marker for an authenticated POST, 413
 for a POST or a body, 400/422 with a JSON model, 503 when it reads the database) are added here,
-so that the document and the behaviour cannot drift apart.
+so that the document and the behaviour cannot drift apart. An operation may also be tagged, take
+its key from another header besides ``Authorization: Bearer``, and document another error body
+(the compatibility routes: ``services.ingest.compat.framework.compat_operation``).
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ RETRY_AFTER_SECONDS = 1
 ERROR_TEXT = {
     400: "The body is not JSON, nests too deep, is not an object, or a header is malformed.",
     401: "No valid API key.",
-    403: "Not allowed: the API key lacks the operation's scope, or a webhook's signature is wrong.",
+    403: ("Not allowed: the API key lacks the operation's scope, or a webhook's signature is wrong, or (compatibility "
+          "routes) an identity field names a workspace other than the key's (`identity_mismatch`)."),
     404: "No such message (or endpoint, delivery, schedule, contact) in this workspace.",
     409: ("Conflicts with the current state: a message already sending, a disabled endpoint, an address of another "
           "contact, a campaign in a status that does not allow it; or the Idempotency-Key was used for a different request "
@@ -79,9 +82,19 @@ class Operation:
     request_media: str
     responses: dict[int, Body]
     parameters: tuple[dict[str, Any], ...]
+    tags: tuple[str, ...] = ()
+    key_headers: tuple[str, ...] = ()  # headers besides Authorization: Bearer that carry the API key
+    body_optional: bool = False
 
 
 REGISTRY: dict[tuple[str, str], Operation] = {}
+# The document's top-level tags: name -> description. An operation's tags must be listed here.
+TAGS: dict[str, str] = {
+    "compat": ("Compatibility routes for the queue services postroom replaces (S0 broadcast queue, S1 WhatsApp campaign "
+               "queue, S2 Trigger.dev SMS scheduler, S3 BullMQ event messages; README section Compatibility). Thin "
+               "adapters over /v1: the API key goes in `Authorization: Bearer` or `x-api-key`; errors are "
+               "`{\"success\": false, \"error\", \"code\", \"field\"?}`."),
+}
 _SECONDS = {"type": "integer", "minimum": 0}
 ERROR_HEADERS: dict[int, dict[str, dict[str, Any]]] = {
     503: {"Retry-After": {"description": "Seconds to wait before retrying.", "required": True, "schema": _SECONDS}},
@@ -119,7 +132,9 @@ def operation(bp: Blueprint | Flask, method: str, path: str, *, summary: str, ok
               errors: Iterable[int] = (), scope: str | None = None, request: type[BaseModel] | None = None,
               request_media: str = JSON, headers: Iterable[dict[str, Any]] = (),
               uses_database: bool = True, text_params: dict[str, dict[str, Any]] | None = None,
-              rerun_safe: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+              rerun_safe: bool = False, tags: Iterable[str] = (), key_headers: Iterable[str] = (),
+              error_model: type[BaseModel] = ErrorResponse,
+              body_optional: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Declare an operation and route it.
 
     Parameters:
@@ -133,7 +148,17 @@ def operation(bp: Blueprint | Flask, method: str, path: str, *, summary: str, ok
       rerun_safe: an authenticated POST whose view may run again for an Idempotency-Key whose
         first request died mid-way: what it stores carries the key and is found again (messages).
         Any other such view is not run again; the key answers 500 ``incomplete``.
+      tags: the document's tags of the operation (each one in ``TAGS``).
+      key_headers: headers that may carry the API key when there is no ``Authorization: Bearer``
+        (the compatibility routes' ``x-api-key``).
+      error_model: the body documented for the error statuses: the blueprint's error style
+        (``errors.STYLES``) must answer in it.
+      body_optional: an empty body is accepted and validated as ``{}``.
     """
+    tags, key_headers = tuple(tags), tuple(key_headers)
+    unknown = set(tags) - set(TAGS)
+    if unknown:
+        raise ValueError(f"undeclared tags {sorted(unknown)}: add them to contract.TAGS")
     full_path = (getattr(bp, "url_prefix", None) or "") + path
     idempotent = method == "POST" and scope is not None  # a workspace to keep the key in
     statuses = set(errors)
@@ -147,7 +172,7 @@ def operation(bp: Blueprint | Flask, method: str, path: str, *, summary: str, ok
         statuses |= {400, 422}
     if uses_database:
         statuses.add(503)
-    responses = dict(ok) | {s: Body(ErrorResponse, ERROR_TEXT[s], headers=ERROR_HEADERS.get(s, {})) for s in sorted(statuses)}
+    responses = dict(ok) | {s: Body(error_model, ERROR_TEXT[s], headers=ERROR_HEADERS.get(s, {})) for s in sorted(statuses)}
     if idempotent:  # what the view answered may come back as a replay
         replayable = set(ok) | set(errors) | {409, 422, 500}
         responses = {s: replace(b, headers={**b.headers, **REPLAYED}) if s in replayable else b for s, b in responses.items()}
@@ -162,7 +187,7 @@ def operation(bp: Blueprint | Flask, method: str, path: str, *, summary: str, ok
 
     def register(view: Callable[..., Any]) -> Callable[..., Any]:
         op = Operation(method, full_path, view.__name__, summary, scope, request, request_media, responses,
-                       path_params + tuple(headers))
+                       path_params + tuple(headers), tags, key_headers, body_optional)
         REGISTRY[(method, full_path)] = op
 
         @functools.wraps(view)
@@ -170,10 +195,11 @@ def operation(bp: Blueprint | Flask, method: str, path: str, *, summary: str, ok
             if any(isinstance(v, int) and v > BIGINT for v in kwargs.values()):
                 raise ApiError(404, "not_found", "no such id in this workspace")  # beyond any bigint id
             if scope:
-                auth.require(scope)
+                auth.require(scope, key_headers)
                 within_limits()
             if request is not None and request_media == JSON:
-                kwargs["body"] = validate(request, bounds.read_json())
+                raw = bounds.read_json()
+                kwargs["body"] = validate(request, {} if raw is None and body_optional else raw)
             if idempotent:
                 return idempotency.run_once(lambda: view(**kwargs), rerun_safe)
             return view(**kwargs)
@@ -206,6 +232,7 @@ def openapi_document() -> dict[str, Any]:
     pairs += [(m, "serialization") for m in sorted(outputs, key=lambda m: m.__name__)]
     refs, defs = models_json_schema(pairs, ref_template="#/components/schemas/{model}")  # type: ignore[arg-type]
     paths: dict[str, dict[str, Any]] = {}
+    used_tags = {tag for op in REGISTRY.values() for tag in op.tags}
     for op in sorted(REGISTRY.values(), key=lambda o: (o.path, o.method)):
         entry: dict[str, Any] = {
             "operationId": op.operation_id,
@@ -214,22 +241,29 @@ def openapi_document() -> dict[str, Any]:
         }
         if op.parameters:
             entry["parameters"] = list(op.parameters)
+        if op.tags:
+            entry["tags"] = list(op.tags)
         if op.scope:
-            entry["security"] = [{"apiKey": []}]
-            entry["description"] = f"Requires an API key with the scope `{op.scope}` (or `admin`)."
+            entry["security"] = [{"apiKey": []}] + ([{"apiKeyHeader": []}] if op.key_headers else [])
+            entry["description"] = f"Requires an API key with the scope `{op.scope}` (or `admin`)." + "".join(
+                f" The key may also be sent as `{name}: <key>`." for name in op.key_headers)
         if op.request is not None:
-            entry["requestBody"] = {"required": True,
+            entry["requestBody"] = {"required": not op.body_optional,
                                     "content": {op.request_media: {"schema": refs[(op.request, "validation")]}}}
         paths.setdefault(op.path, {})[op.method.lower()] = entry
     return {
         "openapi": "3.1.0",
         "info": {"title": "postroom ingest API", "version": "1",
                  "description": "Send, read and cancel messages; webhook endpoints; provider webhooks; health and metrics."},
+        "tags": [{"name": name, "description": TAGS[name]} for name in sorted(used_tags)],
         "paths": paths,
         "components": {
             "schemas": defs.get("$defs", {}),
-            "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer",
-                                           "description": "An API key: `Authorization: Bearer pr_...`"}},
+            "securitySchemes": {
+                "apiKey": {"type": "http", "scheme": "bearer", "description": "An API key: `Authorization: Bearer pr_...`"},
+                "apiKeyHeader": {"type": "apiKey", "in": "header", "name": "x-api-key",
+                                 "description": "The same API key in `x-api-key: pr_...`; compatibility routes only."},
+            },
         },
     }
 

@@ -49,9 +49,10 @@ log = logging.getLogger("postroom.ingest.idempotency")
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
 MAX_KEY = 255
-# The message keys postroom gives recurring occurrences and sequence steps (``common.intake``): a
-# client's key that looked like one could take an occurrence's place.
-RESERVED_PREFIXES = ("sched:", "enrol:")
+# The message keys postroom gives recurring occurrences and sequence steps (``common.intake``) and
+# the compatibility routes derive from old clients' ids (S0 ``messageId``): a client's key that
+# looked like one could take an occurrence's or an old client's message's place.
+RESERVED_PREFIXES = ("sched:", "enrol:", "compat:")
 def lease_seconds() -> float:
     """How long this request holds its claim: longer than it runs. A claim older than this was
     left by a process that died, or one that could not release it because the database went away
@@ -109,7 +110,7 @@ def requested_key() -> str | None:
         raise ApiError(400, "invalid_request", f"{HEADER} must be 1 to {MAX_KEY} printable characters", HEADER)
     if key is not None and key.startswith(RESERVED_PREFIXES):
         raise ApiError(400, "invalid_request", f"{HEADER} may not start with {' or '.join(RESERVED_PREFIXES)}:"
-                       " postroom keys its own recurring occurrences and sequence steps so", HEADER)
+                       " postroom keys its own recurring occurrences, sequence steps and compatibility messages so", HEADER)
     return key
 
 

@@ -58,7 +58,7 @@ def accept(workspace_id: int, new: dict[str, Any], idempotency_key: str | None, 
         twin = fetch("SELECT m.id, m.natural_key FROM message m, workspace w WHERE w.id = %(ws)s AND m.workspace_id = %(ws)s"
                      f" AND m.natural_key = {intake.NATURAL_KEY}"
                      " AND m.status IN ('accepted', 'scheduled', 'queued', 'routed', 'sending')",
-                     {"ws": workspace_id, "tags": Json(new["tags"])})
+                     {"ws": workspace_id, "tags": Json(new["tags"]), "unique": intake.unique_tags(new)})
         if not twin:  # it went away between the two statements: the caller may simply try again
             raise Duplicate(0, "")
         raise Duplicate(twin[0][0], twin[0][1])

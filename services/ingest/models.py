@@ -180,9 +180,12 @@ class NewMessage(BaseModel):
     track_clicks: bool = Field(True, description=(
         "Rewrite the body's http(s) links (and the links of an email's HTML anchors) to short links "
         "(`/r/{code}`) that record clicks and redirect; `false` sends the links as written. Default on."))
+    unique_tags: Annotated[list[TagName], Field(min_length=1, max_length=MAX_TAGS)] | None = Field(None, description=(
+        "This message's own unique tag names, instead of the workspace's: while a message whose `tags` have the same "
+        "values for these names is pending, another is a duplicate (see `on_conflict`). Every name must be in `tags`."))
     on_conflict: Literal["error", "return"] = Field("error", description=(
-        "When the workspace declares unique tags and a pending message already has these values: "
-        "`error` answers 409, `return` answers 200 with that message."))
+        "When the workspace declares unique tags (or the message gives `unique_tags`) and a pending message already "
+        "has these values: `error` answers 409, `return` answers 200 with that message."))
     send_at: SendAt | None = Field(None, description=(
         "Send at this time: RFC 3339 with an offset (`2026-12-01T09:00:00-05:00`), or a local time without one "
         "(`2026-12-01T09:00:00`) together with `timezone`. A time in the past sends now."))

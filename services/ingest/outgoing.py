@@ -108,7 +108,17 @@ def resolve(workspace_id: int, body: NewMessage, lookups: Lookups | None = None)
         fields["routes"] = [{"channel": c, "to": a} for c, a in zip(route, addresses, strict=True)]
     if template is not None:
         fields["variables"] = body.variables or {}  # the body is rendered by processing, before routing
+    if body.unique_tags:
+        fields["unique_tags"] = _unique_tags(body.unique_tags, body.tags)
     return fields
+
+
+def _unique_tags(names: list[str], tags: Any) -> list[str]:
+    """The message's own unique tag names; each must be one of its tags (else no key would be made)."""
+    missing = [n for n in names if not isinstance(tags, dict) or n not in tags]
+    if missing:
+        raise _refuse("unique_tags", f"unique_tags names {', '.join(missing)}, which tags (an object of names and values) lacks")
+    return list(names)
 
 
 def resolve_content(workspace_id: int, body: Any, route: list[str], template: dict[str, Any] | None,
@@ -126,7 +136,8 @@ def resolve_content(workspace_id: int, body: Any, route: list[str], template: di
     if "http" in route and lookups.config("http") is None:
         raise _refuse("channel", "this workspace has no http channel configured (postroom channel http --workspace NAME --url URL)")
     sender = _check_sender(lookups, body, route)
-    fields = body.model_dump(by_alias=True, exclude={"channels", "contact_id", "recipients", "track_clicks", *CONTENT_FIELDS})
+    fields = body.model_dump(by_alias=True, exclude={"channels", "contact_id", "recipients", "track_clicks", "unique_tags",
+                                                     *CONTENT_FIELDS})
     fields.update(channel=route[0], body=body.body or "", **{"from": sender})
     fields["content"] = {name: value for name, value in body.model_dump(include=set(CONTENT_FIELDS)).items() if value is not None}
     if getattr(body, "track_clicks", True) is False:
@@ -305,3 +316,45 @@ def identities(workspace_id: int, channel: str, config: Any = None, *, read: boo
         "whatsapp_cloud": [settings.whatsapp_phone_number_id],
         "whatsapp_qr": [s.strip() for s in settings.waha_sessions.split(",") if s.strip()],
     }.get(channel, [])
+
+
+# Refusals that ``resolve_deferring`` leaves to the processing stage, by field: the error code the
+# message then fails with (Twilio's 21211 "invalid To" and 21212 "invalid From", by name).
+DEFERRED_CODES = {"to": "invalid_number", "from": "bad_sender"}
+_STAND_IN = "+15005550006"  # a valid number that the other checks run with in place of a deferred `to`
+
+
+def resolve_deferring(workspace_id: int, body: NewMessage) -> dict[str, Any]:
+    """As ``resolve``, except that a phone number ``to`` (one channel) that does not validate and a ``from`` that
+    is not the workspace's own are not refused: the message keeps them as given, and
+    ``content.deferred_checks`` records each refusal (field, ``DEFERRED_CODES`` code, message). The
+    processing stage fails such a message with that code before any provider sees it
+    (``services.processing.rendering``). The S2 compatibility routes resolve with it: the system
+    they replace accepted such a job and failed it when it ran. Every other check is ``resolve``'s.
+    """
+    lookups = Lookups(workspace_id)
+    route = _route(body)
+    deferred: list[dict[str, str]] = []
+    stand_in: dict[str, Any] = {}
+    if isinstance(body.to, str) and body.contact_id is None and len(route) == 1 and route[0] in PHONE_CHANNELS:
+        try:
+            _addresses(lookups, body, route)
+        except ApiError as exc:
+            if exc.field != "to":
+                raise
+            deferred.append({"field": "to", "error_code": DEFERRED_CODES["to"], "error": exc.message})
+            stand_in["to"] = _STAND_IN
+    if body.from_ is not None and body.messaging_service_sid is None:
+        try:
+            _check_sender(lookups, body, route)
+        except ApiError as exc:
+            if exc.field != "from":
+                raise
+            deferred.append({"field": "from", "error_code": DEFERRED_CODES["from"], "error": exc.message})
+            stand_in["from_"] = None
+    fields = resolve(workspace_id, body.model_copy(update=stand_in), lookups)
+    if deferred:
+        fields.update(to=body.to if "to" in stand_in else fields["to"],
+                      **{"from": body.from_ if "from_" in stand_in else fields["from"]})
+        fields["content"]["deferred_checks"] = deferred
+    return fields

@@ -5,15 +5,19 @@ window by channel and by tag. Every query is scoped by workspace (through the
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from psycopg2.extras import Json
 
 from common.db.connection import fetch, fetch_dicts
 
 MOST_TAGS = 100  # distinct tags listed in the counts, most frequent first
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_WINDOW = "m.workspace_id = %(ws)s AND m.status = 'scheduled' AND m.due_at <= now() + make_interval(secs => %(within)s)"
+_WINDOW = ("m.workspace_id = %(ws)s AND m.status = 'scheduled' AND m.due_at <= now() + make_interval(secs => %(within)s)"
+           " AND (%(tags)s::jsonb IS NULL OR m.tags @> %(tags)s::jsonb)")
 
 _PAGE = f"""
 SELECT m.id, m.channel, m.to_addr, m.priority, m.tags, m.due_at, m.status, now() + make_interval(secs => %(within)s) AS until
@@ -69,17 +73,20 @@ def parse_cursor(cursor: str) -> tuple[datetime, int]:
         raise BadCursor(cursor) from None
 
 
-def page(workspace_id: int, within_seconds: int, limit: int, after: tuple[datetime, int] | None) -> Page:
+def page(workspace_id: int, within_seconds: int, limit: int, after: tuple[datetime, int] | None,
+         tags: Mapping[str, str] | None = None) -> Page:
     """The next ``limit`` scheduled messages due within ``within_seconds`` from now, after the
-    cursor position ``after``, and the counts over the whole window (inside a transaction)."""
+    cursor position ``after``, and the counts over the whole window (inside a transaction).
+    ``tags``: only messages whose tags include all of these (a compatibility route's own)."""
     params = {"ws": workspace_id, "within": within_seconds, "limit": limit + 1, "most": MOST_TAGS + 1,
+              "tags": Json(dict(tags)) if tags else None,
               "after_due": after[0] if after else None, "after_id": after[1] if after else None}
     rows = fetch_dicts(_PAGE, params)
     more = len(rows) > limit
     rows = rows[:limit]
     until = rows[0]["until"] if rows else fetch("SELECT now() + make_interval(secs => %s)", (within_seconds,))[0][0]
     by_channel = dict(fetch(_CHANNEL_COUNTS, params))
-    tags = fetch(_TAG_COUNTS, params)
+    tag_counts = fetch(_TAG_COUNTS, params)
     messages = [{"id": r["id"], "channel": r["channel"], "to": r["to_addr"], "priority": r["priority"], "tags": r["tags"],
                  "send_at": r["due_at"].astimezone(UTC).isoformat(), "status": r["status"]} for r in rows]
     return Page(
@@ -87,5 +94,5 @@ def page(workspace_id: int, within_seconds: int, limit: int, after: tuple[dateti
         messages=messages,
         next_cursor=cursor_of(rows[-1]["due_at"], rows[-1]["id"]) if more else None,
         counts={"total": sum(by_channel.values()), "by_channel": by_channel,
-                "by_tag": dict(tags[:MOST_TAGS]), "by_tag_truncated": len(tags) > MOST_TAGS},
+                "by_tag": dict(tag_counts[:MOST_TAGS]), "by_tag_truncated": len(tag_counts) > MOST_TAGS},
     )

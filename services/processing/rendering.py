@@ -13,6 +13,11 @@ batch's links are inserted by the statement that writes the bodies. A message wi
 not read at all. The claim from ``accepted`` to ``queued`` is what makes this stage safe to run
 twice: only messages still waiting and due are rendered, and their rows stay locked until the
 claim commits.
+
+A message accepted with checks deferred to this stage (``content.deferred_checks``: the S2
+compatibility routes take a ``to`` or ``from`` that does not validate, as the system they replace
+did, see ``services.ingest.outgoing.resolve_deferring``) is found by the same query and fails
+here with the refusal's code (``invalid_number``, ``bad_sender``), before routing or any provider.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ SELECT m.id, m.workspace_id, m.channel, m.variables, m.template_id, m.body, m.co
        t.id AS found, t.subject, t.text, t.html, t.whatsapp
 FROM message m LEFT JOIN template t ON t.id = m.template_id AND t.workspace_id = m.workspace_id
 WHERE m.id = ANY(%s) AND (m.status || '') = ANY(%s) AND (m.due_at IS NULL OR m.due_at <= now())
-  AND (m.template_id IS NOT NULL OR {links.MAY_REWRITE_SQL})
+  AND (m.template_id IS NOT NULL OR {links.MAY_REWRITE_SQL} OR m.content ? 'deferred_checks')
 FOR UPDATE OF m
 """
 
@@ -67,6 +72,10 @@ def _render(ids: Sequence[int]) -> None:
     batch = links.LinkBatch()
     rendered: list[dict[str, Any]] = []
     for row in fetch_dicts(_TO_RENDER, (list(ids), WAITING)):
+        refused = (row["content"] or {}).get("deferred_checks")
+        if refused:
+            _fail(row["id"], "; ".join(r["error"] for r in refused), refused[0]["error_code"])
+            continue
         written = _content(row)
         if written is None:
             continue
@@ -105,5 +114,5 @@ def _rewritten(out: dict[str, Any], shorten: links.Shorten) -> dict[str, Any]:
     return out
 
 
-def _fail(message_id: int, error: str) -> None:
-    lifecycle.advance([message_id], WAITING, "failed", detail={"error": error, "error_code": "template"}, due_only=True)
+def _fail(message_id: int, error: str, code: str = "template") -> None:
+    lifecycle.advance([message_id], WAITING, "failed", detail={"error": error, "error_code": code}, due_only=True)

@@ -76,7 +76,7 @@ def create_app(config: Settings = settings) -> Flask:
         receivers=Receivers(),
         whatsapp=GraphState(records, Number(config.whatsapp_phone_number_id, config.whatsapp_access_token,
                                             config.whatsapp_app_secret, "15550000000"),
-                            f"{config.public_url}/webhooks/whatsapp_cloud"),
+                            config.public_url + _path(config.postroom_sandbox_whatsapp_webhook_path)),
         waha=WahaGateway(records, f"{config.public_url}/webhooks/waha", config.waha_webhook_secret),
     )
     app.register_error_handler(ConnectionCut, answer_nobody)
@@ -90,6 +90,11 @@ def create_app(config: Settings = settings) -> Flask:
     app.register_blueprint(receiver_api.blueprint)
     app.register_blueprint(inbox.blueprint)
     return app
+
+
+def _path(path: str) -> str:
+    """A configured webhook path, with its leading slash whether or not it was written."""
+    return "/" + path.lstrip("/")
 
 
 app = create_app()

@@ -3,7 +3,8 @@
 ``GraphState`` holds the phone numbers the sandbox serves (the configured default and any added
 through the control API, each with its access token and app secret), the numbers that are "not
 on WhatsApp", and the JSON body of every accepted send call (so tests can assert the exact wire
-format). Webhooks go to ``{public_url}/webhooks/whatsapp_cloud`` in Meta's envelope, signed
+format). Webhooks go to ``{public_url}/webhooks/whatsapp_cloud`` (or the path
+``POSTROOM_SANDBOX_WHATSAPP_WEBHOOK_PATH`` names, as a Meta app's webhook URL would) in Meta's envelope, signed
 ``X-Hub-Signature-256: sha256=<hex HMAC-SHA256(app secret, raw body)>``: a status progression
 (sent → delivered → read, or ``failed`` with an error) from a greenlet per accepted message, and
 inbound messages on demand. A failed POST is retried twice and then counted, never raised.
