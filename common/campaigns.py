@@ -13,7 +13,8 @@ the total), so the clicked count is read from them too.
 
 Pausing stops new claims at once: a sender claims a campaign's message only while the campaign
 is running (``CLAIMABLE_SQL``), so paused messages stay where they are, skipped rather than
-sent, and the reconciler leaves them alone. Resuming re-enqueues every waiting message of the
+sent, and the reconciler leaves them alone. The steps of the campaign's sequence (tagged with its
+id, not counted as its messages) are held the same way while it is paused. Resuming re-enqueues every waiting message of the
 campaign to the stage it waits for; a message already claimed or sent is never claimed again
 (the claims are compare-and-set), so nothing is sent twice and nothing is skipped.
 
@@ -60,12 +61,28 @@ CANCEL_CHUNK = 10_000
 # scheduler marks it running on its next pass; its messages need not wait for that). ``c`` is
 # the campaign row.
 SENDING_SQL = "(c.status = 'running' OR (c.status = 'scheduled' AND c.send_at <= now()))"
-# A message may be claimed for sending: it is no campaign's, or its campaign is sending.
-# ``m`` is the message row.
-CLAIMABLE_SQL = f"(m.campaign_id IS NULL OR EXISTS (SELECT 1 FROM campaign c WHERE c.id = m.campaign_id AND {SENDING_SQL}))"
+# The tag by which a sequence step made by a campaign's fan-out (``services.ingest.campaign_sequence``)
+# names its campaign. Such a step is no message of the campaign (not in its counters, nor in its
+# total: it has no ``campaign_id`` column), but the campaign's pause holds it all the same.
+STEP_CAMPAIGN_TAG = "campaign_id"
+
+
+def _step_held_sql(m: str) -> str:
+    """SQL: the message row ``m`` is a step whose campaign is paused (false for any other
+    message; a tag that is no id names no campaign, rather than failing the statement)."""
+    campaign = (f"CASE WHEN {m}.tags->>'{STEP_CAMPAIGN_TAG}' ~ '^[0-9]{{1,18}}$'"
+                f" THEN ({m}.tags->>'{STEP_CAMPAIGN_TAG}')::bigint END")
+    return (f"({m}.enrolment_id IS NOT NULL AND EXISTS (SELECT 1 FROM campaign p WHERE p.id = {campaign}"
+            f" AND p.workspace_id = {m}.workspace_id AND p.status = 'paused'))")
+
+
+# A message may be claimed for sending: it is no campaign's, or its campaign is sending; and it
+# is no step that a paused campaign holds. ``m`` is the message row.
+CLAIMABLE_SQL = (f"((m.campaign_id IS NULL OR EXISTS (SELECT 1 FROM campaign c WHERE c.id = m.campaign_id AND {SENDING_SQL}))"
+                 f" AND NOT {_step_held_sql('m')})")
 # A waiting message the reconciler may re-drive: not one that a paused campaign holds.
-NOT_PAUSED_SQL = ("(campaign_id IS NULL OR NOT EXISTS (SELECT 1 FROM campaign c WHERE c.id = message.campaign_id"
-                  " AND c.status = 'paused'))")
+NOT_PAUSED_SQL = ("((campaign_id IS NULL OR NOT EXISTS (SELECT 1 FROM campaign c WHERE c.id = message.campaign_id"
+                  f" AND c.status = 'paused')) AND NOT {_step_held_sql('message')})")
 
 
 def stage(rows: Sequence[dict[str, Any]], campaign_id: int, first_position: int) -> None:
@@ -184,12 +201,17 @@ def counters(campaign: dict[str, Any]) -> dict[str, Any]:
             "seconds_left": round(left / rate, 1) if rate > 0 and left else (0.0 if not left else None)}
 
 
-def waiting(campaign_id: int) -> list[dict[str, Any]]:
-    """The campaign's messages waiting on a stage, with what ``dispatch.hand_on`` needs."""
+def waiting(campaign: dict[str, Any]) -> list[dict[str, Any]]:
+    """The campaign's messages waiting on a stage, and the steps of its sequence it held while
+    paused, with what ``dispatch.hand_on`` needs."""
     return fetch_dicts(
-        "SELECT id, status, priority, channel FROM message WHERE campaign_id = %s"
-        " AND status IN ('accepted', 'queued', 'routed') AND (due_at IS NULL OR due_at <= now()) ORDER BY id",
-        (campaign_id,))
+        """SELECT id, status, priority, channel FROM message WHERE campaign_id = %(id)s
+               AND status IN ('accepted', 'queued', 'routed') AND (due_at IS NULL OR due_at <= now())
+           UNION ALL
+           SELECT id, status, priority, channel FROM message WHERE workspace_id = %(ws)s AND tags @> %(tag)s
+               AND enrolment_id IS NOT NULL AND status IN ('accepted', 'queued', 'routed') AND (due_at IS NULL OR due_at <= now())
+           ORDER BY id""",
+        {"id": campaign["id"], "ws": campaign["workspace_id"], "tag": Json({STEP_CAMPAIGN_TAG: str(campaign["id"])})})
 
 
 def cancel_messages(campaign: dict[str, Any]) -> int:

@@ -1,6 +1,7 @@
 """The campaign core the compatibility routes stand on, through /v1: a campaign's `external_id`,
 starting a draft at a `send_at` given with the start, and a campaign's `sequence_id` enrolling
-every recipient of its fan-out in that sequence (set-wise), which its cancel stops."""
+every recipient of its fan-out in that sequence (set-wise), whose steps its pause holds and its
+cancel stops."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from typing import Any
 
 from common.db.connection import fetch, fetch_dicts, transaction
 from services.ingest import campaigns_api
+from services.scheduler import reconciler
+from tests.support import running_workers, wait_for
 
 
 def numbers(n: int, start: int = 0) -> list[str]:
@@ -149,3 +152,35 @@ def test_a_sequence_the_campaign_cannot_feed_is_refused_naming_the_field(api, wo
     missing = create(api, workspace, sequence_id=sms, recipients=[{"to": numbers(1)[0]}])
     assert missing.status_code == 422 and missing.get_json()["error"]["field"] == "recipients[0].variables"
     assert "first_name" in missing.get_json()["error"]["message"]
+
+
+def test_a_paused_campaign_holds_its_sequences_steps_and_resume_sends_each_once(api, workspace, sandbox, broker):
+    # Given a campaign whose sequence has a step due at once, paused before any worker ran
+    sequence_id = sequence(api, workspace, [{"name": "now", "body": "Step for {first_name}"}])
+    to = numbers(5)
+    made = create(api, workspace, body="Campaign text", sequence_id=sequence_id, start=True,
+                  recipients=[{"to": n, "variables": {"first_name": f"P{i}"}} for i, n in enumerate(to)]).get_json()
+    assert api.post(f"/v1/campaigns/{made['id']}/pause", headers=workspace["auth"]).status_code == 200
+    steps = {m["id"] for m in step_messages(made["id"])}
+    assert len(steps) == 5
+
+    def routed_steps() -> bool:
+        with transaction():
+            return fetch("SELECT count(*) FROM message WHERE id = ANY(%s) AND status = 'routed'", (sorted(steps),))[0][0] == 5
+
+    with running_workers(broker):
+        # When the steps fall due and reach the sender while it is paused
+        assert reconciler.promote_scheduled(30.0) == 5
+        wait_for(routed_steps, what="every step routed and held")
+        # Then none is sent, and the reconciler does not re-drive the held steps
+        assert sandbox.messages() == []
+        with transaction():
+            fetch("UPDATE message SET status_changed_at = now() - interval '1 hour' WHERE id = ANY(%s)", (sorted(steps),))
+        assert reconciler.redrive_stuck(1.0, 3) == {}
+        # And once resumed, every recipient gets the campaign's message and its step, once each
+        assert api.post(f"/v1/campaigns/{made['id']}/resume", headers=workspace["auth"]).status_code == 200
+        wait_for(lambda: len(sandbox.messages()) == 10, what="campaign and steps sent")
+    assert Counter((m["to"], m["body"]) for m in sandbox.messages()) == Counter(
+        [(n, "Campaign text") for n in to] + [(n, f"Step for P{i}") for i, n in enumerate(to)])
+    progress = api.get(f"/v1/campaigns/{made['id']}", headers=workspace["auth"]).get_json()["progress"]
+    assert progress["total"] == 5 and progress["pending"] + progress["processing"] + progress["sent"] + progress["delivered"] == 5

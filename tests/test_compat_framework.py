@@ -46,7 +46,7 @@ class ProbeAnswer(BaseModel):
 def probe() -> Iterator[Any]:
     """A compat blueprint with four routes, declared as a seed system's module declares its own."""
     from services.ingest import api as v1
-    from services.ingest import contract
+    from services.ingest import contract, probes
     from services.ingest.compat import framework
     from services.ingest.contract import Body
     from services.ingest.models import NewMessage
@@ -80,10 +80,12 @@ def probe() -> Iterator[Any]:
             raise DatabaseUnavailable("probe: the database went away")
         raise RuntimeError("probe: a bug")
 
+    probes._document.cache_clear()  # /openapi.json is generated once a process: again, with the probe routes
     yield bp
     for path in ("/send", "/whoami", "/queue", "/fail/{kind}"):
         for method in ("GET", "POST"):
             contract.REGISTRY.pop((method, PROBE + path), None)
+    probes._document.cache_clear()
 
 
 @pytest.fixture
@@ -174,39 +176,66 @@ def test_the_real_identity_bearing_routes_refuse_another_workspace_with_403(clie
     assert theirs.status_code == 200, theirs.get_json()
     job = theirs.get_json()["data"]["jobId"]
     before = rows()
-    calls: list[tuple[str, str, dict[str, Any]]] = []
+    # (method, path, request, the field the refusal names: the identity field as the route's system calls it)
+    calls: list[tuple[str, str, dict[str, Any], str]] = []
     s2_body = {"to": GOOD_TO, "body": "mine", "delayMinutes": 1, "scheduledTime": "2030-01-01T10:00:00+10:00", "jobId": job}
     for path in S2_WRITES:
-        calls.append(("POST", path, {"json": {**s2_body, "workspaceId": "ws_other"}}))
-    calls.append(("GET", f"/api/trigger/job-status?jobId={job}&workspaceId=ws_other", {}))
+        calls.append(("POST", path, {"json": {**s2_body, "workspaceId": "ws_other"}}, "workspaceId"))
+    calls.append(("GET", f"/api/trigger/job-status?jobId={job}&workspaceId=ws_other", {}, "workspaceId"))
     # S1: the caller named in x-user-id
     calls.append(("POST", "/api/campaigns/send", {"json": {"campaignId": 1, "recipients": [GOOD_TO], "messageType": "text",
                                                             "payload": {"text": {"body": "hi"}}},
-                                                   "headers": {"x-user-id": "ws_other"}}))
-    calls.append(("GET", "/api/queue/status?campaignId=1", {"headers": {"x-user-id": "ws_other"}}))
-    # S0: workspaceId in the body, its metadata, or a header
+                                                   "headers": {"x-user-id": "ws_other"}}, "x-user-id"))
+    calls.append(("GET", "/api/queue/status?campaignId=1", {"headers": {"x-user-id": "ws_other"}}, "x-user-id"))
+    # S0: workspaceId in the body, its metadata, or a header (all named workspaceId, as the document calls it)
     queued = {"contactId": "c1", "messageId": "m1", "scheduledTime": "2030-01-01T10:00:00Z", "content": "hi",
               "metadata": {"phone": GOOD_TO}}
     for path in ("/api/schedule-sms", "/api/schedule-email"):
-        calls.append(("POST", path, {"json": {**queued, "workspaceId": "ws_other"}}))
-        calls.append(("POST", path, {"json": {**queued, "metadata": {"phone": GOOD_TO, "workspaceId": "ws_other"}}}))
-        calls.append(("POST", path, {"json": queued, "headers": {"x-workspace-id": "ws_other"}}))
-    calls.append(("POST", "/api/broadcasts/b1/queue", {"json": {"workspaceId": "ws_other"}}))
-    calls.append(("GET", "/api/broadcasts/b1/status", {"headers": {"x-workspace-id": "ws_other"}}))
+        calls.append(("POST", path, {"json": {**queued, "workspaceId": "ws_other"}}, "workspaceId"))
+        calls.append(("POST", path, {"json": {**queued, "metadata": {"phone": GOOD_TO, "workspaceId": "ws_other"}}},
+                      "workspaceId"))
+        calls.append(("POST", path, {"json": queued, "headers": {"x-workspace-id": "ws_other"}}, "workspaceId"))
+    calls.append(("POST", "/api/broadcasts/b1/queue", {"json": {"workspaceId": "ws_other"}}, "workspaceId"))
+    calls.append(("GET", "/api/broadcasts/b1/status", {"headers": {"x-workspace-id": "ws_other"}}, "workspaceId"))
     # Every route with an identity field is among them (S3 has none; the worker and WhatsApp's webhook neither)
     no_identity = ("/api/event-messages", "/api/events/", "/api/queue/worker", "/api/webhooks/", PROBE)
-    assert {(m, p.partition("?")[0]) for m, p, _ in calls} == {
+    assert {(m, p.partition("?")[0]) for m, p, _, _ in calls} == {
         (m, p.replace("{broadcast_id}", "b1")) for m, p in REGISTRY if p.startswith("/api/") and not p.startswith(no_identity)}
     # When my key names the other workspace on each of them
-    for method, path, kwargs in calls:
+    for method, path, kwargs, field in calls:
         headers = {**mine["auth"], **kwargs.pop("headers", {})}
         response = client.open(path, method=method, headers=headers, **kwargs)
-        # Then each is 403 in the compat shape
-        assert_compat_error(response, 403, "identity_mismatch", response.get_json().get("field")), (method, path)
+        # Then each is 403 in the compat shape, naming the identity field
+        assert_compat_error(response, 403, "identity_mismatch", field), (method, path)
     # And the other workspace's job is untouched and nothing new was stored
     assert rows() == before
     with transaction():
         assert fetch("SELECT status FROM message WHERE workspace_id = %s", (other["id"],)) == [("scheduled",)]
+
+
+def test_a_path_or_id_not_of_its_documented_form_names_nothing_and_is_never_a_500(client, workspace):
+    auth = workspace["auth"]
+    # A text path parameter is checked against its documented schema before the view runs: 404
+    assert_compat_error(client.get(f"{PROBE}/fail/other", headers=auth), 404, "not_found")
+    for ref in ("%00", "%C2%B2", "b1%0A", "x" * 101, "a%20b"):  # NUL, "²", a final newline, too long, a space
+        assert_compat_error(client.get(f"/api/broadcasts/{ref}/status", headers=auth), 404, "not_found")
+        assert_compat_error(client.post(f"/api/broadcasts/{ref}/queue", headers=auth), 404, "not_found")
+    # /v1's too, in its own shape, and the document says so
+    fax = client.get("/v1/channels/fax", headers=auth)
+    assert fax.status_code == 404 and fax.get_json()["error"]["code"] == "not_found"
+    document = client.get("/openapi.json").get_json()
+    assert "404" in document["paths"][f"{PROBE}/fail/{{kind}}"]["get"]["responses"]
+    # Ids read from text are ASCII digits: "²" is a digit to Python's isdigit, but no number
+    sent = client.post("/api/schedule-sms", json={"contactId": "²", "messageId": "sup", "content": "x",
+                                                  "metadata": {"phone": GOOD_TO}}, headers=auth)
+    assert sent.status_code == 200 and sent.get_json()["success"] is True, sent.get_json()
+    tagged = client.post("/v1/messages", headers=auth, json={  # an S3-looking message made through /v1
+        "channel": "sms", "to": GOOD_TO, "body": "x", "delay_seconds": 3600, "tags": {"compat": "s3", "s3_id": "²",
+                                                                                     "event_id": "٣"}})
+    assert tagged.status_code == 202, tagged.get_json()
+    upcoming = client.get("/api/event-messages/upcoming", headers=auth)
+    assert upcoming.status_code == 200, upcoming.get_json()
+    assert [(m["id"], m["event_id"]) for m in upcoming.get_json()["messages"]] == [("²", "٣")]
 
 
 # --- authentication ----------------------------------------------------------------------------

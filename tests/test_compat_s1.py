@@ -263,3 +263,31 @@ def test_a_template_payload_becomes_the_campaigns_template(api, workspace):
     refused = api.post("/api/campaigns/send", headers=workspace["auth"], json={
         "campaignId": "inv-2", "recipients": numbers(1, 51), "messageType": "template", "payload": {"template": mixed}})
     assert refused.status_code == 422 and refused.get_json()["field"] == "payload.template.components[0].parameters"
+
+
+def test_a_send_joins_only_a_running_or_scheduled_campaign_of_its_id(api, workspace):
+    from common.db.connection import fetch, transaction
+
+    auth = workspace["auth"]
+    body = {"campaignId": "join-1", "recipients": numbers(2, 60), "messageType": "text", "payload": {"text": {"body": "Hi"}}}
+    first = api.post("/api/campaigns/send", json=body, headers=auth).get_json()["postroomCampaignId"]
+    # Given that campaign paused: a send of the same id and content does not join it (it would only
+    # hold the recipients) but starts a new one
+    assert api.post(f"/v1/campaigns/{first}/pause", headers=auth).status_code == 200
+    after_pause = api.post("/api/campaigns/send", json={**body, "recipients": numbers(1, 62)}, headers=auth).get_json()
+    assert after_pause["postroomCampaignId"] != first and (after_pause["queued"], after_pause["total"]) == (1, 1)
+    # While the next send joins that new, running one
+    joined = api.post("/api/campaigns/send", json={**body, "recipients": numbers(1, 63)}, headers=auth).get_json()
+    assert joined["postroomCampaignId"] == after_pause["postroomCampaignId"] and joined["total"] == 2
+    # Given a draft of another id with the very same content, made through /v1
+    draft = api.post("/v1/campaigns", headers=auth, json={"name": "draft", "channel": "whatsapp_cloud", "body": "Hi",
+                                                          "recipients": [{"to": numbers(1, 64)[0]}], "external_id": "join-2"})
+    assert draft.status_code == 201, draft.get_json()
+    # A send under its id does not join it either
+    sent = api.post("/api/campaigns/send", json={**body, "campaignId": "join-2", "recipients": numbers(1, 65)},
+                    headers=auth).get_json()
+    assert sent["postroomCampaignId"] != draft.get_json()["id"] and sent["total"] == 1
+    with transaction():
+        rows = {r[0]: r[1:] for r in fetch("SELECT id, status, total, message FROM campaign")}
+    assert rows[draft.get_json()["id"]][2] == rows[sent["postroomCampaignId"]][2]  # the same content: status kept it out
+    assert rows[first][:2] == ("paused", 2) and rows[draft.get_json()["id"]][:2] == ("draft", 1)

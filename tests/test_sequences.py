@@ -124,3 +124,14 @@ def test_local_step_times_use_the_contacts_zone_when_the_enrolment_gives_none(ap
                     headers=auth).get_json()
     night_before = send_ats(view)["check_in_reminder_night_before"]
     assert night_before.astimezone(ZoneInfo("Europe/London")).hour == 20  # the contact's zone, not the number's
+
+
+def test_the_campaign_id_tag_is_postrooms_own_not_a_steps(api, workspace):
+    # A step's own campaign_id tag is dropped: only a campaign's fan-out names a campaign on a step (its pause holds it)
+    auth = workspace["auth"]
+    step = {"name": "hello", "body": "Hi", "tags": {"campaign_id": "1", "kind": "welcome"}}
+    sequence_id = api.post("/v1/sequences", json={"name": "tagged", "steps": [step]}, headers=auth).get_json()["id"]
+    view = api.post(f"/v1/sequences/{sequence_id}/enrolments", json={"to": "+15005550006"}, headers=auth).get_json()
+    with transaction():
+        tags = fetch("SELECT tags FROM message WHERE id = %s", (view["steps"][0]["message_id"],))[0][0]
+    assert tags == {"kind": "welcome", "sequence_id": str(sequence_id), "enrolment_id": str(view["id"]), "step": "hello"}

@@ -106,14 +106,26 @@ def accept_one(workspace_id: int, body: NewMessage, key: str | None,
 )
 def create_batch(body: NewBatch) -> tuple[Response, int]:
     held = g.get("idempotency")
+    results = accept_batch(g.workspace_id, body.items(), held.key if held is not None else None)
+    failed = sum("error" in r for r in results)
+    return jsonify({"results": results, "accepted": len(results) - failed, "failed": failed}), 207
+
+
+def accept_batch(workspace_id: int, items: list[Any], key: str | None) -> list[dict[str, Any]]:
+    """Accept a list of messages as ``POST /v1/messages/batch`` does, for it and for the
+    compatibility routes (one implementation: check each item, store the valid ones in one
+    statement under ``key``, hand the new ones on after the commit).
+
+    Returns each item's result in item order: ``{"index", "id", "status"}`` for a stored message,
+    with ``"replayed": true`` for one found instead (stored earlier under its key, or its pending
+    twin with ``on_conflict: "return"``); ``{"index", "error"}`` for a refused one.
+    """
     with transaction():
-        ready, refused = batch.prepare(g.workspace_id, body.items(), held.key if held is not None else None)
-        stored = batch.store(g.workspace_id, ready)
+        ready, refused = batch.prepare(workspace_id, items, key)
+        stored = batch.store(workspace_id, ready)
     for lane, ids in batch.handed_on(ready, stored).items():
         dispatch.handoff.submit("processing", lane, ids)  # after the commit
-    results = sorted(stored + refused, key=lambda r: r["index"])
-    return jsonify({"results": results, "accepted": len(stored) - sum("error" in r for r in stored),
-                    "failed": len(refused) + sum("error" in r for r in stored)}), 207
+    return sorted(stored + refused, key=lambda r: r["index"])
 
 
 @operation(api, "POST", "/messages/preview", summary="Render a message as it would be sent, without storing it",

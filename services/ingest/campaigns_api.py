@@ -94,7 +94,7 @@ def find(workspace_id: int, ref: str | int) -> dict[str, Any] | None:
     None when neither exists."""
     text = str(ref)
     rows = by_external_id(workspace_id, text)[:1]
-    if not rows and text.isdigit() and 0 < int(text) <= 2**63 - 1:
+    if not rows and text.isascii() and text.isdigit() and 0 < int(text) <= 2**63 - 1:
         rows = fetch_dicts(f"SELECT {_COLUMNS} FROM campaign WHERE id = %s AND workspace_id = %s", (int(text), workspace_id))
     return rows[0] if rows else None
 
@@ -438,7 +438,7 @@ def resume_campaign(campaign_id: int) -> tuple[Response, int]:
                        status = CASE WHEN send_at > now() THEN 'scheduled' ELSE 'running' END,
                        started_at = CASE WHEN send_at > now() THEN started_at ELSE coalesce(started_at, now()) END
                 WHERE id = %s RETURNING {_COLUMNS}""", (campaign_id,))[0]
-        waiting = campaigns.waiting(campaign_id)
+        waiting = campaigns.waiting(campaign)
         shown = view(campaign)
     dispatch.to_waiting_stages(waiting, committed=True)
     return jsonify(shown), 200

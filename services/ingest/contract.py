@@ -9,10 +9,13 @@ JSON request body against the request model, and for every authenticated POST th
 ``Idempotency-Key`` (``services.ingest.idempotency``: a replay gets the first answer). Every
 operation documents the statuses it can answer with; the error statuses that follow from the
 declaration (401/403/429 with a scope, 409 and the replay marker for an authenticated POST, 413
-for a POST or a body, 400/422 with a JSON model, 503 when it reads the database) are added here,
-so that the document and the behaviour cannot drift apart. An operation may also be tagged, take
-its key from another header besides ``Authorization: Bearer``, and document another error body
-(the compatibility routes: ``services.ingest.compat.framework.compat_operation``).
+for a POST or a body, 400/422 with a JSON model, 404 with a text path parameter, 503 when it reads
+the database) are added here, so that the document and the behaviour cannot drift apart. A path
+parameter is checked against its documented schema before anything else runs: an integer beyond
+a bigint, or a text parameter not of its declared form (``text_params``), names nothing (404).
+An operation may also be tagged, take its key from another header besides ``Authorization:
+Bearer``, and document another error body (the compatibility routes:
+``services.ingest.compat.framework.compat_operation``).
 """
 
 from __future__ import annotations
@@ -108,6 +111,10 @@ REPLAYED = {idempotency.REPLAYED_HEADER: {
     "description": "`true`: this is the stored answer to an earlier request with the same Idempotency-Key.",
     "schema": {"type": "string", "enum": ["true"]}}}
 _PATH_PARAM = re.compile(r"\{(\w+)\}")
+# The JSON Schema keywords a text path parameter may declare: those checked (``_shape``), and notes.
+_CHECKED = frozenset({"enum", "minLength", "maxLength", "pattern"})
+_NOTES = frozenset({"description", "examples", "title"})
+_PATTERN_END = re.compile(r"(?<!\\)\$")  # an unescaped `$`
 
 
 def header(name: str, description: str, **schema: Any) -> dict[str, Any]:
@@ -140,7 +147,8 @@ def operation(bp: Blueprint | Flask, method: str, path: str, *, summary: str, ok
     Parameters:
       bp: where the route lives; its ``url_prefix`` is part of the documented path.
       path: relative to ``bp``, with ``{name}`` path parameters: positive integers, except those
-        named in ``text_params`` (name -> JSON schema of the string, such as an ``enum``).
+        named in ``text_params`` (name -> JSON schema of the string: ``enum``, ``minLength``,
+        ``maxLength``, ``pattern``; checked before the view runs, 404 when it does not fit).
       ok: the success statuses and their bodies.
       errors: the error statuses the view itself answers with (others follow from the declaration).
       scope: the API key scope required; None for an unauthenticated endpoint.
@@ -172,12 +180,15 @@ def operation(bp: Blueprint | Flask, method: str, path: str, *, summary: str, ok
         statuses |= {400, 422}
     if uses_database:
         statuses.add(503)
+    text_params = text_params or {}
+    shapes = {name: _shape(name, schema) for name, schema in text_params.items()}
+    if shapes:
+        statuses.add(404)  # a text path parameter not of its documented form names nothing
     responses = dict(ok) | {s: Body(error_model, ERROR_TEXT[s], headers=ERROR_HEADERS.get(s, {})) for s in sorted(statuses)}
     if idempotent:  # what the view answered may come back as a replay
         replayable = set(ok) | set(errors) | {409, 422, 500}
         responses = {s: replace(b, headers={**b.headers, **REPLAYED}) if s in replayable else b for s, b in responses.items()}
         headers = (*headers, idempotency_key())
-    text_params = text_params or {}
     path_params = tuple(
         {"name": name, "in": "path", "required": True,
          "schema": {"type": "string", **text_params[name]} if name in text_params
@@ -194,6 +205,10 @@ def operation(bp: Blueprint | Flask, method: str, path: str, *, summary: str, ok
         def run(**kwargs: Any) -> Any:
             if any(isinstance(v, int) and v > BIGINT for v in kwargs.values()):
                 raise ApiError(404, "not_found", "no such id in this workspace")  # beyond any bigint id
+            for name, fits in shapes.items():
+                if not fits(kwargs[name]):
+                    raise ApiError(404, "not_found", f"no such {name} {kwargs[name][:100]!r}: not of the form the API "
+                                   "documents for it")
             if scope:
                 auth.require(scope, key_headers)
                 within_limits()
@@ -209,6 +224,30 @@ def operation(bp: Blueprint | Flask, method: str, path: str, *, summary: str, ok
         return run
 
     return register
+
+
+def _shape(name: str, schema: dict[str, Any]) -> Callable[[str], bool]:
+    """The check that a text path parameter is of the form its schema documents (``enum``,
+    ``minLength``, ``maxLength``, ``pattern``), so that a view never sees one the document rules out.
+
+    A JSON Schema ``pattern`` is a search whose ``$`` is the end of the text; Python's ``$`` also
+    matches before a final newline, so it is checked as ``\\Z``.
+
+    Raises:
+      ValueError: at declaration, for a keyword that would be documented but not checked.
+    """
+    unchecked = set(schema) - _CHECKED - _NOTES
+    if unchecked:
+        raise ValueError(f"path parameter {name}: keywords {sorted(unchecked)} are not checked; use {sorted(_CHECKED)}")
+    enum = schema.get("enum")
+    shortest, longest = schema.get("minLength", 0), schema.get("maxLength")
+    pattern = re.compile(_PATTERN_END.sub(r"\\Z", schema["pattern"])) if "pattern" in schema else None
+
+    def fits(value: str) -> bool:
+        return ((enum is None or value in enum) and shortest <= len(value) and (longest is None or len(value) <= longest)
+                and (pattern is None or pattern.search(value) is not None))
+
+    return fits
 
 
 def within_limits() -> None:

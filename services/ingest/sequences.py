@@ -1,17 +1,24 @@
 """Sequences for the API: store them, enrol recipients (each step becomes a scheduled message),
 move anchors (pending steps move with them; sent ones stay sent) and unenrol (the rest is
 cancelled). Every query is scoped by workspace; a step's message has the idempotency key
-``enrol:<enrolment>:<step>``, so no step is made twice."""
+``enrol:<enrolment>:<step>``, so no step is made twice.
+
+Enrolling is set-wise (``enrol_all``): one recipient through ``POST
+/v1/sequences/{id}/enrolments``, or a page of a campaign's recipients at its fan-out
+(``services.ingest.campaign_sequence``), is the same two statements."""
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 from psycopg2.extras import Json
 
-from common import intake, lifecycle, phones, sequences
+from common import campaigns, intake, lifecycle, phones, sequences
 from common.config import settings
 from common.db.connection import fetch, fetch_dicts
 from common.quiet_hours import parse_timezone, recipient_timezone
@@ -20,6 +27,9 @@ from services.ingest.messages import RESCHEDULABLE
 from services.ingest.sequence_models import EnrolmentChange, NewEnrolment, NewSequence
 
 _VARIABLE = re.compile(r"\{([a-z0-9_]+)\}")
+# A step's tag naming the campaign whose fan-out made its enrolment (``common.campaigns`` holds a
+# paused campaign's steps by it); postroom sets it, never a step's own tags.
+CAMPAIGN_TAG = campaigns.STEP_CAMPAIGN_TAG
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -83,50 +93,111 @@ def enrol(workspace_id: int, sequence_id: int, body: NewEnrolment, now: datetime
             to = phones.normalize(body.to)
         except ValueError as exc:
             raise ApiError(422, "invalid_request", f"to: {exc}", "to") from None
-    anchors = _times(body.anchors)
-    needed = {s["anchor"] for s in seq["steps"]} - {sequences.ENROLMENT} - set(anchors)
+    _times(body.anchors)
+    needed = {s["anchor"] for s in seq["steps"]} - {sequences.ENROLMENT} - set(body.anchors)
     if needed:
         raise ApiError(422, "invalid_request", f"anchors: the steps need {', '.join(sorted(needed))}", "anchors")
     for step in seq["steps"]:
         missing = set(_VARIABLE.findall(step["body"])) - set(body.variables)
         if missing:
             raise ApiError(422, "invalid_request", f"variables: step {step['name']} needs {', '.join(sorted(missing))}", "variables")
-    zone = _zone(workspace_id, body.timezone, seq["channel"], to)
-    enrolment_id = fetch(
-        "INSERT INTO enrolment (sequence_id, workspace_id, channel, to_addr, anchors, variables, timezone, created_at)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
-        (sequence_id, workspace_id, seq["channel"], to, Json(body.anchors), Json(body.variables), zone, now))[0][0]
-    plans = [(step, sequences.plan(_step_time(step), anchors, now, zone, now)) for step in seq["steps"]]
-    _make_steps(workspace_id, sequence_id, enrolment_id, seq["channel"], to, body.variables,
-                [(step, at) for step, at in plans if at is not None])
+    if body.timezone is not None:
+        try:
+            parse_timezone(body.timezone)
+        except ValueError as exc:
+            raise ApiError(422, "invalid_request", f"timezone: {exc}", "timezone") from None
+    zone = body.timezone or zones(workspace_id, seq["channel"], [to])[0]
+    enrolment_id = enrol_all(workspace_id, seq, [Recipient(to, dict(body.variables), zone)], body.anchors, now, now)[0]
     return view(workspace_id, enrolment_id)
 
 
-def _zone(workspace_id: int, given: str | None, channel: str, to: str) -> str:
-    """The recipient's zone for local step times: the one given, else the contact's, else the one
-    the phone number pins down, else the workspace's (as quiet hours choose it)."""
-    if given is not None:
-        try:
-            parse_timezone(given)
-        except ValueError as exc:
-            raise ApiError(422, "invalid_request", f"timezone: {exc}", "timezone") from None
-        return given
-    row = fetch("SELECT (SELECT c.timezone FROM contact_address a JOIN contact c ON c.id = a.contact_id"
-                "        WHERE a.workspace_id = w.id AND a.channel = %s AND a.address = %s), w.timezone"
-                " FROM workspace w WHERE w.id = %s", (channel, to, workspace_id))[0]
-    zone, _ = recipient_timezone(row[0], to if channel == "sms" else None, row[1])
-    return zone
+def needed_variables(seq: dict[str, Any]) -> set[str]:
+    """The variables the sequence's step bodies use: every enrolment must have them (a campaign
+    checks its recipients against them when they are added)."""
+    return {name for step in seq["steps"] for name in _VARIABLE.findall(step["body"])}
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """One recipient to enrol: its address on the sequence's channel, its variables (holding
+    every one the steps use) and its zone for local step times."""
+
+    to: str
+    variables: dict[str, str]
+    timezone: str
+
+
+def enrol_all(workspace_id: int, seq: dict[str, Any], recipients: Sequence[Recipient], anchors: dict[str, str],
+              enrolled_at: datetime, now: datetime, campaign_id: int | None = None) -> list[int]:
+    """Enrol ``recipients`` in ``seq`` (as ``get`` reads it), all at ``enrolled_at`` with the same
+    ``anchors`` (checked RFC 3339 text, kept as given), inside the caller's transaction: two
+    statements however many, the enrolments and then all their step messages. ``campaign_id``:
+    the campaign whose fan-out enrols them, tagged on each step (its pause holds the steps, its
+    cancel stops them). Returns the enrolment ids, in the recipients' order."""
+    if not recipients:
+        return []
+    ids = [r[0] for r in fetch(_ENROL, {
+        "sequence": seq["id"], "ws": workspace_id, "channel": seq["channel"], "anchors": Json(anchors), "at": enrolled_at,
+        "to": [r.to for r in recipients], "variables": [json.dumps(r.variables) for r in recipients],
+        "zones": [r.timezone for r in recipients]})]
+    times = {name: datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC) for name, text in anchors.items()}
+    steps = [(step, _step_time(step)) for step in seq["steps"]]
+    planned = [Planned(enrolment_id, r.to, r.variables, step, at)
+               for enrolment_id, r in zip(ids, recipients, strict=True)
+               for step, when in steps
+               if (at := sequences.plan(when, times, enrolled_at, r.timezone, now)) is not None]
+    _make_steps(workspace_id, seq["id"], seq["channel"], planned, campaign_id)
+    return ids
+
+
+# The enrolments' ids are drawn in a CTE (materialized: nextval is volatile) so that they come back
+# in the recipients' order.
+_ENROL = """
+WITH u AS (
+    SELECT nextval(pg_get_serial_sequence('enrolment', 'id')) AS id, n, to_addr, variables::jsonb AS variables, timezone
+    FROM unnest(%(to)s::text[], %(variables)s::text[], %(zones)s::text[]) WITH ORDINALITY AS u(to_addr, variables, timezone, n)
+), ins AS (
+    INSERT INTO enrolment (id, sequence_id, workspace_id, channel, to_addr, anchors, variables, timezone, created_at)
+    SELECT id, %(sequence)s, %(ws)s, %(channel)s, to_addr, %(anchors)s, variables, timezone, %(at)s FROM u
+)
+SELECT id FROM u ORDER BY n
+"""
+
+
+def zones(workspace_id: int, channel: str, addresses: Sequence[str]) -> list[str]:
+    """Each recipient's zone for local step times when none is given: its contact's, else the
+    one its phone number pins down, else the workspace's, as quiet hours choose it (one query)."""
+    workspace_zone, contact_zones = fetch(
+        """SELECT w.timezone, (SELECT coalesce(jsonb_object_agg(a.address, c.timezone), '{}'::jsonb)
+                               FROM contact_address a JOIN contact c ON c.id = a.contact_id
+                               WHERE a.workspace_id = w.id AND a.channel = %s AND a.address = ANY(%s)
+                                 AND c.timezone IS NOT NULL)
+           FROM workspace w WHERE w.id = %s""", (channel, sorted(set(addresses)), workspace_id))[0]
+    phone = channel == "sms"
+    return [recipient_timezone(contact_zones.get(a), a if phone else None, workspace_zone)[0] for a in addresses]
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A step message to make: the enrolment's, at ``at``, to its address, its body filled from ``variables``."""
+
+    enrolment_id: int
+    to: str
+    variables: dict[str, str]
+    step: dict[str, Any]
+    at: datetime
 
 
 _MAKE = """
 WITH v AS (
-    SELECT unnest(%(steps)s::text[]) AS step, unnest(%(bodies)s::text[]) AS body, unnest(%(dues)s::timestamptz[]) AS due,
-           unnest(%(priorities)s::text[]) AS priority, unnest(%(tags)s::jsonb[]) AS tags
+    SELECT * FROM unnest(%(enrolments)s::bigint[], %(to)s::text[], %(steps)s::text[], %(bodies)s::text[],
+                         %(dues)s::timestamptz[], %(priorities)s::text[], %(tags)s::jsonb[])
+           AS u(enrolment, to_addr, step, body, due, priority, tags)
 ), ins AS (
     INSERT INTO message (workspace_id, channel, to_addr, body, status, priority, idempotency_key, tags, due_at,
                          status_changed_at, enrolment_id, step)
-    SELECT %(ws)s, %(channel)s, %(to)s, v.body, 'scheduled', v.priority, 'enrol:' || %(enrolment)s || ':' || v.step, v.tags,
-           v.due, """ + lifecycle.stamped_before("v.due") + """, %(enrolment)s, v.step
+    SELECT %(ws)s, %(channel)s, v.to_addr, v.body, 'scheduled', v.priority, 'enrol:' || v.enrolment || ':' || v.step, v.tags,
+           v.due, """ + lifecycle.stamped_before("v.due") + """, v.enrolment, v.step
     FROM v
     ON CONFLICT DO NOTHING
     RETURNING id, due_at
@@ -136,18 +207,31 @@ SELECT id, 'scheduled', jsonb_build_object('send_at', due_at, 'sequence_id', %(s
 """
 
 
-def _make_steps(workspace_id: int, sequence_id: int, enrolment_id: int, channel: str, to: str,
-                variables: dict[str, str], planned: list[tuple[dict[str, Any], datetime]]) -> None:
+def _fill(body: str, variables: dict[str, str]) -> str:
+    """The step's text with each ``{name}`` replaced by the variable (every one was checked to be
+    there when the recipient was enrolled or added to its campaign)."""
+    return _VARIABLE.sub(lambda m: variables[m.group(1)], body)
+
+
+def _make_steps(workspace_id: int, sequence_id: int, channel: str, planned: Sequence[Planned],
+                campaign_id: int | None = None) -> None:
+    """Make the planned step messages, of any number of enrolments, in one statement. A step's
+    tags are its own plus ``sequence_id``, ``enrolment_id``, ``step`` and, only for a campaign's
+    enrolment, ``campaign_id`` (reserved: a step's own tag of that name is dropped, so that only a
+    campaign holds or stops a step)."""
     if not planned:
         return
+    made_by = {CAMPAIGN_TAG: str(campaign_id)} if campaign_id is not None else {}
     fetch(_MAKE, {
-        "ws": workspace_id, "channel": channel, "to": to, "enrolment": enrolment_id, "sequence": sequence_id,
-        "steps": [s["name"] for s, _ in planned],
-        "bodies": [_VARIABLE.sub(lambda m: variables[m.group(1)], s["body"]) for s, _ in planned],
-        "dues": [at for _, at in planned],
-        "priorities": [s["priority"] for s, _ in planned],
-        "tags": [Json({**s["tags"], "sequence_id": str(sequence_id), "enrolment_id": str(enrolment_id), "step": s["name"]})
-                 for s, _ in planned],
+        "ws": workspace_id, "channel": channel, "sequence": sequence_id,
+        "enrolments": [p.enrolment_id for p in planned],
+        "to": [p.to for p in planned],
+        "steps": [p.step["name"] for p in planned],
+        "bodies": [_fill(p.step["body"], p.variables) for p in planned],
+        "dues": [p.at for p in planned],
+        "priorities": [p.step["priority"] for p in planned],
+        "tags": [Json({**{k: v for k, v in p.step["tags"].items() if k != CAMPAIGN_TAG}, "sequence_id": str(sequence_id),
+                       "enrolment_id": str(p.enrolment_id), "step": p.step["name"], **made_by}) for p in planned],
     })
     intake.wake_scheduler()
 
@@ -184,11 +268,12 @@ def move(workspace_id: int, enrolment_id: int, body: EnrolmentChange, now: datet
     merged = {**e["anchors"], **body.anchors}
     fetch("UPDATE enrolment SET anchors = %s, updated_at = now() WHERE id = %s", (Json(merged), enrolment_id))
     anchors = _times(merged)
-    made = {m["step"]: m for m in fetch_dicts("SELECT id, step, status FROM message WHERE enrolment_id = %s FOR UPDATE",
-                                              (enrolment_id,))}
+    made = {m["step"]: m for m in fetch_dicts("SELECT id, step, status, tags->>%s AS campaign FROM message"
+                                              " WHERE enrolment_id = %s FOR UPDATE", (CAMPAIGN_TAG, enrolment_id))}
+    campaign = next((int(m["campaign"]) for m in made.values() if (m["campaign"] or "").isdigit()), None)  # stays its campaign's
     moved: list[tuple[int, datetime]] = []
     skipped: list[int] = []
-    new: list[tuple[dict[str, Any], datetime]] = []
+    new: list[Planned] = []
     for step in e["steps"]["steps"]:
         if step["anchor"] not in body.anchors:
             continue
@@ -196,7 +281,7 @@ def move(workspace_id: int, enrolment_id: int, body: EnrolmentChange, now: datet
         message = made.get(step["name"])
         if message is None:
             if at is not None and at > now:
-                new.append((step, at))
+                new.append(Planned(enrolment_id, e["to_addr"], e["variables"], step, at))
         elif message["status"] in RESCHEDULABLE:
             if at is None:
                 skipped.append(message["id"])
@@ -214,7 +299,7 @@ def move(workspace_id: int, enrolment_id: int, body: EnrolmentChange, now: datet
         intake.wake_scheduler()
     if skipped:
         lifecycle.advance(skipped, RESCHEDULABLE, "cancelled", detail={"by": "sequence", "reason": "its moved time had passed"})
-    _make_steps(workspace_id, e["sequence_id"], enrolment_id, e["channel"], e["to_addr"], e["variables"], new)
+    _make_steps(workspace_id, e["sequence_id"], e["channel"], new, campaign)
     return view(workspace_id, enrolment_id)
 
 

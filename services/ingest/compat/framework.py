@@ -15,6 +15,9 @@ common, so that no route does it its own way:
   (``workspace_alias``). Anything else is 403 ``identity_mismatch``, the same for an unknown word
   as for another tenant's, so the answer never tells which exists. It runs before the view reads
   or writes anything.
+- The workspace's time zone and the reading of the callers' times (``workspace_zone``,
+  ``is_local``, ``offset_of``, ``iso_in_offset``): a time written without an offset is read in
+  the workspace's zone, and an answer is given in the offset the caller wrote.
 """
 
 from __future__ import annotations
@@ -150,7 +153,7 @@ def iso_in_offset(at: datetime | str | None, like: str | None = None, zone: str 
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     target: Any = UTC
-    offset = _offset_of(like)
+    offset = offset_of(like)
     if offset is not None:
         target = offset
     elif zone:
@@ -161,13 +164,38 @@ def iso_in_offset(at: datetime | str | None, like: str | None = None, zone: str 
     return moment.astimezone(target).isoformat(timespec="seconds")
 
 
-def _offset_of(stamp: str | None) -> timezone | None:
+def offset_of(stamp: str | None) -> timezone | None:
     """The fixed UTC offset written in an ISO 8601 timestamp, or None (none written, or not one)."""
+    parsed = _parsed(stamp)
+    offset = parsed.utcoffset() if parsed is not None else None
+    return timezone(offset) if offset is not None else None
+
+
+def is_local(stamp: str) -> bool:
+    """Whether ``stamp`` is an ISO 8601 time written without a UTC offset: the routes read it in
+    the workspace's zone (``workspace_zone``). One that does not parse is not: the due-time check
+    refuses it, naming the caller's field."""
+    parsed = _parsed(stamp)
+    return parsed is not None and parsed.tzinfo is None
+
+
+def _parsed(stamp: str | None) -> datetime | None:
     if not stamp:
         return None
     try:
-        parsed = datetime.fromisoformat(stamp.strip().replace("z", "Z"))
+        return datetime.fromisoformat(stamp.strip().replace("z", "Z"))
     except ValueError:
         return None
-    offset = parsed.utcoffset()
-    return timezone(offset) if offset is not None else None
+
+
+def workspace_zone(workspace_id: int) -> str:
+    """The workspace's IANA time zone, in which a caller's local time is read and an answer without
+    the caller's own offset is given; read once a request."""
+    cached = g.get("compat_zone")
+    if cached is not None and cached[0] == workspace_id:
+        return str(cached[1])
+    with transaction():
+        rows = fetch("SELECT timezone FROM workspace WHERE id = %s", (workspace_id,))
+    zone = str(rows[0][0]) if rows else "UTC"
+    g.compat_zone = (workspace_id, zone)
+    return zone

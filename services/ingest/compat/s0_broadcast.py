@@ -2,8 +2,9 @@
 adapters over the /v1 core.
 
 - ``schedule-sms`` / ``schedule-email`` take a ``QueueMessage`` and accept one message as
-  ``POST /v1/messages`` does (``api.accept_one``). ``contactId`` names a postroom contact by id or
-  by ``external_id``; when it names none, ``metadata.phone`` / ``metadata.email`` is the address.
+  ``POST /v1/messages`` does (``api.accept_one``). ``contactId`` names a postroom contact by its
+  ``external_id`` (first: old clients send their own CRM ids, often numeric) or its postroom id;
+  when it names none, ``metadata.phone`` / ``metadata.email`` is the address.
   ``messageId`` is the message's idempotency key (``compat:s0:<messageId>``), so an old client
   that queues the same message twice gets the first one back.
 - A broadcast is a postroom campaign (with its sequence, when it has one), named by its postroom
@@ -17,12 +18,11 @@ Statuses are said in the document's ``queue_status`` vocabulary (``MESSAGE_STATU
 from __future__ import annotations
 
 import re
-from datetime import datetime
 from typing import Any
 
 from flask import Response, g, request
 
-from common.db.connection import fetch, transaction
+from common.db.connection import transaction
 from services.ingest import api, campaigns_api, contacts
 from services.ingest.compat import framework
 from services.ingest.compat.s0_models import (
@@ -75,7 +75,7 @@ def _queue(body: QueueMessage, channel: str) -> tuple[Response, int]:
                              field="workspaceId")
     with transaction():
         recipient, recipient_field = _recipient(body, channel)
-        zone = _zone() if body.scheduledTime and _is_local(body.scheduledTime) else None
+    zone = _zone_for(body.scheduledTime)
     given: dict[str, Any] = {"channel": channel, **recipient, "body": body.content, "tags": _tags(body)}
     if body.scheduledTime:
         given.update(send_at=body.scheduledTime, timezone=zone)
@@ -96,11 +96,13 @@ def _queue(body: QueueMessage, channel: str) -> tuple[Response, int]:
 
 
 def _recipient(body: QueueMessage, channel: str) -> tuple[dict[str, Any], str]:
-    """Who the message goes to: the contact ``contactId`` names (postroom id, else external id),
-    else the metadata's address; with the request field that named it."""
+    """Who the message goes to: the contact ``contactId`` names (its external id first, as old
+    clients send their own CRM ids, often numeric; else a postroom id), else the metadata's
+    address; with the request field that named it."""
     ref = str(body.contactId)
-    found = contacts.get(g.workspace_id, int(ref)) if ref.isdigit() and 0 < int(ref) < 2**63 else None
-    found = found or contacts.by_external_id(g.workspace_id, ref)
+    found = contacts.by_external_id(g.workspace_id, ref)
+    if found is None and ref.isascii() and ref.isdigit() and 0 < int(ref) < 2**63:
+        found = contacts.get(g.workspace_id, int(ref))
     if found is not None:
         return {"contact_id": found["id"]}, "contactId"
     key = "phone" if channel == "sms" else "email"
@@ -120,17 +122,9 @@ def _tags(body: QueueMessage) -> dict[str, str]:
     return {"compat": "s0", **dict(list(kept.items())[:MAX_TAGS - 1])}
 
 
-def _is_local(time: str) -> bool:
-    """Whether ``time`` is an ISO time without a UTC offset (read in the workspace's zone)."""
-    try:
-        return datetime.fromisoformat(time.replace("Z", "+00:00").replace("z", "+00:00")).tzinfo is None
-    except ValueError:
-        return False  # refused by the due-time check, naming scheduledTime
-
-
-def _zone() -> str:
-    rows = fetch("SELECT timezone FROM workspace WHERE id = %s", (g.workspace_id,))
-    return str(rows[0][0]) if rows else "UTC"
+def _zone_for(time: str | None) -> str | None:
+    """The zone a given time is read in: the workspace's for a local time, else none."""
+    return framework.workspace_zone(g.workspace_id) if time and framework.is_local(time) else None
 
 
 _BROADCAST: dict[str, Any] = {"text_params": {"broadcast_id": BROADCAST_ID}, "errors": (403, 404, 409)}
@@ -145,7 +139,7 @@ def queue_broadcast(broadcast_id: str, body: QueueBroadcast) -> tuple[Response, 
     framework.check_identity(body.workspaceId, request.headers.get(WORKSPACE_HEADER), field="workspaceId")
     with transaction():
         campaign = _broadcast(broadcast_id)
-        zone = _zone() if body.scheduleTime and _is_local(body.scheduleTime) else None
+    zone = _zone_for(body.scheduleTime)
     try:
         view = campaigns_api.start(g.workspace_id, campaign["id"], body.scheduleTime or None, zone, again_ok=True)
     except ApiError as exc:
@@ -165,6 +159,8 @@ def broadcast_status(broadcast_id: str) -> tuple[Response, int]:
 
 
 def _broadcast(broadcast_id: str) -> dict[str, Any]:
+    """The campaign ``broadcast_id`` names (its external id, else its postroom id); the contract
+    has checked it is of the documented form (``BROADCAST_ID``)."""
     campaign = campaigns_api.find(g.workspace_id, broadcast_id)
     if campaign is None:
         raise ApiError(404, "not_found", f"no broadcast {broadcast_id} in this workspace (a campaign id or external_id)",

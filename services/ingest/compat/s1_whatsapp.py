@@ -3,9 +3,10 @@ thin adapters over the /v1 campaigns core.
 
 - ``POST /api/campaigns/send`` is a WhatsApp Cloud campaign (``campaigns_api``) whose
   ``external_id`` is the caller's ``campaignId``. Repeated sends of the same content add their
-  recipients to the newest campaign of that id still going (``campaigns_api.add``); other content,
-  or a finished campaign, makes a new one under the same id (``campaigns_api.create``, started at
-  once). ``text`` is the message body; ``template`` is a ``models.Template``.
+  recipients to the newest campaign of that id that is running or scheduled (``campaigns_api.add``);
+  other content, or a campaign in any other status (a draft or paused one would only hold them, a
+  finished one takes none), makes a new one under the same id (``campaigns_api.create``, started
+  at once). ``text`` is the message body; ``template`` is a ``models.Template``.
 - ``GET /api/queue/status`` sums ``campaigns.counters`` over the campaigns of that id, in the
   document's cumulative form (a read message was also delivered and sent).
 - ``POST`` (and Vercel cron's ``GET``) ``/api/queue/worker`` does nothing: postroom's workers
@@ -50,7 +51,7 @@ blueprint = framework.blueprint("compat_s1", __name__)
 CHANNEL = "whatsapp_cloud"
 WORKER_WINDOW_SECONDS = 60
 WORKER_CACHE_SECONDS = 1.0
-ENDED = ("completed", "cancelled")
+JOINABLE = ("running", "scheduled")  # a send's recipients join a campaign only while it is going to send them
 # /v1's field names in refusals, as the S1 request names them.
 FIELDS = {"body": "payload.text.body", "template": "payload.template", "external_id": "campaignId", "name": "campaignName",
           "recipients": "recipients"}
@@ -147,13 +148,13 @@ def _renamed(call: Any) -> Any:
 
 def _add_to_current(body: CampaignSend, new: NewCampaign,
                     recipients: list[CampaignRecipient]) -> tuple[int, int, int] | None:
-    """Add the recipients to the newest campaign of this ``campaignId`` still going that sends
-    the same content: (queued, total, postroom id). None when there is none (or it finished
-    meanwhile), so that a new campaign is made."""
+    """Add the recipients to the newest campaign of this ``campaignId`` that is running or
+    scheduled and sends the same content: (queued, total, postroom id). None when there is none
+    (or it finished meanwhile), so that a new campaign is made."""
     with transaction():
         message = json.loads(json.dumps(_renamed(lambda: campaigns_api.message_of(g.workspace_id, new)), default=str))
         current = next((c for c in campaigns_api.by_external_id(g.workspace_id, str(body.campaignId))
-                        if c["status"] not in ENDED and c["message"] == message), None)
+                        if c["status"] in JOINABLE and c["message"] == message), None)
     if current is None:
         return None
     try:
@@ -188,21 +189,31 @@ def queue_status() -> tuple[Response, int]:
 
 
 def status_of(ref: int | str, rows: list[dict[str, Any]], counts: list[dict[str, Any]]) -> dict[str, Any]:
-    """The document's status answer from campaigns (newest first) and their counters."""
+    """The document's status answer from campaigns (newest first) and their counters; progress is
+    the counters' ``percent_done`` over them all (weighted by size), rounded down."""
     total = {k: sum(c[k] for c in counts) for k in ("total", "pending", "processing", "sent", "delivered", "read", "failed",
                                                     "suppressed", "cancelled")}
     sent = total["sent"] + total["delivered"] + total["read"]
     delivered = total["delivered"] + total["read"]
     failed = total["failed"] + total["suppressed"]
-    done = total["total"] - total["pending"] - total["processing"]
-    progress = math.floor(100 * done / total["total"]) if total["total"] else 100
     return {
         "stats": {"pending": total["pending"], "processing": total["processing"], "sent": sent, "failed": failed,
                   "delivered": delivered, "read": total["read"]},
         "avgSendRate": f"{_mean_rate(rows, sent + failed):.1f} msg/sec",
-        "campaign": {"id": ref, "name": rows[0]["name"], "status": rows[0]["status"], "progress": progress,
+        "campaign": {"id": ref, "name": rows[0]["name"], "status": rows[0]["status"], "progress": _progress(counts),
                      "total": total["total"], "sent": sent, "delivered": delivered, "failed": failed},
     }
+
+
+def _progress(counts: list[dict[str, Any]]) -> int:
+    """The campaigns' ``percent_done`` together (weighted by size, in the counters' hundredths),
+    rounded down; 100 only when nothing is left (hundredths can make 99.999 read as 100)."""
+    size = sum(c["total"] for c in counts)
+    if not size:
+        return 100
+    percent = math.floor(round(sum(c["percent_done"] * c["total"] for c in counts) / size, 2))
+    left = any(c["pending"] or c["processing"] for c in counts)
+    return min(percent, 99) if left else 100
 
 
 def _mean_rate(rows: list[dict[str, Any]], finished: int) -> float:

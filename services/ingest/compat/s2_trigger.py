@@ -16,12 +16,12 @@ sender that is not the workspace's own, is accepted, and the processing stage fa
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 from flask import Response, g, request
 
-from common.db.connection import fetch, transaction
+from common.db.connection import transaction
 from services.ingest import api, messages, outgoing
 from services.ingest.compat import framework
 from services.ingest.compat.s2_models import (
@@ -37,6 +37,7 @@ from services.ingest.compat.s2_models import (
 from services.ingest.contract import Body, query
 from services.ingest.errors import ApiError
 from services.ingest.models import NewMessage
+from services.ingest.validation import validate
 
 blueprint = framework.blueprint("compat_s2", __name__, url_prefix="/api/trigger")
 TAG = {"compat": "s2"}
@@ -79,13 +80,13 @@ def _schedule(body: SendSms, send_at: str | None, time_field: str) -> tuple[Resp
     """Accept the job's message as ``POST /v1/messages`` does, checks of ``to`` and ``fromNumber``
     deferred to processing; refusals name the S2 field (``time_field`` for the due time)."""
     framework.check_identity(body.workspaceId, field="workspaceId")
-    offset = _offset_of(send_at) if time_field == "scheduledTime" else None
+    offset = _offset_text(framework.offset_of(send_at)) if time_field == "scheduledTime" else None
     tags = {**TAG, "s2_offset": offset} if offset is not None else dict(TAG)
     held = g.get("idempotency")
     try:
         given = {"channel": "sms", "to": body.to, "body": body.body, "from": body.fromNumber, "tags": tags, "send_at": send_at,
                  "media": [{"url": body.mediaUrl}] if body.mediaUrl else None}
-        new = NewMessage.model_validate({k: v for k, v in given.items() if v is not None})
+        new = validate(NewMessage, {k: v for k, v in given.items() if v is not None})
         answer, _ = api.accept_one(g.workspace_id, new, held.key if held is not None else None,
                                    resolve=outgoing.resolve_deferring)
     except ApiError as exc:
@@ -94,7 +95,8 @@ def _schedule(body: SendSms, send_at: str | None, time_field: str) -> tuple[Resp
     data: dict[str, Any] = {"jobId": f"job_{answer['id']}", "status": JOB_STATUS.get(answer["status"], "processing"),
                             "messageId": f"msg_{answer['id']}"}
     if time_field != "send_at":
-        data["scheduledTime"] = framework.iso_in_offset(answer.get("send_at") or datetime.now(UTC), send_at, _zone())
+        data["scheduledTime"] = framework.iso_in_offset(answer.get("send_at") or datetime.now(UTC), send_at,
+                                                       framework.workspace_zone(g.workspace_id))
     if body.mediaUrl:
         data["mediaUrl"] = body.mediaUrl
     if body.fromNumber:
@@ -143,7 +145,7 @@ def _job(message_id: int) -> dict[str, Any]:
         raise _no_job(f"job_{message_id}")
     events = view.get("events") or []
     like = _stored_offset(view["tags"])
-    zone = _zone()
+    zone = framework.workspace_zone(g.workspace_id)
     due = next((e["detail"]["send_at"] for e in reversed(events) if e["status"] == "scheduled" and e["detail"].get("send_at")),
                view["send_at"])
     ended = next((e["at"] for e in reversed(events) if e["status"] in ENDED), None)
@@ -166,21 +168,9 @@ def _no_job(job_id: str) -> ApiError:
     return ApiError(404, "not_found", f"no job {job_id[:100]} in this workspace", "jobId")
 
 
-def _zone() -> str:
-    """The workspace's IANA time zone (read once a request): answers without a caller offset use it."""
-    if "s2_zone" not in g:
-        with transaction():
-            rows = fetch("SELECT timezone FROM workspace WHERE id = %s", (g.workspace_id,))
-        g.s2_zone = rows[0][0] if rows else "UTC"
-    return str(g.s2_zone)
-
-
-def _offset_of(stamp: str | None) -> str | None:
-    """The UTC offset written in an RFC 3339 time, as ``+10:00`` (None: none written, or not a time)."""
-    try:
-        written = datetime.fromisoformat(stamp.replace("Z", "+00:00").replace("z", "+00:00")).utcoffset() if stamp else None
-    except ValueError:
-        return None
+def _offset_text(offset: timezone | None) -> str | None:
+    """A caller's UTC offset (``framework.offset_of``) as the ``s2_offset`` tag keeps it: ``+10:00``."""
+    written = offset.utcoffset(None) if offset is not None else None
     if written is None:
         return None
     minutes = int(written.total_seconds()) // 60

@@ -3,8 +3,8 @@
 The old queue had no HTTP API (its callers imported ``eventMessageQueue.js``), so the paths are
 postroom's; each is the function of the same name, a thin adapter over the /v1 core:
 
-- an event message is a /v1 message (``api.accept_one``; a list: ``batch.prepare``/``store``,
-  one statement) tagged ``compat=s3`` with ``s3_id``, ``event_id``, ``contractor_id``,
+- an event message is a /v1 message (``api.accept_one``; a list: ``api.accept_batch``, one
+  statement) tagged ``compat=s3`` with ``s3_id``, ``event_id``, ``contractor_id``,
   ``message_type`` (and ``message_category``, ``ghl_*`` when given). Its own ``unique_tags``
   (compat, event_id, contractor_id, message_type) are the old compound dedupe index: while one is
   pending, scheduling the same again answers it (``duplicate: true``);
@@ -25,13 +25,13 @@ from typing import Any
 
 from flask import Response, g, request
 
-from common import backlog, dispatch
-from common.db.connection import fetch, transaction
+from common import backlog
+from common.db.connection import transaction
 from common.providers import config as channel_config
-from services.ingest import api, batch, messages, upcoming
+from services.ingest import api, messages, upcoming
 from services.ingest.compat import s3_models as m
 from services.ingest.compat.framework import blueprint as compat_blueprint
-from services.ingest.compat.framework import compat_operation, success
+from services.ingest.compat.framework import compat_operation, is_local, success, workspace_zone
 from services.ingest.contract import Body, query
 from services.ingest.errors import ApiError
 from services.ingest.models import CHANNELS, NewMessage
@@ -74,27 +74,19 @@ class Workspace:
 
 
 def _workspace(workspace_id: int) -> Workspace:
+    zone = workspace_zone(workspace_id)
     with transaction():
-        zone = fetch("SELECT timezone FROM workspace WHERE id = %s", (workspace_id,))
         http = channel_config.load(workspace_id, "http") is not None
-    return Workspace(zone[0][0] if zone else "UTC", http)
-
-
-def _has_offset(text: str) -> bool:
-    """Whether a time carries its UTC offset (one that does not parse is left to ``due_time`` to refuse)."""
-    try:
-        return datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00")).tzinfo is not None
-    except ValueError:
-        return True
+    return Workspace(zone, http)
 
 
 def _timing(text: str, ws: Workspace) -> dict[str, str]:
     """``send_at`` (and, for a local time, the workspace's zone) of a /v1 message."""
-    return {"send_at": text} if _has_offset(text) else {"send_at": text, "timezone": ws.timezone}
+    return {"send_at": text, "timezone": ws.timezone} if is_local(text) else {"send_at": text}
 
 
 def _zone(text: str, ws: Workspace) -> str | None:
-    return None if _has_offset(text) else ws.timezone
+    return ws.timezone if is_local(text) else None
 
 
 def _id(value: int | str) -> str:
@@ -189,12 +181,7 @@ def schedule_bulk(body: m.EventMessageBulk) -> tuple[Response, int]:
             outcomes[index] = _refused(index, renamed(exc, None, f"messages[{index}]."),
                                        given if isinstance(given, int | str) and not isinstance(given, bool) else None)
     held = g.get("idempotency")
-    with transaction():
-        ready, refused = batch.prepare(g.workspace_id, [r for _, _, r in raws], held.key if held is not None else None)
-        stored = batch.store(g.workspace_id, ready)
-    for lane, ids in batch.handed_on(ready, stored).items():
-        dispatch.handoff.submit("processing", lane, ids)  # after the commit
-    for result in refused + stored:
+    for result in api.accept_batch(g.workspace_id, [r for _, _, r in raws], held.key if held is not None else None):
         index, item, raw = raws[result["index"]]
         if "error" in result:
             error = result["error"]
@@ -337,8 +324,9 @@ def upcoming_messages() -> tuple[Response, int]:
 
 
 def _number(value: Any) -> int | str | None:
-    """A tag holding an id, as the number the caller gave (ids are digits)."""
-    return int(value) if isinstance(value, str) and value.isdigit() else value
+    """A tag holding an id, as the number the caller gave (ids are ASCII digits; any other text,
+    such as a tag set through /v1, is answered as it is)."""
+    return int(value) if isinstance(value, str) and value.isascii() and value.isdigit() else value
 
 
 def _upcoming(row: dict[str, Any]) -> dict[str, Any]:
