@@ -19,7 +19,7 @@ query and each template and channel configuration once.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from common import links, phones, segments
@@ -334,24 +334,21 @@ def resolve_deferring(workspace_id: int, body: NewMessage) -> dict[str, Any]:
     """
     lookups = Lookups(workspace_id)
     route = _route(body)
+    checks: list[tuple[str, str, str | None, Callable[[Lookups, NewMessage, list[str]], object]]] = []
+    if isinstance(body.to, str) and body.contact_id is None and len(route) == 1 and route[0] in PHONE_CHANNELS:
+        checks.append(("to", "to", _STAND_IN, _addresses))
+    if body.from_ is not None and body.messaging_service_sid is None:
+        checks.append(("from", "from_", None, _check_sender))
     deferred: list[dict[str, str]] = []
     stand_in: dict[str, Any] = {}
-    if isinstance(body.to, str) and body.contact_id is None and len(route) == 1 and route[0] in PHONE_CHANNELS:
+    for field, attribute, replacement, check in checks:
         try:
-            _addresses(lookups, body, route)
+            check(lookups, body, route)
         except ApiError as exc:
-            if exc.field != "to":
+            if exc.field != field:
                 raise
-            deferred.append({"field": "to", "error_code": DEFERRED_CODES["to"], "error": exc.message})
-            stand_in["to"] = _STAND_IN
-    if body.from_ is not None and body.messaging_service_sid is None:
-        try:
-            _check_sender(lookups, body, route)
-        except ApiError as exc:
-            if exc.field != "from":
-                raise
-            deferred.append({"field": "from", "error_code": DEFERRED_CODES["from"], "error": exc.message})
-            stand_in["from_"] = None
+            deferred.append({"field": field, "error_code": DEFERRED_CODES[field], "error": exc.message})
+            stand_in[attribute] = replacement
     fields = resolve(workspace_id, body.model_copy(update=stand_in), lookups)
     if deferred:
         fields.update(to=body.to if "to" in stand_in else fields["to"],

@@ -47,12 +47,7 @@ DEFAULT_LIMIT = 100
 def list_upcoming() -> tuple[Response, int]:
     within = _within(request.args.get("within", DEFAULT_WITHIN))
     limit = query_int("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
-    after = None
-    if (cursor := request.args.get("cursor")) is not None:
-        try:
-            after = upcoming.parse_cursor(cursor)
-        except upcoming.BadCursor:
-            raise ApiError(422, "invalid_request", "cursor must be a next_cursor this API returned", "cursor") from None
+    after = upcoming.after_cursor(request.args.get("cursor"))
     with transaction():
         found = upcoming.page(g.workspace_id, within, limit, after)
     return jsonify({"until": _iso(found.until), "messages": found.messages, "next_cursor": found.next_cursor,

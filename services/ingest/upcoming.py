@@ -13,6 +13,7 @@ from typing import Any
 from psycopg2.extras import Json
 
 from common.db.connection import fetch, fetch_dicts
+from services.ingest.errors import ApiError
 
 MOST_TAGS = 100  # distinct tags listed in the counts, most frequent first
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -58,6 +59,20 @@ class Page:
 def cursor_of(due_at: datetime, message_id: int) -> str:
     """An opaque cursor: the last item's due time (microseconds since the epoch) and id."""
     return f"{(due_at - _EPOCH) // timedelta(microseconds=1)}_{message_id}"
+
+
+def after_cursor(cursor: str | None) -> tuple[datetime, int] | None:
+    """The position a listing's ``cursor`` query parameter names (None: from the start).
+
+    Raises:
+      ApiError: 422 naming ``cursor`` when it is no cursor this API handed out.
+    """
+    if cursor is None:
+        return None
+    try:
+        return parse_cursor(cursor)
+    except BadCursor:
+        raise ApiError(422, "invalid_request", "cursor must be a next_cursor this API returned", "cursor") from None
 
 
 def parse_cursor(cursor: str) -> tuple[datetime, int]:

@@ -311,12 +311,7 @@ def upcoming_messages() -> tuple[Response, int]:
                 raise ApiError(422, "invalid_request", f"{name} must be a positive integer", name)
             tags[name] = value
     limit = query_int("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
-    after = None
-    if (cursor := request.args.get("cursor")) is not None:
-        try:
-            after = upcoming.parse_cursor(cursor)
-        except upcoming.BadCursor:
-            raise ApiError(422, "invalid_request", "cursor must be a next_cursor this API returned", "cursor") from None
+    after = upcoming.after_cursor(request.args.get("cursor"))
     with transaction():
         found = upcoming.page(g.workspace_id, UPCOMING_WITHIN, limit, after, tags=tags)
     return success(messages=[_upcoming(r) for r in found.messages], count=found.counts["total"],
