@@ -6,7 +6,7 @@ one enrolment ``POST /v1/sequences/{id}/enrolments`` uses: an ``enrolment`` row 
 scheduled message per step whose time has not passed (or whose rule sends it anyway), two
 statements for the whole page. This module only says what a campaign gives the enrolment: the
 recipient's address on the sequence's channel, its variables (checked when it was added: each
-holds every variable the steps use, ``needed_variables``), and the times.
+holds every variable the steps use, ``sequences.needed_variables``), and the times.
 
 Times: the enrolment is made at the campaign's send time (its ``send_at`` when it is scheduled,
 else now), so the default ``enrolment`` anchor means "when the recipient's campaign message goes
@@ -50,12 +50,6 @@ def check(workspace_id: int, sequence_id: int, route: Sequence[str]) -> dict[str
         raise _refuse(f"sequence {sequence_id}'s steps hang on {', '.join(sorted(foreign))}; a campaign gives only "
                       f"{', '.join((steps_in_time.ENROLMENT, *CAMPAIGN_ANCHORS))}")
     return seq
-
-
-def needed_variables(seq: dict[str, Any]) -> set[str]:
-    """The variables the sequence's step bodies use: a recipient without one is refused when it
-    is added, so the fan-out never meets one."""
-    return sequences.needed_variables(seq)
 
 
 def _refuse(message: str) -> ApiError:

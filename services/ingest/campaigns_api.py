@@ -27,7 +27,7 @@ from psycopg2.extras import Json
 from common import campaigns, dispatch
 from common.config import settings
 from common.db.connection import fetch, fetch_dicts, longer_deadline, transaction
-from services.ingest import campaign_sequence, outgoing, templates
+from services.ingest import campaign_sequence, outgoing, sequences, templates
 from services.ingest.campaign_models import (
     MAX_RECIPIENTS,
     CampaignList,
@@ -140,7 +140,7 @@ def _recipients(workspace_id: int, message: dict[str, Any], template: dict[str, 
     first recipient at fault (by its position in the campaign) and what is wrong. With a
     ``sequence``, the variables are kept for the enrolment too and must hold what its steps use."""
     route = message.get("channels") or [message["channel"]]
-    needed = campaign_sequence.needed_variables(sequence) if sequence is not None else set()
+    needed = sequences.needed_variables(sequence) if sequence is not None else set()
     keep = template is not None or sequence is not None
     contacts = _contacts(workspace_id, [r.contact_id for r in given if r.contact_id is not None])
     out = []
