@@ -4,9 +4,10 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test lint bench chaos migrate clean readme-config
+.PHONY: help install run test lint browser bench chaos migrate clean readme-config
 
 help: ## list every target
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -22,8 +23,12 @@ install: $(STAMP) ## create .venv and install postroom with its local-run and te
 run: $(STAMP) ## start the whole pipeline locally (private PostgreSQL + Redis under var/ unless DATABASE_URL/REDIS_URL are set)
 	$(BIN)/postroom run
 
-test: $(STAMP) lint ## lint, then the test suite against real PostgreSQL, Redis, workers and the sandbox
+test: $(STAMP) lint browser ## lint, then the test suite against real PostgreSQL, Redis, workers, the sandbox and a headless browser
 	$(BIN)/python -m pytest
+
+browser: ## install Debian's chromium and chromium-driver (the widget's browser test) when missing
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		($(SUDO) apt-get update && $(SUDO) apt-get install -y chromium chromium-driver)
 
 lint: $(STAMP) ## ruff and mypy over the code and the tests
 	$(BIN)/ruff check common services tests

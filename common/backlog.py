@@ -24,10 +24,10 @@ import redis
 from psycopg2.extras import Json
 
 from common import dispatch, events, lifecycle
-from common.broker import LANES, queue_name
+from common.broker import lanes_of, queue_name
 from common.db.connection import fetch, fetch_dicts
 
-STAGES: tuple[str, ...] = tuple(dispatch.STAGES)  # processing, routing, a sender per channel, webhooks, receipts
+STAGES: tuple[str, ...] = tuple(dispatch.STAGES)  # processing, routing, a sender per channel, webhooks, receipts, ai
 # The stages messages (or webhook deliveries) wait on; the receipts stage's work is provider events.
 WAITED_ON: tuple[str, ...] = tuple(stage for stage in STAGES if stage != "receipts")
 WEBHOOK_LANES = events.LANE_OF_RANK  # webhook_delivery.rank
@@ -108,6 +108,26 @@ WHERE status = 'delivering' AND (%(ws)s::bigint IS NULL OR workspace_id = %(ws)s
 GROUP BY rank
 """
 
+# Inbound messages the AI stage owes a turn (the partial index ``message_ai_waiting``), by plan
+# lane, and the turns it finished in the last hour (``processed``, with their lane kept).
+_AI_WAITING = """
+SELECT ai_lane, count(*) FILTER (WHERE due_at IS NULL OR due_at <= now()) AS ready,
+       count(*) FILTER (WHERE due_at > now()) AS later,
+       greatest(0, extract(epoch FROM now() - min(greatest(status_changed_at, due_at))
+                FILTER (WHERE due_at IS NULL OR due_at <= now()))) AS oldest
+FROM message
+WHERE direction = 'inbound' AND status = 'received' AND ai_lane IS NOT NULL
+  AND (%(ws)s::bigint IS NULL OR workspace_id = %(ws)s)
+GROUP BY ai_lane
+"""
+_AI_FINISHED = """
+SELECT m.ai_lane, count(*) AS n
+FROM message_event e JOIN message m ON m.id = e.message_id
+WHERE e.at > now() - make_interval(secs => %(window)s) AND e.status = 'processed' AND m.ai_lane IS NOT NULL
+  AND (%(ws)s::bigint IS NULL OR m.workspace_id = %(ws)s)
+GROUP BY m.ai_lane
+"""
+
 _WEBHOOKS_FINISHED = """
 SELECT rank, status, count(*) AS n FROM webhook_delivery
 WHERE finished_at > now() - make_interval(secs => %(window)s) AND status IN ('succeeded', 'failed')
@@ -156,7 +176,7 @@ def measure(workspace_id: int | None = None, *, scheduled: bool = True, finished
     """
     if not 0 < window_seconds <= HOUR:
         raise ValueError(f"window_seconds must be 1..{HOUR}, not {window_seconds}")
-    figures = {(stage, lane): Figures() for stage in WAITED_ON for lane in LANES}
+    figures = {(stage, lane): Figures() for stage in WAITED_ON for lane in lanes_of(stage)}
     ws = {"ws": workspace_id, "window": window_seconds, "tags": Json(dict(tags)) if tags else None}
 
     def at(stage: str, lane: str) -> Figures | None:
@@ -182,6 +202,7 @@ def measure(workspace_id: int | None = None, *, scheduled: bool = True, finished
             _count_finished(at, row)
     if tags:
         return figures
+    _measure_ai(at, ws, finished)
     for rank, kind, n, oldest in fetch(_WEBHOOKS, ws):
         if (f := at("webhooks", WEBHOOK_LANES.get(rank, "bulk"))) is None:
             continue
@@ -200,6 +221,20 @@ def measure(workspace_id: int | None = None, *, scheduled: bool = True, finished
                 else:
                     f.failed_last_hour += n
     return figures
+
+
+def _measure_ai(at: Callable[[str, str], Figures | None], ws: dict[str, Any], finished: bool) -> None:
+    """The AI stage's lanes: inbound turns waiting (or retrying later), and those finished."""
+    for lane, ready, later, oldest in fetch(_AI_WAITING, ws):
+        if (f := at("ai", lane)) is not None:
+            f.waiting += ready
+            f.scheduled += later
+            if ready:
+                f.oldest_waiting_seconds = max(f.oldest_waiting_seconds, float(oldest or 0))
+    if finished:
+        for lane, n in fetch(_AI_FINISHED, ws):
+            if (f := at("ai", lane)) is not None:
+                f.completed_last_hour += n
 
 
 def _count_finished(at: Callable[[str, str], Figures | None], row: dict[str, Any]) -> None:
@@ -250,7 +285,7 @@ def queue_lengths() -> list[QueueLength]:
     """
     broker = dramatiq.get_broker()
     client, ns = _client(broker), broker.namespace  # type: ignore[attr-defined]
-    keys = [(stage, lane, queue_name(stage, lane)) for stage in STAGES for lane in LANES]
+    keys = [(stage, lane, queue_name(stage, lane)) for stage in STAGES for lane in lanes_of(stage)]
     taken: dict[str, int] = {}
     ack_sets = [k.decode() if isinstance(k, bytes) else k for k in client.scan_iter(match=f"{ns}:__acks__.*", count=1000)]
     pipe = client.pipeline(transaction=False)

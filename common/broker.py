@@ -2,7 +2,8 @@
 
 Redis broker with Retries, AgeLimit, TimeLimit, CurrentMessage, Prometheus and a middleware that
 hands each worker thread a database connection for the duration of one message. Actors are
-declared with ``lane_actors`` so each stage has an urgent, a normal and a bulk queue.
+declared with ``lane_actors`` so each stage has an urgent, a normal and a bulk queue (the AI stage:
+a premium, a pro and a basic one, by the workspace's plan).
 
 Idle workers cost nothing: every enqueue also publishes a wake-up on its queue's channel, and a
 consumer that holds no message waits on that channel instead of polling Redis (``WakingRedisBroker``).
@@ -43,7 +44,12 @@ from common.db.connection import connect_database, db  # noqa: E402
 # Three lanes (DESIGN.md invariant 6): urgent (codes, alerts), normal (single sends, the API's
 # default) and bulk (campaigns), each its own queue at every stage that can build a backlog.
 LANES = ("urgent", "normal", "bulk")
-LANE_PRIORITY = {"urgent": 0, "normal": 50, "bulk": 100}  # lower runs first inside a worker
+# The AI stage's lanes are the workspace's plan (premium > pro > basic): a premium customer's
+# question never waits behind a basic plan's backlog, each lane with its own queue and greenlets.
+PLAN_LANES = ("premium", "pro", "basic")
+LANE_PRIORITY = {"urgent": 0, "normal": 50, "bulk": 100,  # lower runs first inside a worker
+                 "premium": 0, "pro": 50, "basic": 100}
+STAGE_LANES: dict[str, tuple[str, ...]] = {"ai": PLAN_LANES}  # every other stage: LANES
 HEARTBEAT_TIMEOUT_MS = 15_000
 # An idle consumer's longest wait for a wake-up. Nothing depends on it for latency (an enqueue
 # wakes the consumer at once); it bounds how long a wake-up lost with a Redis restart, or a
@@ -202,15 +208,23 @@ def actor_name(base: str, lane: str) -> str:
     return f"{base}_{lane}"
 
 
+def lanes_of(stage: str) -> tuple[str, ...]:
+    """The lanes (queues ``<stage>_<lane>``) of ``stage``: the plans for ``ai``, else LANES."""
+    return STAGE_LANES.get(stage, LANES)
+
+
 def current_lane() -> str:
-    """The lane of the broker message this thread is processing (urgent outside of one)."""
+    """The lane of the broker message this thread is processing (urgent outside of one): one of
+    LANES, or of PLAN_LANES on the AI stage."""
     message = CurrentMessage.get_current_message()
     queue = message.queue_name if message is not None else ""
-    return next((lane for lane in LANES if queue.removesuffix(".DQ").endswith(f"_{lane}")), "urgent")
+    return next((lane for lane in (*LANES, *PLAN_LANES) if queue.removesuffix(".DQ").endswith(f"_{lane}")), "urgent")
 
 
-def lane_actors(stage: str, fn: Callable[..., Any], **options: Any) -> dict[str, dramatiq.Actor]:
-    """Declare ``fn`` once per lane: queue ``<stage>_<lane>``, actor ``<fn>_<lane>``."""
+def lane_actors(stage: str, fn: Callable[..., Any], lanes: tuple[str, ...] | None = None,
+                **options: Any) -> dict[str, dramatiq.Actor]:
+    """Declare ``fn`` once per lane of ``stage`` (``lanes_of``, or ``lanes``): queue
+    ``<stage>_<lane>``, actor ``<fn>_<lane>``."""
     return {
         lane: dramatiq.actor(
             actor_name=actor_name(fn.__name__, lane),
@@ -218,7 +232,7 @@ def lane_actors(stage: str, fn: Callable[..., Any], **options: Any) -> dict[str,
             priority=LANE_PRIORITY[lane],
             **options,
         )(fn)
-        for lane in LANES
+        for lane in (lanes or lanes_of(stage))
     }
 
 

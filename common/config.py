@@ -84,6 +84,21 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("POSTROOM_MESSAGE_RETENTION_DAYS", float, 30.0, "A finished message (sent, delivered, read, failed, cancelled, suppressed, received) and its history are deleted this long after it was created, in batches by the scheduler; a message still waiting is kept."),
     Setting("POSTROOM_PROVIDER_EVENT_RETENTION_DAYS", float, 7.0, "Raw provider webhooks (receipts and inbound, as received, with their signature verdict) are kept this long."),
     Setting("POSTROOM_WEBHOOK_RETENTION_HOURS", float, 72.0, "Finished webhook deliveries, their attempts and dispatched outbox events are kept this long (for listing and replay), then deleted in batches."),
+    Setting("POSTROOM_USAGE_RETENTION_DAYS", float, 400.0, "Usage log rows (inbound and outbound conversation messages, AI calls: what `GET /v1/usage` counts) are kept this long, then deleted in batches."),
+    Setting("POSTROOM_AI_GREENLETS_PREMIUM", int, 64, "Greenlets of the AI stage's premium lane: premium-plan conversations whose model calls one `ai` worker process keeps in flight."),
+    Setting("POSTROOM_AI_GREENLETS_PRO", int, 32, "Greenlets of the AI stage's pro lane (its own, so pro turns never wait behind basic ones)."),
+    Setting("POSTROOM_AI_GREENLETS_BASIC", int, 16, "Greenlets of the AI stage's basic lane."),
+    Setting("POSTROOM_AI_TIMEOUT_SECONDS", float, 30.0, "Longest wait for one model call (a chatbot's own `timeout_seconds` may be shorter); past it the call is retried as transient."),
+    Setting("POSTROOM_AI_MAX_ATTEMPTS", int, 4, "Model calls of one turn that end in a transient error (5xx, timeout, connection) before the customer gets the chatbot's fallback message and the conversation is handed off; also how many reconciler re-drives a waiting turn gets before it is handed off as stuck."),
+    Setting("POSTROOM_AI_LEASE_SECONDS", float, 120.0, "How long one AI turn holds its conversation (one turn per conversation at a time); a worker that died mid-turn frees it after this. Keep it above POSTROOM_AI_TIMEOUT_SECONDS."),
+    Setting("POSTROOM_AI_ALLOWED_NETWORKS", str, "", "Comma-separated CIDRs that a chatbot's model `base_url` may reach although they are loopback or private (an in-cluster vLLM or Ollama: for example `10.0.0.0/8`). Empty: only public addresses. `make run` and the tests allow loopback."),
+    Setting("POSTROOM_WIDGET_HOST", str, "127.0.0.1", "Address the web chat widget service (gunicorn, gevent) binds to."),
+    Setting("POSTROOM_WIDGET_PORT", int, 8200, "Port of the web chat widget service."),
+    Setting("POSTROOM_WIDGET_PUBLIC_URL", str, "", "Public base URL of the widget service, which the embed snippet of `PUT /v1/channels/widget` points at (the page is `<url>/widget/<inbox_key>`). Empty: http://WIDGET_HOST:WIDGET_PORT."),
+    Setting("POSTROOM_WIDGET_WORKERS", int, 1, "gunicorn gevent worker processes of the widget service (each holds many event streams)."),
+    Setting("POSTROOM_WIDGET_MAX_CHARS", int, 2000, "Longest visitor message the widget accepts, in characters; longer gets 422."),
+    Setting("POSTROOM_WIDGET_VISITOR_RATE", float, 1.0, "Messages per second one widget visitor may send (burst 5); over it the widget answers 429."),
+    Setting("POSTROOM_WIDGET_STREAM_SECONDS", float, 300.0, "A widget event stream is closed after this long (the browser reconnects at once), so streams rebalance across widget replicas."),
     Setting("TWILIO_ACCOUNT_SID", str, "AC00000000000000000000000000000000", "Default Twilio account SID (a workspace's channel config overrides it)."),
     Setting("TWILIO_AUTH_TOKEN", str, "sandbox-auth-token", "Default Twilio auth token: API auth and X-Twilio-Signature key."),
     Setting("TWILIO_FROM", str, "+15005550006", "Default sender number for SMS."),
@@ -177,6 +192,21 @@ class Settings:
     postroom_message_retention_days: float
     postroom_provider_event_retention_days: float
     postroom_webhook_retention_hours: float
+    postroom_usage_retention_days: float
+    postroom_ai_greenlets_premium: int
+    postroom_ai_greenlets_pro: int
+    postroom_ai_greenlets_basic: int
+    postroom_ai_timeout_seconds: float
+    postroom_ai_max_attempts: int
+    postroom_ai_lease_seconds: float
+    postroom_ai_allowed_networks: str
+    postroom_widget_host: str
+    postroom_widget_port: int
+    postroom_widget_public_url: str
+    postroom_widget_workers: int
+    postroom_widget_max_chars: int
+    postroom_widget_visitor_rate: float
+    postroom_widget_stream_seconds: float
     twilio_account_sid: str
     twilio_auth_token: str
     twilio_from: str

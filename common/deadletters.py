@@ -16,7 +16,7 @@ from typing import Any
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 
-from common.broker import LANES, queue_name
+from common.broker import lanes_of, queue_name
 from common.dispatch import STAGES
 
 
@@ -35,7 +35,7 @@ class DeadLetter:
 
 
 def queues() -> list[str]:
-    return [queue_name(stage, lane) for stage in STAGES for lane in LANES]
+    return [queue_name(stage, lane) for stage in STAGES for lane in lanes_of(stage)]
 
 
 def _keys(broker: RedisBroker, queue: str) -> tuple[str, str]:

@@ -34,9 +34,11 @@ STAGES: dict[str, str] = {
     "whatsapp_qr": "send_whatsapp_qr",
     "webhooks": "deliver_webhooks",
     "receipts": "apply_receipts",
+    "ai": "answer_turns",  # lanes premium, pro, basic (common.broker.PLAN_LANES)
+    "widget": "send_widget",
 }
 # The channels, each with its own sender stage (queues "<channel>_urgent" and "<channel>_bulk").
-SENDERS: tuple[str, ...] = ("sms", "http", "email", "whatsapp_cloud", "whatsapp_qr")
+SENDERS: tuple[str, ...] = ("sms", "http", "email", "whatsapp_cloud", "whatsapp_qr", "widget")
 
 
 def to_stage(stage: str, lane: str, ids: Sequence[int], *, delay_ms: int | None = None) -> None:

@@ -19,7 +19,9 @@ TEST_EVENT = "webhook.test"  # sent to one endpoint on request, whatever it subs
 # What an endpoint may subscribe to; message.clicked is written by a message's first click on one of
 # its short links (common.links), campaign.completed by the campaign stage.
 CLICKED = "message.clicked"
-EVENT_TYPES = (*MESSAGE_EVENTS, CLICKED, "campaign.completed", ENDPOINT_DISABLED)
+# A conversation's status changes (common.conversations): the bot has it, a person has it, resolved.
+CONVERSATION_EVENTS = ("conversation.bot", "conversation.open", "conversation.resolved")
+EVENT_TYPES = (*MESSAGE_EVENTS, CLICKED, "campaign.completed", *CONVERSATION_EVENTS, ENDPOINT_DISABLED)
 # A webhook delivery's rank is its event's lane: an endpoint's urgent events go before its normal
 # ones, and those before its bulk ones.
 WEBHOOK_RANK = {"urgent": 0, "normal": 1, "bulk": 2}

@@ -5,8 +5,9 @@ transaction. The conversation is found or created by its key and its ``last_inbo
 forward (that time opens WhatsApp's 24-hour window); the message is stored as ``received``, with
 what the AI stage will need later: the sender's name and profile, media, and the provider's ids.
 The provider's message id is unique per provider, so a webhook delivered twice stores nothing
-the second time; a caller heeds a STOP, START or HELP keyword (``common.consent.heed``) only when
-``store`` stored the message, so a keyword acts once.
+the second time; a caller acts on the message (``common.conversations.after_store``: a STOP,
+START or HELP keyword, or a turn for the AI stage) only when ``store`` stored it, so it acts once.
+Each stored message is also one ``inbound`` row of the workspace's usage log.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ class Inbound:
     """One customer message as a provider reported it."""
 
     workspace_id: int
-    channel: str  # sms, email, whatsapp_cloud, whatsapp_qr
+    channel: str  # sms, email, whatsapp_cloud, whatsapp_qr, widget
     provider: str
     provider_message_id: str
     from_addr: str  # the customer's address: E.164, email, WhatsApp id
@@ -72,6 +73,9 @@ WITH conv AS (
                               'media', content -> 'media', 'tags', tags, 'at', clock_timestamp()),
            priority
     FROM ins WHERE """ + events.subscribed_sql("ins.workspace_id", "'message.received'") + """
+), usage AS (  -- one inbound usage row per stored message (a webhook delivered again stores nothing)
+    INSERT INTO usage_log (workspace_id, kind, channel, conversation_id, message_id)
+    SELECT workspace_id, 'inbound', channel, conversation_id, id FROM ins
 )
 SELECT ins.id, ins.conversation_id FROM ins
 """

@@ -58,15 +58,20 @@ _RECORDED = """), ev AS (
 ACCEPT = """
 WITH ins AS (
     INSERT INTO message (workspace_id, channel, to_addr, from_addr, body, status, priority, idempotency_key, request_hash, tags,
-                         due_at, quiet_hours, content, routes, encoding, template_id, variables, natural_key, status_changed_at)
+                         due_at, quiet_hours, content, routes, encoding, template_id, variables, natural_key, status_changed_at,
+                         conversation_id, author)
     SELECT %(ws)s, %(channel)s, %(to)s, %(from)s, %(body)s, %(status)s, %(priority)s, %(key)s, %(hash)s, %(tags)s::jsonb, %(due)s,
            %(quiet)s, %(content)s::jsonb, %(routes)s::jsonb, %(encoding)s, %(template_id)s, %(variables)s::jsonb, """ + NATURAL_KEY + """,
            -- a scheduled message is stamped before its due time: not handed to processing yet
-           CASE WHEN %(due)s::timestamptz IS NULL THEN now() ELSE """ + lifecycle.stamped_before("%(due)s::timestamptz") + """ END
+           CASE WHEN %(due)s::timestamptz IS NULL THEN now() ELSE """ + lifecycle.stamped_before("%(due)s::timestamptz") + """ END,
+           %(conversation)s::bigint, %(author)s::text
     FROM workspace w WHERE w.id = %(ws)s
     ON CONFLICT DO NOTHING  -- an earlier Idempotency-Key, or a pending message with the same natural key
-    RETURNING id, workspace_id, channel, to_addr, tags, status, priority, created_at, due_at
-""" + _RECORDED + """
+    RETURNING id, workspace_id, channel, to_addr, tags, status, priority, created_at, due_at, conversation_id, author
+""" + _RECORDED + """, usage AS (  -- a conversation reply (agent, bot, handoff text) is one outbound usage row
+    INSERT INTO usage_log (workspace_id, kind, channel, conversation_id, message_id)
+    SELECT workspace_id, 'outbound', channel, conversation_id, id FROM ins WHERE author IS NOT NULL
+)
 SELECT id, status, priority, created_at, due_at FROM ins
 """
 
@@ -79,7 +84,9 @@ def insert(workspace_id: int, content: Mapping[str, Any], idempotency_key: str |
       content: the message's fields as ``POST /v1/messages`` names them (channel, to, from,
         body, priority, tags, quiet_hours), already validated; ``template_id`` and ``variables``
         (the body is rendered by processing); ``content`` (what the channel needs
-        beyond the text), ``routes`` (the fallback route) and ``encoding`` (SMS) if any.
+        beyond the text), ``routes`` (the fallback route) and ``encoding`` (SMS) if any;
+        for a conversation reply its ``conversation_id`` and ``author`` (agent, bot,
+        bot_handoff), which also log its outbound usage row.
 
       api_key: ``idempotency_key`` is an API client's: an expired use of it is released first.
 
@@ -99,6 +106,7 @@ def insert(workspace_id: int, content: Mapping[str, Any], idempotency_key: str |
         "encoding": content.get("encoding"), "template_id": content.get("template_id"),
         "variables": Json(content["variables"]) if content.get("variables") is not None else None,
         "unique": unique_tags(content),
+        "conversation": content.get("conversation_id"), "author": content.get("author"),
     }, prepared=True)
     if not rows:
         return None

@@ -125,6 +125,61 @@ SCHEDULE_LAG = Histogram(
     ["lane"],
     buckets=LATENCY_BUCKETS + (60, 300),
 )
+AI_LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120)
+AI_REQUESTS = Histogram(
+    "postroom_ai_request_seconds",
+    "Model calls of the AI stage by model (folded: the first 20 names a process sees, then `other`) and outcome (ok, throttled, transient, permanent, malformed), with their latency.",
+    ["model", "outcome"],
+    buckets=AI_LATENCY_BUCKETS,
+)
+AI_TOKENS = Counter(
+    "postroom_ai_tokens_total",
+    "Tokens the model servers reported (or estimated at 4 characters a token when they sent no usage), by model and kind (prompt, completion).",
+    ["model", "kind"],
+)
+AI_ANSWERS = Counter(
+    "postroom_ai_answers_total",
+    "AI turns by outcome (answered, handoff, error, superseded, skipped) and reason (answered: openai or extractive; handoff: model, keyword, low_confidence, malformed, quota, reply_limit; error: provider_error, stuck; superseded: human_took_over; skipped: the conversation's status).",
+    ["outcome", "reason"],
+)
+AI_INBOUND_TO_REPLY = Histogram(
+    "postroom_ai_inbound_to_reply_seconds",
+    "Time from storing an inbound message to the AI stage committing its reply (or handoff message), by plan lane.",
+    ["lane"],
+    buckets=AI_LATENCY_BUCKETS,
+)
+CONVERSATION_STATUS_CHANGES = Counter(
+    "postroom_conversation_status_changes_total",
+    "Conversations moved to a status (bot, open, resolved), by who moved them (api, agent, bot, inbound, reconciler).",
+    ["status", "by"],
+)
+WIDGET_STREAMS = Gauge(
+    "postroom_widget_streams",
+    "Web chat widget event streams (SSE) open now.",
+    multiprocess_mode="livesum",
+)
+WIDGET_VISITOR_MESSAGES = Counter(
+    "postroom_widget_visitor_messages_total",
+    "Messages widget visitors posted, by outcome (accepted, duplicate, limited: over the rate limit, refused: too large or invalid).",
+    ["outcome"],
+)
+
+MODEL_LABELS = 20  # distinct model names one process labels; tenants choose them, so the rest are "other"
+_models: set[str] = set()
+
+
+def model_label(model: str | None) -> str:
+    """``model`` as a bounded label value: the first MODEL_LABELS names this process sees (at most
+    64 characters each), every later one ``other``."""
+    name = (model or "unknown")[:64]
+    if name in _models:
+        return name
+    if len(_models) < MODEL_LABELS:
+        _models.add(name)
+        return name
+    return "other"
+
+
 # Create every bounded label value at zero, so the first real increment is a visible increase.
 for _status in ("accepted", "queued", "routed", "sending"):
     REDRIVEN.labels(status=_status)
@@ -137,6 +192,10 @@ for _reason in ("gone", "failing"):
     ENDPOINTS_DISABLED.labels(reason=_reason)
 for _lane in ("urgent", "normal", "bulk"):
     SCHEDULE_LAG.labels(lane=_lane)
+for _lane in ("premium", "pro", "basic"):
+    AI_INBOUND_TO_REPLY.labels(lane=_lane)
+for _outcome in ("answered", "handoff", "error", "superseded"):
+    AI_ANSWERS.labels(outcome=_outcome, reason="model")
 
 
 def count_transitions(status: str, channels: Iterable[str]) -> None:

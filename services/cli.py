@@ -46,13 +46,19 @@ def cmd_workspace_create(args: argparse.Namespace) -> None:
 def cmd_workspace_set(args: argparse.Namespace) -> None:
     """Per-workspace choices: what becomes of a send whose outcome is unknown where no look-up
     exists; which tag names identify a message (its natural key: a pending duplicate is refused);
-    quiet hours, the workspace's time zone, and whether urgent messages wait for quiet hours too."""
+    quiet hours, the workspace's time zone, and whether urgent messages wait for quiet hours too; its
+    plan (its AI lane) and monthly bot-reply quota, which only an admin key may change over the API."""
     from common.db.connection import fetch, transaction
     from common.quiet_hours import QuietHours, parse_timezone
 
-    chosen = {k: getattr(args, k) for k in ("resend_unknown", "unique_tags", "quiet_hours", "timezone", "quiet_hours_urgent")}
+    chosen = {k: getattr(args, k) for k in ("resend_unknown", "unique_tags", "quiet_hours", "timezone", "quiet_hours_urgent",
+                                            "plan", "ai_quota")}
     if all(v is None for v in chosen.values()):
-        sys.exit("nothing to set: give --resend-unknown, --unique-tags, --quiet-hours, --timezone or --quiet-hours-urgent")
+        sys.exit("nothing to set: give --resend-unknown, --unique-tags, --quiet-hours, --timezone, --quiet-hours-urgent, "
+                 "--plan or --ai-quota")
+    quota = None if args.ai_quota in (None, "unlimited") else args.ai_quota
+    if quota is not None and not (quota.isdigit() and int(quota) < 2**31):
+        sys.exit("--ai-quota: bot replies a month, a whole number (0 or more), or unlimited")
     unique = None if args.unique_tags is None else [t.strip() for t in args.unique_tags.split(",") if t.strip()]
     if unique is not None and any(not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", t) for t in unique):
         sys.exit("--unique-tags: comma-separated tag names of letters, digits and _ . : - (empty to clear)")
@@ -69,16 +75,20 @@ def cmd_workspace_set(args: argparse.Namespace) -> None:
         changed = fetch(
             "UPDATE workspace SET resend_unknown = coalesce(%(resend)s, resend_unknown), unique_tags = coalesce(%(unique)s, unique_tags),"
             " quiet_hours = CASE WHEN %(set_quiet)s THEN %(quiet)s ELSE quiet_hours END, timezone = coalesce(%(tz)s, timezone),"
-            " quiet_hours_urgent = coalesce(%(urgent)s, quiet_hours_urgent)"
-            " WHERE name = %(name)s RETURNING resend_unknown, unique_tags, quiet_hours, timezone, quiet_hours_urgent",
+            " quiet_hours_urgent = coalesce(%(urgent)s, quiet_hours_urgent), plan = coalesce(%(plan)s, plan),"
+            " ai_monthly_quota = CASE WHEN %(set_quota)s THEN %(quota)s::integer ELSE ai_monthly_quota END"
+            " WHERE name = %(name)s"
+            " RETURNING resend_unknown, unique_tags, quiet_hours, timezone, quiet_hours_urgent, plan, ai_monthly_quota",
             {"resend": None if args.resend_unknown is None else args.resend_unknown == "on", "unique": unique,
              "set_quiet": args.quiet_hours is not None, "quiet": quiet, "tz": args.timezone,
-             "urgent": None if args.quiet_hours_urgent is None else args.quiet_hours_urgent == "on", "name": args.name})
+             "urgent": None if args.quiet_hours_urgent is None else args.quiet_hours_urgent == "on", "name": args.name,
+             "plan": args.plan, "set_quota": args.ai_quota is not None, "quota": None if quota is None else int(quota)})
     if not changed:
         sys.exit(f"no workspace {args.name!r}")
-    resend, tags, window, zone, urgent = changed[0]
+    resend, tags, window, zone, urgent, plan, ai_quota = changed[0]
     print(f"{args.name}: resend_unknown={'on' if resend else 'off'} unique_tags={','.join(tags) or '(none)'} "
-          f"quiet_hours={window or 'off'} timezone={zone} quiet_hours_urgent={'on' if urgent else 'off'}")
+          f"quiet_hours={window or 'off'} timezone={zone} quiet_hours_urgent={'on' if urgent else 'off'} "
+          f"plan={plan} ai_quota={'unlimited' if ai_quota is None else ai_quota}")
 
 
 def cmd_apikey_create(args: argparse.Namespace) -> None:
@@ -195,6 +205,12 @@ def cmd_worker(args: argparse.Namespace) -> None:
     sys.exit(run(args.stage, args.lanes, args.threads))
 
 
+def cmd_widget(args: argparse.Namespace) -> None:
+    from services.widget.main import main as serve
+
+    serve(args.port, args.bind)
+
+
 def cmd_run(args: argparse.Namespace) -> None:
     from services.local.stack import run_forever
 
@@ -223,6 +239,10 @@ def main(argv: list[str] | None = None) -> None:
                            help="IANA zone for quiet hours when the recipient's number pins none down (default UTC)")
     settings_.add_argument("--quiet-hours-urgent", choices=("on", "off"), default=None,
                            help="urgent messages wait for quiet hours too (off: they go at once, the default)")
+    settings_.add_argument("--plan", choices=("basic", "pro", "premium"), default=None,
+                           help="the workspace's plan: its AI stage lane (premium answers first; default basic)")
+    settings_.add_argument("--ai-quota", default=None, metavar="N|unlimited",
+                           help="bot replies a month (counted when sent; an exhausted quota hands off to a person)")
     settings_.set_defaults(func=cmd_workspace_set)
     keys = sub.add_parser("apikey", help="manage API keys").add_subparsers(dest="action", required=True)
     issue = keys.add_parser("create", help="print a new API key for a workspace")
@@ -261,6 +281,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="threads (greenlets) per lane (default: POSTROOM_WORKER_THREADS; a sender's "
                              "POSTROOM_SENDER_URGENT_GREENLETS / POSTROOM_SENDER_GREENLETS)")
     worker.set_defaults(func=cmd_worker)
+    widget = sub.add_parser("widget", help="serve the web chat widget (gunicorn, gevent): the page, visitors, event streams")
+    widget.add_argument("--port", type=int, default=None, help="port (default: POSTROOM_WIDGET_PORT)")
+    widget.add_argument("--bind", default=None, help="HOST:PORT to listen on, instead of POSTROOM_WIDGET_HOST and the port")
+    widget.set_defaults(func=cmd_widget)
     campaign_cli.add_commands(sub)
     sub.add_parser("run", help="start the whole pipeline locally (make run); restarts services that exit").set_defaults(func=cmd_run)
     args = parser.parse_args(argv)

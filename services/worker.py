@@ -37,9 +37,13 @@ STAGE_MODULES = {
     "whatsapp_qr": "services.senders.whatsapp_qr.actors",
     "webhooks": "services.webhooks.actors",
     "receipts": "services.ingest.actors",
+    "ai": "services.processing.ai_actors",
+    "widget": "services.senders.widget.actors",
 }
 # Latency-bound stages: greenlets, not threads (invariant 12).
-SENDER_STAGES = {"sms", "http", "email", "whatsapp_cloud", "whatsapp_qr", "webhooks"}
+SENDER_STAGES = {"sms", "http", "email", "whatsapp_cloud", "whatsapp_qr", "webhooks", "widget"}
+# The AI stage waits on model calls (seconds each): greenlets too, a count per plan lane.
+GEVENT_STAGES = SENDER_STAGES | {"ai"}
 SHUTDOWN_TIMEOUT_MS = 10_000  # running actors get this long to finish; the rest is requeued
 LOG_FORMAT = "%(asctime)s %(levelname)s %(process)d %(threadName)s %(name)s %(message)s"
 
@@ -51,8 +55,11 @@ def lane_threads(stage: str, lane: str, cfg: Any) -> int:
 
     Processing and routing: POSTROOM_WORKER_THREADS per lane. A sender: POSTROOM_SENDER_GREENLETS
     for the bulk lane, POSTROOM_SENDER_URGENT_GREENLETS for the urgent one: urgent traffic is
-    small, and its batches never wait for bulk's greenlets since each lane has its own.
+    small, and its batches never wait for bulk's greenlets since each lane has its own. The AI
+    stage: POSTROOM_AI_GREENLETS_PREMIUM, _PRO or _BASIC, by its plan lane.
     """
+    if stage == "ai":
+        return int(getattr(cfg, f"postroom_ai_greenlets_{lane}"))
     if stage in SENDER_STAGES:
         return cfg.postroom_sender_urgent_greenlets if lane == "urgent" else cfg.postroom_sender_greenlets
     return cfg.postroom_worker_threads
@@ -136,11 +143,11 @@ def worker_class() -> type:
 def run(stage: str, lanes: str | None = None, threads: int | None = None) -> int:
     """Run the stage's lane workers until SIGTERM/SIGINT (0) or until one of them dies (1).
 
-    ``stage``: a key of ``STAGE_MODULES`` (a sender stage runs greenlets); ``lanes``:
-    comma-separated (default: every lane); ``threads``: per lane, instead of the settings
+    ``stage``: a key of ``STAGE_MODULES`` (a sender stage and the AI stage run greenlets);
+    ``lanes``: comma-separated, of ``common.broker.lanes_of(stage)`` (default: every lane); ``threads``: per lane, instead of the settings
     (``lane_threads``).
     """
-    use_gevent = stage in SENDER_STAGES
+    use_gevent = stage in GEVENT_STAGES
     if use_gevent:
         from gevent import monkey
 
@@ -150,12 +157,13 @@ def run(stage: str, lanes: str | None = None, threads: int | None = None) -> int
 
     # Again after patching, so the handlers' locks are gevent's.
     logging.basicConfig(level=settings.postroom_log_level, format=LOG_FORMAT, force=True)
-    from common.broker import IDLE_WAIT_MS, LANES, queue_name
+    from common.broker import IDLE_WAIT_MS, lanes_of, queue_name
     from common.broker import broker as stage_broker
 
-    chosen = tuple(lane.strip() for lane in lanes.split(",") if lane.strip()) if lanes else LANES
-    if not chosen or set(chosen) - set(LANES):
-        log.critical("unknown lanes %r: lanes are %s", lanes, ", ".join(LANES))
+    known = lanes_of(stage)
+    chosen = tuple(lane.strip() for lane in lanes.split(",") if lane.strip()) if lanes else known
+    if not chosen or set(chosen) - set(known):
+        log.critical("unknown lanes %r: the lanes of %s are %s", lanes, stage, ", ".join(known))
         return 2
     counts = {lane: threads or lane_threads(stage, lane, settings) for lane in chosen}
     module = import_module(STAGE_MODULES[stage])

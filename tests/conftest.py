@@ -62,6 +62,7 @@ def pytest_configure(config: pytest.Config) -> None:
         POSTROOM_ENV="development",
         POSTROOM_PROVIDER_TIMEOUT_SECONDS="3",
         POSTROOM_WEBHOOK_ALLOWED_NETWORKS="127.0.0.0/8,::1/128",
+        POSTROOM_AI_ALLOWED_NETWORKS="127.0.0.0/8,::1/128",
         POSTROOM_WEBHOOK_RETRY_SCHEDULE="0,1,1,1,2",
         POSTROOM_WEBHOOK_TIMEOUT_SECONDS="3",
     )
@@ -152,6 +153,7 @@ def broker():
     import common.broker as broker_module
     import services.ingest.actors  # noqa: F401
     import services.processing.actors  # noqa: F401
+    import services.processing.ai_actors  # noqa: F401
     import services.routing.actors  # noqa: F401
     import services.senders.email.actors  # noqa: F401
     import services.senders.http.actors  # noqa: F401
@@ -173,7 +175,8 @@ def clean_db(broker) -> Iterator[None]:
 
     with transaction():
         fetch("TRUNCATE message, message_event, provider_event, outbox, webhook_attempt, webhook_delivery, webhook_endpoint,"
-              " channel_config, conversation, suppression, channel_session, campaign_tally, api_key, workspace RESTART IDENTITY CASCADE")
+              " channel_config, conversation, suppression, channel_session, campaign_tally, usage_log, ai_reservation, api_key,"
+              " workspace RESTART IDENTITY CASCADE")
     broker.flush_all()
     broker.client.flushall()
     from common.providers.accounts import forget_cached_accounts

@@ -81,6 +81,7 @@ class Sandbox:
         requests.delete(f"{self.url}/sandbox/whatsapp_cloud", timeout=5).raise_for_status()  # numbers, marks, bodies
         requests.delete(f"{self.url}/sandbox/waha", timeout=5).raise_for_status()  # sessions, numbers, bodies
         requests.delete(f"{self.url}/sandbox/receivers", timeout=5).raise_for_status()
+        requests.delete(f"{self.url}/sandbox/openai", timeout=5).raise_for_status()  # the model: keys, records, faults
 
     def fault(self, **spec: Any) -> None:
         requests.post(f"{self.url}/sandbox/faults", json=spec, timeout=5).raise_for_status()

@@ -118,3 +118,17 @@ def test_campaign_scenario_sends_every_recipient_once_through_the_lean_provider(
     goals = {g["goal"]: g for g in campaign["goals"]}
     assert len(goals) == 12 and all(g["verdict"] in ("met", "MISSED") for g in goals.values())
     assert all(g["verdict"] in result.stdout for g in goals.values()) and "campaign goals" in result.stdout
+
+
+def test_conversation_scenario_answers_every_inbound_message_and_reports_each_plan(tmp_path: Path):
+    """The conversation scenario, small: 10 conversations of 2 messages each, every one answered by the
+    AI stage through the sandbox's model; figures per plan, and whether premium led (reported, not judged here)."""
+    output = tmp_path / "bench.json"
+    result = subprocess.run([sys.executable, "-m", "tests.bench", "--only", "conversations", "--conversations", "10",
+                             "--conversation-messages", "2", "--output", str(output)],
+                            cwd=ROOT, env=fresh_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    figures = json.loads(output.read_text())["conversations"]
+    assert figures["inbound"] == figures["replies"] == 20 and figures["replies_per_s"] > 0
+    assert set(figures["plans"]) == {"premium", "pro", "basic"} and isinstance(figures["premium_leads"], bool)
+    assert "premium leads" in result.stdout

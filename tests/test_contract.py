@@ -70,6 +70,15 @@ OPERATIONS = {
     ("post", "/api/events/{event_id}/contractors/{contractor_id}/messages/clear"),
     ("post", "/api/events/{event_id}/messages/reschedule"), ("get", "/api/event-messages/stats"),
     ("get", "/api/event-messages/upcoming"),
+    # conversations, chatbots, the knowledge base and usage (the AI stage's API)
+    ("post", "/v1/conversations/{conversation_id}/messages"), ("post", "/v1/conversations/{conversation_id}/handoff"),
+    ("post", "/v1/conversations/{conversation_id}/resolve"), ("post", "/v1/conversations/{conversation_id}/reopen"),
+    ("get", "/v1/conversations/{conversation_id}/events"),
+    ("put", "/v1/chatbots/{channel}"), ("get", "/v1/chatbots/{channel}"), ("delete", "/v1/chatbots/{channel}"), ("get", "/v1/chatbots"),
+    ("post", "/v1/knowledge-items"), ("get", "/v1/knowledge-items"), ("get", "/v1/knowledge-items/search"),
+    ("get", "/v1/knowledge-items/{item_id}"), ("patch", "/v1/knowledge-items/{item_id}"), ("delete", "/v1/knowledge-items/{item_id}"),
+    ("post", "/v1/knowledge-items/import"), ("post", "/v1/knowledge-items/import/csv"),
+    ("get", "/v1/usage"),
     ("get", "/r/{code}"),
 }
 

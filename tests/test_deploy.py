@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from common import metrics
-from common.broker import LANES, queue_name
+from common.broker import PLAN_LANES, lanes_of, queue_name
 from common.config import ROOT, SETTINGS, Settings, load
 from services.local.stack import Service, services_for
 from services.worker import SENDER_STAGES, STAGE_MODULES
@@ -43,12 +43,13 @@ LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/component")
 # Options a Deployment may add to the local command line, with their value.
 DEPLOYMENT_ONLY_OPTIONS = {"--bind"}  # gunicorn_conf binds POSTROOM_API_HOST; a pod binds 0.0.0.0
 # Every worker Deployment and the stage it runs (`postroom worker <stage>`). SMS has a Deployment
-# per lane (campaign backlogs share a provider account's rate); the others serve both lanes from
-# one, each lane on its own threads or greenlets.
+# per lane (campaign backlogs share a provider account's rate), and so has the AI stage, one per
+# plan (premium, pro, basic); the others serve every lane from one, each lane on its own threads or
+# greenlets.
 WORKER_DEPLOYMENTS = {"processing": "processing", "routing": "routing", "receipts": "receipts", "sender-sms-urgent": "sms", "sender-sms-normal": "sms",
                       "sender-sms-bulk": "sms", "sender-http": "http", "sender-email": "email",
                       "sender-whatsapp-cloud": "whatsapp_cloud", "sender-whatsapp-qr": "whatsapp_qr",
-                      "webhooks": "webhooks"}
+                      "webhooks": "webhooks", "sender-widget": "widget", "ai-premium": "ai", "ai-pro": "ai", "ai-basic": "ai"}
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -156,9 +157,10 @@ def without_option(argv: list[str], name: str) -> list[str]:
 
 
 def worker_lanes(argv: list[str]) -> list[str]:
-    """The lanes ``postroom worker <stage> [--lanes a,b]`` serves (every lane by default)."""
+    """The lanes ``postroom worker <stage> [--lanes a,b]`` serves (every lane of its stage by default:
+    urgent, normal and bulk; the AI stage's are the plans)."""
     lanes = option(argv, "--lanes")
-    return [lane for lane in lanes.split(",") if lane] if lanes else list(LANES)
+    return [lane for lane in lanes.split(",") if lane] if lanes else list(lanes_of(argv[2]))
 
 
 def consumed_queues(argv: list[str]) -> set[str]:
@@ -253,6 +255,24 @@ def test_ingest_and_scheduler_expose_metrics_prometheus_can_reach():
     served = {p["name"]: p["containerPort"] for p in main_container(scheduler)["ports"]}["metrics"]
     assert served == int(config["POSTROOM_METRICS_PORT_BASE"]) + 9
     assert scheduler["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == str(served)
+
+
+def test_widget_serves_pages_streams_and_metrics_on_one_port_behind_its_service():
+    """The widget is an HTTP service like ingest: Prometheus scrapes the port browsers use, the
+    probes are /readyz and /healthz, and a Service in front spreads browsers over its replicas."""
+    widget = deployments()["widget"]
+    container = main_container(widget)
+    assert_on_empty_dir(widget, container, container_env(container)["PROMETHEUS_MULTIPROC_DIR"])
+    port = {p["name"]: p["containerPort"] for p in container["ports"]}["http"]
+    assert widget["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == str(port)
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    argv = container["command"]
+    assert argv[argv.index("--bind") + 1] == f"0.0.0.0:{port}"
+    (service,) = [s for s in objects(BASE, "Service") if s["metadata"]["name"] == "widget"]
+    assert service["spec"]["ports"][0]["port"] == port
+    assert widget["spec"]["replicas"] >= 2, "a reply must reach a browser on another replica: run two"
+    assert load(base_config()).postroom_widget_public_url.startswith("https://"), "the embed snippet's URL"
 
 
 def test_manifests_share_one_image_and_the_postroom_labels():
@@ -358,6 +378,9 @@ def test_the_cluster_dials_only_public_addresses_for_customers_urls():
     given = [(value, where) for name, value, where in manifest_env_values() if name == "POSTROOM_WEBHOOK_ALLOWED_NETWORKS"]
     assert given == [("", "k8s/base/config.env")]
     assert load(base_config()).postroom_webhook_allowed_networks == ""
+    # A chatbot's model base_url is a tenant's choice too.
+    given = [(value, where) for name, value, where in manifest_env_values() if name == "POSTROOM_AI_ALLOWED_NETWORKS"]
+    assert given == [("", "k8s/base/config.env")]
 
 
 def test_secrets_stay_out_of_the_configmap_and_every_container_reads_both():
@@ -555,6 +578,23 @@ def test_the_backlog_row_shows_waiting_oldest_age_due_next_hour_and_schedule_lag
     assert "postroom_oldest_waiting_seconds" in metric_names(rule["expr"])
 
 
+def test_the_ai_row_shows_calls_latency_tokens_answers_reply_time_and_status_changes():
+    assert charted(row_panels("AI and conversations")) >= {
+        "postroom_ai_request_seconds_count",  # calls by model and outcome
+        "postroom_ai_request_seconds_bucket",  # latency quantiles
+        "postroom_ai_tokens_total",
+        "postroom_ai_answers_total",
+        "postroom_ai_inbound_to_reply_seconds_bucket",  # by plan lane
+        "postroom_conversation_status_changes_total",
+    }
+    (rule,) = [rule for rule in alert_rules() if rule["alert"] == "PostroomAIErrorsHigh"]
+    assert "postroom_ai_request_seconds_count" in metric_names(rule["expr"])
+
+
+def test_the_widget_row_shows_open_streams_and_visitor_messages():
+    assert charted(row_panels("Web chat widget")) >= {"postroom_widget_streams", "postroom_widget_visitor_messages_total"}
+
+
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed (Debian: apt-get install prometheus)")
 def test_promtool_accepts_the_rules_and_they_pass_their_unit_tests(tmp_path: Path):
     """Both copies of the rules are valid PromQL and templates; the webhook rules fire and stay
@@ -579,6 +619,7 @@ def test_local_prometheus_scrapes_every_service_on_its_port():
     cfg = load({})
     expected = {s.name: f"127.0.0.1:{s.metrics_port}" for s in services_for(cfg) if s.metrics_port is not None}
     expected["ingest"] = f"127.0.0.1:{cfg.postroom_api_port}"
+    expected["widget"] = f"127.0.0.1:{cfg.postroom_widget_port}"  # /metrics next to its pages, like ingest
     assert scraped == expected
 
 
@@ -630,7 +671,7 @@ def test_every_worker_stage_has_deployments_serving_all_its_lanes_each_scaled_by
         mine = {name: argv for name, argv in workers.items() if argv[2] == stage}
         assert mine, f"no Deployment runs `postroom worker {stage}`"
         lanes = [lane for argv in mine.values() for lane in worker_lanes(argv)]
-        assert sorted(lanes) == sorted(LANES), f"{stage}: its Deployments serve the lanes {lanes}"
+        assert sorted(lanes) == sorted(lanes_of(stage)), f"{stage}: its Deployments serve the lanes {lanes}"
         for name in mine:
             assert name in keda, f"no ScaledObject scales {name}"
 
@@ -640,19 +681,30 @@ def test_worker_options_are_read_like_postroom_worker_reads_them():
     assert worker_lanes(["postroom", "worker", "sms", "--lanes", "bulk", "--gevent"]) == ["bulk"]
     assert consumed_queues(["postroom", "worker", "sms", "--lanes", "urgent,bulk"]) == {"sms_urgent", "sms_bulk"}
     assert without_option(["postroom", "worker", "sms", "--lanes", "bulk", "--gevent"], "--lanes") == ["postroom", "worker", "sms", "--gevent"]
+    assert worker_lanes(["postroom", "worker", "ai"]) == list(PLAN_LANES) == ["premium", "pro", "basic"]
+    assert consumed_queues(["postroom", "worker", "ai", "--lanes", "pro,basic"]) == {"ai_pro", "ai_basic"}
 
 
-def test_every_queue_the_workers_declare_has_a_worker_in_the_cluster_and_locally(broker):
+@pytest.fixture
+def every_actor(broker):
+    """The broker with the actors of every stage declared (the session's broker fixture imports
+    the stages tests drive; a stage added since must be counted too)."""
+    for module in STAGE_MODULES.values():
+        import_module(module)
+    return broker
+
+
+def test_every_queue_the_workers_declare_has_a_worker_in_the_cluster_and_locally(every_actor):
     """Splitting a stage's lanes over Deployments must leave none unconsumed; so must make run."""
-    declared = set(broker.get_declared_queues())
+    declared = set(every_actor.get_declared_queues())
     in_cluster = set().union(*workers_and_queues().values())
     assert in_cluster == declared, "queues no worker Deployment consumes, or no actor declares"
     local = set().union(*(consumed_queues(s.argv) for s in services_for(load({})) if is_worker(s.argv)))
     assert local == declared, "queues no local worker consumes, or no actor declares"
 
 
-def test_keda_scales_each_worker_on_the_queues_it_consumes(broker):
-    declared = set(broker.get_declared_queues())
+def test_keda_scales_each_worker_on_the_queues_it_consumes(every_actor):
+    declared = set(every_actor.get_declared_queues())
     scaled: dict[str, set[str]] = {}
     for target, obj in scaled_objects().items():
         lists = set()
@@ -674,7 +726,7 @@ def test_a_worker_of_an_urgent_lane_never_has_zero_replicas():
     """An urgent queue's only consumers must always run: in the base, the overlay and under KEDA."""
     urgent = {name for name, queues in workers_and_queues().items() if any(q.endswith("_urgent") for q in queues)}
     assert {"sender-sms-urgent", "sender-http", "sender-email", "sender-whatsapp-cloud", "sender-whatsapp-qr",
-            "webhooks"} <= urgent
+            "webhooks", "sender-widget"} <= urgent
     found = deployments()
     overlay = yaml.safe_load((K8S / "overlays" / "production" / "kustomization.yaml").read_text())
     overlay_replicas = {r["name"]: r["count"] for r in overlay.get("replicas", [])}
@@ -686,6 +738,22 @@ def test_a_worker_of_an_urgent_lane_never_has_zero_replicas():
         if WORKER_DEPLOYMENTS[name] in SENDER_STAGES:  # latency-bound: rollouts keep every pod until
             # its replacement runs (Kubernetes' default lets a quarter of them go first)
             assert found[name]["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0, name
+
+
+def test_the_ai_lanes_and_the_widget_never_have_zero_replicas():
+    """Each AI lane is the only consumer of its plan's queue: a customer's question must not wait
+    for a pod to start, and a premium one not behind another plan's pods."""
+    found = deployments()
+    overlay = {r["name"]: r["count"] for r in yaml.safe_load(
+        (K8S / "overlays" / "production" / "kustomization.yaml").read_text()).get("replicas", [])}
+    keda = scaled_objects()
+    for lane in PLAN_LANES:
+        name = f"ai-{lane}"
+        assert workers_and_queues()[name] == {queue_name("ai", lane)}, name
+        assert found[name]["spec"].get("replicas", 1) >= 1 and overlay.get(name, 1) >= 1, name
+        assert keda[name]["spec"]["minReplicaCount"] >= 1, name
+    assert found["widget"]["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert overlay.get("widget", 2) >= 2
 
 
 # -- Procfile -----------------------------------------------------------------------------------

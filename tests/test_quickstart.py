@@ -24,7 +24,7 @@ def test_make_run_quick_start_sends_an_sms_survives_a_killed_sender_and_ctrl_c_s
            "TWILIO_API_BASE": "", "POSTROOM_PUBLIC_URL": "", "POSTROOM_API_PORT": str(api_port),
            "POSTROOM_SANDBOX_PORT": str(sandbox_port), "POSTROOM_METRICS_PORT_BASE": str(24000 + os.getpid() % 1000),
            "POSTROOM_SANDBOX_SMTP_PORT": str(localinfra.free_port()), "WHATSAPP_API_BASE": "", "WAHA_API_BASE": "",
-           "POSTROOM_API_WORKERS": "1"}
+           "POSTROOM_WIDGET_PORT": str(localinfra.free_port()), "POSTROOM_API_WORKERS": "1"}
     log = open(tmp_path / "run.log", "w+")
     run = subprocess.Popen([str(Path(sys.executable).parent / "postroom"), "run"], cwd=ROOT, env=env,
                            stdout=log, stderr=subprocess.STDOUT)

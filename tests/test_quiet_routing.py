@@ -56,6 +56,18 @@ def test_urgent_goes_unless_the_workspace_says_otherwise_and_a_message_may_choos
     assert postroom("workspace", "set", "acme", "--quiet-hours", "25:00-08:00").returncode != 0
 
 
+def test_a_reply_in_a_conversation_is_never_held_by_quiet_hours(workspace):
+    assert postroom("workspace", "set", "acme", "--quiet-hours", "21:00-08:00", "--timezone", "Europe/London").returncode == 0
+    replies = [queued(workspace["id"], "+442079460123") for _ in ("bot", "bot_handoff", "agent")]
+    campaign = queued(workspace["id"], "+442079460123")
+    with transaction():
+        for message_id, author in zip(replies, ("bot", "bot_handoff", "agent"), strict=True):
+            fetch("UPDATE message SET author = %s WHERE id = %s", (author, message_id))
+        # The customer wrote at 23:00 their time: the answers go now, a message they did not ask for waits
+        assert hold_quiet([*replies, campaign], now=LATE_EVENING) == {campaign}
+    assert [row(r)["status"] for r in replies] == ["queued"] * 3
+
+
 def test_the_api_checks_numbers_and_windows(api, workspace):
     def post(**fields):
         return api.post("/v1/messages", json={"channel": "sms", "body": "hi", **fields}, headers=workspace["auth"])

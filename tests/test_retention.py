@@ -24,16 +24,20 @@ def test_old_finished_messages_go_with_their_history_and_waiting_or_recent_ones_
     with transaction():
         fetch("INSERT INTO provider_event (provider, kind, payload, signature_valid, received_at) VALUES"
               " ('twilio', 'status', '{}', true, now() - interval '8 days'), ('twilio', 'status', '{}', true, now())")
+        fetch("INSERT INTO usage_log (workspace_id, kind, at) VALUES (%(ws)s, 'inbound', now() - interval '401 days'),"
+              " (%(ws)s, 'ai_call', now() - interval '399 days')", {"ws": workspace["id"]})
 
     done = retention.clean_up(force=True)
 
-    assert done == {"expired_messages": len(old), "expired_provider_events": 1}
+    assert done == {"expired_messages": len(old), "expired_provider_events": 1, "expired_usage_rows": 1}
     with transaction():
         kept = {r[0] for r in fetch("SELECT id FROM message")}
         history = {r[0] for r in fetch("SELECT DISTINCT message_id FROM message_event")}
         events = fetch("SELECT count(*) FROM provider_event")[0][0]
     assert kept == {*waiting, recent} and history == kept  # each deleted message's history went with it
     assert events == 1
+    with transaction():
+        assert fetch("SELECT kind FROM usage_log") == [("ai_call",)]  # usage within POSTROOM_USAGE_RETENTION_DAYS stays
     assert retention.clean_up(force=True) == {}  # nothing left to do
     assert retention.clean_up() == {}  # and a pass runs at most once a minute
 

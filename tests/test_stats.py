@@ -195,8 +195,9 @@ def test_stats_count_each_stage_and_lane_from_the_database_and_the_broker(api, w
     assert response.status_code == 200
     body = response.get_json()
     assert {(r["stage"], r["lane"]) for r in body["stages"]} == {
-        (stage, lane) for stage in ("processing", "routing", "sms", "http", "email", "whatsapp_cloud", "whatsapp_qr", "webhooks")
-        for lane in ("urgent", "normal", "bulk")}
+        (stage, lane) for stage in ("processing", "routing", "sms", "http", "email", "whatsapp_cloud", "whatsapp_qr", "widget",
+                                    "webhooks")
+        for lane in ("urgent", "normal", "bulk")} | {("ai", plan) for plan in ("premium", "pro", "basic")}
     processing = figures(body, "processing", "urgent")
     assert (processing["waiting"], processing["active"], processing["scheduled"]) == (3, 0, 0)
     assert 89 <= processing["oldest_waiting_seconds"] < 150  # since it entered accepted, not since the re-drive clock

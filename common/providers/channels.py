@@ -18,6 +18,7 @@ from common.providers.smtp_email import EMAIL
 from common.providers.twilio_sms import PROVIDER as TWILIO
 from common.providers.waha import WHATSAPP_QR
 from common.providers.whatsapp_cloud import WHATSAPP_CLOUD
+from common.providers.widget import WIDGET
 
 
 def _sms(account: SmsAccount, row: dict[str, Any]) -> OutboundSms:
@@ -49,6 +50,6 @@ HTTP = Channel(
     find_sent=None,
 )
 
-CHANNELS: dict[str, Channel] = {c.name: c for c in (SMS, HTTP, WHATSAPP_CLOUD, EMAIL, WHATSAPP_QR)}
+CHANNELS: dict[str, Channel] = {c.name: c for c in (SMS, HTTP, WHATSAPP_CLOUD, EMAIL, WHATSAPP_QR, WIDGET)}
 
 __all__ = ["CHANNELS", "HTTP", "SMS", "Account", "Channel"]

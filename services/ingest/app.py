@@ -19,11 +19,13 @@ from services.ingest import bounds, compat
 from services.ingest.api import api
 from services.ingest.campaigns_api import campaigns_api
 from services.ingest.channels_api import channels_api
+from services.ingest.chatbots_api import chatbots_api
 from services.ingest.contacts_api import contacts_api
 from services.ingest.contract import RETRY_AFTER_SECONDS
 from services.ingest.conversations_api import conversations_api
 from services.ingest.email_hooks import email_hooks
 from services.ingest.errors import ApiError, error, render
+from services.ingest.knowledge_api import knowledge_api
 from services.ingest.links_api import links_api
 from services.ingest.probes import probes
 from services.ingest.schedules_api import schedules_api
@@ -32,6 +34,7 @@ from services.ingest.stats_api import stats_api
 from services.ingest.suppressions_api import suppressions_api
 from services.ingest.templates_api import templates_api
 from services.ingest.twilio_inbound import twilio_inbound
+from services.ingest.usage_api import usage_api
 from services.ingest.waha_hooks import waha_hooks
 from services.ingest.webhook_api import webhook_api
 from services.ingest.webhooks import webhooks
@@ -55,6 +58,9 @@ def create_app() -> Flask:
     app.register_blueprint(campaigns_api)
     app.register_blueprint(links_api)
     app.register_blueprint(conversations_api)
+    app.register_blueprint(chatbots_api)
+    app.register_blueprint(knowledge_api)
+    app.register_blueprint(usage_api)
     app.register_blueprint(suppressions_api)
     app.register_blueprint(workspace_api)
     app.register_blueprint(webhooks)

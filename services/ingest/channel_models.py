@@ -13,7 +13,7 @@ Identity = Annotated[str, Field(min_length=1, max_length=320), SingleLine]
 SettingName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z_]+$")]
 SettingValue = (Annotated[StrictStr, Field(max_length=2048), SingleLine] | StrictInt | StrictFloat | StrictBool
                 | Annotated[list[Annotated[StrictStr, Field(min_length=1, max_length=64), SingleLine]], Field(max_length=50)])
-Provider = Literal["twilio", "smtp", "meta", "waha", "http"]
+Provider = Literal["twilio", "smtp", "meta", "waha", "http", "widget"]
 
 
 class ChannelSetup(BaseModel):
@@ -22,18 +22,20 @@ class ChannelSetup(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
     provider: Provider | None = Field(None, description=(
-        "`twilio` (sms), `smtp` (email), `meta` (whatsapp_cloud), `waha` (whatsapp_qr), `http` (http). Left out: the channel's."))
+        "`twilio` (sms), `smtp` (email), `meta` (whatsapp_cloud), `waha` (whatsapp_qr), `http` (http), `widget` (widget). "
+        "Left out: the channel's."))
     credentials: Annotated[dict[SettingName, Secret], Field(max_length=16)] = Field(default_factory=dict, description=(
         "Secrets, stored encrypted and never returned: twilio `account_sid`, `auth_token`; smtp `username`, `password`; "
         "meta `access_token`, `app_secret`, `verify_token`; waha `api_key`; http `secret` (generated when left out)."))
     sender: Identity = Field(description=(
         "The sender identity: the From number (twilio), From address (smtp), phone-number id (meta), default session "
-        "(waha) or the URL messages are POSTed to (http)."))
+        "(waha), the URL messages are POSTed to (http), or the name replies are shown under (widget)."))
     senders: Annotated[list[Identity], Field(max_length=50)] = Field(default_factory=list, description=(
         "Further identities a message may name in `from` (numbers, addresses, WAHA sessions)."))
     settings: Annotated[dict[SettingName, SettingValue], Field(max_length=16)] = Field(default_factory=dict, description=(
         "What is not secret: twilio/meta `api_base`; meta `api_version`; smtp `host`, `port`, `security` "
-        "(none, starttls, tls); waha `api_base`, `pace_seconds`, `jitter_seconds`."))
+        "(none, starttls, tls); waha `api_base`, `pace_seconds`, `jitter_seconds`; widget `title`, `greeting` and "
+        "`allowed_origins` (the sites that may frame the chat, e.g. https://www.example.com; none: any)."))
     rate_limit_per_second: Annotated[float, Field(ge=0, le=100_000)] | None = Field(None, description=(
         "Most sends per second through this account. Left out: a Twilio long code's 1/s, WhatsApp Cloud's 80/s per "
         "number, one message per `pace_seconds` for a WAHA session, no limit for smtp and http."))
@@ -56,6 +58,8 @@ class ChannelView(BaseModel):
     webhook_secret_set: bool
     updated_at: str | None
     secret: str | None = Field(None, description="`http` only, once: the signing secret generated for this configuration.")
+    embed_html: str | None = Field(None, description=(
+        "`widget` only: the `<iframe>` to paste into a site; `account` is the inbox key the page is served under."))
 
 
 class ChannelList(BaseModel):

@@ -5,11 +5,18 @@ settings, rate limit and webhook secret. Credentials and the webhook secret are 
 deployment's key before they reach PostgreSQL (``common.providers.config``) and are never
 returned: a view names the credentials that are set. Without a configuration a channel uses the
 deployment's default account from the environment.
+
+The web chat widget is configured here too (``PUT /v1/channels/widget``): an inbox, whose public
+``inbox_key`` is generated once and kept by later PUTs (pages embed it), with a display name
+(``sender``) and the settings ``title``, ``greeting`` and ``allowed_origins`` (the sites that may
+frame the page); its view carries the ``<iframe>`` snippet to embed.
 """
 
 from __future__ import annotations
 
+import html
 import re
+import secrets
 from typing import Any
 
 from flask import Blueprint, Response, g, jsonify
@@ -27,19 +34,26 @@ from services.ingest.errors import ApiError
 from services.ingest.models import CHANNELS
 
 channels_api = Blueprint("channels", __name__, url_prefix="/v1")
-CHANNEL_PARAM = {"channel": {"enum": list(CHANNELS)}}
+# The channels a workspace configures: those messages are sent on, and the widget's inbox (whose
+# messages are conversation replies only).
+CONFIGURABLE = (*CHANNELS, "widget")
+CHANNEL_PARAM = {"channel": {"enum": list(CONFIGURABLE)}}
 
 # Per channel: its provider, the credentials it needs, and the settings it knows (name -> required).
-PROVIDER = {"sms": "twilio", "email": "smtp", "whatsapp_cloud": "meta", "whatsapp_qr": "waha", "http": "http"}
+PROVIDER = {"sms": "twilio", "email": "smtp", "whatsapp_cloud": "meta", "whatsapp_qr": "waha", "http": "http", "widget": "widget"}
 REQUIRED_CREDENTIALS = {"twilio": ("account_sid", "auth_token"), "smtp": (), "meta": ("access_token", "app_secret", "verify_token"),
-                        "waha": ("api_key",), "http": ()}
+                        "waha": ("api_key",), "http": (), "widget": ()}
 KNOWN_CREDENTIALS = {"twilio": ("account_sid", "auth_token"), "smtp": ("username", "password"),
-                     "meta": ("access_token", "app_secret", "verify_token"), "waha": ("api_key",), "http": ("secret",)}
+                     "meta": ("access_token", "app_secret", "verify_token"), "waha": ("api_key",), "http": ("secret",),
+                     "widget": ()}
 KNOWN_SETTINGS: dict[str, dict[str, bool]] = {
     "twilio": {"api_base": False}, "smtp": {"host": True, "port": True, "security": False},
     "meta": {"api_base": False, "api_version": False},
     "waha": {"api_base": True, "pace_seconds": False, "jitter_seconds": False}, "http": {},
+    "widget": {"title": False, "greeting": False, "allowed_origins": False},
 }
+# A site allowed to frame the widget: scheme://host[:port], nothing a CSP could read as more.
+ORIGIN = re.compile(r"^https?://(\*\.)?[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*(:[0-9]{1,5})?$")
 DEFAULT_RATE = {"twilio": 1.0, "meta": 80.0}  # a US long code; Meta's default per business number
 ACCOUNT_SID = re.compile(r"^AC[0-9a-fA-F]{32}$")
 PHONE_NUMBER_ID = re.compile(r"^[0-9]{5,20}$")
@@ -51,14 +65,14 @@ def _refuse(field: str, message: str) -> ApiError:
 
 
 def _unknown_channel(channel: str) -> ApiError:
-    return ApiError(404, "not_found", f"no channel {channel[:40]!r}; channels: {', '.join(CHANNELS)}")
+    return ApiError(404, "not_found", f"no channel {channel[:40]!r}; channels: {', '.join(CONFIGURABLE)}")
 
 
 @operation(channels_api, "PUT", "/channels/{channel}", summary="Set the workspace's provider account for a channel",
            scope="channels:write", request=ChannelSetup, text_params=CHANNEL_PARAM,
            ok={200: Body(ChannelView, "Stored; credentials are encrypted and not shown.")}, errors=(404, 409))
 def put_channel(channel: str, body: ChannelSetup) -> tuple[Response, int]:
-    if channel not in CHANNELS:
+    if channel not in CONFIGURABLE:
         raise _unknown_channel(channel)
     provider = body.provider or PROVIDER[channel]
     if provider != PROVIDER[channel]:
@@ -67,6 +81,8 @@ def put_channel(channel: str, body: ChannelSetup) -> tuple[Response, int]:
     options = _settings(provider, body)
     sender, account = _identity(channel, provider, body, credentials)
     senders = [s for s in body.senders if s != sender]
+    if provider == "widget" and senders:
+        raise _refuse("senders", "a widget inbox has one display name, `sender`")
     if provider == "waha":
         for name in senders:
             if not SESSION.match(name):
@@ -160,11 +176,28 @@ def _settings(provider: str, body: ChannelSetup) -> dict[str, Any]:
         _vet(str(api_base), "settings")
     if "host" in options:
         _vet(f"http://{host}:{port}/", "settings")
+    if provider == "widget":
+        _widget_settings(options)
     return options
+
+
+def _widget_settings(options: dict[str, Any]) -> None:
+    for name in ("title", "greeting"):
+        if name in options and not isinstance(options[name], str):
+            raise _refuse("settings", f"settings.{name} must be text")
+    origins = options.get("allowed_origins", [])
+    if not isinstance(origins, list) or not all(isinstance(o, str) and ORIGIN.match(o) for o in origins):
+        raise _refuse("settings", "settings.allowed_origins must be a list of origins such as https://www.example.com "
+                      "(scheme, host and port only): the sites that may frame the widget")
 
 
 def _identity(channel: str, provider: str, body: ChannelSetup, credentials: dict[str, Any]) -> tuple[str, str]:
     """The sender identity, checked for the channel, and the account's public id."""
+    if provider == "widget":  # the display name; the public inbox key is generated once and kept
+        with transaction(single_statement=True):
+            kept = fetch("SELECT account_ref FROM channel_config WHERE workspace_id = %s AND channel = 'widget'"
+                         " AND provider = 'widget'", (g.workspace_id,))
+        return body.sender, kept[0][0] if kept else secrets.token_urlsafe(16)
     if provider == "http":
         try:
             vet_url(body.sender, parse_networks(settings.postroom_webhook_allowed_networks))
@@ -191,14 +224,29 @@ def _view(config: channel_config.ChannelConfig | None) -> dict[str, Any]:
             "sender": config.sender_identity, "senders": senders, "settings": options,
             "rate_limit_per_second": config.rate_limit_per_second,
             "credentials_set": sorted(k for k in config.credentials if k != "webhook_secret"),
-            "webhook_secret_set": "webhook_secret" in config.credentials, "updated_at": config.updated_at}
+            "webhook_secret_set": "webhook_secret" in config.credentials, "updated_at": config.updated_at,
+            **({"embed_html": embed_html(config)} if config.provider == "widget" else {})}
+
+
+def widget_url() -> str:
+    """Where browsers reach the widget service."""
+    return (settings.postroom_widget_public_url
+            or f"http://{settings.postroom_widget_host}:{settings.postroom_widget_port}").rstrip("/")
+
+
+def embed_html(config: channel_config.ChannelConfig) -> str:
+    """The snippet a site pastes to show the inbox's chat: an iframe of the widget's page."""
+    title = html.escape(str(config.settings.get("title") or config.sender_identity), quote=True)
+    src = html.escape(f"{widget_url()}/widget/{config.account_ref}", quote=True)
+    return (f'<iframe src="{src}" title="{title}" style="width:360px;height:520px;border:0" '
+            'loading="lazy" referrerpolicy="no-referrer"></iframe>')
 
 
 @operation(channels_api, "GET", "/channels/{channel}", summary="Read the workspace's configuration of a channel",
            scope="channels:read", text_params=CHANNEL_PARAM,
            ok={200: Body(ChannelView, "The configuration; secrets are named, never shown.")}, errors=(404,))
 def get_channel(channel: str) -> tuple[Response, int]:
-    if channel not in CHANNELS:
+    if channel not in CONFIGURABLE:
         raise _unknown_channel(channel)
     with transaction():
         channel_config.forget()  # read what is stored now, not this process's cache
@@ -213,7 +261,7 @@ def get_channel(channel: str) -> tuple[Response, int]:
 def list_channels() -> tuple[Response, int]:
     with transaction():
         channel_config.forget()
-        found = [channel_config.load(g.workspace_id, channel) for channel in CHANNELS]
+        found = [channel_config.load(g.workspace_id, channel) for channel in CONFIGURABLE]
     return jsonify({"channels": [_view(c) for c in found if c is not None]}), 200
 
 
@@ -222,7 +270,7 @@ def list_channels() -> tuple[Response, int]:
            ok={200: Body(ChannelView, "The configuration as it was; the deployment's default account sends again.")},
            errors=(404,))
 def delete_channel(channel: str) -> tuple[Response, int]:
-    if channel not in CHANNELS:
+    if channel not in CONFIGURABLE:
         raise _unknown_channel(channel)
     with transaction():
         channel_config.forget()

@@ -12,7 +12,8 @@ A workspace's secret vouches only for its own messages: events signed with it to
 that workspace alone. The environment's secret vouches for every message sent through the default
 account, whichever workspace sent it; an address is suppressed in the workspace of the message the
 event is about, and never in a guessed one. ``/webhooks/email/inbound`` stores a customer's email
-once in its conversation. Text that PostgreSQL cannot store (NUL, lone surrogates) is replaced
+once in its conversation, and makes it a turn of the AI stage when the channel has a chatbot
+(``common.conversations.after_store``; never an email its headers say a machine sent). Text that PostgreSQL cannot store (NUL, lone surrogates) is replaced
 before anything reaches SQL.
 
 ``/u/<token>`` is the RFC 8058 target of ``List-Unsubscribe``: POST suppresses the address the
@@ -30,7 +31,7 @@ from typing import Any, TypeVar
 from flask import Blueprint, Response, request
 from pydantic import BaseModel, ConfigDict, Field
 
-from common import dispatch, fallback, metrics, signing, suppression
+from common import conversations, dispatch, fallback, metrics, signing, suppression
 from common.config import settings
 from common.db.connection import fetch_dicts, transaction
 from common.inbound import Inbound, default_workspace_id, store
@@ -82,8 +83,13 @@ class EmailInbound(BaseModel):
     text: str = ""
     html: str | None = None
     account: str | None = Field(None, description="The configured account it concerns; absent: the default account.")
+    headers: dict[str, object] | None = Field(None, description=(
+        "Headers of the email the relay passes on; `Auto-Submitted` and `Precedence` say a machine sent it (never answered "
+        "by the bot)."))
 
 
+# The headers of an inbound email kept with it: those that say a machine sent it (RFC 3834).
+KEPT_HEADERS = ("auto-submitted", "precedence")
 Model = TypeVar("Model", bound=BaseModel)
 
 
@@ -202,6 +208,7 @@ def _suppress(event: EmailEvent, reason: str, workspace_id: int | None) -> None:
 def email_inbound(body: EmailInbound) -> Response:
     body = _storable(body)
     payload = body.model_dump(by_alias=True, exclude_none=True)
+    followups = conversations.Followups()
     with transaction():
         signer = _signer(body.account)
         if signer is None:
@@ -214,15 +221,25 @@ def email_inbound(body: EmailInbound) -> Response:
             handled = bool(workspace_id is not None and sender and body.message_id)
             if handled:
                 assert workspace_id is not None
-                store(Inbound(workspace_id, "email", PROVIDER, body.message_id, sender, parseaddr(body.to)[1] or body.to,
-                              body.text, sender_name=name or None, extra={"subject": body.subject, "html": body.html},
-                              provider_account=account))
+                message = Inbound(workspace_id, "email", PROVIDER, body.message_id, sender, parseaddr(body.to)[1] or body.to,
+                                  body.text, sender_name=name or None, provider_account=account,
+                                  extra={"subject": body.subject, "html": body.html, **_machine_headers(body)})
+                stored = store(message)
+                if stored is not None:
+                    followups = conversations.after_store(message, stored)
             store_event(PROVIDER, "inbound", payload, signature_valid=True, provider_message_id=body.message_id or None,
                         handled=handled)
     if signer is None:
         raise _refuse("inbound", event_id)
+    followups.hand_on()  # after the commit
     metrics.PROVIDER_WEBHOOKS.labels(provider=PROVIDER, kind="inbound", verdict="stored" if handled else "ignored").inc()
     return Response("ok", mimetype="text/plain")
+
+
+def _machine_headers(body: EmailInbound) -> dict[str, Any]:
+    """``{"headers": {...}}`` with the email's headers that say whether a machine sent it, if any."""
+    kept = {str(k).lower(): str(v)[:200] for k, v in (body.headers or {}).items() if str(k).lower() in KEPT_HEADERS}
+    return {"headers": kept} if kept else {}
 
 
 TOKEN = {"token": {"maxLength": 512}}

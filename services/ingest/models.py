@@ -310,7 +310,8 @@ HEADER_NAME = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$"
 EventType = Literal[
     "*", "message.accepted", "message.scheduled", "message.sent", "message.delivered", "message.read", "message.failed",
     "message.undelivered", "message.cancelled", "message.suppressed", "message.received",
-    "message.clicked", "campaign.completed", "webhook_endpoint.disabled",
+    "message.clicked", "campaign.completed", "conversation.bot", "conversation.open", "conversation.resolved",
+    "webhook_endpoint.disabled",
 ]
 # Headers a delivery sets itself, or that would break the request: not settable per endpoint.
 RESERVED_HEADERS = ("host", "content-length", "content-type", "transfer-encoding", "connection", "user-agent")
@@ -457,7 +458,10 @@ class ConversationView(BaseModel):
     contact_id: int | None
     name: str | None = Field(description="The sender's name as the provider reported it.")
     profile: dict[str, Any]
-    status: Literal["bot", "open", "resolved"]
+    status: Literal["bot", "open", "resolved"] = Field(description=(
+        "`bot`: the chatbot answers (if the channel has one); `open`: a person has it, the bot is silent; `resolved`."))
+    status_changed_at: str | None = Field(None, description="When the status last changed.")
+    status_reason: str | None = Field(None, description="Why: api, agent_reply, inbound, keyword, low_confidence, model, ...")
     last_inbound_at: str | None = Field(description="The customer's last message (WhatsApp's 24-hour window runs from it).")
     last_message_at: str | None
     created_at: str | None

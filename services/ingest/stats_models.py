@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-Lane = Literal["urgent", "normal", "bulk"]
+Lane = Literal["urgent", "normal", "bulk", "premium", "pro", "basic"]  # the AI stage's lanes are the plans
 
 
 class UpcomingMessage(BaseModel):
@@ -45,7 +45,7 @@ class Upcoming(BaseModel):
 class StageFigures(BaseModel):
     """One stage and lane, counted in this workspace's messages (webhooks: its deliveries)."""
 
-    stage: str = Field(description="processing, routing, a sender per channel (sms, http), webhooks.")
+    stage: str = Field(description="processing, routing, a sender per channel (sms, http, widget), webhooks, ai (lanes premium, pro, basic).")
     lane: Lane
     waiting: int = Field(description="Ready for the stage and not yet taken.")
     active: int = Field(description="Being worked on: claimed for sending (senders), being delivered (webhooks).")

@@ -6,19 +6,19 @@ signature gets 403 and a bounded record, and changes nothing else. A signed mess
 a workspace whose token verified it (the one whose SMS channel sends as its ``To``, if several
 did), else — when the environment's token did, for the deployment's own account — in the
 default inbound workspace; a second delivery of the same MessageSid stores nothing. A STOP,
-START or HELP keyword acts once, when the message is first stored (``common.consent``); a HELP
-answer is an ordinary message handed on after the commit. Twilio is answered with empty TwiML.
+START or HELP keyword acts once, when the message is first stored, or the message becomes a turn of
+the AI stage (``common.conversations.after_store``); a HELP answer is an ordinary message and a turn
+is handed on after the commit. Twilio is answered with empty TwiML.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from flask import Blueprint, Response, request
 from pydantic import BaseModel, ConfigDict
 
-from common import consent, metrics
+from common import conversations, metrics
 from common.db.connection import transaction
 from common.inbound import Inbound, default_workspace_id, store
 from common.providers import config as channel_config
@@ -58,7 +58,7 @@ def twilio_inbound_message() -> tuple[Response, int]:
     account_sid = params.get("AccountSid", "")
     sid = params.get("MessageSid") or params.get("SmsMessageSid") or params.get("SmsSid")
     odd = next((name for name, value in params.items() if "\x00" in name or "\x00" in value), None)
-    replies: list[dict[str, Any]] = []
+    replies = conversations.Followups()
     with transaction():  # one transaction per webhook, whatever its verdict
         signed = verified(params)
         if signed is None:
@@ -66,7 +66,7 @@ def twilio_inbound_message() -> tuple[Response, int]:
             verdict = "bad_signature"
         else:
             verdict, replies = _store(params, sid, account_sid, signed) if odd is None and sid and params.get("From") \
-                else ("ignored", [])
+                else ("ignored", conversations.Followups())
             store_event(PROVIDER, KIND, params, signature_valid=True, provider_message_id=storable(sid), status="received",
                         detail={"verdict": verdict}, handled=True)
     metrics.PROVIDER_WEBHOOKS.labels(provider=PROVIDER, kind=KIND, verdict=verdict).inc()
@@ -76,25 +76,26 @@ def twilio_inbound_message() -> tuple[Response, int]:
         raise ApiError(403, "bad_signature", "X-Twilio-Signature does not match")
     if odd is not None:  # signed, but nothing Twilio sends holds a NUL (nor can PostgreSQL text)
         raise ApiError(422, "invalid_request", f"{odd[:100]} contains a NUL character", odd[:100])
-    consent.hand_on(replies)  # after the commit
+    replies.hand_on()  # after the commit
     return Response(EMPTY_TWIML, mimetype="application/xml"), 200
 
 
-def _store(params: dict[str, str], sid: str, account_sid: str, signed: Verified) -> tuple[str, list[dict[str, Any]]]:
-    """Store the message in its workspace's conversation and heed its keyword; the verdict for its
-    provider event, and the answers to hand on after the commit."""
+def _store(params: dict[str, str], sid: str, account_sid: str, signed: Verified) -> tuple[str, conversations.Followups]:
+    """Store the message in its workspace's conversation and act on it; the verdict for its
+    provider event, and what to hand on after the commit."""
     workspace_id = _workspace(signed, params.get("To", ""))
     if workspace_id is None:
         log.warning("twilio inbound %s for account %s: no workspace takes it", sid, account_sid)
-        return "no_workspace", []
+        return "no_workspace", conversations.Followups()
     message = Inbound(
         workspace_id=workspace_id, channel="sms", provider=PROVIDER, provider_message_id=sid,
         from_addr=params["From"], to_addr=params.get("To", ""), body=params.get("Body", ""),
         media=_media(params), extra={"num_segments": params.get("NumSegments")}, provider_account=account_sid,
     )
-    if store(message) is None:
-        return "duplicate", []
-    return "stored", consent.heed(message)
+    stored = store(message)
+    if stored is None:
+        return "duplicate", conversations.Followups()
+    return "stored", conversations.after_store(message, stored)
 
 
 def _workspace(signed: Verified, to: str) -> int | None:

@@ -6,7 +6,8 @@ environment's for the default sessions; session names repeat across gateways, so
 verifies decides whose it is). A webhook that no key verifies is kept in bounded form and
 answered 403; nothing else changes. A valid one is applied in one transaction: ``message.ack``
 moves its message forward by rank, ``message`` stores a customer's message once in its
-conversation (and heeds a STOP, START or HELP keyword in it then: ``common.consent``), and ``session.status`` records the session's state, and when it is WORKING again
+conversation (and heeds a STOP, START or HELP keyword in it then, or makes it a turn of the AI stage:
+``common.conversations.after_store``), and ``session.status`` records the session's state, and when it is WORKING again
 releases the messages the session held at once (its pause ends, they are due now and enqueued
 after the commit). A workspace's key speaks for that workspace's session and messages only.
 Text the database cannot hold (NUL, a lone surrogate) is replaced before anything is stored, and
@@ -29,7 +30,7 @@ from typing import Any, Literal
 from flask import Blueprint, Response, g, jsonify, request
 from pydantic import BaseModel, ConfigDict, Field
 
-from common import consent, dispatch, metrics, ratelimit
+from common import conversations, dispatch, metrics, ratelimit
 from common.db.connection import transaction
 from common.errors import ProviderError, Throttled
 from common.inbound import Inbound, store
@@ -89,7 +90,7 @@ def waha_webhook(body: WahaWebhook) -> Response:
     envelope = storable(json.loads(raw))  # the contract parsed it already: an object
     payload = storable(body.payload)
     released: list[dict[str, Any]] = []
-    answers: list[dict[str, Any]] = []
+    answers = conversations.Followups()
     with transaction():  # one transaction per webhook, whatever its verdict
         owner = _signed_by(body.session, raw)
         if owner is None:
@@ -105,7 +106,7 @@ def waha_webhook(body: WahaWebhook) -> Response:
     if body.event == "session.status" and payload.get("status") == waha.WORKING:
         ratelimit.resume(PROVIDER, owner.account.key)  # its owner's session only; after the commit: the rows are due
         dispatch.hand_on(None, released)
-    consent.hand_on(answers)  # after the commit
+    answers.hand_on()  # after the commit
     metrics.PROVIDER_WEBHOOKS.labels(provider=PROVIDER, kind="webhook", verdict="applied").inc()
     return Response("OK", mimetype="text/plain")
 
@@ -128,7 +129,7 @@ def _signed_by(session: str, raw: bytes) -> SessionOwner | None:
 
 
 def _apply(owner: SessionOwner, event: str, payload: dict[str, Any],
-           envelope: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+           envelope: dict[str, Any]) -> tuple[list[dict[str, Any]], conversations.Followups]:
     """Apply one verified webhook (its payload made storable); returns the messages a session that
     is WORKING again released, and a keyword's answers for processing. Only the owner's messages
     move (``owner.scope``)."""
@@ -141,12 +142,13 @@ def _apply(owner: SessionOwner, event: str, payload: dict[str, Any],
             detail.update(error_code="ack_error", error="the gateway reported the message failed (ack -1 ERROR)")
         apply_receipt(PROVIDER, pid, status, detail, account=owner.account.key,
                       keep_event={"kind": "status", "payload": envelope}, workspaces=owner.scope)
-        return [], []
-    answers: list[dict[str, Any]] = []
+        return [], conversations.Followups()
+    answers = conversations.Followups()
     if event == "message" and pid and payload.get("fromMe") is False and owner.workspace_id is not None:
         message = _inbound(owner, pid, payload)
-        if store(message) is not None:
-            answers = consent.heed(message)
+        stored = store(message)
+        if stored is not None:
+            answers = conversations.after_store(message, stored)
     released: list[dict[str, Any]] = []
     if event == "session.status" and isinstance(payload.get("status"), str):
         me = envelope.get("me") if isinstance(envelope.get("me"), dict) else payload.get("me")

@@ -11,8 +11,8 @@ in one transaction, to messages of the workspaces whose secret verified it (any 
 the environment's secret: ``common.providers.accounts.Verified``): each status moves its message
 forward by rank (``failed`` 131026/131047 first tries the route's next channel), and each
 customer message is stored once in its conversation, which renews the contact's 24-hour window;
-a STOP, START or HELP keyword in it acts then (``common.consent``), a HELP answer handed on after
-the commit.
+a STOP, START or HELP keyword in it acts then, or it becomes a turn of the AI stage
+(``common.conversations.after_store``), handed on after the commit.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Any
 from flask import Blueprint, Response, request
 from pydantic import BaseModel, ConfigDict, Field
 
-from common import consent, dispatch, fallback, metrics
+from common import conversations, dispatch, fallback, metrics
 from common.config import settings
 from common.db.connection import fetch, transaction
 from common.inbound import Inbound, default_workspace_id, store
@@ -118,7 +118,7 @@ def whatsapp_webhook(body: WhatsAppWebhook) -> Response:
     raw = request.get_data(cache=True)
     changes = _changes(body)
     moved: list[dict[str, Any]] = []
-    replies: list[dict[str, Any]] = []
+    replies = conversations.Followups()
     with transaction():  # one transaction per webhook, whatever its verdict
         workspaces = _signed_by(changes, raw, request.headers.get("X-Hub-Signature-256", ""))
         if workspaces is None:
@@ -135,7 +135,7 @@ def whatsapp_webhook(body: WhatsAppWebhook) -> Response:
         metrics.PROVIDER_WEBHOOKS.labels(provider=PROVIDER, kind="webhook", verdict="bad_signature").inc()
         raise ApiError(403, "bad_signature", "X-Hub-Signature-256 does not match")
     dispatch.hand_on("routing", moved)
-    consent.hand_on(replies)  # after the commit
+    replies.hand_on()  # after the commit
     metrics.PROVIDER_WEBHOOKS.labels(provider=PROVIDER, kind="webhook", verdict="applied").inc()
     return Response("EVENT_RECEIVED", mimetype="text/plain")
 
@@ -238,10 +238,10 @@ def _error_text(item: dict[str, Any]) -> str:
     return str(first.get("title") or first.get("message") or "delivery failed")[:300]
 
 
-def _store_inbound(number: str, workspace_id: int | None, value: dict[str, Any]) -> list[dict[str, Any]]:
-    """Store each customer message of one change in its conversation (once per wamid) and heed
-    its keyword; returns the answers to hand on after the commit."""
-    replies: list[dict[str, Any]] = []
+def _store_inbound(number: str, workspace_id: int | None, value: dict[str, Any]) -> conversations.Followups:
+    """Store each customer message of one change in its conversation (once per wamid) and
+    act on it (``conversations.after_store``); returns what to hand on after the commit."""
+    replies = conversations.Followups()
     messages, contacts = _list(value.get("messages")), _list(value.get("contacts"))
     names = {c["wa_id"]: c["profile"].get("name") for c in contacts
              if isinstance(c, dict) and isinstance(c.get("wa_id"), str) and isinstance(c.get("profile"), dict)}
@@ -260,8 +260,9 @@ def _store_inbound(number: str, workspace_id: int | None, value: dict[str, Any])
             profile={"wa_id": item["from"], **({"name": name} if isinstance(name, str) and name else {})},
             media=[_media(item[kind])] if kind in MEDIA_TYPES and isinstance(item.get(kind), dict) else [],
             extra=_extra(item, kind), provider_account=number)
-        if store(message) is not None:
-            replies += consent.heed(message)
+        stored = store(message)
+        if stored is not None:
+            replies += conversations.after_store(message, stored)
     return replies
 
 

@@ -57,6 +57,8 @@ def services_for(cfg: Settings) -> list[Service]:
     except SMS's urgent lane, which has a process of its own as in Kubernetes (a Deployment per
     lane with ``--lanes``): behind a campaign's hundreds of calls in one process, an urgent
     message's greenlet waited its turn at every step (a third of a second at the p99 on two cores).
+    The AI stage likewise gives the premium plan's lane a process of its own (``ai-premium``):
+    its model calls never share greenlets, connections or CPU with the pro and basic plans'.
     """
     base = cfg.postroom_metrics_port_base
     return [
@@ -72,6 +74,10 @@ def services_for(cfg: Settings) -> list[Service]:
         worker("sender-whatsapp-qr", "whatsapp_qr", base + 7),
         worker("receipts", "receipts", base + 8),
         Service("scheduler", [str(BIN / "postroom"), "scheduler"], base + 9),
+        worker("ai-premium", "ai", base + 11, lanes="premium"),
+        worker("ai", "ai", base + 12, lanes="pro,basic"),
+        worker("sender-widget", "widget", base + 13),
+        Service("widget", [str(BIN / "postroom"), "widget"]),  # metrics on its HTTP port, like ingest
         Service("ingest", [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "services/ingest/gunicorn_conf.py"),
                            "--no-control-socket", "services.ingest.wsgi:app"]),
     ]
@@ -95,14 +101,14 @@ def private_env(var_dir: Path | str, metrics_port_base: int, **overrides: str) -
     Redis (whatever the calling environment says), its own sandbox as the provider, free API and
     sandbox ports, and ``overrides`` on top.
 
-    ``metrics_port_base``: the stack uses it up to + 10. Keep it below Linux's ephemeral range
+    ``metrics_port_base``: the stack uses it up to + 13. Keep it below Linux's ephemeral range
     (32768+), so that no outgoing connection holds one of its ports, and give each suite its own
     range of bases, each ``start + pid % 4000``: start 10000 for tests/test_stack_processes.py,
-    10500 tests/test_campaign_e2e.py, 14500 tests/test_e2e.py, 19000 the chaos harness, 23500 the
+    10500 tests/test_campaign_e2e.py, 14500 tests/test_e2e.py, 1500 (+ pid % 3400) tests/test_widget_e2e.py, 19000 the chaos harness, 23500 the
     idle benchmark, 28000 the API benchmark; the campaign benchmark takes 27500 + pid % 490.
     """
-    if not 1024 <= metrics_port_base <= 32768 - 11:
-        raise ValueError(f"metrics port base {metrics_port_base} is outside 1024-32757")
+    if not 1024 <= metrics_port_base <= 32768 - 14:
+        raise ValueError(f"metrics port base {metrics_port_base} is outside 1024-32754")
     from services.local import infra as localinfra
 
     env = {
@@ -117,6 +123,7 @@ def private_env(var_dir: Path | str, metrics_port_base: int, **overrides: str) -
         "POSTROOM_API_PORT": str(localinfra.free_port()),
         "POSTROOM_SANDBOX_PORT": str(localinfra.free_port()),
         "POSTROOM_SANDBOX_SMTP_PORT": str(localinfra.free_port()),
+        "POSTROOM_WIDGET_PORT": str(localinfra.free_port()),
         "POSTROOM_METRICS_PORT_BASE": str(metrics_port_base),
         **overrides,
     }
@@ -182,6 +189,8 @@ class Stack:
         # Webhook endpoints and the http channel may reach this machine's own receivers (the sandbox).
         self.env.setdefault("POSTROOM_WEBHOOK_ALLOWED_NETWORKS",
                             os.environ.get("POSTROOM_WEBHOOK_ALLOWED_NETWORKS") or "127.0.0.0/8,::1/128")
+        # A chatbot's model may be this machine's own (the sandbox's OpenAI imitation, a local Ollama).
+        self.env.setdefault("POSTROOM_AI_ALLOWED_NETWORKS", os.environ.get("POSTROOM_AI_ALLOWED_NETWORKS") or "127.0.0.0/8,::1/128")
         self.cfg = load({**os.environ, **self.env})
         # For `postroom` commands in another terminal: `export $(cat var/stack.env)`.
         (self.var / "stack.env").write_text(f"DATABASE_URL={self.cfg.database_url}\nREDIS_URL={self.cfg.redis_url}\n"
@@ -230,6 +239,8 @@ class Stack:
     def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         urls = [f"{self.cfg.sandbox_url}/healthz", f"http://{self.cfg.postroom_api_host}:{self.cfg.postroom_api_port}/readyz"]
+        if "widget" in self.processes:
+            urls.append(f"{self.widget_url}/healthz")
         for url in urls:
             while True:
                 self.check_alive()
@@ -241,6 +252,11 @@ class Stack:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"{url} did not become ready in {timeout:.0f}s; see logs in {self.log_dir}")
                 time.sleep(0.2)
+
+    @property
+    def widget_url(self) -> str:
+        """The widget service: a workspace's chat page is ``<widget_url>/widget/<inbox_key>``."""
+        return f"http://{self.cfg.postroom_widget_host}:{self.cfg.postroom_widget_port}"
 
     def check_alive(self) -> None:
         """Fail fast during start-up: any service that exited is an error (no restart)."""
@@ -411,8 +427,9 @@ def run_forever() -> None:
 postroom is running.
   API       {api}        (key in {stack.var / 'dev-api-key'})
   API key   {key}
+  widget    {stack.widget_url}/widget/INBOX_KEY   (PUT /v1/channels/widget gives the key and the embed snippet)
   sandbox   {cfg.sandbox_url}/sandbox/inbox   (webhook receivers: {cfg.sandbox_url}/receiver/NAME)
-  metrics   {api}/metrics, workers on 127.0.0.1:{cfg.postroom_metrics_port_base}-{cfg.postroom_metrics_port_base + 8} and :{cfg.postroom_metrics_port_base + 10}, scheduler on :{cfg.postroom_metrics_port_base + 9}
+  metrics   {api}/metrics and {stack.widget_url}/metrics, workers on 127.0.0.1:{cfg.postroom_metrics_port_base}-{cfg.postroom_metrics_port_base + 8} and :{cfg.postroom_metrics_port_base + 10}-{cfg.postroom_metrics_port_base + 13}, scheduler on :{cfg.postroom_metrics_port_base + 9}
   logs      {stack.log_dir}/
   CLI       export $(cat {stack.var / 'stack.env'}); .venv/bin/postroom --help
 

@@ -36,6 +36,7 @@ FROM message m JOIN workspace w ON w.id = m.workspace_id
 LEFT JOIN contact_address a ON a.workspace_id = m.workspace_id AND a.channel = m.channel AND a.address = m.to_addr
 LEFT JOIN contact c ON c.workspace_id = a.workspace_id AND c.id = a.contact_id
 WHERE m.id = ANY(%s) AND (m.status || '') = 'queued' AND coalesce(m.quiet_hours, c.quiet_hours, w.quiet_hours) IS NOT NULL
+  AND m.author IS NULL  -- a reply in a conversation (bot, handoff text, agent) answers someone who just wrote
 """
 
 

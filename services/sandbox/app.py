@@ -22,6 +22,7 @@ from services.sandbox import (
     graph_api,
     graph_errors,
     inbox,
+    openai_api,
     receiver_api,
     twilio_api,
     twilio_errors,
@@ -34,6 +35,7 @@ from services.sandbox.callbacks import StatusCallbackSender
 from services.sandbox.faults import FaultPlan
 from services.sandbox.graph_webhooks import GraphState, Number
 from services.sandbox.lost_answer import ConnectionCut, answer_nobody
+from services.sandbox.openai_state import OpenAIState
 from services.sandbox.receivers import Receivers
 from services.sandbox.records import ReceivedMessages
 from services.sandbox.state import EXTENSION_KEY, SandboxState
@@ -78,6 +80,7 @@ def create_app(config: Settings = settings) -> Flask:
                                             config.whatsapp_app_secret, "15550000000"),
                             config.public_url + _path(config.postroom_sandbox_whatsapp_webhook_path)),
         waha=WahaGateway(records, f"{config.public_url}/webhooks/waha", config.waha_webhook_secret),
+        openai=OpenAIState(),
     )
     app.register_error_handler(ConnectionCut, answer_nobody)
     app.register_blueprint(control.blueprint)
@@ -89,6 +92,7 @@ def create_app(config: Settings = settings) -> Flask:
     app.register_blueprint(twilio_inbound.blueprint)
     app.register_blueprint(receiver_api.blueprint)
     app.register_blueprint(inbox.blueprint)
+    app.register_blueprint(openai_api.blueprint)
     return app
 
 

@@ -16,6 +16,7 @@ from services.sandbox.accounts import Accounts
 from services.sandbox.callbacks import StatusCallbackSender
 from services.sandbox.faults import FaultPlan
 from services.sandbox.graph_webhooks import GraphState
+from services.sandbox.openai_state import OpenAIState
 from services.sandbox.receivers import Receivers
 from services.sandbox.records import ReceivedMessages
 from services.sandbox.waha_gateway import WahaGateway
@@ -32,6 +33,7 @@ class SandboxState:
     receivers: Receivers  # the customer endpoints postroom's webhooks and http channel POST to
     whatsapp: GraphState  # WhatsApp Cloud numbers, unreachable recipients, received bodies, webhooks
     waha: WahaGateway  # WAHA sessions and their states, numbers not on WhatsApp, sent bodies, webhooks
+    openai: OpenAIState  # the OpenAI-compatible server's keys, recorded requests and faults
 
 
 def current_sandbox() -> SandboxState:

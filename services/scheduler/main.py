@@ -16,7 +16,7 @@ from common import campaigns, intake, lifecycle, metrics
 from common.config import settings
 from common.db.connection import DatabaseUnavailable, release_connection
 from common.db.listen import Listener
-from services.scheduler import backlog, reconciler, recurring, retention, webhooks
+from services.scheduler import ai_redrive, backlog, reconciler, recurring, retention, webhooks
 
 log = logging.getLogger("postroom.scheduler")
 METRICS_PORT_OFFSET = 9  # worker services take the ports before it in local runs
@@ -40,6 +40,8 @@ def run_once() -> dict[str, int]:
     done.update(reconciler.resolve_unknown(settings.postroom_sending_timeout_seconds))
     done["receipts"] = reconciler.sweep_receipts()
     done.update(webhooks.maintain())
+    done.update(ai_redrive.redrive(settings.postroom_stage_deadline_seconds, settings.postroom_ai_max_attempts))
+    done["ai_quota_settled"] = ai_redrive.settle_quota()
     done.update(retention.clean_up())
     done.update({f"campaigns_{k}": v for k, v in campaigns.tick().items()})
     backlog.measure()  # gauges only, every few seconds: nothing to report

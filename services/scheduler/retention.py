@@ -3,8 +3,9 @@
 A message that has finished (sent, delivered, read, failed, undelivered, cancelled, suppressed,
 or received) is deleted with its history once it was created more than
 ``POSTROOM_MESSAGE_RETENTION_DAYS`` ago; raw provider webhooks (``provider_event``) go after
-``POSTROOM_PROVIDER_EVENT_RETENTION_DAYS``, and API idempotency keys after
-``POSTROOM_IDEMPOTENCY_TTL_SECONDS``. A message still waiting (scheduled far ahead, say) is
+``POSTROOM_PROVIDER_EVENT_RETENTION_DAYS``, API idempotency keys after
+``POSTROOM_IDEMPOTENCY_TTL_SECONDS``, and usage rows (``usage_log``) after
+``POSTROOM_USAGE_RETENTION_DAYS``. A message still waiting (scheduled far ahead, say) is
 never removed. Deletes run in small batches, each its own short transaction, so no long lock is
 held on the hot tables; a pass runs at most once a minute and stops after a bounded number of
 batches, leaving the rest to the next pass.
@@ -45,8 +46,12 @@ def clean_up(force: bool = False) -> dict[str, int]:
         """DELETE FROM idempotent_request WHERE (workspace_id, key) IN (
                SELECT workspace_id, key FROM idempotent_request WHERE created_at < now() - %s * interval '1 day' LIMIT %s)
            RETURNING 1""", settings.postroom_idempotency_ttl_seconds / 86400)
+    usage = _in_batches(  # usage rows: GET /v1/usage reads them for at most that long
+        """DELETE FROM usage_log WHERE id IN (
+               SELECT id FROM usage_log WHERE at < now() - %s * interval '1 day' LIMIT %s)
+           RETURNING 1""", settings.postroom_usage_retention_days)
     return {k: v for k, v in {"expired_messages": messages, "expired_provider_events": events,
-                              "expired_idempotency_keys": keys}.items() if v}
+                              "expired_idempotency_keys": keys, "expired_usage_rows": usage}.items() if v}
 
 
 def _in_batches(statement: str, days: float) -> int:

@@ -26,7 +26,16 @@ from typing import Any
 
 from peewee import DatabaseError
 
-from common import campaigns, dispatch, fallback, lifecycle, metrics, ratelimit, suppression
+from common import (
+    campaigns,
+    conversations,
+    dispatch,
+    fallback,
+    lifecycle,
+    metrics,
+    ratelimit,
+    suppression,
+)
 from common.broker import LANES
 from common.config import settings
 from common.db.connection import fetch, fetch_dicts, release_connection, transaction
@@ -267,8 +276,10 @@ def defer(waiting: list[tuple[dict[str, Any], float]], lane: str) -> list[tuple[
 def claim(channel: Channel, rows: list[dict[str, Any]], lane: str) -> list[dict[str, Any]]:
     """Compare-and-set ``routed`` → ``sending`` for messages whose call can start now; returns
     those this call won, with their content and account. A campaign paused since the batch was
-    read stops its messages here, and an address suppressed since routing (a STOP while the
-    message waited for a token or a retry) ends its message ``suppressed``."""
+    read stops its messages here, an address suppressed since routing (a STOP while the
+    message waited for a token or a retry) ends its message ``suppressed``, and a bot's reply
+    whose conversation a human took meanwhile ends ``cancelled`` (``human_took_over``): the
+    bot never talks over a person, however late the person came."""
     if not rows:
         return []
     prepared = {row["id"]: row for row in rows}
@@ -276,14 +287,29 @@ def claim(channel: Channel, rows: list[dict[str, Any]], lane: str) -> list[dict[
         claimed = lifecycle.record_outcomes(
             "routed", "sending", [{"id": row["id"], "account": row["account"].key} for row in rows],
             columns={"provider_account": "v.account", "lookup_at": "NULL"},
-            due_only=True, returning=CLAIM_COLUMNS, where=f"{campaigns.CLAIMABLE_SQL} AND {suppression.NOT_SUPPRESSED_SQL}")
-    if len(claimed) < len(rows):  # a race, a pause, or an address suppressed since routing: end those suppressed
+            due_only=True, returning=CLAIM_COLUMNS,
+            where=f"{campaigns.CLAIMABLE_SQL} AND {suppression.NOT_SUPPRESSED_SQL} AND {conversations.BOT_IN_CHARGE_SQL}")
+    if len(claimed) < len(rows):  # a race, a pause, a human who took over, or an address suppressed since routing
         won = {row["id"] for row in claimed}
+        lost = [row["id"] for row in rows if row["id"] not in won]
         with lane_transaction(lane):
-            suppression.suppress_messages([row["id"] for row in rows if row["id"] not in won], "routed")
+            taken_over = cancel_bot_replies(lost)
+            suppression.suppress_messages([i for i in lost if i not in taken_over], "routed")
     for row in claimed:  # the account, and whatever the channel's prepare added
         row.update({k: v for k, v in prepared[row["id"]].items() if k not in row})
     return claimed
+
+
+def cancel_bot_replies(ids: Sequence[int]) -> set[int]:
+    """End ``cancelled`` (``human_took_over``) the bot replies among ``ids`` whose conversation is
+    no longer the bot's (one statement); returns their ids."""
+    if not ids:
+        return set()
+    detail = {"error_code": "human_took_over", "error": "a person took the conversation over before the bot's reply was sent"}
+    moved = lifecycle.record_outcomes("routed", "cancelled", [{"id": i, "error": detail["error"], "detail": detail} for i in ids],
+                                      columns={"error_code": "'human_took_over'", "last_error": "v.error"},
+        where=f"m.author = 'bot' AND NOT ({conversations.BOT_IN_CHARGE_SQL})")
+    return {row["id"] for row in moved}
 
 
 def call_provider(channel: Channel, claimed: list[dict[str, Any]], lane: str) -> list[Result]:

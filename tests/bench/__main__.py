@@ -3,7 +3,8 @@
 Starts a fresh private stack under the output's directory (as ``make run`` does, with its own
 PostgreSQL, Redis and sandbox), measures its idle cost (``tests.bench.idle``), runs the API
 scenarios (``tests.bench.api_sms``), a bulk batch on every channel (``tests.bench.channels``), the webhook campaign (``tests.bench.webhooks``) and a batch of
-messages due in the same second (``tests.bench.scheduling``), prints a table for each and writes
+messages due in the same second (``tests.bench.scheduling``), conversations answered by the AI stage
+with a model answering in 800 ms (``tests.bench.conversations``), prints a table for each and writes
 them all as one JSON document. The campaign scenario (``tests.bench.campaign``) then starts a
 stack of its own, whose SMS sender talks to a lean Twilio imitation (or ``--provider-url``), after
 the first one stopped. ``--only`` picks some of them.
@@ -22,11 +23,11 @@ import psutil
 
 from common.config import ROOT
 from services.local.stack import Stack, private_env
-from tests.bench import api_sms, campaign, channels, scheduling, webhooks
+from tests.bench import api_sms, campaign, channels, conversations, scheduling, webhooks
 from tests.bench.idle import idle_table, measure_idle, settle
 from tests.bench.load import CLIENT_THREADS
 
-SECTIONS = ("idle", "sms", "lanes", "channels", "webhooks", "scheduling", "campaign")
+SECTIONS = ("idle", "sms", "lanes", "channels", "webhooks", "scheduling", "conversations", "campaign")
 
 parser = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -36,6 +37,10 @@ parser.add_argument("--webhook-count", type=int, default=10_000,
                     help="messages of the webhook campaign (run twice: without and with the endpoint)")
 parser.add_argument("--scheduling-count", type=int, default=5000,
                     help="messages due in the same second, per scheduling run (bulk, bulk at 150 ms, urgent, bulk without receipts)")
+parser.add_argument("--conversations", type=int, default=conversations.CONVERSATIONS,
+                    help="conversations of the conversation scenario (a tenth premium, three tenths pro, the rest basic)")
+parser.add_argument("--conversation-messages", type=int, default=conversations.MESSAGES,
+                    help="customer messages per conversation, each waiting for the bot's answer (closed loop)")
 parser.add_argument("--campaign-count", type=int, default=100_000,
                     help="recipients of the campaign scenario's campaign (run at provider latency 0 and 150 ms)")
 parser.add_argument("--provider-url", default=None,
@@ -85,6 +90,9 @@ if only - {"campaign"}:  # the scenarios that share one stack
         if "scheduling" in only:
             report["scheduling"] = scheduling.run(stack, key, args.scheduling_count)
             tables.append(scheduling.table(report["scheduling"]))
+        if "conversations" in only:
+            report["conversations"] = conversations.run(stack, args.conversations, args.conversation_messages)
+            tables.append(conversations.table(report["conversations"]))
 if "campaign" in only:  # on a stack of its own, once the other one stopped
     peers = campaign.peer_figures(args.peers_summary, args.bullmq_rate, args.dramatiq_rate, args.bullmq_cpu_ms)
     report["campaign"] = campaign.run(out.parent / "campaign-stack", args.campaign_count, args.provider_url, peers)

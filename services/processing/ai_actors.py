@@ -1,0 +1,21 @@
+"""AI stage actors, one per plan lane: queues ``ai_premium``, ``ai_pro`` and ``ai_basic``.
+
+Each lane has its own queue and its own greenlets in ``postroom worker ai`` (premium gets the
+most), so a basic plan's backlog never delays a premium customer's answer. The job is
+``services.processing.ai.answer_turns``; replies go on to processing after its commits.
+"""
+
+from __future__ import annotations
+
+from common.broker import current_lane, lane_actors
+from common.config import settings
+from services.processing import ai
+
+
+def answer_turns(ids: list[int]) -> None:
+    ai.hand_on(ai.answer_turns(ids, current_lane()))
+
+
+# A turn waits on a model for up to POSTROOM_AI_TIMEOUT_SECONDS per call: the time limit is the
+# lease (a turn that outlives it may have lost its conversation to another worker anyway).
+ACTORS = lane_actors("ai", answer_turns, time_limit=int(settings.postroom_ai_lease_seconds * 1000))
