@@ -178,11 +178,12 @@ def build_broker(redis_url: str) -> RedisBroker:
 
 def redis_client(url: str, timeout: float | None = None) -> redis.Redis:
     """A Redis client that fails fast instead of hanging: connect and socket timeouts
-    (POSTROOM_REDIS_TIMEOUT_SECONDS, or ``timeout`` when shorter), and a health check that notices
-    a connection a restart closed."""
+    (POSTROOM_REDIS_TIMEOUT_SECONDS, or ``timeout`` when shorter), a health check that notices
+    a connection a restart closed, and room for POSTROOM_REDIS_MAX_CONNECTIONS connections."""
     timeout = min(settings.postroom_redis_timeout_seconds, timeout or float("inf"))
     return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=min(timeout, 2.0),
-                                health_check_interval=30, retry_on_timeout=False)
+                                health_check_interval=30, retry_on_timeout=False,
+                                max_connections=settings.postroom_redis_max_connections)
 
 
 def setup(redis_url: str | None = None, database_url: str | None = None) -> RedisBroker:

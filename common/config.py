@@ -45,6 +45,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("POSTROOM_DB_TIMEOUT_SECONDS", float, 10.0, "Longest wait for one PostgreSQL statement in workers and the scheduler (client-side deadline plus server statement_timeout): a frozen server fails the statement instead of hanging the process."),
     Setting("POSTROOM_API_DB_TIMEOUT_SECONDS", float, 1.5, "The same deadline for ingest, so an API request answers 503 within about two seconds while PostgreSQL is unavailable."),
     Setting("POSTROOM_REDIS_TIMEOUT_SECONDS", float, 5.0, "Socket (and connect) timeout of every Redis client: broker, rate limiter."),
+    Setting("POSTROOM_REDIS_MAX_CONNECTIONS", int, 1000, "Redis connections one process may hold open (redis-py 8 caps a pool at 100 unless told, fewer than a worker needs with a consumer per queue and hundreds of greenlets; past the cap a call fails at once)."),
     Setting("POSTROOM_MAX_REQUEST_BYTES", int, 1048576, "Largest API request body; a larger one gets 413."),
     Setting("POSTROOM_CAMPAIGN_DB_TIMEOUT_SECONDS", float, 60.0, "How long one statement of a campaign request (staging, fan-out or cancel of up to 100,000 messages) may take; its first statement keeps the API's deadline, so an unavailable database still answers 503 at once."),
     Setting("POSTROOM_MAX_CAMPAIGN_BYTES", int, 16 * 1048576, "Largest body of a campaign or a page of its recipients, of a contact import (up to 100,000 each), and of a batch of up to 1,000 messages; a larger one gets 413."),
@@ -99,6 +100,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("POSTROOM_WIDGET_MAX_CHARS", int, 2000, "Longest visitor message the widget accepts, in characters; longer gets 422."),
     Setting("POSTROOM_WIDGET_VISITOR_RATE", float, 1.0, "Messages per second one widget visitor may send (burst 5); over it the widget answers 429."),
     Setting("POSTROOM_WIDGET_STREAM_SECONDS", float, 300.0, "A widget event stream is closed after this long (the browser reconnects at once), so streams rebalance across widget replicas."),
+    Setting("POSTROOM_WIDGET_TRUSTED_PROXIES", int, 0, "Proxies in front of the widget service that append the client's address to `X-Forwarded-For` (behind an ingress: 1). Its per-address rate limit then counts the address that many hops back; 0: the peer's address, the header ignored. Set it only when the widget is reachable through those proxies alone."),
     Setting("TWILIO_ACCOUNT_SID", str, "AC00000000000000000000000000000000", "Default Twilio account SID (a workspace's channel config overrides it)."),
     Setting("TWILIO_AUTH_TOKEN", str, "sandbox-auth-token", "Default Twilio auth token: API auth and X-Twilio-Signature key."),
     Setting("TWILIO_FROM", str, "+15005550006", "Default sender number for SMS."),
@@ -153,6 +155,7 @@ class Settings:
     postroom_db_timeout_seconds: float
     postroom_api_db_timeout_seconds: float
     postroom_redis_timeout_seconds: float
+    postroom_redis_max_connections: int
     postroom_max_request_bytes: int
     postroom_campaign_db_timeout_seconds: float
     postroom_max_campaign_bytes: int
@@ -207,6 +210,7 @@ class Settings:
     postroom_widget_max_chars: int
     postroom_widget_visitor_rate: float
     postroom_widget_stream_seconds: float
+    postroom_widget_trusted_proxies: int
     twilio_account_sid: str
     twilio_auth_token: str
     twilio_from: str

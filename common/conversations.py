@@ -6,7 +6,8 @@ writes the conversation's history row and, when an endpoint subscribes, its ``co
 event, so two movers racing each other cannot both win and no move goes unrecorded. ``after_store``
 is what an inbound webhook does after storing a customer's message: heed a consent keyword, and
 mark the message for the AI stage when the conversation is the bot's (a resolved one becomes the
-bot's again). The bot never talks over a person: the sender's claim re-checks ``BOT_IN_CHARGE_SQL``.
+bot's again, or a person's when the channel has no enabled chatbot). The bot never talks over a
+person: the sender's claim re-checks ``BOT_IN_CHARGE_SQL``.
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ STATUSES = ("bot", "open", "resolved")
 # Who moves a conversation (conversation_event.by, and the metric's label).
 MOVERS = ("api", "agent", "bot", "inbound", "reconciler")
 
-# A claimed outgoing message may be sent unless it is the bot's own reply and the conversation is
-# no longer the bot's (a person took it meanwhile). Handoff texts (author bot_handoff) always go.
+# A claimed outgoing message may be sent unless it is the bot's own reply and the conversation has
+# changed hands since the reply was made: a person took it meanwhile, or took it, resolved it and
+# the customer's next message gave it back to the bot (a reply that waited out a retry must not
+# answer a question of before). Handoff texts (author bot_handoff) always go.
 BOT_IN_CHARGE_SQL = ("(m.author IS DISTINCT FROM 'bot' OR EXISTS (SELECT 1 FROM conversation c"
-                     " WHERE c.id = m.conversation_id AND c.status = 'bot'))")
+                     " WHERE c.id = m.conversation_id AND c.status = 'bot' AND c.status_changed_at <= m.created_at))")
 
 # Emails nobody typed: answering them makes mail loops (RFC 3834).
 AUTOMATIC_PRECEDENCE = ("bulk", "auto_reply", "junk", "list")
@@ -96,16 +99,23 @@ def history(workspace_id: int, conversation_id: int) -> list[dict[str, Any]]:
 
 # --- inbound: what a newly stored customer message starts ------------------------------------------
 
+# One statement per stored message, all primary-key lookups (the conversation row is already
+# locked by the store's upsert): a resolved conversation reopens, to the bot when the channel has
+# an enabled chatbot, else to the agents' open list; the message is marked for the AI stage when
+# the bot has the conversation.
 _FOR_THE_BOT = """
 WITH reopened AS (
-    UPDATE conversation c SET status = 'bot', status_changed_at = now(), status_reason = 'inbound'
-    FROM (SELECT id, status AS previous FROM conversation WHERE id = (SELECT conversation_id FROM message WHERE id = %(mid)s)
-          FOR UPDATE) old
+    UPDATE conversation c SET status_changed_at = now(), status_reason = 'inbound',
+           status = CASE WHEN EXISTS (SELECT 1 FROM chatbot b WHERE b.workspace_id = c.workspace_id
+                                      AND b.channel = c.channel AND b.enabled) THEN 'bot' ELSE 'open' END
+    FROM (SELECT id, status AS previous FROM conversation
+          WHERE id = (SELECT conversation_id FROM message WHERE id = %(mid)s) AND status = 'resolved' FOR UPDATE) old
     WHERE c.id = old.id AND c.status = 'resolved'
     RETURNING c.*, old.previous
 )""" + recorded_sql("reopened") + """
 UPDATE message m SET ai_lane = w.plan FROM conversation cv, chatbot b, workspace w
-WHERE m.id = %(mid)s AND cv.id = m.conversation_id AND (cv.status = 'bot' OR cv.id IN (SELECT id FROM reopened))
+WHERE m.id = %(mid)s AND cv.id = m.conversation_id
+  AND (cv.status = 'bot' OR cv.id IN (SELECT id FROM reopened WHERE status = 'bot'))
   AND b.workspace_id = m.workspace_id AND b.channel = m.channel AND b.enabled AND w.id = m.workspace_id
 RETURNING m.id, m.ai_lane
 """
@@ -135,10 +145,10 @@ class Followups:
 
 def after_store(message: Inbound, message_id: int) -> Followups:
     """Act on a customer message ``inbound.store`` has just stored (inside its transaction): heed
-    its consent keyword; else, when the channel has an enabled chatbot and the conversation is the
-    bot's (or was resolved: a new message hands it back to the bot), mark it for the AI stage in
-    the workspace's plan lane. An email sent by a machine (an auto-reply, a bounce) is never
-    answered: that is how mail loops start."""
+    its consent keyword; else reopen a resolved conversation (to the bot when the channel has an
+    enabled chatbot, else to a person: ``open``), and when the bot has the conversation mark the
+    message for the AI stage in the workspace's plan lane. An email sent by a machine (an
+    auto-reply, a bounce) is never answered: that is how mail loops start."""
     answers = consent.heed(message)
     if _keyword(message) or _automatic(message):
         return Followups(answers)

@@ -39,12 +39,17 @@ STAGES: dict[str, str] = {
 }
 # The channels, each with its own sender stage (queues "<channel>_urgent" and "<channel>_bulk").
 SENDERS: tuple[str, ...] = ("sms", "http", "email", "whatsapp_cloud", "whatsapp_qr", "widget")
+# Stages whose broker messages carry fewer ids than POSTROOM_BATCH_SIZE: an AI batch's turns each
+# make a model call of up to POSTROOM_AI_TIMEOUT_SECONDS, and the batch must end within its
+# actor's time limit (the lease) however many of its turns wait for one of the lane's call slots.
+BATCH_SIZES: dict[str, int] = {"ai": 16}
 
 
 def to_stage(stage: str, lane: str, ids: Sequence[int], *, delay_ms: int | None = None) -> None:
-    """Enqueue ``ids`` for ``stage`` in ``lane``, split into batches of at most BATCH_SIZE."""
+    """Enqueue ``ids`` for ``stage`` in ``lane``, split into batches of at most POSTROOM_BATCH_SIZE
+    (``BATCH_SIZES`` for the stages that take fewer)."""
     broker = dramatiq.get_broker()
-    size = settings.postroom_batch_size
+    size = BATCH_SIZES.get(stage, settings.postroom_batch_size)
     for start in range(0, len(ids), size):
         message: dramatiq.Message[Any] = dramatiq.Message(
             queue_name=queue_name(stage, lane),

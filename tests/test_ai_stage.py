@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,9 +19,10 @@ import requests
 import services.processing.ai_actors  # noqa: F401  (declares the ai_* queues on the test broker)
 from common import backlog, chatbots, conversations, dispatch, intake, knowledge, lifecycle, usage
 from common.config import ROOT
-from common.db.connection import fetch, fetch_dicts, transaction
+from common.db.connection import db, fetch, fetch_dicts, release_connection, transaction
 from common.inbound import Inbound, store
 from common.providers.channels import CHANNELS
+from common.providers.openai_chat import Completion
 from services.processing import ai
 from services.scheduler import ai_redrive
 from services.senders import loop
@@ -384,3 +387,169 @@ def test_a_conversation_the_bot_answered_twenty_times_in_an_hour_goes_to_a_perso
     assert sent_to(sandbox, customer(17)) == [HANDOFF]
     assert conversation_of(asked)["status_reason"] == "reply_limit"
     assert recorded(sandbox) == []
+
+
+# --- the stage's job in this process, with the model call replaced ------------------------------
+
+def answered_by_model(text: str) -> Completion:
+    return Completion(f'{{"reply": "{text}"}}', "stop", 10, 5, 15, False, 1)
+
+
+def test_no_database_connection_is_held_during_the_model_call(workspace, sandbox, openai, monkeypatch):
+    set_up(workspace, openai)
+    asked = inbound(workspace, customer(20), "What are your opening hours?", hand_on=False)
+    held: list[bool] = []
+
+    def complete(base_url, api_key, request, timeout_seconds=None):
+        held.append(not db.is_closed())  # this thread ran Tx A: its connection is back in the pool
+        return answered_by_model(HOURS)
+
+    monkeypatch.setattr(ai.openai_chat, "complete", complete)
+    ai.answer_turns([asked], "basic")
+
+    assert held == [False]
+    assert row(asked)["detail"]["ai"] == "answered"
+
+
+def test_each_turn_is_recorded_as_soon_as_its_own_call_returns(workspace, sandbox, openai, monkeypatch):
+    set_up(workspace, openai)
+    quick = inbound(workspace, customer(21), "What are your opening hours?", hand_on=False)
+    slow = inbound(workspace, customer(22), "How do refunds work?", hand_on=False)
+    seen: dict[str, bool] = {}
+
+    def quick_recorded() -> bool:
+        try:
+            return processed(quick)
+        finally:
+            release_connection()
+
+    def complete(base_url, api_key, request, timeout_seconds=None):
+        if "refunds" in request["messages"][1]["content"]:  # the slow call returns once the quick turn is recorded
+            deadline = time.monotonic() + 10
+            while not (done := quick_recorded()) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            seen["quick recorded first"] = done
+            return answered_by_model(REFUNDS)
+        return answered_by_model(HOURS)
+
+    monkeypatch.setattr(ai.openai_chat, "complete", complete)
+    ai.answer_turns([quick, slow], "basic")
+
+    assert seen == {"quick recorded first": True}
+    assert processed(quick) and processed(slow)
+
+
+def test_a_lane_keeps_at_most_its_greenlets_model_calls_in_flight(workspace, sandbox, openai, monkeypatch):
+    set_up(workspace, openai)
+    asked = [inbound(workspace, customer(23 + n), "What are your opening hours?", hand_on=False) for n in range(3)]
+    monkeypatch.setitem(ai._slots, "basic", threading.BoundedSemaphore(1))
+    lock, in_flight, most = threading.Lock(), [0], [0]
+
+    def complete(base_url, api_key, request, timeout_seconds=None):
+        with lock:
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+        time.sleep(0.2)
+        with lock:
+            in_flight[0] -= 1
+        return answered_by_model(HOURS)
+
+    monkeypatch.setattr(ai.openai_chat, "complete", complete)
+    ai.answer_turns(asked, "basic")
+
+    assert most == [1]
+    assert all(row(i)["detail"]["ai"] == "answered" for i in asked)
+
+
+def test_a_turn_that_finds_no_free_call_slot_in_time_is_given_back_without_an_attempt(workspace, sandbox, openai, broker,
+                                                                                     monkeypatch):
+    set_up(workspace, openai)
+    asked = inbound(workspace, customer(26), "What are your opening hours?", hand_on=False)
+    busy = threading.BoundedSemaphore(1)
+    busy.acquire()  # every slot of the lane is taken
+    monkeypatch.setitem(ai._slots, "basic", busy)
+    monkeypatch.setattr(ai, "slot_wait_seconds", lambda: 0.2)
+    monkeypatch.setattr(ai.openai_chat, "complete", lambda *a, **k: pytest.fail("no slot, no call"))
+
+    ai.answer_turns([asked], "basic")
+
+    waiting = row(asked)
+    assert (waiting["status"], waiting["attempts"], waiting["due_at"]) == ("received", 0, None)
+    assert conversation_of(asked)["ai_lease_token"] is None
+    with transaction():
+        assert fetch("SELECT count(*) FROM ai_reservation")[0][0] == 0
+    assert broker.client.llen(f"{broker.namespace}:ai_basic.DQ") == 1  # back shortly
+
+
+def test_a_turn_whose_record_fails_gives_its_lease_back(workspace, sandbox, openai, monkeypatch):
+    set_up(workspace, openai)
+    asked = inbound(workspace, customer(27), "What are your opening hours?", hand_on=False)
+
+    def broken(*args: Any) -> None:
+        raise RuntimeError("the reply could not be stored")
+
+    monkeypatch.setattr(ai.openai_chat, "complete", lambda *a, **k: answered_by_model(HOURS))
+    monkeypatch.setattr(ai, "_answer", broken)
+    ai.answer_turns([asked], "basic")
+
+    assert row(asked)["status"] == "received"  # Tx B rolled back: the reconciler re-drives the turn
+    assert conversation_of(asked)["ai_lease_token"] is None  # at once, not after the lease
+
+
+def test_the_ai_stage_takes_small_batches(clean_db, broker):
+    dispatch.to_stage("ai", "basic", list(range(1, 41)))
+
+    assert broker.client.llen(f"{broker.namespace}:ai_basic") == 3  # 16 + 16 + 8: each batch well within its time limit
+
+
+def test_a_parked_retry_is_handed_on_as_soon_as_it_falls_due(workspace, sandbox, openai, broker):
+    set_up(workspace, openai, plan="pro")
+    parked = inbound(workspace, customer(28), "What are your opening hours?", hand_on=False)
+    fresh = inbound(workspace, customer(29), "How do refunds work?", hand_on=False)
+    with transaction():  # a 429 asked for 12 s, which ran out a second ago; the other arrived 12 s ago
+        fetch("UPDATE message SET status_changed_at = now() - interval '13 seconds', due_at = now() - interval '1 second'"
+              " WHERE id = %s", (parked,))
+        fetch("UPDATE message SET status_changed_at = now() - interval '12 seconds' WHERE id = %s", (fresh,))
+
+    done = ai_redrive.redrive(deadline_seconds=30, max_attempts=4)
+
+    assert done == {"ai_redriven": 1, "ai_stuck": 0}
+    assert broker.client.llen(f"{broker.namespace}:ai_pro") == 1
+    assert (row(parked)["redrives"], row(fresh)["redrives"]) == (0, 0)  # falling due is no re-drive
+    assert ai_redrive.redrive(deadline_seconds=30, max_attempts=4) == {}
+
+
+def test_a_stuck_handoff_leaves_alone_a_turn_that_finished_while_it_waited_for_the_lock(workspace, sandbox, openai):
+    set_up(workspace, openai)
+    asked = inbound(workspace, customer(30), "What are your opening hours?", hand_on=False)
+    conv = conversation_of(asked)
+    locked = threading.Event()
+    failed: list[BaseException] = []
+
+    def waiting_for_a_lock() -> bool:
+        fetch("SELECT pg_stat_clear_snapshot()")
+        return fetch("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND pid <> pg_backend_pid()")[0][0] > 0
+
+    def live_turn() -> None:  # a turn's Tx B: holds the conversation, then finishes its rows
+        try:
+            with transaction():
+                fetch("SELECT 1 FROM conversation WHERE id = %s FOR UPDATE", (conv["id"],))
+                locked.set()
+                wait_for(waiting_for_a_lock, what="the stuck handoff waiting for the conversation")
+                lifecycle.advance([asked], ["received"], "processed", detail={"ai": "answered"})
+        except BaseException as exc:
+            failed.append(exc)
+        finally:
+            locked.set()
+            release_connection()
+
+    thread = threading.Thread(target=live_turn)
+    thread.start()
+    assert locked.wait(10)
+    followups = ai.hand_off_stuck([asked])
+    thread.join(20)
+
+    assert failed == []
+    assert (followups.replies, replies(conv["id"])) == ([], [])
+    assert conversation_of(asked)["status"] == "bot"
+    assert row(asked)["detail"] == {"ai": "answered"}

@@ -237,3 +237,50 @@ def test_the_sender_claim_passes_a_bot_reply_only_while_the_bot_has_the_conversa
     with transaction():
         conversations.move(workspace["id"], cid, ("bot",), "open", "agent_reply", "agent")
     assert sendable() == ids[1:]  # the bot's own reply is held back; its handoff text and API sends still go
+
+
+def test_a_resolved_conversation_reopens_to_a_person_when_no_chatbot_answers_its_channel(workspace):
+    chatbot(workspace["id"], "sms", enabled=False)
+    first, _ = received(workspace["id"], n=1)
+    cid = conversation_of(first)["id"]
+    with transaction():
+        assert conversations.move(workspace["id"], cid, ("bot",), "resolved", "api", "api") is not None
+
+    second, followups = received(workspace["id"], n=2)
+
+    assert followups.turns == {}
+    now = conversation_of(second)
+    assert (now["status"], now["status_reason"]) == ("open", "inbound")  # on the agents' open list, not a silent bot's
+    with transaction():
+        last = conversations.history(workspace["id"], cid)[-1]
+    assert (last["status"], last["previous"], last["by"], last["reason"]) == ("open", "resolved", "inbound", "inbound")
+
+
+def test_a_bot_reply_made_before_the_conversation_changed_hands_is_never_sent(workspace):
+    chatbot(workspace["id"])
+    first, _ = received(workspace["id"], n=1)
+    cid = conversation_of(first)["id"]
+
+    def bot_reply(body: str) -> int:
+        with transaction():
+            return fetch("INSERT INTO message (workspace_id, channel, to_addr, body, status, conversation_id, author)"
+                         " VALUES (%s, 'sms', %s, %s, 'routed', %s, 'bot') RETURNING id", (workspace["id"], CUSTOMER, body, cid))[0][0]
+
+    def sendable(ids: list[int]) -> list[int]:
+        with transaction():
+            return [r[0] for r in fetch(f"SELECT m.id FROM message m WHERE m.id = ANY(%s) AND {conversations.BOT_IN_CHARGE_SQL}"
+                                        " ORDER BY m.id", (ids,))]
+
+    # Given a bot reply waiting (a retry) while a person takes the conversation, resolves it, and
+    # the customer's next message gives it back to the bot
+    stale = bot_reply("an answer to the first question")
+    assert sendable([stale]) == [stale]
+    with transaction():
+        assert conversations.move(workspace["id"], cid, ("bot",), "open", "agent_reply", "agent") is not None
+        assert conversations.move(workspace["id"], cid, ("open",), "resolved", "api", "api") is not None
+    second, followups = received(workspace["id"], n=2)
+    assert conversation_of(second)["status"] == "bot" and followups.turns == {"basic": [second]}
+
+    # Then the old reply never goes out; the bot's answer to the new message does
+    fresh = bot_reply("an answer to the second question")
+    assert sendable([stale, fresh]) == [fresh]

@@ -183,3 +183,27 @@ def test_search_refuses_a_bad_question_naming_the_parameter(api, workspace, quer
     response = call(api, workspace, "GET", f"/v1/knowledge-items/search?{query_string}")
     assert response.status_code == 422
     assert response.get_json()["error"]["field"] in ("q", "channel")
+
+
+def test_a_csv_import_reports_a_short_row_by_the_line_it_starts_on(api, workspace):
+    csv_text = ("title,body\n"
+                "Refunds,\"Within 30 days,\nto your card.\"\n"  # lines 2-3: one record
+                "Shipping\n"  # line 4: one field
+                "\n"
+                "Hours,9 to 5.\n")
+    result = api.post("/v1/knowledge-items/import/csv", data=csv_text, content_type="text/csv", headers=workspace["auth"])
+    assert result.status_code == 200, result.get_json()
+    body = result.get_json()
+    assert (body["created"], body["failed"]) == (2, 1)
+    assert body["errors"] == [{"line": 4, "error": {"code": "invalid_request", "field": "body",
+                                                    "message": "line 4 has 1 fields; the header names 2"}}]
+    for unusable in (b"", b"title,body\n", b"title,body\nA,\xff\n"):
+        refused = api.post("/v1/knowledge-items/import/csv", data=unusable, content_type="text/csv", headers=workspace["auth"])
+        assert refused.status_code == 422 and refused.get_json()["error"]["field"] == "body", unusable
+
+
+@pytest.mark.parametrize("query_string", ["tag=%00", "tag=a%01b", "tag=a%7Fb", "tag=", "tag=" + "x" * 101])
+def test_listing_by_tag_refuses_a_tag_no_item_could_hold_naming_it(api, workspace, query_string):
+    response = call(api, workspace, "GET", f"/v1/knowledge-items?{query_string}")
+    assert response.status_code == 422, response.get_json()
+    assert response.get_json()["error"]["field"] == "tag"

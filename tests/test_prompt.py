@@ -95,8 +95,8 @@ def test_long_data_is_clipped_so_the_prompt_stays_bounded():
     assert len(json.loads(found["MESSAGE"][1])) == prompt.MAX_MESSAGE_CHARS
 
 
-@pytest.mark.parametrize(("channel", "limit"), [("sms", 1600), ("whatsapp_cloud", 4096), ("whatsapp_qr", 4096),
-                                                ("widget", 4096), ("email", 20000)])
+@pytest.mark.parametrize(("channel", "limit"), [("sms", 1600), ("http", 1600), ("whatsapp_cloud", 4096),
+                                                ("whatsapp_qr", 4096), ("widget", 4096), ("email", 100_000)])
 def test_replies_are_cut_at_a_sentence_end_within_the_channels_limit(channel, limit):
     sentence = "This sentence is exactly fifty characters long ok. "
     text = sentence * (limit // len(sentence) + 3)
@@ -107,6 +107,15 @@ def test_replies_are_cut_at_a_sentence_end_within_the_channels_limit(channel, li
     assert cut.endswith(".…")
     assert text.startswith(cut[:-1])
     assert prompt.cut("short", channel) == "short"
+
+
+def test_a_bot_reply_never_exceeds_what_the_api_accepts_on_its_channel():
+    from services.ingest import conversations_api, models
+
+    for table in (models.MAX_BODY, conversations_api.REPLY_LIMIT):
+        for channel, limit in table.items():
+            assert len(prompt.cut("x" * (limit + 100), channel)) <= limit, channel
+    assert len(prompt.cut("x" * 200_000, "a channel of tomorrow")) <= min(models.MAX_BODY.values())
 
 
 def test_a_reply_without_sentence_ends_is_cut_at_whitespace_else_hard():

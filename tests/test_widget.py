@@ -8,6 +8,7 @@ import dataclasses
 import hashlib
 import json
 import threading
+import time
 import uuid
 from typing import Any
 
@@ -309,3 +310,99 @@ def test_a_widget_message_outside_a_conversation_fails_without_retrying(workspac
     loop.deliver(WIDGET, [message_id], "urgent")
     with transaction():
         assert fetch("SELECT status, error_code FROM message WHERE id = %s", (message_id,))[0] == ("failed", "no_conversation")
+
+
+@pytest.mark.parametrize("hops", [0, 1])
+def test_the_address_limit_counts_the_forwarded_client_only_behind_trusted_proxies(broker, inbox, monkeypatch, hops):
+    """Behind an ingress every request's peer is the ingress: with POSTROOM_WIDGET_TRUSTED_PROXIES=1
+    each visitor gets its own bucket (the address the ingress appends); with 0 the header is ignored."""
+    from services.widget import app as widget_app
+    from services.widget import visitors
+
+    monkeypatch.setattr(widget_app, "settings", dataclasses.replace(settings, postroom_widget_trusted_proxies=hops))
+    visitors.forget_inboxes()
+    client = widget_app.create_app().test_client()
+
+    def create(forwarded: str) -> int:
+        return client.post(f"/widget/{inbox['account']}/visitors", headers={"X-Forwarded-For": forwarded},
+                           environ_base={"REMOTE_ADDR": "10.0.0.9"}).status_code
+
+    codes = [create("203.0.113.1") for _ in range(31)]
+    assert codes[:30] == [201] * 30 and codes[30] == 429
+    assert create("203.0.113.2") == (201 if hops else 429), "another visitor behind the same ingress"
+    assert create("198.51.100.99, 203.0.113.1") == 429, "what a client prepends to the header is not trusted"
+
+
+# -- stream tickets ---------------------------------------------------------------------------------
+def stream_ticket(widget, inbox, token: str) -> Any:
+    return widget.post(f"/widget/{inbox['account']}/stream-ticket", headers={"Authorization": f"Bearer {token}"})
+
+
+def open_stream(widget, inbox, **params: str) -> tuple[int, Any]:
+    """The status of opening a stream, and its refusal (or its media type): the stream itself,
+    which would run for minutes, is closed unread."""
+    response = widget.get(f"/widget/{inbox['account']}/events", query_string=params, buffered=False)
+    try:
+        return response.status_code, response.get_json() if response.is_json else response.mimetype
+    finally:
+        response.close()
+
+
+def other_inbox(api) -> dict[str, Any]:
+    from common import apikeys
+
+    with transaction():
+        other_ws = apikeys.create_workspace("other")
+        other_key = apikeys.issue(other_ws)
+    return api.put("/v1/channels/widget", headers={"Authorization": f"Bearer {other_key}"}, json={"sender": "Other"}).get_json()
+
+
+def test_a_stream_opens_with_a_short_lived_ticket_and_never_with_the_visitor_token(widget, inbox):
+    from services.widget import tickets
+
+    token = new_visitor(widget, inbox)
+    answer = stream_ticket(widget, inbox, token)
+    assert answer.status_code == 200 and answer.headers["Cache-Control"] == "no-store"
+    ticket = answer.get_json()["ticket"]
+    assert answer.get_json()["expires_in"] == tickets.TTL_SECONDS and token not in ticket
+    assert open_stream(widget, inbox, ticket=ticket, after="5") == (200, "text/event-stream")
+    # The token in a URL (where access logs keep it) is refused, even next to a ticket.
+    for params in ({"token": token}, {"token": token, "ticket": ticket}):
+        status, refused = open_stream(widget, inbox, **params)
+        assert (status, refused["error"]["field"]) == (400, "token")
+    # A ticket is good for the stream only: it does not write, acknowledge or get more tickets.
+    assert post(widget, inbox, ticket, "hi").status_code == 401
+    assert stream_ticket(widget, inbox, ticket).status_code == 401
+    assert stream_ticket(widget, inbox, "x" * 43).status_code == 401
+
+
+def test_a_stream_ticket_expired_altered_or_of_another_inbox_opens_nothing(widget, inbox, api):
+    from services.widget import tickets, visitors
+
+    token = new_visitor(widget, inbox)
+    with transaction():
+        visitor = visitors.visitor(visitors.inbox(inbox["account"]), token)
+    assert visitor is not None
+    good = tickets.issue(visitor)
+    visitor_id, conversation, expires, signature = good.split(".")
+    refused = {
+        "expired": tickets.issue(visitor, now=time.time() - tickets.TTL_SECONDS - 1),
+        "another conversation": f"{visitor_id}.{int(conversation) + 1}.{expires}.{signature}",
+        "a later expiry": f"{visitor_id}.{conversation}.{int(expires) + 3600}.{signature}",
+        "a trailing newline": good + "\n",
+        "nothing": "",
+        "too long": good + "x" * 200,
+    }
+    for why, ticket in refused.items():
+        status, body = open_stream(widget, inbox, ticket=ticket)
+        assert (status, body["error"]["code"]) == (401, "unauthorized"), why
+    status, _ = open_stream(widget, other_inbox(api), ticket=good)
+    assert status == 401, "a ticket of this inbox"
+    assert open_stream(widget, inbox, ticket=good)[0] == 200
+
+
+def test_a_visitor_is_found_by_its_conversation_through_an_index():
+    """Deleting a conversation cascades to its visitor: without the index every delete scans the table."""
+    with transaction():
+        found = fetch("SELECT indexdef FROM pg_indexes WHERE tablename = 'widget_visitor'")
+    assert any(definition.endswith("(conversation_id)") for definition, in found), found

@@ -5,17 +5,14 @@ its own so that a bad one is reported by its position while the others are impor
 
 from __future__ import annotations
 
-import csv
-import io
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
 
 from common.quiet_hours import QuietHours, parse_timezone
-from services.ingest import outgoing
+from services.ingest import csv_import, outgoing
 from services.ingest.contact_merge import FIELDS, Candidate
 from services.ingest.contact_models import (
     ATTRIBUTE_NAME,
@@ -118,40 +115,14 @@ def check_items(items: list[Any]) -> Checked:
 def check_csv(raw: bytes) -> Checked:
     """The rows of a CSV import, each checked as a create body; 422 naming ``body`` when the CSV
     itself is unusable (not UTF-8, no header naming an address column, too many rows)."""
-    rows = _rows(raw)
-    header = next(rows, None)
-    columns = _header(header[1] if header else None)
     checked = Checked()
-    count = 0
-    for line, row in rows:
-        if not any(cell.strip() for cell in row):
-            continue
-        count += 1
-        if count > MAX_IMPORT:
-            raise ApiError(422, "invalid_request", f"a CSV import holds at most {MAX_IMPORT:,} rows; send the rest in another", "body")
-        if len(row) != len(columns):
-            checked.refuse(line, "invalid_request", f"line {line} has {len(row)} fields; the header names {len(columns)}", "body")
-            continue
-        checked.add(line, _item(columns, row), columns=True)
-    if not count:
-        raise ApiError(422, "invalid_request", "the CSV has no contacts: a header row, then a contact per row", "body")
+    for line, cells in csv_import.rows(raw, _header, max_rows=MAX_IMPORT,
+                                       empty="the CSV has no contacts: a header row, then a contact per row"):
+        if isinstance(cells, str):
+            checked.refuse(line, "invalid_request", cells, "body")
+        else:
+            checked.add(line, _item(cells), columns=True)
     return checked
-
-
-def _rows(raw: bytes) -> Iterator[tuple[int, list[str]]]:
-    """Each CSV record with the line it starts on."""
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise ApiError(422, "invalid_request", "the CSV must be UTF-8", "body") from None
-    reader = csv.reader(io.StringIO(text, newline=""))
-    line = 1
-    try:
-        for row in reader:
-            yield line, row
-            line = reader.line_num + 1
-    except csv.Error as exc:
-        raise ApiError(422, "invalid_request", f"the CSV is malformed at line {reader.line_num}: {exc}", "body") from None
 
 
 def _header(header: list[str] | None) -> list[str]:
@@ -172,11 +143,11 @@ def _header(header: list[str] | None) -> list[str]:
     return names
 
 
-def _item(columns: list[str], row: list[str]) -> dict[str, Any]:
+def _item(cells: dict[str, str]) -> dict[str, Any]:
     """A CSV row as a create body: empty cells give nothing."""
     item: dict[str, Any] = {"addresses": {}}
     attributes: dict[str, str] = {}
-    for name, cell in zip(columns, row, strict=True):
+    for name, cell in cells.items():
         value = cell.strip()
         if not value:
             continue

@@ -44,8 +44,9 @@ conversations_api = Blueprint("conversations", __name__, url_prefix="/v1")
 MAX_PAGE = 200
 STATUSES = conversations.STATUSES
 LISTED_CHANNELS = (*CHANNELS, "widget")
-# The channels a conversation reply goes out on, and how long its body may be.
-REPLY_LIMIT = {**MAX_BODY, "widget": 4096}
+# The channels a conversation reply goes out on, and how long its body may be (common.limits: the
+# one table, which the bot's replies are cut to as well).
+REPLY_LIMIT = MAX_BODY
 MEDIA_CHANNELS = ("sms", "whatsapp_cloud", "whatsapp_qr")
 BIGINT = 2**63 - 1
 

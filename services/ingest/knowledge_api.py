@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request
+from pydantic import TypeAdapter, ValidationError
 
 from common import chatbots, knowledge
 from common.config import settings
@@ -30,13 +31,14 @@ from services.ingest.knowledge_models import (
     KnowledgeItemView,
     KnowledgeSearch,
 )
-from services.ingest.models import MAX_TAG
+from services.ingest.models import MAX_TAG, Tag
 from services.ingest.validation import query_int
 
 knowledge_api = Blueprint("knowledge", __name__, url_prefix="/v1")
 CSV = "text/csv"
 MAX_PAGE = 200
 BIGINT = 2**63 - 1
+_TAG = TypeAdapter(Tag)  # an item's tag: what a filter by tag may name
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -77,8 +79,12 @@ def create_item(body: KnowledgeItemNew) -> tuple[Response, int]:
                     query("limit", f"Page size, 1 to {MAX_PAGE} (default 50).", pattern="^[0-9]+$")])
 def list_items() -> tuple[Response, int]:
     tag = request.args.get("tag")
-    if tag is not None and not 1 <= len(tag) <= MAX_TAG:
-        raise ApiError(422, "invalid_request", f"tag must be 1 to {MAX_TAG} characters", "tag")
+    if tag is not None:
+        try:
+            _TAG.validate_python(tag)
+        except ValidationError:
+            raise ApiError(422, "invalid_request", f"tag must be 1 to {MAX_TAG} characters without control characters",
+                           "tag") from None
     after = query_int("after", 0, 0, BIGINT)
     limit = query_int("limit", 50, 1, MAX_PAGE)
     with transaction():

@@ -9,16 +9,14 @@ statement cannot update a row twice.
 
 from __future__ import annotations
 
-import csv
-import io
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
 
 from common.knowledge import REGCONFIG
+from services.ingest import csv_import
 from services.ingest.errors import ApiError
 from services.ingest.knowledge_models import MAX_IMPORT, KnowledgeItemNew
 from services.ingest.validation import describe
@@ -75,39 +73,14 @@ def check_items(items: list[Any], default_language: str) -> Checked:
 def check_csv(raw: bytes, default_language: str) -> Checked:
     """The rows of a CSV import, each checked as a create body; 422 naming ``body`` when the CSV
     itself is unusable (not UTF-8, malformed, no title and body columns, too many rows)."""
-    rows = _rows(raw)
-    first = next(rows, None)
-    columns = _header(first[1] if first else None)
     checked = Checked(default_language)
-    count = 0
-    for line, row in rows:
-        if not any(cell.strip() for cell in row):
-            continue
-        count += 1
-        if count > MAX_IMPORT:
-            raise ApiError(422, "invalid_request", f"a CSV import holds at most {MAX_IMPORT:,} rows; send the rest in another", "body")
-        if len(row) != len(columns):
-            checked.refuse(line, f"line {line} has {len(row)} fields; the header names {len(columns)}", "body")
-            continue
-        checked.add(line, _item(columns, row))
-    if not count:
-        raise ApiError(422, "invalid_request", "the CSV has no items: a header row, then an item per row", "body")
+    for line, cells in csv_import.rows(raw, _header, max_rows=MAX_IMPORT,
+                                       empty="the CSV has no items: a header row, then an item per row"):
+        if isinstance(cells, str):
+            checked.refuse(line, cells, "body")
+        else:
+            checked.add(line, _item(cells))
     return checked
-
-
-def _rows(raw: bytes) -> Iterator[tuple[int, list[str]]]:
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise ApiError(422, "invalid_request", "the CSV must be UTF-8", "body") from None
-    reader = csv.reader(io.StringIO(text, newline=""))
-    line = 1
-    try:
-        for row in reader:
-            yield line, row
-            line = reader.line_num + 1
-    except csv.Error as exc:
-        raise ApiError(422, "invalid_request", f"the CSV is malformed at line {reader.line_num}: {exc}", "body") from None
 
 
 def _header(header: list[str] | None) -> list[str]:
@@ -122,10 +95,10 @@ def _header(header: list[str] | None) -> list[str]:
     return names
 
 
-def _item(columns: list[str], row: list[str]) -> dict[str, Any]:
+def _item(cells: dict[str, str]) -> dict[str, Any]:
     """A CSV row as a create body: empty cells give nothing."""
     out: dict[str, Any] = {}
-    for name, cell in zip(columns, row, strict=True):
+    for name, cell in cells.items():
         value = cell.strip() if name != "body" else cell
         if not value.strip():
             continue

@@ -13,12 +13,15 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 from pydantic_core import PydanticCustomError
 
+from common import limits
+
 E164 = r"^\+[1-9]\d{6,14}$"
 CHANNELS = ("sms", "http", "email", "whatsapp_cloud", "whatsapp_qr")
 PLANNED_CHANNELS = ("whatsapp",)
 ChannelName = Literal["sms", "http", "email", "whatsapp_cloud", "whatsapp_qr"]
-# Longest text per channel: Twilio's 1,600 characters, WhatsApp's 4,096, an email body's 100,000.
-MAX_BODY = {"sms": 1600, "http": 1600, "email": 100_000, "whatsapp_cloud": 4096, "whatsapp_qr": 4096}
+# Longest text per channel (common.limits: the bot's replies are cut to the same): Twilio's 1,600
+# characters, WhatsApp's 4,096, an email body's 100,000.
+MAX_BODY = limits.MAX_BODY
 LANES = ("urgent", "normal", "bulk")
 
 

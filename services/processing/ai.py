@@ -1,23 +1,29 @@
 """The AI stage's job: answer the inbound messages a ``bot`` conversation is owed, once per turn.
 
-``answer_turns(ids, lane)``, per conversation of the batch, holding no database connection during
-a model call:
+``answer_turns(ids, lane)`` takes a small batch (``dispatch.BATCH_SIZES["ai"]`` ids) and, per
+conversation of it, holding no database connection during a model call or any wait:
 
-1. *Tx A* — lease the conversation (one turn per conversation at a time; a conversation leased
-   elsewhere has its ids re-enqueued shortly, no attempt spent). Not ``bot`` (a human has it):
-   its waiting rows end ``processed`` ``{"ai": "skipped"}``. Else the *turn* is every waiting
-   inbound row (a burst is answered once), with the context since the last resolve, the chatbot's
-   configuration, a handoff keyword check (no call, no quota), a quota reservation, and the top
-   5 knowledge passages.
-2. *Decide* — ``extractive``: the best passage verbatim or a handoff; ``openai``: one model call
-   (``common.providers.openai_chat``), unless the model key is paused by a 429.
-3. *Tx B* — re-check under the conversation's lock that the lease is still ours and the
-   conversation still ``bot``: if a human took it meanwhile, nothing is sent (``superseded``).
-   Then the reply (``author='bot'``), or a handoff (``bot → open``, with the handoff or fallback
-   message, ``author='bot_handoff'``: a handoff always tells the customer), or a retry later.
+1. *Tx A*, once for the batch — lease the conversations (one turn per conversation at a time; a
+   conversation leased elsewhere has its ids re-enqueued shortly, no attempt spent). Not ``bot``
+   (a human has it): its waiting rows end ``processed`` ``{"ai": "skipped"}``. Else the *turn* is
+   every waiting inbound row (a burst is answered once), with the context since the last
+   resolve, the chatbot's configuration, a handoff keyword check (no call, no quota), a quota
+   reservation, and the top 5 knowledge passages. The connection goes back to the pool.
+2. *Decide*, each turn on its own thread (greenlet) — ``extractive``: the best passage verbatim
+   or a handoff; ``openai``: one model call (``common.providers.openai_chat``) on one of the
+   lane's call slots (POSTROOM_AI_GREENLETS_<PLAN> per process: the most model calls the lane
+   keeps in flight), unless the model key is paused by a 429. A turn that finds no free slot
+   in time is given back for later, no attempt spent.
+3. *Tx B*, as soon as that turn is decided — re-check under the conversation's lock that the
+   lease is still ours and the conversation still ``bot``: if a human took it meanwhile, nothing
+   is sent (``superseded``). Then the reply (``author='bot'``), or a handoff (``bot → open``,
+   with the handoff or fallback message, ``author='bot_handoff'``: a handoff always tells the
+   customer), or a retry later. The turn's reply goes on to processing after its own commit,
+   never waiting for a slower turn of the batch.
 
 The sender re-checks once more at its claim (``common.conversations.BOT_IN_CHARGE_SQL``): a bot
-reply whose conversation is no longer ``bot`` is cancelled, never sent. The reconciler
+reply whose conversation is no longer ``bot``, or has changed hands since the reply was made, is
+cancelled, never sent. The reconciler
 (``services.scheduler.ai_redrive``) re-drives turns a lost broker message left waiting.
 """
 
@@ -27,8 +33,11 @@ import hashlib
 import logging
 import random
 import re
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -44,8 +53,9 @@ from common import (
     ratelimit,
     usage,
 )
+from common.broker import PLAN_LANES
 from common.config import settings
-from common.db.connection import fetch, fetch_dicts, transaction
+from common.db.connection import db, fetch, fetch_dicts, release_connection, transaction
 from common.errors import PermanentError, ProviderError, Throttled
 from common.providers import openai_chat
 from common.providers.openai_chat import Completion, MalformedAnswer
@@ -53,6 +63,11 @@ from services.processing import answers, extractive, prompt
 
 log = logging.getLogger("postroom.ai")
 LEASED_ELSEWHERE_DELAY_MS = 250
+BUSY_DELAY_MS = 1000  # a turn that found no free call slot in time comes back after this
+# What a batch's turns need besides their slot wait and their call: Tx A, Tx B, Redis, hand-on.
+# The actor's time limit is the lease; a turn waits for a slot at most until the lease minus the
+# longest call minus this, so the batch ends well within both.
+TURN_MARGIN_SECONDS = 30.0
 MAX_THROTTLES = 8  # 429s one turn may wait out before it is an error
 HISTORY = 10
 # Two bots answering each other (or a mail loop) stop here: past this many bot replies in an hour
@@ -103,7 +118,8 @@ WHERE id = ANY(%(ids)s) AND (status || '') = 'received'
 @dataclass
 class Outcome:
     """What a turn ends in: ``answered`` (``text``), ``handoff`` (``reason``; ``error``: the
-    fallback message), ``retry`` (after ``wait`` seconds), or ``skipped``."""
+    fallback message), ``retry`` (after ``wait`` seconds), ``later`` (no call slot was free in
+    time: given back, no attempt spent), or ``skipped``."""
 
     kind: str
     text: str | None = None
@@ -190,17 +206,61 @@ class Followups:
     retries: list[tuple[str, list[int], int]] = field(default_factory=list)
 
 
-def answer_turns(ids: Sequence[int], lane: str) -> Followups:
-    """Answer the turns among ``ids`` (see the module's docstring); returns what to enqueue."""
-    followups = Followups()
-    with transaction():
+# Model calls in flight per plan lane in this process: as many as the lane has greenlets, however
+# many turns its batches hold.
+_slots = {lane: threading.BoundedSemaphore(int(getattr(settings, f"postroom_ai_greenlets_{lane}"))) for lane in PLAN_LANES}
+
+
+@contextmanager
+def _transaction() -> Iterator[None]:
+    """A transaction whose connection goes back to the pool when it ends (unless a caller's
+    transaction encloses it): no connection is held across a model call, a slot wait or another
+    turn's work."""
+    enclosed = not db.is_closed() and db.in_transaction()
+    try:
+        with transaction():
+            yield
+    finally:
+        if not enclosed:
+            release_connection()
+
+
+def slot_wait_seconds() -> float:
+    """How long a batch's turns may wait for a call slot, counted from the batch's start: the
+    lease less the longest call and TURN_MARGIN_SECONDS (at least 1 s)."""
+    return max(1.0, settings.postroom_ai_lease_seconds - settings.postroom_ai_timeout_seconds - TURN_MARGIN_SECONDS)
+
+
+def answer_turns(ids: Sequence[int], lane: str) -> None:
+    """Answer the turns among ``ids`` (see the module's docstring), each recorded and handed on
+    as soon as it is decided. Ids beyond the stage's batch size (a message enqueued otherwise)
+    are re-enqueued in batches of that size, so one actor never holds more turns than its time
+    limit allows."""
+    size = dispatch.BATCH_SIZES["ai"]
+    if len(ids) > size:
+        dispatch.to_stage("ai", lane, list(ids[size:]))
+        ids = ids[:size]
+    slot_deadline = time.monotonic() + slot_wait_seconds()
+    with _transaction():
         turns, elsewhere = begin(ids)
     if elsewhere:
-        followups.retries.append((lane, elsewhere, LEASED_ELSEWHERE_DELAY_MS))
-    outcomes = decide_all(turns)
-    for turn, outcome in zip(turns, outcomes, strict=True):
-        finish(turn, outcome, followups)
-    return followups
+        _hand_on_logged(Followups(retries=[(lane, elsewhere, LEASED_ELSEWHERE_DELAY_MS)]))
+    if len(turns) == 1:
+        answer_turn(turns[0], lane, slot_deadline)
+    elif turns:
+        with ThreadPoolExecutor(max_workers=len(turns), thread_name_prefix="ai-turn") as pool:
+            list(pool.map(lambda turn: answer_turn(turn, lane, slot_deadline), turns))
+
+
+def answer_turn(turn: Turn, lane: str, slot_deadline: float) -> None:
+    """Decide one turn, record it (Tx B) and hand its reply or retry on."""
+    followups = Followups()
+    try:
+        finish(turn, decide_in_slot(turn, lane, slot_deadline), followups)
+    except Exception:  # a bug: this turn waits for the reconciler, the batch's others go on
+        log.exception("the AI turn of conversation %s failed", turn.conversation["id"])
+        return
+    _hand_on_logged(followups)
 
 
 def hand_on(followups: Followups) -> None:
@@ -212,6 +272,16 @@ def hand_on(followups: Followups) -> None:
         dispatch.to_stage("processing", reply_lane, reply_ids)
     for retry_lane, retry_ids, delay_ms in followups.retries:
         dispatch.to_stage("ai", retry_lane, retry_ids, delay_ms=delay_ms)
+
+
+def _hand_on_logged(followups: Followups) -> None:
+    """``hand_on`` after a commit that must stand even if the broker fails: the rows wait in
+    PostgreSQL and the reconcilers re-drive them."""
+    try:
+        hand_on(followups)
+    except Exception:
+        log.exception("handing on %d AI replies and %d retries failed; the reconciler re-drives them",
+                      len(followups.replies), len(followups.retries))
 
 
 # --- Tx A ---------------------------------------------------------------------------------------
@@ -303,12 +373,18 @@ def _throttled_too_often(turn: Turn) -> bool:
 
 # --- the call -----------------------------------------------------------------------------------
 
-def decide_all(turns: list[Turn]) -> list[Outcome]:
-    """Every turn's outcome; the model calls of a batch run at once (greenlets in the AI worker)."""
-    if len(turns) <= 1:
-        return [decide(t) for t in turns]
-    with ThreadPoolExecutor(max_workers=min(len(turns), 64), thread_name_prefix="ai-call") as pool:
-        return list(pool.map(decide, turns))
+def decide_in_slot(turn: Turn, lane: str, slot_deadline: float) -> Outcome:
+    """The turn's outcome; a model call waits for one of the lane's slots until ``slot_deadline``
+    (``time.monotonic()``), else the turn is given back for later."""
+    if turn.decided is not None:
+        return turn.decided
+    slot = _slots[lane] if lane in _slots else _slots[turn.lane]
+    if not slot.acquire(timeout=max(0.0, slot_deadline - time.monotonic())):
+        return Outcome("later", detail="every model call slot of the lane stayed busy")
+    try:
+        return decide(turn)
+    finally:
+        slot.release()
 
 
 def pause_key(bot: Bot) -> str:
@@ -371,12 +447,15 @@ def finish(turn: Turn, outcome: Outcome, followups: Followups) -> None:
     """Record the turn's outcome in one transaction, unless a human took the conversation."""
     conv = turn.conversation
     try:
-        with transaction():
+        with _transaction():
             still = fetch(_RECHECK, (conv["id"], conv["token"]))
             if not still or still[0][0] != "bot":
                 outcome = Outcome("superseded", reason="human_took_over", completion=outcome.completion)
                 _end_turn(turn, outcome, reply_id=None)
                 _release(turn)
+            elif outcome.kind == "later":
+                _release(turn)
+                followups.retries.append((turn.lane, turn.ids, BUSY_DELAY_MS))
             elif outcome.kind == "retry":
                 _retry(turn, outcome, followups)
             elif outcome.kind == "answered":
@@ -385,7 +464,9 @@ def finish(turn: Turn, outcome: Outcome, followups: Followups) -> None:
                 _hand_off(turn, outcome, followups)
             fetch(_UNLEASE, (conv["id"], conv["token"]))
     except Exception:
-        log.exception("recording the AI turn of conversation %s failed; the lease ends and it is re-driven", conv["id"])
+        log.exception("recording the AI turn of conversation %s failed; its lease is given back and the reconciler"
+                      " re-drives it", conv["id"])
+        _unlease(conv)
         return
     metrics.AI_ANSWERS.labels(outcome=_metric_outcome(outcome), reason=_metric_reason(turn, outcome)).inc()
     if outcome.kind in ("answered", "handoff"):
@@ -393,15 +474,27 @@ def finish(turn: Turn, outcome: Outcome, followups: Followups) -> None:
         metrics.AI_INBOUND_TO_REPLY.labels(lane=turn.lane).observe(waited)
 
 
+def _unlease(conv: dict[str, Any]) -> None:
+    """End the turn's lease after its Tx B failed (the rollback kept it), so a re-drive need not
+    wait it out; should this fail too (the database gone), the lease simply runs out."""
+    try:
+        with _transaction():
+            fetch(_UNLEASE, (conv["id"], conv["token"]))
+    except Exception:
+        log.warning("could not give back the AI lease of conversation %s; it runs out by itself", conv["id"], exc_info=True)
+
+
 def _metric_outcome(outcome: Outcome) -> str:
     if outcome.kind == "handoff" and outcome.error:
         return "error"
-    return outcome.kind
+    return "retry" if outcome.kind == "later" else outcome.kind
 
 
 def _metric_reason(turn: Turn, outcome: Outcome) -> str:
     if outcome.kind == "answered":
         return turn.bot.provider if turn.bot else "model"
+    if outcome.kind == "later":
+        return "busy"
     if outcome.kind == "retry":
         return "throttled" if outcome.throttled else "transient"
     return outcome.reason or "model"
@@ -500,15 +593,18 @@ FOR UPDATE
 
 def hand_off_stuck(ids: Sequence[int]) -> Followups:
     """Turns re-driven POSTROOM_AI_MAX_ATTEMPTS times without an answer: the customer gets the
-    fallback message and the conversation goes to a person (``stuck``, by the reconciler)."""
+    fallback message and the conversation goes to a person (``stuck``, by the reconciler). A
+    conversation whose rows a live turn finished meanwhile is left alone."""
     followups = Followups()
-    with transaction():
+    with _transaction():
         convs = fetch_dicts(_STUCK, (list(ids),))
         rows = fetch_dicts("SELECT id, conversation_id, body, to_addr, created_at, ai_lane, attempts, throttles, redrives,"
                            " content->>'subject' AS subject FROM message WHERE id = ANY(%s) AND (status || '') = 'received'"
                            " AND ai_lane IS NOT NULL ORDER BY id", (list(ids),))
         for conv in convs:
             turn = Turn(conv, [r for r in rows if r["conversation_id"] == conv["id"]])
+            if not turn.rows:  # answered by a turn that committed while we waited for its lock
+                continue
             turn.bot = load_bot(conv["workspace_id"], conv["channel"]) if conv["status"] == "bot" else None
             if turn.bot is None:
                 lifecycle.advance(turn.ids, ["received"], "processed", detail={"ai": "skipped"})

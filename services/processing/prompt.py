@@ -10,7 +10,7 @@ instructions. The request offers no tools and no functions, ever.
 Never in a prompt: the plan or quota, the API key, the base URL or any model setting, the
 workspace's id or name, addresses or phone numbers, contact attributes, other conversations or
 other workspaces' items (retrieval is scoped to the workspace). ``cut`` makes a reply fit its
-channel.
+channel (``common.limits.MAX_BODY``, the same limits the API holds a body to).
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-# Longest body per channel: Twilio refuses SMS over 1,600 characters; WhatsApp text 4,096.
-MAX_BODY: dict[str, int] = {"sms": 1600, "whatsapp_cloud": 4096, "whatsapp_qr": 4096, "widget": 4096,
-                            "email": 20000, "http": 4096}
+from common import limits
+
+# Longest body per channel (common.limits, the API's own limits): a bot reply never exceeds them.
+MAX_BODY = limits.MAX_BODY
 MAX_PASSAGE_CHARS = 4000  # each of the top 5 passages; the prompt stays a few thousand tokens
 MAX_HISTORY_CHARS = 1000  # each earlier message
 MAX_MESSAGE_CHARS = 4000  # the customer's turn
@@ -152,7 +153,7 @@ def build_request(bot: Mapping[str, Any], passages: Sequence[Passage], history: 
 def cut(text: str, channel: str) -> str:
     """``text`` fitted to the channel's longest body: cut at the last sentence end before the
     limit, else at the last whitespace, else hard, with an ellipsis appended."""
-    limit = MAX_BODY.get(channel, 4096)
+    limit = MAX_BODY.get(channel, min(MAX_BODY.values()))
     if len(text) <= limit:
         return text
     head = text[: limit - 1]

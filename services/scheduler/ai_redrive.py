@@ -4,15 +4,16 @@ turns that never get answered, and settle the AI quota's reservations.
 An inbound message the AI stage owes a turn waits ``received`` with its plan lane in ``ai_lane``
 (the partial index ``message_ai_waiting``). One waiting longer than the stage deadline, due, and
 held nowhere in the broker is re-enqueued to ``ai_<lane>`` (compare-and-set on its wait clock, so
-of two schedulers one wins). A parked retry falling due is handed on without counting; a turn
-re-driven POSTROOM_AI_MAX_ATTEMPTS times without moving on is handed to a person (by the AI stage's
-own ``hand_off_stuck``: the message and the move are its) with the
-chatbot's fallback message (``stuck``): the customer is always told.
+of two schedulers one wins). A parked retry (a wait longer than a broker delay) is handed on as
+soon as it falls due, without counting as a re-drive; a turn re-driven POSTROOM_AI_MAX_ATTEMPTS
+times without moving on is handed to a person (by the AI stage's own ``hand_off_stuck``: the
+message and the move are its) with the chatbot's fallback message (``stuck``): the customer is
+always told.
 """
 
 from __future__ import annotations
 
-from common import dispatch, metrics, usage
+from common import dispatch, lifecycle, metrics, usage
 from common.config import settings
 from common.db.connection import fetch_dicts, transaction
 from services.processing import ai
@@ -20,26 +21,31 @@ from services.scheduler.reconciler import broker_held_ids
 
 BATCH = 5000
 
+# Due, and either waiting past the stage deadline (the broker lost it) or a parked retry whose
+# wait was too long for a broker delay and has just run out (it goes at once, not a deadline later).
+_DUE = """(due_at IS NULL OR due_at <= now())
+  AND (status_changed_at < now() - make_interval(secs => %(deadline)s)
+       OR due_at > status_changed_at + make_interval(secs => %(short)s))"""
 _WAITING = """
 SELECT id, ai_lane FROM message
-WHERE direction = 'inbound' AND status = 'received' AND ai_lane IS NOT NULL
-  AND status_changed_at < now() - make_interval(secs => %s) AND (due_at IS NULL OR due_at <= now())
-ORDER BY status_changed_at, id LIMIT %s
+WHERE direction = 'inbound' AND status = 'received' AND ai_lane IS NOT NULL AND """ + _DUE + """
+ORDER BY status_changed_at, id LIMIT %(limit)s
 """
 # A parked retry (due after its last change) falling due is not a re-drive; anything else is.
 _TOUCH = """
 UPDATE message SET status_changed_at = now(),
        redrives = redrives + CASE WHEN due_at IS NOT NULL AND due_at > status_changed_at THEN 0 ELSE 1 END
-WHERE id = ANY(%s) AND (status || '') = 'received' AND ai_lane IS NOT NULL
-  AND status_changed_at < now() - make_interval(secs => %s)
+WHERE id = ANY(%(ids)s) AND (status || '') = 'received' AND ai_lane IS NOT NULL AND """ + _DUE + """
 RETURNING id, ai_lane, redrives
 """
 
 
 def redrive(deadline_seconds: float, max_attempts: int) -> dict[str, int]:
-    """Re-enqueue waiting turns the broker lost; hand off those re-driven too often."""
+    """Re-enqueue waiting turns the broker lost and parked retries now due; hand off those
+    re-driven too often."""
+    found = {"deadline": deadline_seconds, "short": lifecycle.SHORT_WAIT_SECONDS, "limit": BATCH}
     with transaction():
-        waiting = fetch_dicts(_WAITING, (deadline_seconds, BATCH))
+        waiting = fetch_dicts(_WAITING, found)
     if not waiting:
         return {}
     held = broker_held_ids({f"ai_{lane}" for lane in {r["ai_lane"] for r in waiting}})
@@ -47,7 +53,7 @@ def redrive(deadline_seconds: float, max_attempts: int) -> dict[str, int]:
     if not lost:
         return {}
     with transaction():
-        touched = fetch_dicts(_TOUCH, (lost, deadline_seconds))
+        touched = fetch_dicts(_TOUCH, {**found, "ids": lost})
     stuck = [r["id"] for r in touched if r["redrives"] > max_attempts]
     again: dict[str, list[int]] = {}
     for row in touched:

@@ -7,12 +7,17 @@ Routes (``inbox_key`` is a workspace's ``widget`` channel configuration, ``PUT /
 - ``POST /widget/{inbox_key}/messages``   202 ``{id}``: the visitor's message, stored as inbound
   and handed to the AI stage like any channel's (``Authorization: Bearer <token>``; a repeated
   ``client_id`` stores nothing); 413 over 8 KB, 422, 429 over the visitor's or address's pace;
-- ``GET  /widget/{inbox_key}/events``     Server-Sent Events (``?token=``: EventSource sends no
-  headers), ``id:`` = message id, replay after ``Last-Event-ID`` (``services.widget.stream``);
+- ``POST /widget/{inbox_key}/stream-ticket`` 200 ``{ticket, expires_in}``: the visitor's token
+  (Bearer) traded for a ticket that opens its event stream for a minute (``services.widget.tickets``);
+- ``GET  /widget/{inbox_key}/events``     Server-Sent Events (``?ticket=``: EventSource sends no
+  headers, and a URL may be logged, so it never carries the token), ``id:`` = message id, replay
+  after ``Last-Event-ID`` or ``?after=`` (``services.widget.stream``);
 - ``POST /widget/{inbox_key}/ack``        204: the browser showed these replies (``delivered``).
 
-Refusals are ``{"error": {"code", "message", "field"?}}``, as the API's. The access log is off
-(gunicorn_conf), so the token in an event stream's query string is written nowhere.
+Refusals are ``{"error": {"code", "message", "field"?}}``, as the API's. The per-address limit
+counts ``request.remote_addr``: the peer, or with POSTROOM_WIDGET_TRUSTED_PROXIES = N > 0 the
+address N proxies back in ``X-Forwarded-For`` (werkzeug's ProxyFix), so that visitors behind an
+ingress are not all one address.
 """
 
 from __future__ import annotations
@@ -24,13 +29,14 @@ from uuid import UUID
 
 from flask import Flask, Response, jsonify, render_template, request
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from common import conversations, metrics
 from common.config import settings
 from common.db.connection import DatabaseUnavailable, fetch, release_connection, transaction
 from common.inbound import Inbound, store
 from common.providers import widget as widget_channel
-from services.widget import limits, stream, visitors
+from services.widget import limits, stream, tickets, visitors
 
 log = logging.getLogger("postroom.widget")
 MAX_REQUEST_BYTES = 8 * 1024
@@ -168,14 +174,31 @@ def _wake(conversation_id: int, message_id: int | None) -> None:
         log.warning("could not publish a widget wake-up: %s", exc.__class__.__name__)
 
 
+def stream_ticket(inbox_key: str) -> tuple[Response, int]:
+    box = _inbox(inbox_key)
+    visitor = _visitor(box, _bearer())
+    response = jsonify({"ticket": tickets.issue(visitor), "expires_in": tickets.TTL_SECONDS})
+    response.headers["Cache-Control"] = "no-store"
+    return response, 200
+
+
+def _cursor(given: str | None) -> int:
+    return int(given) if given and given.isascii() and given.isdigit() and len(given) <= 18 else 0
+
+
 def events(inbox_key: str) -> Response:
     box = _inbox(inbox_key)
-    visitor = _visitor(box, request.args.get("token"))
+    if "token" in request.args:  # an old page, or a client that would put the lasting secret in logs
+        raise Refused(400, "invalid_request", f"a stream URL carries a ticket (POST /widget/{box.key}/stream-ticket), "
+                      "never the visitor token; reload the page", "token")
+    conversation_id = tickets.conversation(box, request.args.get("ticket"))
     release_connection()
-    last = request.headers.get("Last-Event-ID", "")
-    after = int(last) if last.isdigit() and len(last) <= 19 else 0
+    if conversation_id is None:
+        raise Refused(401, "unauthorized", f"unknown or expired stream ticket; get another from "
+                      f"POST /widget/{box.key}/stream-ticket", "ticket")
+    after = max(_cursor(request.headers.get("Last-Event-ID")), _cursor(request.args.get("after")))
     headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
-    return Response(stream.events(visitor.conversation_id, after), mimetype="text/event-stream", headers=headers)
+    return Response(stream.events(conversation_id, after), mimetype="text/event-stream", headers=headers)
 
 
 def acknowledge(inbox_key: str) -> tuple[str, int]:
@@ -193,8 +216,13 @@ def create_app() -> Flask:
     app.add_url_rule("/widget/<inbox_key>", view_func=page, methods=["GET"])
     app.add_url_rule("/widget/<inbox_key>/visitors", view_func=create_visitor, methods=["POST"])
     app.add_url_rule("/widget/<inbox_key>/messages", view_func=post_message, methods=["POST"])
+    app.add_url_rule("/widget/<inbox_key>/stream-ticket", view_func=stream_ticket, methods=["POST"])
     app.add_url_rule("/widget/<inbox_key>/events", view_func=events, methods=["GET"])
     app.add_url_rule("/widget/<inbox_key>/ack", view_func=acknowledge, methods=["POST"])
+
+    hops = settings.postroom_widget_trusted_proxies
+    if hops > 0:  # the address the Nth proxy back saw; whatever a client prepends to the header is ignored
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops)  # type: ignore[method-assign]
 
     @app.get("/healthz")
     def healthz() -> tuple[Response, int]:

@@ -1,6 +1,6 @@
 """gunicorn settings for the widget: gevent workers (each holds thousands of event streams), bind
 address and worker count from config, multiprocess metrics, and no access log (an event stream's
-URL carries the visitor's token)."""
+URL carries its stream ticket, short-lived, but a credential still: services.widget.tickets)."""
 
 from __future__ import annotations
 

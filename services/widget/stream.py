@@ -7,8 +7,8 @@ and only then reads what it owes, so a reply published between the two is never 
 read sees it, or the wake-up arrives after and the stream reads again. Whenever the subscription
 is (re)established every stream is woken too, since what was published while it was down is gone.
 
-A stream holds no database connection while it waits. It sends ``retry: 1000`` (the browser
-reconnects after a second, sending ``Last-Event-ID``), a comment every ``HEARTBEAT_SECONDS`` so
+A stream holds no database connection while it waits. It sends ``retry: 1000`` (the page
+reconnects after a second, with a fresh stream ticket and the last event id), a comment every ``HEARTBEAT_SECONDS`` so
 proxies keep it open, and ends after POSTROOM_WIDGET_STREAM_SECONDS so streams rebalance across
 replicas.
 """

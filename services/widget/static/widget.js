@@ -1,5 +1,7 @@
 /* The postroom chat widget: a visitor token in localStorage, an EventSource for the conversation,
    POST for what the visitor writes, and acknowledgements of the replies shown (batched).
+   The token only ever travels in an Authorization header: a stream's URL carries a stream ticket
+   (valid a minute, good for nothing else), fetched afresh for every (re)connect.
    Every message is shown once, keyed by its id: a stream may send a reply again (after a
    reconnect, or while it is unacknowledged). No framework, no inline script (the page's CSP). */
 (function () {
@@ -16,6 +18,7 @@
   var toAck = [];        // reply ids shown and not yet acknowledged
   var ackTimer = null;
   var source = null;
+  var cursor = "0";      // the last event id streamed: a reconnect continues after it
 
   function token() { return window.localStorage.getItem(storeKey); }
 
@@ -87,27 +90,41 @@
     if (toAck.length && ackTimer === null) { ackTimer = window.setTimeout(flushAcks, 200); }
   }
 
-  function listen(visitorToken) {
-    var url = base + "/events?token=" + encodeURIComponent(visitorToken);
-    source = new window.EventSource(url);
-    source.onopen = function () { say(""); };
-    source.onmessage = function (e) { render(JSON.parse(e.data)); };
-    source.onerror = function () {
-      if (source.readyState !== window.EventSource.CLOSED) { return; }  // the browser reconnects by itself
-      // Refused (not a dropped connection): a token the service no longer knows starts over.
-      fetch(url, { method: "HEAD", cache: "no-store" }).then(function (r) {
-        if (r.status === 401) { window.localStorage.removeItem(storeKey); }
-        if (r.status === 404) { say("This chat is not available."); }
-      }).catch(function () { /* unreachable: try again below */ }).then(function () {
-        window.setTimeout(start, 2000);
-      });
+  function ticket(visitorToken) {
+    return fetch(base + "/stream-ticket", {
+      method: "POST", cache: "no-store", headers: { "Authorization": "Bearer " + visitorToken }
+    }).then(function (r) {
+      if (r.status === 200) { return r.json(); }
+      // A token the service no longer knows starts over with a new visitor.
+      if (r.status === 401) { window.localStorage.removeItem(storeKey); }
+      var refused = new Error("ticket " + r.status);
+      refused.unavailable = r.status === 404;
+      throw refused;
+    }).then(function (answer) { return answer.ticket; });
+  }
+
+  function listen(streamTicket) {
+    var stream = new window.EventSource(base + "/events?ticket=" + encodeURIComponent(streamTicket) + "&after=" + cursor);
+    source = stream;
+    stream.onopen = function () { say(""); };
+    stream.onmessage = function (e) {
+      if (/^[0-9]+$/.test(e.lastEventId)) { cursor = e.lastEventId; }
+      render(JSON.parse(e.data));
+    };
+    stream.onerror = function () {
+      // Ended or dropped: its ticket may have expired by now, so reconnect with a fresh one
+      // rather than let the browser retry the same URL.
+      stream.close();
+      if (source !== stream) { return; }
+      source = null;
+      window.setTimeout(start, 1000);
     };
   }
 
   function start() {
     if (source) { source.close(); source = null; }
-    ensureVisitor().then(listen, function () {
-      say("Connecting…");
+    ensureVisitor().then(ticket).then(listen, function (err) {
+      say(err && err.unavailable ? "This chat is not available." : "Connecting…");
       window.setTimeout(start, 3000);
     });
   }
