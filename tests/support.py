@@ -24,15 +24,31 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, interval: floa
         time.sleep(interval)
 
 
+def start_worker(worker: dramatiq.Worker) -> None:
+    """Start ``worker`` and wait until every consumer thread runs. A consumer thread sets its
+    ``running`` flag when it begins, so a stop that came before that would be undone and the
+    thread would poll its queue for the rest of the session (on a loaded machine, hundreds did)."""
+    worker.start()
+    wait_for(lambda: all(getattr(thread, "running", False) for thread in worker.consumers.values()),
+             timeout=30, what="the worker's consumer threads to start")
+
+
+def stop_worker(worker: dramatiq.Worker) -> None:
+    worker.stop(timeout=10_000)
+    for thread in worker.consumers.values():
+        thread.running = False  # in case one began after the stop
+        thread.join(timeout=5)
+
+
 @contextmanager
 def running_workers(broker: dramatiq.Broker, threads: int = 4) -> Iterator[dramatiq.Worker]:
     """Real Dramatiq workers in this process consuming every stage's queues."""
     worker = dramatiq.Worker(broker, worker_timeout=50, worker_threads=threads)
-    worker.start()
+    start_worker(worker)
     try:
         yield worker
     finally:
-        worker.stop(timeout=10_000)
+        stop_worker(worker)
 
 
 def apply_kept_receipts(broker: dramatiq.Broker) -> None:
@@ -41,12 +57,12 @@ def apply_kept_receipts(broker: dramatiq.Broker) -> None:
 
     dispatch.handoff.flush()  # the ids ingest is still gathering into a batch
     worker = dramatiq.Worker(broker, queues={"receipts_normal"}, worker_timeout=50, worker_threads=1)
-    worker.start()
+    start_worker(worker)
     try:
         broker.join("receipts_normal", timeout=10_000)
         worker.join()
     finally:
-        worker.stop(timeout=10_000)
+        stop_worker(worker)
 
 
 def message(message_id: int) -> dict[str, Any]:
