@@ -147,6 +147,17 @@ def sandbox(sandbox_url: str, ingest_url: str) -> Iterator[Any]:
     box.reset()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def no_consumer_left_running() -> Iterator[None]:
+    """A module leaves no Dramatiq consumer thread running: a leaked one polls its queue for the
+    rest of the session and takes the CPU that timing-sensitive tests later need."""
+    yield
+    from tests.support import live_consumer_threads, wait_for
+
+    wait_for(lambda: not live_consumer_threads(), timeout=10,
+             what=f"consumer threads to stop: {[t.queue_name for t in live_consumer_threads()]}")
+
+
 @pytest.fixture(scope="session")
 def broker():
     """The real Redis broker with every stage's actors declared, as the workers have them."""
@@ -160,6 +171,7 @@ def broker():
     import services.senders.sms.actors  # noqa: F401
     import services.senders.whatsapp_cloud.actors  # noqa: F401
     import services.senders.whatsapp_qr.actors  # noqa: F401
+    import services.senders.widget.actors  # noqa: F401
     import services.webhooks.actors  # noqa: F401
 
     broker_module.broker.emit_after("process_boot")

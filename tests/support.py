@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,18 +27,29 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, interval: floa
 
 def start_worker(worker: dramatiq.Worker) -> None:
     """Start ``worker`` and wait until every consumer thread runs. A consumer thread sets its
-    ``running`` flag when it begins, so a stop that came before that would be undone and the
-    thread would poll its queue for the rest of the session (on a loaded machine, hundreds did)."""
+    ``running`` flag when it begins, so a stop that came before that would be undone."""
     worker.start()
     wait_for(lambda: all(getattr(thread, "running", False) for thread in worker.consumers.values()),
              timeout=30, what="the worker's consumer threads to start")
 
 
 def stop_worker(worker: dramatiq.Worker) -> None:
+    """Stop ``worker`` and take its middleware off the broker. Dramatiq's Worker.start adds a
+    middleware that starts a consumer for every queue declared later and never removes it, so
+    without this every stopped worker in the session started (and never stopped) a consumer
+    thread for each queue a later test module declared."""
     worker.stop(timeout=10_000)
+    worker.broker.middleware[:] = [m for m in worker.broker.middleware if getattr(m, "worker", None) is not worker]
     for thread in worker.consumers.values():
         thread.running = False  # in case one began after the stop
         thread.join(timeout=5)
+
+
+def live_consumer_threads() -> list[Any]:
+    """Dramatiq consumer threads still alive in this process."""
+    from dramatiq.worker import _ConsumerThread
+
+    return [thread for thread in threading.enumerate() if isinstance(thread, _ConsumerThread)]
 
 
 @contextmanager
