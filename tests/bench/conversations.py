@@ -45,6 +45,14 @@ QUESTIONS = ["What are your opening hours today?", "How do refunds work for a re
              "How can I track my parcel now?", "Can I change my delivery address please?"]
 
 
+def start_model(stack: Stack, latency_ms: int) -> None:
+    """The sandbox's model imitation, emptied, taking ``MODEL_KEY`` and answering after ``latency_ms``."""
+    requests.delete(f"{stack.cfg.sandbox_url}/sandbox/openai", timeout=10).raise_for_status()
+    requests.post(f"{stack.cfg.sandbox_url}/sandbox/openai/keys", json={"key": MODEL_KEY}, timeout=10).raise_for_status()
+    requests.post(f"{stack.cfg.sandbox_url}/sandbox/openai/faults", json={"latency_ms": latency_ms},
+                  timeout=10).raise_for_status()
+
+
 def _cli(stack: Stack, *args: str) -> str:
     done = subprocess.run([str(BIN / "postroom"), *args], env={**os.environ, **stack.env}, capture_output=True,
                           text=True, timeout=60, check=True)
@@ -149,7 +157,7 @@ def converse(stack: Stack, replies: Replies, workspace: dict[str, Any], customer
     return messages
 
 
-def _customers(count: int, n: int) -> list[str]:
+def customers(count: int, n: int) -> list[str]:
     """WhatsApp ids of workspace ``n``'s customers (distinct across workspaces)."""
     return [f"1650{n}{i:06d}" for i in range(count)]
 
@@ -199,13 +207,10 @@ def premium_leads(plans: dict[str, Any]) -> bool:
 def run(stack: Stack, conversations: int = CONVERSATIONS, messages: int = MESSAGES) -> dict[str, Any]:
     """Set up the three workspaces, run every conversation's closed loop at once, and measure."""
     suffix = str(int(time.time()))
-    requests.delete(f"{stack.cfg.sandbox_url}/sandbox/openai", timeout=10).raise_for_status()
-    requests.post(f"{stack.cfg.sandbox_url}/sandbox/openai/keys", json={"key": MODEL_KEY}, timeout=10).raise_for_status()
-    requests.post(f"{stack.cfg.sandbox_url}/sandbox/openai/faults", json={"latency_ms": MODEL_LATENCY_MS},
-                  timeout=10).raise_for_status()
+    start_model(stack, MODEL_LATENCY_MS)
     workspaces = [{**set_up_workspace(stack, plan, suffix, n), "conversations": count}
                   for n, (plan, count) in enumerate(split(conversations).items())]
-    loops = [(w, customer) for n, w in enumerate(workspaces) for customer in _customers(w["conversations"], n)]
+    loops = [(w, customer) for n, w in enumerate(workspaces) for customer in customers(w["conversations"], n)]
     cpu_before = cpu_snapshot(stack)
     started_wall, started = time.time(), time.monotonic()
     with Replies(stack, [w["id"] for w in workspaces]) as replies, ThreadPoolExecutor(len(loops)) as pool:

@@ -12,14 +12,14 @@ from pathlib import Path
 
 from common.config import ROOT
 from tests.chaos.report import table
-from tests.chaos.runner import run_chaos
-from tests.chaos.scenarios import SCENARIOS, Params
+from tests.chaos.runner import NAMES, run_chaos
+from tests.chaos.scenarios import Params
 
 defaults = Params()
 parser = argparse.ArgumentParser(prog="python -m tests.chaos", description=__doc__)
 parser.add_argument("--messages", type=int, default=defaults.messages, help="messages posted per scenario")
-parser.add_argument("--scenarios", default=",".join(SCENARIOS),
-                    help=f"comma-separated, from: {', '.join(SCENARIOS)}")
+parser.add_argument("--scenarios", default=",".join(NAMES),
+                    help=f"comma-separated, from: {', '.join(NAMES)}")
 parser.add_argument("--spread-seconds", type=float, default=defaults.spread_seconds,
                     help="post each scenario's messages over at least this long (longer when its fault lasts longer)")
 parser.add_argument("--fault-at", type=float, default=defaults.fault_at,

@@ -133,13 +133,14 @@ class ChaosStack:
                 continue
         return found
 
-    def kill_random_worker(self) -> str | None:
-        """SIGKILL one worker process picked at random; returns its service's name.
+    def kill_random_worker(self, among: frozenset[str] | None = None) -> str | None:
+        """SIGKILL one worker process picked at random (of the services ``among``, if given);
+        returns its service's name.
 
         Services are drawn from a shuffled bag, so that a short run with a few kills still hits
         every worker service rather than, by chance, the same one each time.
         """
-        candidates = self.worker_processes()
+        candidates = [c for c in self.worker_processes() if among is None or c[0] in among]
         if not candidates:
             return None
         services = sorted({name for name, _ in candidates})

@@ -17,26 +17,32 @@ import uuid
 from dataclasses import asdict
 from pathlib import Path
 
+from tests.chaos import conversations
 from tests.chaos.harness import ChaosStack
 from tests.chaos.outcome import Row, count
 from tests.chaos.scenarios import SCENARIOS, Params, run_scenario, subscribe
 from tests.chaos.traffic import Traffic
 
+NAMES = [*SCENARIOS, "conversations"]  # the message scenarios, then the AI stage's
+
 
 def run_chaos(params: Params, names: list[str], var_dir: Path, output: Path | None = None,
               echo: bool = True) -> list[Row]:
-    """Run ``names`` (keys of ``SCENARIOS``) on a fresh stack under ``var_dir``; return their rows."""
-    unknown = [n for n in names if n not in SCENARIOS]
+    """Run ``names`` (of ``NAMES``) on a fresh stack under ``var_dir``; return their rows."""
+    unknown = [n for n in names if n not in NAMES]
     if unknown:
-        raise ValueError(f"unknown scenarios {unknown}; known: {list(SCENARIOS)}")
+        raise ValueError(f"unknown scenarios {unknown}; known: {NAMES}")
     run_id = uuid.uuid4().hex[:6]
-    rows: list[tuple[Row, Traffic, str]] = []
+    rows: list[tuple[Row, Traffic | None, str]] = []
     started = time.monotonic()
     with ChaosStack(var_dir) as cs:
         webhooks = subscribe(cs)
         for name in names:
             began = time.monotonic()
-            row, traffic = run_scenario(cs, run_id, name, params, webhooks)
+            if name == "conversations":
+                row, traffic = conversations.run(cs, params), None
+            else:
+                row, traffic = run_scenario(cs, run_id, name, params, webhooks)
             rows.append((row, traffic, f"chaos {run_id} {name}"))
             if echo:
                 print(f"{name}: {row.messages} messages, {row.lost} lost, {row.duplicates} duplicates, "
@@ -44,6 +50,9 @@ def run_chaos(params: Params, names: list[str], var_dir: Path, output: Path | No
         received = cs.received_bodies()
         final = []
         for row, traffic, tag in rows:
+            if traffic is None:  # counted by its own scenario, after its quiet moment
+                final.append(row)
+                continue
             again = count(Row(row.scenario, row.posted, row.messages), traffic, received, tag,
                           cs.statuses(traffic.ids()))
             if again.duplicates != row.duplicates:
