@@ -6,6 +6,7 @@ neither by the stage's re-check nor, later, by the sender's claim."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import threading
@@ -553,3 +554,20 @@ def test_a_stuck_handoff_leaves_alone_a_turn_that_finished_while_it_waited_for_t
     assert (followups.replies, replies(conv["id"])) == ([], [])
     assert conversation_of(asked)["status"] == "bot"
     assert row(asked)["detail"] == {"ai": "answered"}
+
+
+def test_a_chatbots_own_timeout_is_capped_by_the_stage_timeout_the_lease_is_sized_for(workspace, sandbox, openai,
+                                                                                          monkeypatch):
+    set_up(workspace, openai, timeout_seconds=60.0)
+    monkeypatch.setattr(ai, "settings", dataclasses.replace(ai.settings, postroom_ai_timeout_seconds=4.0))
+    asked = inbound(workspace, customer(30), "What are your opening hours?", hand_on=False)
+    timeouts: list[float | None] = []
+
+    def complete(base_url, api_key, request, timeout_seconds=None):
+        timeouts.append(timeout_seconds)
+        return answered_by_model(HOURS)
+
+    monkeypatch.setattr(ai.openai_chat, "complete", complete)
+    ai.answer_turns([asked], "basic")
+
+    assert timeouts == [4.0]

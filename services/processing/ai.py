@@ -191,7 +191,7 @@ def load_bot(workspace_id: int, channel: str) -> Bot | None:
     return Bot(row["provider"], row["enabled"], row["base_url"], row["model"],
                chatbots.api_key(row) if row["provider"] == "openai" else None,
                row["handoff_message"], row["fallback_message"], tuple(row["handoff_keywords"] or ()),
-               float(row["timeout_seconds"]), row["language"], float(row["min_score"]), float(row["min_margin"]),
+               min(float(row["timeout_seconds"]), settings.postroom_ai_timeout_seconds), row["language"], float(row["min_score"]), float(row["min_margin"]),
                (float(weights[0]), float(weights[1])),
                {"model": row["model"], "temperature": row["temperature"], "max_tokens": row["max_tokens"],
                 "product_name": row["product_name"], "guidelines": row["guidelines"], "language": row["language"],

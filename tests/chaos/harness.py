@@ -65,6 +65,10 @@ CHAOS_SETTINGS = {
     # An ingest worker killed mid-request leaves its Idempotency-Key claim running: the client's
     # repeats wait it out (409) and take it over after 10 s, not the production minute.
     "POSTROOM_IDEMPOTENCY_LEASE_SECONDS": "10",
+    # A worker killed mid-turn holds its conversation until the AI lease ends (2 min in production,
+    # above the 30 s model timeout); 5 s calls and a 15 s lease show that recovery within the run.
+    "POSTROOM_AI_TIMEOUT_SECONDS": "5",
+    "POSTROOM_AI_LEASE_SECONDS": "15",
     "POSTROOM_LOG_LEVEL": "WARNING",
     "POSTROOM_ENV": "development",
 }
